@@ -1,0 +1,48 @@
+# Set-up and checks for lesion. Everything a fresh machine needs is installed here.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Small models and a 2-core machine: one torch thread per test process.
+TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 LESION_NO_PROGRESS=1
+
+.PHONY: install demo test test-all bench lint data clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch is installed first and pinned: an unpinned torch pulls gigabytes of CUDA packages.
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) data
+
+# Full Fashion-MNIST comes from the Debian package dataset-fashion-mnist. Best effort: without root or
+# apt the rest still works, and `lesion.data.load("fashion-mnist")` says how to install it.
+data:
+	@if dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then echo "note: apt-get not found; fashion-mnist unavailable"; \
+	else SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
+	  $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 \
+	  || { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } \
+	  || echo "note: could not install dataset-fashion-mnist (apt-get install dataset-fashion-mnist as root)"; fi
+
+demo: install
+	$(BIN)/lesion demo
+
+test: install
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow"
+
+test-all: install
+	$(TEST_ENV) $(BIN)/python -m pytest -q
+
+bench: install
+	@set -e; for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b; done
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

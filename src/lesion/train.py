@@ -1,0 +1,125 @@
+"""Training and evaluation of classifiers (issue "Foundation", item 5; ARCHITECTURE.md: train.py).
+
+Training is seeded: the same seed, data and settings give the same weights on the same machine.
+Dropout is active only while training; evaluation runs in eval mode and restores the previous mode.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lesion import progress
+from lesion.errors import LesionError
+from lesion.functional import eval_mode
+from lesion.stats import wilson_interval
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy (with its 95% Wilson interval, SPEC §4) and mean cross-entropy loss on n labelled inputs."""
+
+    accuracy: float
+    accuracy_ci: tuple[float, float]
+    loss: float
+    correct: int
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {**asdict(self), "accuracy_ci": list(self.accuracy_ci)}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How a network is trained: Adam on cross-entropy, minibatches reshuffled each epoch from `seed`."""
+
+    epochs: int = 20
+    lr: float = 1e-3
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or self.weight_decay < 0:
+            raise LesionError(f"bad training settings {self}: epochs and batch size ≥ 1, lr > 0, weight decay ≥ 0")
+
+
+@dataclass(frozen=True)
+class TrainHistory:
+    """Per-epoch mean training loss, and the final test evaluation when test labels exist."""
+
+    settings: TrainSettings
+    train_loss: list[float] = field(default_factory=list)
+    test: Evaluation | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return {"settings": asdict(self.settings), "train_loss": self.train_loss,
+                "test": self.test.to_dict() if self.test else None}
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Raw outputs f(x; w) of `model` on `x` in eval mode, in batches; the model's mode is restored."""
+    with eval_mode(model):
+        return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def evaluate_outputs(outputs: torch.Tensor, y: torch.Tensor) -> Evaluation:
+    """Accuracy and mean cross-entropy of raw outputs (logits) against integer labels."""
+    if len(outputs) != len(y) or len(y) == 0:
+        raise LesionError(f"{len(outputs)} outputs for {len(y)} labels: cannot evaluate")
+    if outputs.shape[1] < 2:
+        raise LesionError("accuracy needs a classifier with at least 2 outputs; this model has 1")
+    correct = int((outputs.argmax(dim=1) == y).sum())
+    loss = float(F.cross_entropy(outputs.double(), y, reduction="mean"))
+    return Evaluation(correct / len(y), wilson_interval(correct, len(y)), loss, correct, len(y))
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> Evaluation:
+    """Test accuracy and loss of `model` on labelled inputs (x, y)."""
+    return evaluate_outputs(predict(model, x, batch_size), y)
+
+
+def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings,
+          x_test: torch.Tensor | None = None, y_test: torch.Tensor | None = None) -> TrainHistory:
+    """Train `model` in place on (x, y) with Adam and cross-entropy; evaluate on the test split if given.
+
+    Minibatch order comes from a generator seeded with `settings.seed`; dropout masks from the torch
+    global generator, which is seeded too and restored afterwards.
+    """
+    if len(x) != len(y) or len(x) == 0:
+        raise LesionError(f"training needs labelled inputs; got {len(x)} inputs and {len(y)} labels")
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    order_rng = torch.Generator().manual_seed(settings.seed)
+    steps = math.ceil(len(x) / settings.batch_size)
+    losses: list[float] = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        model.train()
+        with progress.bar(total=settings.epochs * steps, desc="training", unit="batch") as pbar:
+            for epoch in range(settings.epochs):
+                order = torch.randperm(len(x), generator=order_rng)
+                total = 0.0
+                for i in range(0, len(x), settings.batch_size):
+                    idx = order[i:i + settings.batch_size]
+                    optimiser.zero_grad(set_to_none=True)
+                    loss = F.cross_entropy(model(x[idx]), y[idx])
+                    if not torch.isfinite(loss):
+                        raise LesionError(f"training diverged (loss {float(loss)}) in epoch {epoch + 1}; "
+                                          "lower the learning rate")
+                    loss.backward()
+                    optimiser.step()
+                    total += float(loss.detach()) * len(idx)
+                    pbar.update(1)
+                losses.append(total / len(x))
+                pbar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
+        model.eval()
+    test = evaluate(model, x_test, y_test) if x_test is not None and y_test is not None else None
+    return TrainHistory(settings, losses, test)

@@ -1,0 +1,133 @@
+"""Loading a user's model in every accepted form; validation; every bad input is a LesionError."""
+
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from lesion.errors import LesionError
+from lesion.nets import build_net, load_model, model_digest, save_checkpoint, validate_model
+
+X = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.fixture
+def mlp() -> nn.Module:
+    model, _ = build_net("mlp:12", seed=3)
+    return model.eval()
+
+
+def test_lesion_checkpoint_round_trip_gives_identical_outputs(tmp_path):
+    model, config = build_net("cnn", seed=1)
+    model.eval()
+    path = save_checkpoint(tmp_path / "c.pt", model, "cnn", config, seed=1, metrics={"test_accuracy": 0.5})
+    loaded = load_model(str(path))
+    assert loaded.kind == "lesion-checkpoint"
+    assert loaded.metadata["net"] == "cnn" and loaded.metadata["metrics"]["test_accuracy"] == 0.5
+    assert torch.equal(loaded.module(X), model(X))
+    assert loaded.digest == model_digest(model)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_whole_module_saved_with_torch_save(tmp_path, mlp):
+    torch.save(mlp, tmp_path / "whole.pt")
+    loaded = load_model(str(tmp_path / "whole.pt"))
+    assert loaded.kind == "torch-module"
+    assert torch.equal(loaded.module(X), mlp(X))
+
+
+def test_torchscript_file(tmp_path, mlp):
+    torch.jit.save(torch.jit.trace(mlp, X), tmp_path / "ts.pt")
+    loaded = load_model(str(tmp_path / "ts.pt"))
+    assert loaded.kind == "torchscript"
+    assert torch.equal(loaded.module(X), mlp(X))
+
+
+def test_exported_program_with_dynamic_batch(tmp_path, mlp):
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(mlp, (X,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, tmp_path / "m.pt2")
+    loaded = load_model(str(tmp_path / "m.pt2"))
+    assert loaded.kind == "exported-program"
+    torch.testing.assert_close(loaded.module(X[:3]), mlp(X[:3]))
+
+
+@pytest.fixture
+def user_package(tmp_path, monkeypatch):
+    pkg = tmp_path / "userpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        def build():
+            return nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10))
+
+        def not_a_model():
+            return 42
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_factory_with_state_dict(user_package):
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Flatten(), nn.Linear(784, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
+    weights = user_package / "w.pt"
+    torch.save(reference.state_dict(), weights)
+    loaded = load_model("userpkg.models:build", str(weights))
+    assert loaded.kind == "factory"
+    assert torch.equal(loaded.module(X), reference(X))
+
+
+def test_factory_failures(user_package):
+    with pytest.raises(LesionError, match="cannot import"):
+        load_model("nosuchpkg.models:build")
+    with pytest.raises(LesionError, match="has no 'nope'"):
+        load_model("userpkg.models:nope")
+    with pytest.raises(LesionError, match="not a torch.nn.Module"):
+        load_model("userpkg.models:not_a_model")
+    wrong = user_package / "wrong.pt"
+    torch.save({"0.weight": torch.zeros(3, 3)}, wrong)
+    with pytest.raises(LesionError, match="do not fit"):
+        load_model("userpkg.models:build", str(wrong))
+    with pytest.raises(LesionError, match="not found"):
+        load_model("userpkg.models:build", str(user_package / "missing.pt"))
+
+
+def test_missing_corrupt_and_state_dict_files(tmp_path, mlp):
+    with pytest.raises(LesionError, match="not found"):
+        load_model(str(tmp_path / "nope.pt"))
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x00\x01garbage" * 100)
+    with pytest.raises(LesionError, match="cannot read model file"):
+        load_model(str(corrupt))
+    truncated = tmp_path / "truncated.pt"
+    torch.save(mlp, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    with pytest.raises(LesionError):
+        load_model(str(truncated))
+    state = tmp_path / "state.pt"
+    torch.save(mlp.state_dict(), state)
+    with pytest.raises(LesionError, match="state dict"):
+        load_model(str(state))
+
+
+def test_validation_reports_nan_weights_and_wrong_shapes(mlp):
+    assert validate_model(mlp, X, 10) == 10
+    with pytest.raises(LesionError, match="does not run on inputs of shape"):
+        validate_model(mlp, torch.zeros(4, 3, 32, 32))
+    with pytest.raises(LesionError, match="has 10 outputs but"):
+        validate_model(mlp, X, num_classes=12)
+    broken, _ = build_net("mlp:12")
+    with torch.no_grad():
+        broken.fc1.weight[0, 0] = float("nan")
+        broken.out.bias[1] = float("inf")
+    with pytest.raises(LesionError, match=r"NaN/inf weights in fc1.weight \(1\), out.bias \(1\)"):
+        validate_model(broken, X)
+
+
+def test_model_returning_a_non_matrix_is_refused():
+    with pytest.raises(LesionError, match="must return a"):
+        validate_model(nn.Flatten(0), X)
