@@ -25,16 +25,17 @@ EXIT_USER_ERROR = 2
 # ---------------------------------------------------------------------------------------------- options
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="M",
-                   help="a lesion checkpoint, a torch.save'd module, a TorchScript file, package.module:factory "
-                        "(with --weights), or preset:NAME for an untrained reference network")
+                   help="a lesion checkpoint, a torch.save'd module, a TorchScript or torch.export (.pt2) file, "
+                        "package.module:factory (with --weights), or preset:NAME for an untrained reference network")
     p.add_argument("--weights", metavar="FILE", help="state-dict file for --model package.module:factory")
 
 
 def _add_data(p: argparse.ArgumentParser, required: bool = True) -> None:
     from lesion.data import available
 
-    forms = "; ".join(f"{name}: {text}" for name, text in available())
-    p.add_argument("--data", required=required, metavar="D", help=f"data set. {forms}")
+    forms = "; ".join(f"{name}: {text}" for name, text in available()).replace("%", "%%")
+    p.add_argument("--data", required=required, metavar="D",
+                   help=f"data set (its train/test split is fixed, whatever --seed says). {forms}")
 
 
 def _add_common(p: argparse.ArgumentParser, seed: bool = True) -> None:
@@ -63,7 +64,7 @@ def _cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     from lesion.nets import build_net, save_checkpoint
     from lesion.train import TrainSettings, train
 
-    data = load(args.data, seed=args.seed)
+    data = load(args.data)
     if not data.has_labels:
         raise LesionError(f"{args.data} has no labels: training needs labelled data")
     model, config = build_net(args.net, data.input_shape, data.num_classes or 2, seed=args.seed,
@@ -88,7 +89,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from lesion.nets import load_model, validate_model
     from lesion.train import evaluate
 
-    data = load(args.data, seed=args.seed)
+    data = load(args.data)
     loaded = load_model(args.model, args.weights, seed=args.seed)
     validate_model(loaded.module, data.x_test, data.num_classes, data.name)
     if not data.has_labels:
@@ -102,7 +103,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_data(args: argparse.Namespace) -> dict[str, Any]:
     from lesion.data import load
 
-    data = load(args.name, seed=args.seed)
+    data = load(args.name)
     info = data.to_dict()
     for key, value in info.items():
         print(f"{key}: {value}")
@@ -166,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_cmd_train)
 
     p = sub.add_parser("evaluate", help="test accuracy and loss of a model",
-                       description="Accuracy (with a 95%% Wilson interval) and cross-entropy loss on the test "
+                       description="Accuracy (with a 95% Wilson interval) and cross-entropy loss on the test "
                                    "split of a data set.")
     _add_model(p)
     _add_data(p)

@@ -112,7 +112,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSet
                     optimiser.zero_grad(set_to_none=True)
                     loss = F.cross_entropy(model(x[idx]), y[idx])
                     if not torch.isfinite(loss):
-                        raise LesionError(f"training diverged (loss {float(loss)}) in epoch {epoch + 1}; "
+                        raise LesionError(f"training diverged (loss {float(loss.detach())}) in epoch {epoch + 1}; "
                                           "lower the learning rate")
                     loss.backward()
                     optimiser.step()

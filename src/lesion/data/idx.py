@@ -72,7 +72,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     dtype = IDX_DTYPES[code]
     expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     payload = len(data) - header
-    if payload < expected:
+    if payload != expected:
         what = "truncated" if payload < expected else "longer than declared"
         raise LesionError(f"IDX file {path} is {what}: dimensions {dims} of {dtype.name} need {expected} "
                           f"bytes of data, found {payload}; download the file again")

@@ -1,6 +1,12 @@
 """Reference architectures and loading of a user's model (ARCHITECTURE.md: nets/)."""
 
-from lesion.nets.activations import ScaledReLU, ScaledSigmoid, lipschitz_constant, make_activation, output_bound
+from lesion.nets.activations import (
+    ScaledReLU,
+    ScaledSigmoid,
+    lipschitz_constant,
+    make_activation,
+    output_bound,
+)
 from lesion.nets.checkpoint import save_checkpoint
 from lesion.nets.cnn import ConvNet
 from lesion.nets.loading import LoadedModel, load_model, model_digest

@@ -6,7 +6,6 @@ sigmoid(k·s) has K = k/4 and outputs in (0, 1), tanh has K = 1 and outputs in (
 
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 

@@ -1,0 +1,47 @@
+"""Confidence intervals against published values and closed forms."""
+
+import math
+
+import pytest
+from scipy import stats as sps
+
+from lesion.stats import mean_interval, wilson_interval, z_value
+
+
+def test_wilson_matches_newcombe_table():
+    # Newcombe (1998), Statistics in Medicine 17:857, Table I: 81/263 → Wilson 0.2553–0.3662.
+    lo, hi = wilson_interval(81, 263)
+    assert lo == pytest.approx(0.2553, abs=5e-5)
+    assert hi == pytest.approx(0.3662, abs=5e-5)
+
+
+def test_wilson_zero_successes_closed_form():
+    # With no successes the lower end is 0 and the upper end is z²/(n + z²).
+    z = 1.959963984540054
+    for n in (1, 20, 1000):
+        lo, hi = wilson_interval(0, n)
+        assert lo == 0.0
+        assert hi == pytest.approx(z * z / (n + z * z), rel=1e-12)
+        assert wilson_interval(n, n)[0] == pytest.approx(n / (n + z * z), rel=1e-12)
+
+
+def test_wilson_rejects_impossible_counts():
+    with pytest.raises(ValueError):
+        wilson_interval(5, 4)
+    with pytest.raises(ValueError):
+        wilson_interval(0, 0)
+
+
+def test_z_value():
+    assert z_value(0.95) == pytest.approx(1.959963984540054, rel=1e-12)
+    assert z_value(0.99) == pytest.approx(2.5758293035489, rel=1e-12)
+
+
+def test_mean_interval_matches_scipy_t_interval():
+    values = [0.91, 0.88, 0.95, 0.9, 0.87, 0.93]
+    mean = sum(values) / len(values)
+    expected = sps.t.interval(0.95, len(values) - 1, loc=mean, scale=sps.sem(values))
+    assert mean_interval(values) == pytest.approx(expected, rel=1e-12)
+    assert mean_interval([0.5]) == (0.5, 0.5)
+    lo, hi = mean_interval([1.0, 1.0, 1.0])
+    assert lo == hi == 1.0 and not math.isnan(lo)
