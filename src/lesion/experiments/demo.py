@@ -6,11 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+import torch
 
-from lesion.damage import crash_hidden_units, hidden_unit_consumers
+from lesion.damage import RandomCount, Target, UnitCrash, batched_damaged_outputs, realise
 from lesion.data import load
-from lesion.functional import forward_with, parameters_of
 from lesion.nets import build_net
 from lesion.stats import mean_interval
 from lesion.train import TrainSettings, evaluate_outputs, train
@@ -58,17 +57,18 @@ def run_demo(net: str = "mlp2", epochs: int = 10, fractions: tuple[float, ...] =
     history = train(model, data.x_train, data.y_train, TrainSettings(epochs=epochs, seed=seed),
                     data.x_test, data.y_test)
     assert history.test is not None
-    params = parameters_of(model)
-    rng = np.random.default_rng(seed)
+    target = Target(model)
+    generator = torch.Generator().manual_seed(seed)
     points = []
-    for layer, (_, width) in enumerate(hidden_unit_consumers(model), start=1):
+    for site in target.sites:
+        width = site.width
         for fraction in fractions:
             crashed = round(fraction * width)
-            accuracies = []
-            for _ in range(sets):
-                units = rng.choice(width, size=crashed, replace=False).tolist()
-                outputs = forward_with(model, crash_hidden_units(model, params, layer, units), data.x_test)
-                accuracies.append(evaluate_outputs(outputs, data.y_test).accuracy)
+            damage = [UnitCrash(str(site.index), RandomCount(crashed))]
+            configs = [realise(target, damage, generator) for _ in range(sets)]
+            outputs = batched_damaged_outputs(model, configs, data.x_test)
+            accuracies = [evaluate_outputs(out, data.y_test).accuracy for out in outputs]
+            layer = site.index
             points.append(CrashPoint(layer, crashed, width, sum(accuracies) / sets, mean_interval(accuracies),
                                      min(accuracies), max(accuracies), sets, len(data.y_test)))
     return DemoResult(net, data.to_dict(), history.test.accuracy, history.test.accuracy_ci, points)

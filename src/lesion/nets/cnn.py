@@ -52,8 +52,12 @@ def _dense_stack(n_in: int, widths: Sequence[int], n_out: int, dropout: float) -
     return nn.Sequential(layers)
 
 
-class ConvNet(nn.Module):
-    """VGG-style network: `layout` of conv widths and "M" pools, then dense `hidden` layers and the output."""
+class ConvNet(nn.Sequential):
+    """VGG-style network: `layout` of conv widths and "M" pools, then dense `hidden` layers and the output.
+
+    A chain (an nn.Sequential of ``features`` and ``classifier``), so that analyses can share the work of
+    the layers before a damage between damage configurations.
+    """
 
     def __init__(
         self,
@@ -65,14 +69,13 @@ class ConvNet(nn.Module):
         dropout: float = 0.0,
         batch_norm: bool = False,
     ) -> None:
-        super().__init__()
         pools = sum(1 for item in layout if item == "M")
         side = image_size // 2**pools
         if side < 1:
             raise ValueError(f"{pools} pools leave nothing of a {image_size}×{image_size} image")
         last = [int(item) for item in layout if item != "M"][-1]
-        self.features = _conv_stack(in_channels, layout, batch_norm)
-        self.classifier = _dense_stack(last * side * side, hidden, num_classes, dropout)
+        super().__init__(OrderedDict(features=_conv_stack(in_channels, layout, batch_norm),
+                                     classifier=_dense_stack(last * side * side, hidden, num_classes, dropout)))
         self._config = {
             "kind": "convnet",
             "in_channels": int(in_channels),
@@ -83,9 +86,6 @@ class ConvNet(nn.Module):
             "dropout": float(dropout),
             "batch_norm": bool(batch_norm),
         }
-
-    def forward(self, x):  # noqa: ANN001, ANN201 - nn.Module signature
-        return self.classifier(self.features(x))
 
     def config(self) -> dict[str, Any]:
         """Keyword arguments that rebuild this architecture (stored in checkpoints)."""

@@ -1,0 +1,258 @@
+"""Bit-level fault models on weights held in a storage format (SPEC §1, bit flip: flip bit b of weight i in its
+stored format).
+
+A weight is stored as a word of a given format (float32, float16, bfloat16, or int8 with a symmetric linear scale).
+A bit flip XORs one bit of that word; the damaged weight is the decoded value of the flipped word. Bits are numbered
+from 0 = least significant bit of the word; the sign bit is the top bit (31, 15, 15, 7).
+
+Everything here is a pure tensor function: no model knowledge, inputs are never modified.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import torch
+
+from lesion.errors import LesionError
+
+FORMATS: dict[str, int] = {"float32": 32, "float16": 16, "bfloat16": 16, "int8": 8}
+"""Supported storage formats and their word widths in bits."""
+
+_WORD_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.int32,
+    "float16": torch.int16,
+    "bfloat16": torch.int16,
+    "int8": torch.int8,
+}
+_FLOAT_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+# Number of mantissa bits (bits 0..m-1); exponent bits follow up to the sign bit.
+_MANTISSA_BITS: dict[str, int] = {"float32": 23, "float16": 10, "bfloat16": 7}
+# Below this many candidate bits, sample positions with one randperm instead of rejection.
+_RANDPERM_MAX = 1 << 16
+
+
+def _width(fmt: str) -> int:
+    if not isinstance(fmt, str) or fmt not in FORMATS:
+        raise LesionError(f"unknown storage format {fmt!r}: use one of {', '.join(FORMATS)}")
+    return FORMATS[fmt]
+
+
+def _check_bit(fmt: str, bit: int) -> int:
+    width = _width(fmt)
+    if isinstance(bit, bool) or not isinstance(bit, int) or not 0 <= bit < width:
+        raise LesionError(f"bit {bit!r} does not exist in {fmt}: use a bit position in 0..{width - 1}")
+    return bit
+
+
+def _check_scale(scale: float) -> float:
+    if isinstance(scale, bool):
+        raise LesionError(f"int8 scale must be a positive finite number, got {scale!r}")
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise LesionError(f"int8 scale must be a positive finite number, got {scale!r}") from None
+    if not math.isfinite(value) or value <= 0.0:
+        raise LesionError(f"int8 scale must be a positive finite number, got {scale!r}")
+    return value
+
+
+def int8_scale(w: torch.Tensor) -> float:
+    """Default int8 scale of `w`: max|w| / 127 over the whole tensor, or 1.0 when `w` is all zeros (or empty).
+
+    SPEC §1, bit flip: flip bit b of weight i in its stored format; int8 stores q = clamp(round(w / scale),
+    -128, 127) and reads back q·scale.
+    """
+    if w.numel() == 0:
+        return 1.0
+    peak = float(w.detach().abs().max().item())
+    if not math.isfinite(peak):
+        raise LesionError("int8 quantisation needs finite weights: the tensor holds NaN or infinite values")
+    return peak / 127.0 if peak > 0.0 else 1.0
+
+
+def encode(w: torch.Tensor, fmt: str, scale: float | None = None) -> torch.Tensor:
+    """The stored words of `w` in format `fmt`, as an integer tensor of the same shape.
+
+    SPEC §1, bit flip: flip bit b of weight i in its stored format. float32 → int32 (the IEEE 754 bit pattern),
+    float16 / bfloat16 → int16 (the value rounded to that format, bit pattern), int8 → int8 q = clamp(round(w /
+    scale), -128, 127) with `scale` defaulting to `int8_scale(w)`. `scale` is only meaningful for int8.
+    """
+    _width(fmt)
+    if not isinstance(w, torch.Tensor):
+        raise LesionError(f"encode needs a torch.Tensor of weights, got {type(w).__name__}")
+    w = w.detach()
+    if fmt == "float32":
+        return w.to(torch.float32).contiguous().clone().view(torch.int32)
+    if fmt in _FLOAT_DTYPES:
+        return w.to(_FLOAT_DTYPES[fmt]).contiguous().clone().view(torch.int16)
+    w32 = w.to(torch.float32)
+    if not bool(torch.isfinite(w32).all()):
+        raise LesionError("int8 quantisation needs finite weights: the tensor holds NaN or infinite values")
+    s = int8_scale(w32) if scale is None else _check_scale(scale)
+    return torch.clamp(torch.round(w32 / s), -128, 127).to(torch.int8)
+
+
+def decode(words: torch.Tensor, fmt: str, scale: float | None = None) -> torch.Tensor:
+    """float32 values of stored words `words` in format `fmt` (the inverse of `encode`).
+
+    SPEC §1, bit flip: flip bit b of weight i in its stored format. `words` must have the dtype `encode` gives
+    (int32 for float32, int16 for float16/bfloat16, int8 for int8). For int8 the `scale` used by `encode` is
+    required: the value is q·scale.
+    """
+    _width(fmt)
+    expected = _WORD_DTYPES[fmt]
+    if not isinstance(words, torch.Tensor) or words.dtype != expected:
+        got = words.dtype if isinstance(words, torch.Tensor) else type(words).__name__
+        raise LesionError(f"{fmt} words must be a {expected} tensor (as encode returns), got {got}")
+    if fmt == "float32":
+        return words.contiguous().clone().view(torch.float32)
+    if fmt in _FLOAT_DTYPES:
+        return words.contiguous().view(_FLOAT_DTYPES[fmt]).to(torch.float32)
+    if scale is None:
+        raise LesionError("decoding int8 words needs the scale they were encoded with: pass scale=")
+    return words.to(torch.float32) * _check_scale(scale)
+
+
+def _as_index_tensor(x: torch.Tensor | Sequence[int], what: str) -> torch.Tensor:
+    t = torch.as_tensor(x)
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise LesionError(f"{what} must be integers, got a {t.dtype} tensor")
+    return t.reshape(-1).to(torch.int64).cpu()
+
+
+def flip_bits(w: torch.Tensor, flat_indices: torch.Tensor, bits: torch.Tensor, fmt: str = "float32",
+              scale: float | None = None) -> torch.Tensor:
+    """A new float32 tensor like `w` in which bit `bits[k]` of the stored word of element `flat_indices[k]` is
+    flipped, for every k (SPEC §1, bit flip: flip bit b of weight i in its stored format).
+
+    Flips are XORs: the same (element, bit) pair listed twice cancels, and several bits of one element all apply.
+    Each element with at least one listed flip is replaced by the decoded value of its flipped word (so it also
+    carries the format's rounding or quantisation of that element). Elements not listed keep their original
+    float32 value exactly: the quantisation error of untouched weights is not part of the fault. For int8 the
+    scale defaults to `int8_scale(w)` over the whole of `w`. `w` is never modified.
+    """
+    width = _width(fmt)
+    if not isinstance(w, torch.Tensor):
+        raise LesionError(f"flip_bits needs a torch.Tensor of weights, got {type(w).__name__}")
+    if scale is not None:
+        scale = _check_scale(scale)
+    out = w.detach().to(torch.float32).clone()
+    idx = _as_index_tensor(flat_indices, "flat_indices")
+    bit = _as_index_tensor(bits, "bits")
+    if idx.numel() != bit.numel():
+        raise LesionError(f"flat_indices and bits must pair up: got {idx.numel()} indices and {bit.numel()} bits")
+    if idx.numel() == 0:
+        return out
+    numel = out.numel()
+    if int(idx.min()) < 0 or int(idx.max()) >= numel:
+        raise LesionError(f"flat indices must lie in 0..{numel - 1} for a tensor of {numel} elements")
+    if int(bit.min()) < 0 or int(bit.max()) >= width:
+        raise LesionError(f"bit positions must lie in 0..{width - 1} for {fmt}")
+    if fmt == "int8" and scale is None:
+        scale = int8_scale(out)
+
+    # XOR semantics: a pair flipped an even number of times is a no-op; the remaining bits of an element are
+    # distinct, so their XOR is their sum.
+    pairs, counts = torch.unique(idx * width + bit, return_counts=True)
+    pairs = pairs[counts % 2 == 1]
+    elements, inverse = torch.unique(pairs // width, return_inverse=True)
+    masks = torch.zeros(elements.numel(), dtype=torch.int64)
+    masks.index_add_(0, inverse, torch.ones_like(pairs) << (pairs % width))
+    touched = elements[masks != 0]
+    masks = masks[masks != 0]
+    if touched.numel() == 0:
+        return out
+    # Re-express the unsigned mask as the signed word of the same bits (e.g. bit 31 alone is -2**31 in int32).
+    masks = torch.where(masks >= (1 << (width - 1)), masks - (1 << width), masks).to(_WORD_DTYPES[fmt])
+
+    flat = out.view(-1)
+    touched = touched.to(flat.device)
+    words = encode(flat[touched], fmt, scale)
+    flat[touched] = decode(torch.bitwise_xor(words, masks.to(words.device)), fmt, scale)
+    return out
+
+
+def _bit_positions(fmt: str, bits: Sequence[int] | None) -> list[int]:
+    width = _width(fmt)
+    if bits is None:
+        return list(range(width))
+    positions = [_check_bit(fmt, b) for b in bits]
+    if not positions:
+        raise LesionError("give at least one bit position to flip, or bits=None for all bits of the format")
+    if len(set(positions)) != len(positions):
+        raise LesionError(f"bit positions must be listed once each, got {list(bits)}")
+    return sorted(positions)
+
+
+def _distinct_uniform(total: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """`count` distinct integers drawn uniformly without replacement from 0..total-1, sorted."""
+    if count == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    if total <= _RANDPERM_MAX or 2 * count >= total:
+        return torch.sort(torch.randperm(total, generator=generator)[:count]).values
+    # Sparse case: draw with replacement until `count` distinct values are seen. The set of distinct values is
+    # exchangeable over 0..total-1, so a uniform subset of it of size `count` is a uniform subset of 0..total-1.
+    seen = torch.zeros(0, dtype=torch.int64)
+    while seen.numel() < count:
+        need = count - seen.numel()
+        draws = torch.randint(0, total, (2 * need + 16,), generator=generator, dtype=torch.int64)
+        seen = torch.unique(torch.cat([seen, draws]))
+    if seen.numel() > count:
+        seen = torch.sort(seen[torch.randperm(seen.numel(), generator=generator)[:count]]).values
+    return seen
+
+
+def random_bit_positions(numel: int, ber: float, fmt: str, generator: torch.Generator,
+                         bits: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random bit flips at bit-error rate `ber` among the stored bits of `numel` weights in format `fmt`.
+
+    SPEC §1, bit flip: flip bit b of weight i in its stored format. The candidate bits are `numel × B` where B
+    is every bit of the format, or only the positions in `bits`. The number of flips is Binomial(numel·B, ber)
+    drawn with `generator`; that many distinct (element, bit) positions are then drawn uniformly without
+    replacement with the same generator, so the result is reproducible from the generator's seed. Returns
+    (flat_indices, bits), both int64, sorted by element then bit, ready for `flip_bits`.
+    """
+    _width(fmt)
+    if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
+        raise LesionError(f"numel must be a non-negative integer, got {numel!r}")
+    if isinstance(ber, bool) or not isinstance(ber, numbers.Real) or not 0.0 <= float(ber) <= 1.0:
+        raise LesionError(f"bit-error rate must be a number in [0, 1], got {ber!r}")
+    if not isinstance(generator, torch.Generator):
+        raise LesionError("random_bit_positions needs a torch.Generator (e.g. torch.Generator().manual_seed(0))")
+    positions = _bit_positions(fmt, bits)
+    per_element = len(positions)
+    total = numel * per_element
+    ber = float(ber)
+    if total == 0 or ber == 0.0:
+        count = 0
+    elif ber == 1.0:
+        count = total
+    else:
+        drawn = torch.binomial(torch.tensor(float(total), dtype=torch.float64),
+                               torch.tensor(ber, dtype=torch.float64), generator=generator)
+        count = min(max(int(drawn.item()), 0), total)
+    chosen = _distinct_uniform(total, count, generator)
+    lookup = torch.tensor(positions, dtype=torch.int64)
+    return chosen // per_element, lookup[chosen % per_element]
+
+
+def bit_name(fmt: str, bit: int) -> str:
+    """What bit `bit` of a `fmt` word encodes: "sign", "exponent[k]", "mantissa[k]" or, for int8, "magnitude[k]".
+
+    SPEC §1, bit flip: flip bit b of weight i in its stored format. Field indices count from the field's least
+    significant bit (float32: mantissa 0–22, exponent 23–30, sign 31; float16: 0–9, 10–14, 15; bfloat16: 0–6,
+    7–14, 15; int8 two's complement: magnitude 0–6, sign 7).
+    """
+    width = _width(fmt)
+    _check_bit(fmt, bit)
+    if bit == width - 1:
+        return "sign"
+    if fmt == "int8":
+        return f"magnitude[{bit}]"
+    mantissa = _MANTISSA_BITS[fmt]
+    if bit < mantissa:
+        return f"mantissa[{bit}]"
+    return f"exponent[{bit - mantissa}]"

@@ -1,0 +1,304 @@
+"""Damage engine: every kind against a hand-edited copy of the model; batched against the loop; bad SPECs."""
+
+import copy
+import math
+import struct
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lesion.damage import (
+    Realised,
+    Target,
+    batched_damaged_outputs,
+    damaged_outputs,
+    parse_damage,
+    realise,
+    unit_sites,
+)
+from lesion.errors import LesionError
+from lesion.nets import MLP, ConvNet
+
+ATOL = 1e-6
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return MLP(6, [5, 4], 3, activation="sigmoid", k=2.0).eval()  # φ(0) = 0.5: a crash is not φ of zero input
+
+
+@pytest.fixture
+def cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return ConvNet(1, 8, 3, (4, "M", 6), (7,)).eval()
+
+
+X_MLP = torch.rand(9, 6, generator=seeded(1))
+X_CNN = torch.rand(5, 1, 8, 8, generator=seeded(2))
+
+
+def outputs_of(model: nn.Module, text: str, x: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, Realised]:
+    realised = realise(Target(model), [parse_damage(text)], seeded(seed))
+    return damaged_outputs(model, realised, x), realised
+
+
+def untouched(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    same = all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    no_hooks = all(not m._forward_hooks for m in model.modules())
+    return same and no_hooks
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_unit_sites_of_reference_nets(mlp, cnn):
+    assert [(s.module, s.width) for s in unit_sites(mlp)] == [("act1", 5), ("act2", 4)]
+    assert [(s.module, s.layer, s.width, s.kind) for s in unit_sites(cnn)] == [
+        ("features.act1", "features.conv1", 4, "conv"), ("features.act2", "features.conv2", 6, "conv"),
+        ("classifier.act1", "classifier.fc1", 7, "linear")]
+
+
+@pytest.mark.parametrize("value", [0.0, 0.7])
+def test_crash_equals_editing_the_next_layer(mlp, value):
+    before = snapshot(mlp)
+    out, realised = outputs_of(mlp, f"crash:1:1,3:value={value}", X_MLP)
+    hand = copy.deepcopy(mlp)
+    with torch.no_grad():  # unit u outputs `value`: its column in fc2 contributes value·W[:, u] through the bias
+        for u in (1, 3):
+            hand.fc2.bias += value * hand.fc2.weight[:, u]
+            hand.fc2.weight[:, u] = 0.0
+    torch.testing.assert_close(out, hand(X_MLP), atol=ATOL, rtol=0)
+    assert realised.faults[0]["indices"] == [1, 3]
+    assert untouched(mlp, before)
+
+
+def test_crash_by_module_name_and_fraction(mlp):
+    out, realised = outputs_of(mlp, "crash:act2:frac=0.5", X_MLP, seed=4)
+    units = realised.faults[0]["indices"]
+    assert len(units) == 2
+    hand = copy.deepcopy(mlp)
+    with torch.no_grad():
+        hand.out.weight[:, units] = 0.0
+    torch.testing.assert_close(out, hand(X_MLP), atol=ATOL, rtol=0)
+
+
+def test_conv_channel_crash_equals_zeroing_the_next_conv_inputs(cnn):
+    out, _ = outputs_of(cnn, "crash:1:0,2", X_CNN)
+    hand = copy.deepcopy(cnn)
+    with torch.no_grad():  # ReLU then max-pool keep a zero channel zero: conv2 reads nothing from it
+        hand.features.conv2.weight[:, [0, 2]] = 0.0
+    torch.testing.assert_close(out, hand(X_CNN), atol=ATOL, rtol=0)
+
+
+def test_filter_deletion(cnn):
+    before = snapshot(cnn)
+    out, _ = outputs_of(cnn, "filter:features.conv2:1,5", X_CNN)
+    hand = copy.deepcopy(cnn)
+    with torch.no_grad():
+        hand.features.conv2.weight[[1, 5]] = 0.0
+        hand.features.conv2.bias[[1, 5]] = 0.0
+    torch.testing.assert_close(out, hand(X_CNN), atol=ATOL, rtol=0)
+    assert untouched(cnn, before)
+
+
+def test_random_weight_deletion(mlp):
+    out, realised = outputs_of(mlp, "delete:fc1.weight:frac=0.4", X_MLP, seed=3)
+    chosen = realised.faults[0]["indices"]
+    assert len(chosen) == round(0.4 * 30) == len(set(chosen))
+    hand = copy.deepcopy(mlp)
+    with torch.no_grad():
+        hand.fc1.weight.view(-1)[chosen] = 0.0
+    torch.testing.assert_close(out, hand(X_MLP), atol=ATOL, rtol=0)
+
+
+def test_smallest_magnitude_deletion_across_parameters(mlp):
+    out, _ = outputs_of(mlp, "delete:*.weight:smallest=0.25", X_MLP)
+    hand = copy.deepcopy(mlp)
+    weights = [hand.fc1.weight, hand.fc2.weight, hand.out.weight]
+    flat = np.concatenate([w.detach().numpy().ravel() for w in weights])
+    drop = set(np.argsort(np.abs(flat), kind="stable")[: round(0.25 * flat.size)].tolist())
+    offset = 0
+    with torch.no_grad():
+        for w in weights:
+            for i in range(w.numel()):
+                if offset + i in drop:
+                    w.view(-1)[i] = 0.0
+            offset += w.numel()
+    torch.testing.assert_close(out, hand(X_MLP), atol=ATOL, rtol=0)
+
+
+def test_sphere_and_gauss_perturbations(mlp):
+    target = Target(mlp)
+    n = sum(p.numel() for p in mlp.parameters())
+    for sigma in (0.1, 2.0):
+        realised = realise(target, [parse_damage(f"sphere:{sigma}")], seeded(5))
+        du = torch.cat([(realised.params[k] - target.base[k]).flatten().double() for k in target.base])
+        assert float(du.norm()) == pytest.approx(sigma, rel=1e-5)
+        hand = copy.deepcopy(mlp)
+        hand.load_state_dict({k: v.float() for k, v in realised.params.items()})
+        torch.testing.assert_close(damaged_outputs(mlp, realised, X_MLP), hand(X_MLP), atol=ATOL, rtol=0)
+    # gauss: E|du|² = σ² (SPEC §1, [G] Eq. 9); 2,000 draws, |du|²/σ² ~ χ²_n/n with variance 2/n
+    squares = []
+    gen = seeded(6)
+    for _ in range(2000):
+        realised = realise(target, [parse_damage("gauss:0.5")], gen)
+        squares.append(sum(float(((realised.params[k] - target.base[k]).double() ** 2).sum()) for k in target.base))
+    mean = np.mean(squares) / 0.25
+    assert abs(mean - 1.0) < 4 * math.sqrt(2 / n) / math.sqrt(2000)
+
+
+def test_perturbation_of_one_parameter_leaves_the_others(mlp):
+    realised = realise(Target(mlp), [parse_damage("gauss:out.bias:1.0")], seeded(0))
+    assert list(realised.params) == ["out.bias"]
+
+
+def test_explicit_direction(mlp, tmp_path):
+    n = sum(p.numel() for p in mlp.parameters())
+    du = np.random.default_rng(0).standard_normal(n)
+    np.save(tmp_path / "du.npy", du)
+    out, _ = outputs_of(mlp, f"direction:{tmp_path / 'du.npy'}:0.3", X_MLP)
+    hand = copy.deepcopy(mlp)
+    offset = 0
+    with torch.no_grad():
+        for p in hand.parameters():
+            p += torch.from_numpy(du[offset:offset + p.numel()] * 0.3 / np.linalg.norm(du)).reshape(p.shape).float()
+            offset += p.numel()
+    torch.testing.assert_close(out, hand(X_MLP), atol=ATOL, rtol=0)
+
+
+def struct_flip(value: float, bit: int) -> float:
+    word = struct.unpack("<I", struct.pack("<f", value))[0] ^ (1 << bit)
+    return struct.unpack("<f", struct.pack("<I", word))[0]
+
+
+@pytest.mark.parametrize("bit", [31, 30, 22, 0])
+def test_single_bit_flip(mlp, bit):
+    out, realised = outputs_of(mlp, f"bitflip:fc2.weight:1,3:{bit}", X_MLP)
+    hand = copy.deepcopy(mlp)
+    with torch.no_grad():
+        hand.fc2.weight[1, 3] = struct_flip(float(mlp.fc2.weight[1, 3]), bit)
+    assert realised.faults[0]["index"] == 1 * 5 + 3
+    if bit == 31:
+        assert realised.faults[0]["after"] == -realised.faults[0]["before"]
+    torch.testing.assert_close(out, hand(X_MLP), atol=ATOL, rtol=0, equal_nan=True)
+
+
+def test_random_bit_flips_at_a_rate(mlp):
+    out, realised = outputs_of(mlp, "bitflip:weights:ber=0.01:bits=20,21,22", X_MLP, seed=2)
+    codes = realised.faults[0]["indices"]
+    assert realised.faults[0]["flips"] == len(codes) > 0
+    hand = copy.deepcopy(mlp)
+    weights = [hand.fc1.weight, hand.fc2.weight, hand.out.weight]
+    sizes = np.cumsum([0] + [w.numel() for w in weights])
+    with torch.no_grad():
+        for code in codes:
+            index, bit = divmod(code, 64)
+            assert bit in (20, 21, 22)
+            which = int(np.searchsorted(sizes, index, side="right") - 1)
+            w = weights[which].view(-1)
+            w[index - sizes[which]] = struct_flip(float(w[index - sizes[which]]), bit)
+    torch.testing.assert_close(out, hand(X_MLP), atol=ATOL, rtol=0)
+
+
+def test_stuck_at(mlp):
+    out, _ = outputs_of(mlp, "stuck:fc1.bias:2:-3.5", X_MLP)
+    hand = copy.deepcopy(mlp)
+    with torch.no_grad():
+        hand.fc1.bias[2] = -3.5
+    torch.testing.assert_close(out, hand(X_MLP), atol=ATOL, rtol=0)
+    inf_out, _ = outputs_of(mlp, "stuck:out.bias:0:inf", X_MLP)
+    assert torch.isinf(inf_out[:, 0]).all()
+
+
+def test_damages_compose_in_order(mlp):
+    target = Target(mlp)
+    realised = realise(target, [parse_damage("stuck:fc1.weight:0:5.0"), parse_damage("delete:fc1.weight:idx=0")],
+                       seeded(0))
+    assert float(realised.params["fc1.weight"].view(-1)[0]) == 0.0
+    assert len(realised.faults) == 2
+
+
+def mixed_configs(model: nn.Module, count: int) -> list[Realised]:
+    target = Target(model)
+    gen = seeded(11)
+    specs = ["crash:1:frac=0.4", "delete:weights:frac=0.3", "gauss:0.5", "crash:2:count=2",
+             "bitflip:ber=0.002"]
+    return [realise(target, [parse_damage(specs[i % len(specs)])], gen) for i in range(count)]
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 4])
+def test_batched_evaluation_agrees_with_the_loop(mlp, chunk):
+    model = copy.deepcopy(mlp).double()
+    x = X_MLP.double()
+    configs = mixed_configs(model, 13)
+    before = snapshot(model)
+    batched = batched_damaged_outputs(model, configs, x, chunk_size=chunk, input_batch=4)
+    loop = torch.stack([damaged_outputs(model, c, x) for c in configs])
+    torch.testing.assert_close(batched, loop, atol=1e-12, rtol=1e-12)
+    assert untouched(model, before)
+
+
+def test_batched_float32_predictions_match_the_loop(cnn):
+    configs = mixed_configs(cnn, 10)
+    batched = batched_damaged_outputs(cnn, configs, X_CNN)
+    loop = torch.stack([damaged_outputs(cnn, c, X_CNN) for c in configs])
+    torch.testing.assert_close(batched, loop, atol=1e-5, rtol=1e-5)
+    assert torch.equal(batched.argmax(-1), loop.argmax(-1))
+
+
+class Residual(nn.Module):
+    """Not a chain: the engine must run the whole model per configuration."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.fc2(x + self.act(self.fc1(x)))
+
+
+def test_non_chain_models_and_late_damage_prefix_sharing(mlp):
+    torch.manual_seed(3)
+    residual = Residual().double()
+    x = X_MLP.double()
+    configs = [realise(Target(residual), [parse_damage("crash:1:count=2")], seeded(i)) for i in range(4)]
+    batched = batched_damaged_outputs(residual, configs, x)
+    loop = torch.stack([damaged_outputs(residual, c, x) for c in configs])
+    torch.testing.assert_close(batched, loop, atol=1e-12, rtol=1e-12)
+    # damage confined to the output layer: the first layers run once; same numbers as the loop
+    model = copy.deepcopy(mlp).double()
+    late = [realise(Target(model), [parse_damage("delete:out.weight:frac=0.5")], seeded(i)) for i in range(5)]
+    torch.testing.assert_close(batched_damaged_outputs(model, late, x),
+                               torch.stack([damaged_outputs(model, c, x) for c in late]), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("melt:1", "unknown damage kind"),
+        ("crash:7:1", "hidden layer 7 does not exist"),
+        ("crash:1:frac=1.5", "fraction must lie in [0, 1]"),
+        ("delete:fc1.weight:frac=-0.1", "fraction must lie in [0, 1]"),
+        ("gauss:-1", "σ must be a finite number ≥ 0"),
+        ("sphere:nan", "σ must be a finite number ≥ 0"),
+        ("bitflip:ber=2", "bit-error rate must lie in [0, 1]"),
+        ("bitflip:fc1.weight:0:32", "bit 32 does not exist"),
+        ("bitflip:ber=0.1:fmt=float8", "unknown storage format"),
+        ("stuck:fc1.weight:999:0", "out of range"),
+        ("delete:nosuch:frac=0.1", "no parameter matches"),
+        ("crash:1:9", "indices must lie in 0..4"),
+        ("crash:1", "the forms of crash are"),
+    ],
+)
+def test_bad_specs_are_clear_errors(mlp, text, message):
+    with pytest.raises(LesionError) as info:
+        realise(Target(mlp), [parse_damage(text)], seeded(0))
+    assert message in str(info.value)
