@@ -84,20 +84,98 @@ def _cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     return {"checkpoint": str(path), "net": args.net, "config": config, **record}
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+def _load_model_and_data(args: argparse.Namespace) -> tuple[Any, Any]:
     from lesion.data import load
     from lesion.nets import load_model, validate_model
-    from lesion.train import evaluate
 
     data = load(args.data)
     loaded = load_model(args.model, args.weights, seed=args.seed)
     validate_model(loaded.module, data.x_test, data.num_classes, data.name)
-    if not data.has_labels:
-        raise LesionError(f"{args.data} has no test labels: accuracy and loss need labels")
-    result = evaluate(loaded.module, data.x_test, data.y_test, batch_size=args.batch_size)
-    print(f"test accuracy {result.accuracy:.4f} (95% CI {result.accuracy_ci[0]:.4f}–{result.accuracy_ci[1]:.4f}, "
+    return loaded, data
+
+
+def _print_evaluation(label: str, result: Any) -> None:
+    print(f"{label}accuracy {result.accuracy:.4f} (95% CI {result.accuracy_ci[0]:.4f}–{result.accuracy_ci[1]:.4f}, "
           f"n={result.n}), loss {result.loss:.4f}")
-    return {"model": loaded.to_dict(), "data": data.to_dict(), "evaluation": result.to_dict()}
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from lesion.damage import Target, damaged_outputs, parse_damage, realise
+    from lesion.damage.campaign import per_sample_metrics
+    from lesion.train import evaluate_outputs, predict
+
+    loaded, data = _load_model_and_data(args)
+    damages = [parse_damage(text) for text in args.damage or []]
+    clean = predict(loaded.module, data.x_test, batch_size=args.batch_size)
+    outputs = clean
+    out: dict[str, Any] = {"model": loaded.to_dict(), "data": data.to_dict()}
+    if damages:
+        realised = realise(Target(loaded.module), damages, torch.Generator().manual_seed(args.seed))
+        outputs = damaged_outputs(loaded.module, realised, data.x_test, batch_size=args.batch_size)
+        error, _, _ = per_sample_metrics(outputs, clean, None)
+        out["damage"] = {"specs": [d.spec() for d in damages], "faults": list(realised.faults),
+                         "output_error": error}
+    if args.save_outputs:
+        np.save(args.save_outputs, outputs.double().numpy())
+        out["outputs_file"] = args.save_outputs
+    if data.has_labels:
+        result = evaluate_outputs(clean, data.y_test)
+        _print_evaluation("test " if not damages else "clean test ", result)
+        out["evaluation"] = result.to_dict()
+        if damages:
+            damaged = evaluate_outputs(outputs, data.y_test)
+            _print_evaluation("damaged test ", damaged)
+            out["damaged_evaluation"] = damaged.to_dict()
+    elif not args.save_outputs and not damages:
+        raise LesionError(f"{args.data} has no test labels: accuracy and loss need labels "
+                          "(use --save-outputs to get the raw outputs)")
+    if damages:
+        print(f"mean output error ‖ΔF‖∞ {out['damage']['output_error']:.6g}; faults: "
+              + "; ".join(_fault_summary(f) for f in out["damage"]["faults"]))
+    return out
+
+
+def _fault_summary(fault: dict[str, Any]) -> str:
+    count = len(fault["indices"]) if "indices" in fault else fault.get("count")
+    where = fault.get("site") or fault.get("module") or fault.get("param") or ",".join(fault.get("params", []))
+    return f"{fault['kind']} at {where}" + (f" ({count})" if count is not None else "")
+
+
+def _cmd_campaign(args: argparse.Namespace) -> dict[str, Any]:
+    from lesion.damage import parse_damage
+    from lesion.damage.campaign import Campaign, load_fault_list, replay, save_fault_list
+
+    loaded, data = _load_model_and_data(args)
+    x = data.x_test[: args.inputs] if args.inputs else data.x_test
+    y = None if data.y_test is None else data.y_test[: len(x)]
+    if args.replay:
+        result = replay(loaded.module, x, y, load_fault_list(args.replay), args.tolerance)
+    else:
+        if not args.damage:
+            raise LesionError("give at least one --damage SPEC (or --replay FILE)")
+        if (args.samples is None) == (args.ci_width is None):
+            raise LesionError("give either --samples N or --ci-width W")
+        campaign = Campaign(loaded.module, x, y, [parse_damage(t) for t in args.damage], args.seed, args.tolerance)
+        result = campaign.run(args.samples, args.ci_width, max_samples=args.max_samples)
+    if args.save_faults:
+        save_fault_list(args.save_faults, result)
+    n = len(result.samples)
+    print(f"{n} configurations of {' + '.join(result.damage)} on {result.inputs} inputs of {data.name}")
+    if result.accuracy:
+        a = result.accuracy
+        print(f"accuracy: clean {result.clean_accuracy:.4f}; damaged mean {a['mean']:.4f} "
+              f"(95% CI {a['ci'][0]:.4f}–{a['ci'][1]:.4f}), min {a['min']:.4f}, max {a['max']:.4f}")
+        f = result.failure_rate
+        print(f"failure rate (accuracy more than {f['tolerance']} below clean): {f['rate']:.4f} "
+              f"(95% Wilson CI {f['ci'][0]:.4f}–{f['ci'][1]:.4f})")
+    e = result.output_error
+    print(f"output error ‖ΔF‖∞: mean {e['mean']:.6g} (95% CI {e['ci'][0]:.6g}–{e['ci'][1]:.6g})")
+    if result.target_width is not None:
+        state = "met" if result.target_met else f"NOT met after {n} samples (raise --max-samples)"
+        print(f"target interval width {result.target_width}: {state}; planned ≈{result.planned_samples} samples")
+    return {"model": loaded.to_dict(), "data": data.to_dict(), "campaign": result.to_dict(with_samples=True)}
 
 
 def _cmd_data(args: argparse.Namespace) -> dict[str, Any]:
@@ -137,8 +215,21 @@ def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- parser
+class _Formatter(argparse.RawTextHelpFormatter):
+    """Keeps the line breaks of the damage SPEC table; wraps other help text."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        if "\n" in text:
+            return text.splitlines()
+        return argparse.HelpFormatter._split_lines(self, text, width)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command (each documents every option in --help)."""
+    from lesion.damage.spec import SPEC_HELP
     from lesion.nets import describe_presets
 
     parser = argparse.ArgumentParser(
@@ -166,14 +257,42 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.set_defaults(run=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="test accuracy and loss of a model",
+    damage_help = SPEC_HELP.replace("%", "%%")
+    p = sub.add_parser("evaluate", help="test accuracy and loss of a model, clean or damaged",
+                       formatter_class=_Formatter,
                        description="Accuracy (with a 95% Wilson interval) and cross-entropy loss on the test "
-                                   "split of a data set.")
+                                   "split of a data set, of the model as it is or with --damage applied (the model "
+                                   "file is never changed).")
     _add_model(p)
     _add_data(p)
     p.add_argument("--batch-size", type=_positive_int, default=1000, help="inputs per forward pass")
+    p.add_argument("--damage", action="append", metavar="SPEC",
+                   help="damage to apply (repeatable; applied in order, random choices from --seed):\n" + damage_help)
+    p.add_argument("--save-outputs", metavar="FILE.npy",
+                   help="write the (damaged) network's raw outputs on the test inputs as a float64 .npy array")
     _add_common(p)
     p.set_defaults(run=_cmd_evaluate)
+
+    p = sub.add_parser("campaign", help="statistical fault campaign", formatter_class=_Formatter,
+                       description="Draw many damage configurations, evaluate them in vectorised batches and "
+                                   "report accuracy, loss and output error with 95% confidence intervals. Sample i "
+                                   "is drawn from a seed derived from (--seed, i).")
+    _add_model(p)
+    _add_data(p)
+    p.add_argument("--damage", action="append", metavar="SPEC", help="damage per configuration (repeatable, "
+                   "composed in order):\n" + damage_help)
+    p.add_argument("--samples", type=_positive_int, help="number of configurations")
+    p.add_argument("--ci-width", type=float, metavar="W",
+                   help="instead of --samples: stop once the 95%% interval of the mean accuracy (mean output "
+                        "error without labels) is at most W wide (at least 30 samples)")
+    p.add_argument("--max-samples", type=_positive_int, default=10_000, help="cap for --ci-width (default 10000)")
+    p.add_argument("--tolerance", type=float, default=0.05,
+                   help="a configuration fails when its accuracy is more than this below clean (default 0.05)")
+    p.add_argument("--inputs", type=_positive_int, metavar="N", help="use the first N test inputs (default all)")
+    p.add_argument("--save-faults", metavar="FILE", help="save the fault list (seeds and faults) as JSON")
+    p.add_argument("--replay", metavar="FILE", help="re-run the configurations of a saved fault list")
+    _add_common(p)
+    p.set_defaults(run=_cmd_campaign)
 
     p = sub.add_parser("data", help="describe a data set", description="Load a data set and describe it.")
     p.add_argument("name", metavar="D", help="data set name or form (see `lesion train --help`)")

@@ -41,10 +41,71 @@ def mean_interval(values: list[float], confidence: float = 0.95) -> tuple[float,
     """
     if not values:
         raise ValueError("a mean needs at least one value")
-    n = len(values)
-    mean = sum(values) / n
-    if n == 1:
-        return mean, mean
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    half = float(student_t.ppf(0.5 + confidence / 2.0, n - 1)) * math.sqrt(var / n)
-    return mean - half, mean + half
+    running = RunningMean()
+    for value in values:
+        running.add(float(value))
+    return running.interval(confidence)
+
+
+def sample_size_for_mean(sd: float, width: float, confidence: float = 0.95) -> int:
+    """Samples needed for a normal-approximation interval of total width `width` on a mean with spread `sd`:
+    n = ⌈(2·z·sd / width)²⌉ (at least 2)."""
+    if not width > 0:
+        raise ValueError(f"an interval width must be positive, got {width}")
+    return max(2, math.ceil((2.0 * z_value(confidence) * sd / width) ** 2))
+
+
+def sample_size_for_rate(width: float, rate: float = 0.5, confidence: float = 0.95) -> int:
+    """Trials needed for a rate's interval of total width `width`: n = ⌈z²·p(1−p) / (width/2)²⌉, with the
+    worst case p = 0.5 unless a rate is known."""
+    if not width > 0:
+        raise ValueError(f"an interval width must be positive, got {width}")
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"a rate lies in [0, 1], got {rate}")
+    z = z_value(confidence)
+    return max(1, math.ceil(z * z * rate * (1.0 - rate) / (width / 2.0) ** 2))
+
+
+class RunningMean:
+    """Mean, standard deviation, extremes and Student-t interval of a stream of values (Welford's update),
+    for campaigns that stop once the interval is narrow enough (SPEC §4)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean = 0.0
+        self._m2 = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+
+    def add(self, value: float) -> None:
+        """Take one more value (non-finite values make the mean non-finite, as they should)."""
+        self.n += 1
+        delta = value - self.mean
+        self.mean += delta / self.n
+        self._m2 += delta * (value - self.mean)
+        self.min = min(self.min, value)
+        self.max = max(self.max, value)
+
+    @property
+    def sd(self) -> float:
+        """Sample standard deviation (0 for fewer than 2 values)."""
+        return math.sqrt(self._m2 / (self.n - 1)) if self.n > 1 else 0.0
+
+    def interval(self, confidence: float = 0.95) -> tuple[float, float]:
+        """Student-t interval for the mean."""
+        if self.n < 2 or not math.isfinite(self.mean):
+            return self.mean, self.mean
+        half = float(student_t.ppf(0.5 + confidence / 2.0, self.n - 1)) * self.sd / math.sqrt(self.n)
+        return self.mean - half, self.mean + half
+
+    def width(self, confidence: float = 0.95) -> float:
+        """Total width of the interval (infinite with fewer than 2 values)."""
+        if self.n < 2:
+            return math.inf
+        lo, hi = self.interval(confidence)
+        return hi - lo
+
+    def to_dict(self) -> dict[str, float | int | list[float]]:
+        """JSON-able summary."""
+        return {"mean": self.mean, "ci": list(self.interval()), "sd": self.sd, "min": self.min, "max": self.max,
+                "n": self.n}

@@ -23,7 +23,7 @@ from lesion.errors import LesionError
 from lesion.functional import eval_mode, parameters_of
 
 _overrides = threading.local()
-DEFAULT_MEMORY_BYTES = 1 << 30  # working memory for one chunk of configurations
+DEFAULT_MEMORY_BYTES = 64 << 20  # working set of one chunk of configurations: small chunks stay in cache
 
 
 def _hook(site: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], torch.Tensor]:

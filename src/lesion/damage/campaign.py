@@ -1,0 +1,217 @@
+"""Fault campaigns with statistics (issue "Damage engine", item 4; SPEC §4).
+
+A campaign draws damage configurations from descriptions, evaluates them in vectorised batches, and
+reports accuracy, loss and output error with 95% intervals: Student-t intervals over configurations for
+means, a Wilson interval for the failure rate (share of configurations whose accuracy falls more than
+`tolerance` below clean). It runs a fixed number of samples, or stops once the interval on the mean
+accuracy (mean output error without labels) is no wider than a target. Sample i is drawn from its own seed,
+derived from (campaign seed, i), so results are reproducible and any sample can be replayed alone; the fault
+list (descriptions, seeds and fault records) can be saved and replayed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lesion import progress
+from lesion.damage.apply import batched_damaged_outputs
+from lesion.damage.kinds import Damage, realise
+from lesion.damage.spec import parse_damage
+from lesion.damage.target import Target
+from lesion.errors import LesionError
+from lesion.functional import forward_with
+from lesion.nets.loading import model_digest
+from lesion.report.jsonio import to_jsonable, write_json
+from lesion.stats import RunningMean, sample_size_for_mean, wilson_interval
+
+FAULT_LIST_FORMAT = "lesion-fault-list"
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample `index` of a campaign seeded with `seed` (numpy SeedSequence of the pair)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """One damage configuration: its seed, fault record and measured figures."""
+
+    index: int
+    seed: int
+    faults: tuple[dict[str, Any], ...]
+    output_error: float
+    accuracy: float | None = None
+    loss: float | None = None
+
+
+def per_sample_metrics(outputs: torch.Tensor, clean: torch.Tensor, y: torch.Tensor | None
+                       ) -> tuple[float, float | None, float | None]:
+    """(mean over inputs of ‖F_damaged − F‖_∞ (SPEC §2.1 default norm), accuracy, cross-entropy) of one
+    configuration; an input whose damaged outputs are not finite counts as misclassified."""
+    diff = (outputs.double() - clean.double()).abs().amax(dim=1)
+    error = float(diff.mean())
+    if y is None:
+        return error, None, None
+    finite = torch.isfinite(outputs).all(dim=1)
+    correct = (outputs.argmax(dim=1) == y) & finite
+    loss = float(torch.nn.functional.cross_entropy(outputs.double(), y))
+    return error, float(correct.double().mean()), loss
+
+
+@dataclass(frozen=True)
+class CampaignResult:
+    """A campaign's figures, its samples and how it ended."""
+
+    damage: tuple[str, ...]
+    seed: int
+    inputs: int
+    clean_accuracy: float | None
+    samples: tuple[SampleResult, ...]
+    accuracy: dict[str, Any] | None
+    loss: dict[str, Any] | None
+    output_error: dict[str, Any]
+    failure_rate: dict[str, Any] | None
+    target_width: float | None = None
+    target_met: bool | None = None
+    planned_samples: int | None = None
+    model_digest: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, with_samples: bool = True) -> dict[str, Any]:
+        """JSON-able form (the per-sample list is optional)."""
+        out = {k: v for k, v in self.__dict__.items() if k != "samples"}
+        out["n_samples"] = len(self.samples)
+        if with_samples:
+            out["samples"] = [s.__dict__ for s in self.samples]
+        return to_jsonable(out)
+
+
+class Campaign:
+    """Draws, evaluates and summarises damage configurations of one model on fixed inputs."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, damages: Sequence[Damage],
+                 seed: int = 0, tolerance: float = 0.05) -> None:
+        if not damages:
+            raise LesionError("a campaign needs at least one --damage")
+        self.model, self.x, self.y = model, x, y
+        self.damages = list(damages)
+        self.seed, self.tolerance = seed, tolerance
+        self.target = Target(model)
+        self.clean = forward_with(model, self.target.base, x)
+        self.clean_accuracy = None if y is None else float((self.clean.argmax(1) == y).double().mean())
+        self.samples: list[SampleResult] = []
+
+    def _evaluate(self, indices: Sequence[int], seeds: Sequence[int]) -> list[SampleResult]:
+        configs = [realise(self.target, self.damages, torch.Generator().manual_seed(s)) for s in seeds]
+        outputs = batched_damaged_outputs(self.model, configs, self.x, desc="configurations")
+        results = []
+        for index, seed, config, out in zip(indices, seeds, configs, outputs, strict=True):
+            error, accuracy, loss = per_sample_metrics(out, self.clean, self.y)
+            results.append(SampleResult(index, seed, config.faults, error, accuracy, loss))
+        return results
+
+    def run(self, samples: int | None = None, ci_width: float | None = None, batch: int = 64,
+            max_samples: int = 10_000, min_samples: int = 30) -> CampaignResult:
+        """`samples` configurations, or as many as it takes for a `ci_width` interval (at most `max_samples`)."""
+        if (samples is None) == (ci_width is None):
+            raise LesionError("give either a number of samples or a target interval width")
+        if samples is not None and samples < 1:
+            raise LesionError(f"a campaign needs at least 1 sample, got {samples}")
+        if ci_width is not None and not ci_width > 0:
+            raise LesionError(f"the target interval width must be positive, got {ci_width}")
+        goal = samples if samples is not None else max_samples
+        planned = None
+        with progress.bar(goal, "campaign", "config") as bar:
+            while len(self.samples) < goal:
+                start = len(self.samples)
+                indices = list(range(start, min(goal, start + batch)))
+                self.samples.extend(self._evaluate(indices, [sample_seed(self.seed, i) for i in indices]))
+                bar.update(len(indices))
+                if ci_width is not None:
+                    watched = self._watched()
+                    if watched.n >= 2:
+                        planned = max(min_samples, sample_size_for_mean(watched.sd, ci_width))
+                        bar.total = min(max_samples, max(planned, len(self.samples)))
+                    if watched.n >= min_samples and watched.width() <= ci_width:
+                        break
+        return self.result(ci_width, planned)
+
+    def _watched(self) -> RunningMean:
+        running = RunningMean()
+        for s in self.samples:
+            running.add(s.accuracy if self.y is not None else s.output_error)
+        return running
+
+    def result(self, ci_width: float | None = None, planned: int | None = None) -> CampaignResult:
+        """Summaries of the samples drawn so far."""
+        stats = {name: RunningMean() for name in ("accuracy", "loss", "output_error")}
+        failures = 0
+        for s in self.samples:
+            stats["output_error"].add(s.output_error)
+            if self.y is not None:
+                stats["accuracy"].add(s.accuracy)
+                stats["loss"].add(s.loss)
+                failures += s.accuracy < self.clean_accuracy - self.tolerance
+        n = len(self.samples)
+        failure = None
+        if self.y is not None and n:
+            lo, hi = wilson_interval(failures, n)
+            failure = {"rate": failures / n, "ci": [lo, hi], "failures": failures, "n": n,
+                       "tolerance": self.tolerance}
+        labelled = self.y is not None
+        met = None if ci_width is None else self._watched().width() <= ci_width
+        return CampaignResult(tuple(d.spec() for d in self.damages), self.seed, len(self.x), self.clean_accuracy,
+                              tuple(self.samples), stats["accuracy"].to_dict() if labelled else None,
+                              stats["loss"].to_dict() if labelled else None, stats["output_error"].to_dict(),
+                              failure, ci_width, met, planned, model_digest(self.model))
+
+
+def save_fault_list(path: str | Path, result: CampaignResult) -> Path:
+    """Write the campaign's damage descriptions, seed, model digest and per-sample seeds and fault records."""
+    return write_json(path, {"format": FAULT_LIST_FORMAT, "damage": list(result.damage), "seed": result.seed,
+                             "model_digest": result.model_digest,
+                             "samples": [{"index": s.index, "seed": s.seed, "faults": s.faults}
+                                         for s in result.samples]})
+
+
+def load_fault_list(path: str | Path) -> dict[str, Any]:
+    """Read a fault list written by `save_fault_list`."""
+    file = Path(path).expanduser()
+    try:
+        payload = json.loads(file.read_text())
+    except FileNotFoundError as err:
+        raise LesionError(f"fault list not found: {file}") from err
+    except (OSError, json.JSONDecodeError) as err:
+        raise LesionError(f"cannot read fault list {file}: {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != FAULT_LIST_FORMAT:
+        raise LesionError(f"{file} is not a lesion fault list")
+    return payload
+
+
+def replay(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, fault_list: dict[str, Any],
+           tolerance: float = 0.05) -> CampaignResult:
+    """Re-run the configurations of a saved fault list; each must realise to the recorded faults."""
+    digest = model_digest(model)
+    if fault_list["model_digest"] != digest:
+        raise LesionError(f"the fault list was drawn on model {fault_list['model_digest']}, not this one ({digest}); "
+                          "replay it on the same model")
+    campaign = Campaign(model, x, y, [parse_damage(t) for t in fault_list["damage"]], fault_list["seed"], tolerance)
+    entries = fault_list["samples"]
+    for start in range(0, len(entries), 64):
+        chunk = entries[start:start + 64]
+        results = campaign._evaluate([e["index"] for e in chunk], [e["seed"] for e in chunk])
+        for entry, result in zip(chunk, results, strict=True):
+            if to_jsonable(list(result.faults)) != entry["faults"]:
+                raise LesionError(f"sample {entry['index']} no longer realises to its recorded faults")
+        campaign.samples.extend(results)
+    return campaign.result()
+
+

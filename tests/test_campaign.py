@@ -1,0 +1,153 @@
+"""Fault campaigns: reproducible, replayable, stop at the target width; CLI evaluate --damage and campaign."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lesion.cli import main
+from lesion.damage import Target, damaged_outputs, parse_damage, realise
+from lesion.damage.campaign import Campaign, load_fault_list, replay, sample_seed, save_fault_list
+from lesion.data import load
+from lesion.errors import LesionError
+from lesion.nets import build_net, save_checkpoint
+from lesion.stats import RunningMean, sample_size_for_mean, sample_size_for_rate
+from lesion.train import TrainSettings, train
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    data = load("digits")
+    model, config = build_net("mlp:32", data.input_shape, 10, seed=0)
+    train(model, data.x_train, data.y_train, TrainSettings(epochs=8, seed=0))
+    return model.eval(), config, data
+
+
+def test_sample_size_planning_closed_forms():
+    # n = (2 z sd / W)²: sd 0.1, W 0.01 → (2·1.96·0.1/0.01)² = 1536.6 → 1537
+    assert sample_size_for_mean(0.1, 0.01) == math.ceil((2 * 1.959963984540054 * 0.1 / 0.01) ** 2)
+    # rate, worst case p = 0.5, W = 0.02 (±1 point): z²·0.25/0.01² = 9603.6 → 9604 (the textbook figure)
+    assert sample_size_for_rate(0.02) == 9604
+    with pytest.raises(ValueError):
+        sample_size_for_mean(0.1, 0.0)
+
+
+def test_running_mean_matches_numpy():
+    values = np.random.default_rng(0).normal(3.0, 2.0, 257)
+    running = RunningMean()
+    for v in values:
+        running.add(float(v))
+    assert running.mean == pytest.approx(values.mean(), rel=1e-12)
+    assert running.sd == pytest.approx(values.std(ddof=1), rel=1e-12)
+    assert (running.min, running.max) == (values.min(), values.max())
+
+
+def test_campaign_is_reproducible_and_each_sample_replays_alone(digits_model):
+    model, _, data = digits_model
+    damages = [parse_damage("crash:1:frac=0.5")]
+    a = Campaign(model, data.x_test, data.y_test, damages, seed=3).run(samples=40)
+    b = Campaign(model, data.x_test, data.y_test, damages, seed=3).run(samples=40)
+    c = Campaign(model, data.x_test, data.y_test, damages, seed=4).run(samples=40)
+    assert [s.accuracy for s in a.samples] == [s.accuracy for s in b.samples]
+    assert [s.accuracy for s in a.samples] != [s.accuracy for s in c.samples]
+    # sample 17 alone, from its derived seed, by hand
+    s17 = a.samples[17]
+    realised = realise(Target(model), damages, torch.Generator().manual_seed(sample_seed(3, 17)))
+    outputs = damaged_outputs(model, realised, data.x_test)
+    assert s17.accuracy == pytest.approx(float((outputs.argmax(1) == data.y_test).double().mean()), abs=0)
+    assert a.accuracy["mean"] == pytest.approx(np.mean([s.accuracy for s in a.samples]), rel=1e-12)
+    failures = sum(s.accuracy < a.clean_accuracy - 0.05 for s in a.samples)
+    assert a.failure_rate["failures"] == failures
+
+
+def test_campaign_stops_once_the_interval_is_narrow_enough(digits_model):
+    model, _, data = digits_model
+    campaign = Campaign(model, data.x_test, data.y_test, [parse_damage("delete:weights:frac=0.3")], seed=0)
+    result = campaign.run(ci_width=0.01, batch=16)
+    lo, hi = result.accuracy["ci"]
+    assert result.target_met and hi - lo <= 0.01
+    n = len(result.samples)
+    assert 30 <= n < 10_000 and n % 16 == 0
+    # it did not overshoot by more than one batch: with 16 fewer samples the target was not met
+    shorter = Campaign(model, data.x_test, data.y_test, [parse_damage("delete:weights:frac=0.3")], seed=0)
+    earlier = shorter.run(samples=n - 16)
+    if n - 16 >= 30:
+        assert earlier.accuracy["ci"][1] - earlier.accuracy["ci"][0] > 0.01
+
+
+def test_fault_list_save_and_replay(digits_model, tmp_path):
+    model, _, data = digits_model
+    damages = [parse_damage("bitflip:ber=0.0005"), parse_damage("crash:1:count=3")]
+    result = Campaign(model, data.x_test, data.y_test, damages, seed=9).run(samples=12)
+    path = save_fault_list(tmp_path / "faults.json", result)
+    again = replay(model, data.x_test, data.y_test, load_fault_list(path))
+    assert [s.accuracy for s in again.samples] == [s.accuracy for s in result.samples]
+    other, _ = build_net("mlp:32", data.input_shape, 10, seed=1)
+    with pytest.raises(LesionError, match="drawn on model"):
+        replay(other, data.x_test, data.y_test, load_fault_list(path))
+    tampered = json.loads(path.read_text())
+    tampered["samples"][0]["seed"] += 1
+    with pytest.raises(LesionError, match="no longer realises"):
+        replay(model, data.x_test, data.y_test, tampered)
+
+
+def test_unlabelled_campaign_reports_output_error_only(digits_model):
+    model, _, data = digits_model
+    result = Campaign(model, data.x_test[:50], None, [parse_damage("sphere:0.5")], seed=0).run(samples=5)
+    assert result.accuracy is None and result.failure_rate is None
+    assert result.output_error["mean"] > 0
+
+
+@pytest.fixture
+def checkpoint(digits_model, tmp_path):
+    model, config, _ = digits_model
+    return save_checkpoint(tmp_path / "m.pt", model, "mlp:32", config)
+
+
+def test_cli_evaluate_with_damage_and_saved_outputs(checkpoint, digits_model, tmp_path, capsys):
+    model, _, data = digits_model
+    out, report = tmp_path / "out.npy", tmp_path / "e.json"
+    assert main(["evaluate", "--model", str(checkpoint), "--data", "digits", "--damage", "crash:1:0,1,2,3",
+                 "--damage", "stuck:out.bias:0:2.5", "--save-outputs", str(out), "--json", str(report)]) == 0
+    saved = np.load(out)
+    with torch.no_grad():
+        hand = build_net("mlp:32", data.input_shape, 10)[0]
+        hand.load_state_dict(model.state_dict())
+        hand.out.weight[:, :4] = 0.0
+        hand.out.bias[0] = 2.5
+        expected = hand.eval()(data.x_test).double().numpy()
+    np.testing.assert_allclose(saved, expected, atol=1e-6)
+    result = json.loads(report.read_text())
+    assert result["damage"]["specs"] == ["crash:1:0,1,2,3", "stuck:out.bias:0:2.5"]
+    assert result["damaged_evaluation"]["accuracy"] == pytest.approx(
+        float((expected.argmax(1) == data.y_test.numpy()).mean()))
+    assert "damaged test accuracy" in capsys.readouterr().out
+
+
+def test_cli_campaign_json_and_replay(checkpoint, tmp_path, capsys):
+    report, faults = tmp_path / "c.json", tmp_path / "f.json"
+    argv = ["campaign", "--model", str(checkpoint), "--data", "digits", "--damage", "delete:weights:frac=0.2",
+            "--samples", "20", "--seed", "5"]
+    assert main([*argv, "--json", str(report), "--save-faults", str(faults)]) == 0
+    result = json.loads(report.read_text())["campaign"]
+    assert result["n_samples"] == 20 and len(result["samples"]) == 20
+    assert result["accuracy"]["ci"][0] <= result["accuracy"]["mean"] <= result["accuracy"]["ci"][1]
+    replayed = tmp_path / "r.json"
+    assert main(["campaign", "--model", str(checkpoint), "--data", "digits", "--replay", str(faults),
+                 "--json", str(replayed)]) == 0
+    again = json.loads(replayed.read_text())["campaign"]
+    assert [s["accuracy"] for s in again["samples"]] == [s["accuracy"] for s in result["samples"]]
+
+
+@pytest.mark.parametrize("spec", ["melt:1", "crash:9:1", "crash:1:frac=2", "gauss:-0.5", "delete:fc1.weight:frac=1.5"])
+def test_cli_bad_spec_exits_2(checkpoint, spec, capsys):
+    assert main(["evaluate", "--model", str(checkpoint), "--data", "digits", "--damage", spec]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lesion: error: ") and "Traceback" not in err
+
+
+def test_cli_campaign_needs_samples_or_width(checkpoint, capsys):
+    assert main(["campaign", "--model", str(checkpoint), "--data", "digits", "--damage", "gauss:0.1"]) == 2
+    assert "--samples N or --ci-width W" in capsys.readouterr().err
