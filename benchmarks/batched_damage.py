@@ -61,7 +61,8 @@ def main() -> None:
     model.eval()
     target = Target(model)
     print(f"mlp2 (LeNet-300-100), {args.configs} configurations x {len(x)} inputs, {args.threads} threads")
-    print(f"{'damage':30s} {'copy loop s':>12s} {'lesion s':>9s} {'ratio':>7s} {'max |diff|':>11s} {'same argmax':>11s}")
+    header = ("damage", "copy loop s", "lesion s", "ratio", "max |diff|", "same argmax")
+    print("{:30s} {:>12s} {:>9s} {:>7s} {:>11s} {:>11s}".format(*header))
     for spec in SCENARIOS:
         generator = torch.Generator().manual_seed(0)
         configs = [realise(target, [parse_damage(spec)], generator) for _ in range(args.configs)]
