@@ -302,3 +302,22 @@ def test_bad_specs_are_clear_errors(mlp, text, message):
     with pytest.raises(LesionError) as info:
         realise(Target(mlp), [parse_damage(text)], seeded(0))
     assert message in str(info.value)
+
+
+def test_int8_and_float16_flips_through_the_engine(mlp):
+    w = float(mlp.fc1.weight[0, 2])
+    scale = float(mlp.fc1.weight.abs().max()) / 127
+    q = max(-128, min(127, round(w / scale)))
+    flipped_q = ((q & 0xFF) ^ (1 << 7))
+    flipped_q = flipped_q - 256 if flipped_q >= 128 else flipped_q
+    out, realised = outputs_of(mlp, "bitflip:fc1.weight:0,2:7:fmt=int8", X_MLP)
+    assert realised.faults[0]["after"] == pytest.approx(flipped_q * scale, rel=1e-6)
+    assert -128 * scale - 1e-9 <= realised.faults[0]["after"] <= 127 * scale + 1e-9
+    hand = copy.deepcopy(mlp)
+    with torch.no_grad():
+        hand.fc1.weight[0, 2] = flipped_q * scale
+    torch.testing.assert_close(out, hand(X_MLP), atol=ATOL, rtol=0)
+    half = np.float16(float(mlp.fc2.weight[0, 0]))
+    expected = (np.array([half]).view(np.uint16) ^ np.uint16(1 << 14)).view(np.float16)[0]
+    _, realised = outputs_of(mlp, "bitflip:fc2.weight:0:14:fmt=float16", X_MLP)
+    assert realised.faults[0]["after"] == pytest.approx(float(expected), rel=1e-6)

@@ -10,36 +10,31 @@ import torch
 from torch import nn
 
 
-class ScaledReLU(nn.Module):
-    """φ(s) = max(0, k·s): Lipschitz constant K = k, unbounded output (SPEC §2.2)."""
+class _Sloped(nn.Module):
+    """An activation φ(k·s) with a positive slope parameter k."""
 
     def __init__(self, k: float = 1.0) -> None:
         super().__init__()
         if not k > 0:
             raise ValueError(f"slope k must be positive, got {k}")
         self.k = float(k)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}"
+
+
+class ScaledReLU(_Sloped):
+    """φ(s) = max(0, k·s): Lipschitz constant K = k, unbounded output (SPEC §2.2)."""
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.k * s) if self.k != 1.0 else torch.relu(s)
 
-    def extra_repr(self) -> str:
-        return f"k={self.k}"
 
-
-class ScaledSigmoid(nn.Module):
+class ScaledSigmoid(_Sloped):
     """φ(s) = 1 / (1 + exp(−k·s)): Lipschitz constant K = k/4, output in (0, 1) (SPEC §2.2)."""
-
-    def __init__(self, k: float = 1.0) -> None:
-        super().__init__()
-        if not k > 0:
-            raise ValueError(f"slope k must be positive, got {k}")
-        self.k = float(k)
 
     def forward(self, s: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.k * s)
-
-    def extra_repr(self) -> str:
-        return f"k={self.k}"
 
 
 ACTIVATIONS = ("relu", "sigmoid", "tanh")
