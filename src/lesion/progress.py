@@ -1,12 +1,13 @@
 """Progress bars for long work (CLI convention: anything over a second shows progress on stderr).
 
-Bars are off when the environment variable ``LESION_NO_PROGRESS`` is set (tests, CI logs) or after
-``set_enabled(False)`` (the CLI's ``--quiet``).
+Bars are shown when stderr is a terminal (or ``LESION_PROGRESS=1`` forces them), and are off when
+``LESION_NO_PROGRESS`` is set (tests, CI logs) or after ``set_enabled(False)`` (the CLI's ``--quiet``).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -24,7 +25,9 @@ def set_enabled(enabled: bool) -> None:
 
 def enabled() -> bool:
     """Whether progress bars are shown."""
-    return _enabled and not os.environ.get("LESION_NO_PROGRESS")
+    if not _enabled or os.environ.get("LESION_NO_PROGRESS"):
+        return False
+    return bool(os.environ.get("LESION_PROGRESS")) or sys.stderr.isatty()
 
 
 def bar(total: int | None = None, desc: str = "", unit: str = "it") -> tqdm:

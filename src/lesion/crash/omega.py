@@ -1,0 +1,314 @@
+"""Measured crash error Omega (SPEC §2.1): exact enumeration with checkpoints, planning, Monte Carlo.
+
+For a crash budget, with S uniform over its crash sets and x over the inputs X,
+    Omega_av = mean_{S,x} d(x, S) (and its standard deviation), Omega_mav = mean_x max_S d(x, S),
+    Omega_max = max_{S,x} d(x, S), Omega_worst_set = max_S mean_x d(x, S),
+with d(x, S) = ‖F(x) − F_S(x)‖_q (q = ∞ by default), accumulated in float64.
+
+Engines: `additive` (one hidden layer, linear raw output: F − F_S = Σ_{i∈S} c_i(x), see `additive`) and
+`general` (any depth, raw or softmax output, see `engines`); both give the same numbers where both apply.
+An exact run walks a fixed sequence of steps, saves its state to a checkpoint file every so often and when
+interrupted, and resumes from it with bit-identical results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lesion import progress
+from lesion.crash.accumulate import OmegaAccumulator
+from lesion.crash.additive import contributions, run_block
+from lesion.crash.budget import CrashBudget
+from lesion.crash.engines import GeneralEngine
+from lesion.crash.structure import MLPStructure, hidden_activations
+from lesion.errors import LesionError
+from lesion.stats import RunningMean
+
+ADDITIVE_CHUNK = 64  # inputs per kernel chunk: the chunk's contributions stay in L1/L2
+ADDITIVE_BLOCK = 1024  # inputs per checkpointable step
+ADDITIVE_RATE = 4.5e8  # (set, input) pairs per second on 2 cores, measured (BENCHMARKS.md)
+GENERAL_FLOP_RATE = 4e9  # float64 multiply-adds per second for the batched forward, measured
+DEFAULT_TIME_LIMIT = 600.0
+
+
+@dataclass(frozen=True)
+class OmegaResult:
+    """The Omega figures of one crash budget, how they were obtained, and on what."""
+
+    faults: int
+    layers: tuple[int, ...]
+    per_layer: tuple[int, ...] | None
+    omega_av: float
+    omega_std: float
+    omega_mav: float
+    omega_max: float
+    omega_worst_set: float
+    worst_set: list[list[int]]
+    exact: bool
+    sets: int
+    inputs: int
+    norm: str
+    output: str
+    engine: str
+    seconds: float
+    omega_av_ci: list[float] | None = None
+    max_figures_are_lower_bounds: bool = False
+    samples: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (the issue's `crash omega` keys, plus provenance)."""
+        out = asdict(self)
+        out.pop("extra")
+        return {**out, **self.extra}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an exact run costs before it starts (SPEC §2.1: say so before starting)."""
+
+    sets: int
+    inputs: int
+    pairs: int
+    engine: str
+    estimated_seconds: float
+
+    def describe(self) -> str:
+        """One line for people."""
+        return (f"{self.sets:,} crash sets × {self.inputs:,} inputs = {self.pairs:,} (set, input) pairs, "
+                f"about {_duration(self.estimated_seconds)} with the {self.engine} engine")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
+
+
+def choose_engine(structure: MLPStructure, budget: CrashBudget, output: str, engine: str = "auto") -> str:
+    """`additive` when it applies (one hidden layer, raw output), else `general`; a request is checked."""
+    additive_ok = structure.depth == 1 and output == "raw" and budget.per_layer is None
+    if engine == "auto":
+        return "additive" if additive_ok else "general"
+    if engine == "additive" and not additive_ok:
+        raise LesionError("the additive engine needs one hidden layer and raw (linear) outputs")
+    if engine not in ("additive", "general"):
+        raise LesionError(f"unknown engine {engine!r}: additive, general or auto")
+    return engine
+
+
+def plan(structure: MLPStructure, budget: CrashBudget, inputs: int, output: str = "raw",
+         engine: str = "auto") -> Plan:
+    """Count the (set, input) pairs of an exact run and estimate its time on this machine."""
+    chosen = choose_engine(structure, budget, output, engine)
+    sets = budget.count()
+    pairs = sets * inputs
+    if chosen == "additive":
+        seconds = pairs / ADDITIVE_RATE
+    else:
+        first = min(budget.layers)
+        widths = [*structure.widths, structure.weights[-1].shape[0]]
+        flops = sum(widths[l - 1] * widths[l] for l in range(first, len(widths)))
+        seconds = pairs * flops / GENERAL_FLOP_RATE
+    return Plan(sets, inputs, pairs, chosen, seconds)
+
+
+def _digest(*arrays: torch.Tensor | np.ndarray, text: str = "") -> str:
+    h = hashlib.sha256(text.encode())
+    for a in arrays:
+        h.update(np.ascontiguousarray(a.numpy() if isinstance(a, torch.Tensor) else a).tobytes())
+    return h.hexdigest()[:16]
+
+
+class _Checkpoint:
+    """The state of an exact run on disk: accumulator arrays, next step, and the run's identity."""
+
+    def __init__(self, path: str | Path | None, identity: str, every: float) -> None:
+        self.path = None if path is None else Path(path).expanduser()
+        self.identity, self.every = identity, every
+        self.saved_at = time.monotonic()
+
+    def load(self) -> tuple[OmegaAccumulator, int] | None:
+        if self.path is None or not self.path.exists():
+            return None
+        try:
+            with np.load(self.path, allow_pickle=False) as data:
+                if str(data["identity"]) != self.identity:
+                    raise LesionError(f"checkpoint {self.path} belongs to another run (model, data or budget "
+                                      "differ); delete it or give another --checkpoint")
+                state = {k: data[k] for k in ("set_sums", "input_max", "scalars", "pairs")}
+                return OmegaAccumulator.from_state(state), int(data["step"])
+        except (OSError, ValueError, KeyError) as err:
+            raise LesionError(f"cannot read checkpoint {self.path}: {err}") from err
+
+    def save(self, acc: OmegaAccumulator, step: int, force: bool = False) -> None:
+        if self.path is None or not (force or time.monotonic() - self.saved_at >= self.every):
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp.npz")
+        np.savez(tmp, identity=np.array(self.identity), step=np.array(step), **acc.state())
+        tmp.replace(self.path)
+        self.saved_at = time.monotonic()
+
+    def remove(self) -> None:
+        if self.path is not None and self.path.exists():
+            self.path.unlink()
+
+
+class Interrupted(Exception):
+    """An exact run stopped before its end (its state is in the checkpoint)."""
+
+
+def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, norm: str = "inf",
+                output: str = "raw", engine: str = "auto", checkpoint: str | Path | None = None,
+                checkpoint_every: float = 30.0, time_limit: float | None = DEFAULT_TIME_LIMIT,
+                max_steps: int | None = None, set_batch: int | None = None) -> OmegaResult:
+    """Every crash set of `budget` on every input of `x` (SPEC §2.1).
+
+    Refuses (LesionError, with the count, the estimate and the Monte Carlo alternative) when the estimated
+    time exceeds `time_limit` seconds (None: no limit). With `checkpoint`, the state is saved every
+    `checkpoint_every` seconds and on interruption, and a later call with the same arguments resumes.
+    `max_steps` stops after that many steps (raising Interrupted), as an interruption would.
+    """
+    if norm not in ("inf", "1", "2") or output not in ("raw", "softmax"):
+        raise LesionError(f"norm must be inf, 1 or 2 and output raw or softmax (got {norm}, {output})")
+    estimate = plan(structure, budget, len(x), output, engine)
+    if time_limit is not None and estimate.estimated_seconds > time_limit:
+        raise LesionError(f"exact Omega for {budget.describe()}: {estimate.describe()}, above the limit of "
+                          f"{_duration(time_limit)}. Use Monte Carlo instead (--samples N: uniform crash sets, "
+                          "mean with a 95% CI, max-type figures as lower bounds) or raise --time-limit")
+    activations = hidden_activations(structure, x)
+    if estimate.engine == "additive":
+        steps, run_step = _additive_steps(structure, activations, budget, norm)
+    else:
+        steps, run_step = _general_steps(structure, activations, budget, norm, output, set_batch)
+    identity = _digest(*structure.weights, x, text=json.dumps([asdict(budget), norm, output, estimate.engine,
+                                                                ADDITIVE_CHUNK, ADDITIVE_BLOCK, set_batch]))
+    store = _Checkpoint(checkpoint, identity, checkpoint_every)
+    resumed = store.load()
+    acc, first_step = resumed if resumed else (OmegaAccumulator(budget.count(), len(x)), 0)
+    started = time.perf_counter()
+    done = 0
+    with progress.bar(len(steps), f"Omega, {budget.describe()}", "step") as bar:
+        bar.update(first_step)
+        try:
+            for step in range(first_step, len(steps)):
+                if max_steps is not None and done >= max_steps:
+                    store.save(acc, step, force=True)
+                    raise Interrupted(f"stopped after {done} steps; resume from {store.path}")
+                run_step(acc, steps[step])
+                done += 1
+                bar.update(1)
+                store.save(acc, step + 1)
+        except KeyboardInterrupt:
+            store.save(acc, first_step + done, force=True)
+            raise
+    figures = acc.figures()
+    store.remove()
+    worst = _set_at_rank(budget, figures.pop("worst_rank"))
+    return OmegaResult(budget.total, budget.layers, budget.per_layer, worst_set=worst, exact=True,
+                       sets=budget.count(), inputs=len(x), norm=norm, output=output, engine=estimate.engine,
+                       seconds=time.perf_counter() - started, **figures)
+
+
+def _additive_steps(structure: MLPStructure, activations: list[torch.Tensor], budget: CrashBudget,
+                    norm: str) -> tuple[list[slice], Callable[[OmegaAccumulator, slice], None]]:
+    hidden = activations[0].numpy()
+    out_weight = structure.weights[1].double().numpy()
+    n_sets, f = budget.count(), budget.total
+    steps = [slice(i, min(len(hidden), i + ADDITIVE_BLOCK)) for i in range(0, len(hidden), ADDITIVE_BLOCK)]
+
+    def run(acc: OmegaAccumulator, inputs: slice) -> None:
+        contrib = contributions(hidden[inputs], out_weight)
+        set_sums, input_max, (total, total_sq, maximum) = run_block(contrib, f, norm, n_sets, ADDITIVE_CHUNK)
+        acc.add_summary(set_sums, input_max, inputs.start, float(total), float(total_sq), float(maximum),
+                        n_sets * (inputs.stop - inputs.start))
+
+    return steps, run
+
+
+def _general_steps(structure: MLPStructure, activations: list[torch.Tensor], budget: CrashBudget, norm: str,
+                   output: str, set_batch: int | None
+                   ) -> tuple[list[tuple[int, int, slice]], Callable[[OmegaAccumulator, tuple], None]]:
+    engine = GeneralEngine(structure, activations, budget, norm, output)
+    n_inputs = len(activations[0])
+    widest = max([*structure.widths, structure.weights[-1].shape[0]])
+    input_block = min(n_inputs, 8192)
+    batch = set_batch or max(1, min(4096, (32 << 20) // (8 * input_block * widest)))
+    n_sets = budget.count()
+    steps = [(start, min(n_sets, start + batch), slice(i, min(n_inputs, i + input_block)))
+             for i in range(0, n_inputs, input_block) for start in range(0, n_sets, batch)]
+    cache: dict[str, Any] = {}
+
+    def run(acc: OmegaAccumulator, step: tuple[int, int, slice]) -> None:
+        start, stop, inputs = step
+        if cache.get("position") != start:  # sets are generated in rank order; restart the generator if needed
+            cache["sets"] = itertools.islice(budget.sets(), start, None)
+        sets = np.array(list(itertools.islice(cache["sets"], stop - start)), dtype=np.int64).reshape(stop - start, -1)
+        cache["position"] = stop if stop < n_sets else None
+        acc.add_block(engine.distances(sets, inputs), start, inputs.start)
+
+    return steps, run
+
+
+def _set_at_rank(budget: CrashBudget, rank: int) -> list[list[int]]:
+    units = next(itertools.islice(budget.sets(), rank, None))
+    return [list(budget.locate(u)) for u in units]
+
+
+def monte_carlo_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, norm: str = "inf",
+                      output: str = "raw", samples: int | None = None, ci_width: float | None = None,
+                      seed: int = 0, batch: int = 64, max_samples: int = 100_000) -> OmegaResult:
+    """Omega from uniformly drawn crash sets (SPEC §2.1): Omega_av with a 95% Student-t interval over sets
+    (each set's mean over all inputs), and Omega_mav, Omega_max, Omega_worst_set as lower bounds.
+    Runs `samples` sets, or until the interval is at most `ci_width` wide."""
+    if (samples is None) == (ci_width is None):
+        raise LesionError("give either a number of sampled crash sets or a target interval width")
+    engine = GeneralEngine(structure, hidden_activations(structure, x), budget, norm, output)
+    rng = np.random.default_rng(seed)
+    per_set = RunningMean()
+    total = total_sq = 0.0
+    input_max = np.zeros(len(x))
+    worst_value, worst_units = -1.0, None
+    goal = samples if samples is not None else max_samples
+    started = time.perf_counter()
+    with progress.bar(goal, f"Omega (Monte Carlo), {budget.describe()}", "set") as bar:
+        while per_set.n < goal:
+            sets = budget.sample(min(batch, goal - per_set.n), rng)
+            d = engine.distances(sets)
+            means = d.mean(axis=1)
+            for value in means:
+                per_set.add(float(value))
+            total += float(d.sum())
+            total_sq += float((d * d).sum())
+            np.maximum(input_max, d.max(axis=0), out=input_max)
+            best = int(np.argmax(means))
+            if means[best] > worst_value:
+                worst_value, worst_units = float(means[best]), sets[best]
+            bar.update(len(sets))
+            if ci_width is not None and per_set.n >= 30 and per_set.width() <= ci_width:
+                break
+    pairs = per_set.n * len(x)
+    mean = total / pairs
+    return OmegaResult(budget.total, budget.layers, budget.per_layer, omega_av=per_set.mean,
+                       omega_std=math.sqrt(max(0.0, total_sq / pairs - mean * mean)),
+                       omega_mav=float(input_max.mean()), omega_max=float(input_max.max()),
+                       omega_worst_set=worst_value, worst_set=[list(budget.locate(int(u))) for u in worst_units],
+                       exact=False, sets=budget.count(), inputs=len(x), norm=norm, output=output, engine="monte-carlo",
+                       seconds=time.perf_counter() - started, omega_av_ci=list(per_set.interval()),
+                       max_figures_are_lower_bounds=True, samples=per_set.n)
