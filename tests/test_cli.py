@@ -12,16 +12,23 @@ from lesion.cli import build_parser, main
 from lesion.nets import build_net, save_checkpoint
 
 
-def subcommands():
-    parser = build_parser()
-    action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    return action.choices
+def subcommands(parser=None, prefix="lesion"):
+    """Every (name, parser) of the command tree, nested sub-commands included."""
+    parser = parser or build_parser()
+    found = [(prefix, parser)]
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            for name, sub in action.choices.items():
+                found += subcommands(sub, f"{prefix} {name}")
+    return found
 
 
 def test_every_option_of_every_command_is_documented():
-    for name, sub in subcommands().items():
+    tree = subcommands()
+    assert {"lesion crash omega", "lesion crash bound", "lesion crash tolerance", "lesion campaign"} <= dict(tree).keys()
+    for name, sub in tree:
         for action in sub._actions:
-            assert action.help, f"lesion {name}: option {action.option_strings or action.dest} has no help"
+            assert action.help, f"{name}: option {action.option_strings or action.dest} has no help"
         assert sub.format_help()
 
 

@@ -1,0 +1,66 @@
+"""The `lesion` command: one sub-command per capability (ARCHITECTURE.md: cli.py).
+
+A thin shell over the Python API: it parses, calls, prints and writes; no analysis lives here.
+Conventions (issue "Foundation", item 6): `--json PATH` writes machine-readable results, `--seed` seeds
+everything random, progress bars go to stderr, and a user error prints one line to stderr and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import lesion
+from lesion import progress
+from lesion.cli import basic, crash
+from lesion.cli.options import positive_int
+from lesion.errors import LesionError
+
+EXIT_USER_ERROR = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every sub-command (each documents every option in --help)."""
+    parser = argparse.ArgumentParser(
+        prog="lesion", description="Measure, attack and repair the resilience of neural networks to damage.")
+    parser.add_argument("--version", action="version", version=f"lesion {lesion.__version__}")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    basic.register(sub)
+    crash.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `lesion` program; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quiet:
+        progress.set_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run: Callable[[argparse.Namespace], dict[str, Any]] = args.run
+    try:
+        result = run(args)
+        if getattr(args, "json", None):
+            from lesion.report import provenance, write_json
+
+            write_json(Path(args.json), {"provenance": provenance(command=args.command,
+                                                                  argv=list(argv or sys.argv[1:])), **result})
+    except LesionError as err:
+        print(f"lesion: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("lesion: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Sub-commands `lesion crash omega|bound|tolerance` ([R], SPEC §2): parse, call `lesion.crash`, print."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from lesion.cli.options import Formatter, add_common, add_data, positive_int
+from lesion.errors import LesionError
+
+
+def parse_faults(text: str) -> list[int]:
+    """`3`, `1-5` or `1,2,4` → crash counts."""
+    try:
+        if "-" in text:
+            lo, hi = (int(v) for v in text.split("-"))
+            values = list(range(lo, hi + 1))
+        else:
+            values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise LesionError(f"bad --faults {text!r}: give a positive integer, a range 1-5 or a list 1,2,4")
+    return values
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    """`1` or `1,2` → 1-based hidden-layer indices."""
+    try:
+        layers = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        layers = ()
+    if not layers or min(layers) < 1:
+        raise LesionError(f"bad --layer {text!r}: give 1-based hidden-layer indices like 1 or 1,2")
+    return layers
+
+
+def _model_structure(args: argparse.Namespace) -> tuple[Any, Any]:
+    from lesion.crash import mlp_structure
+    from lesion.nets import load_model, non_finite_parameters
+
+    loaded = load_model(args.model, args.weights, seed=args.seed)
+    bad = non_finite_parameters(loaded.module)
+    if bad:
+        raise LesionError(f"the model has NaN/inf weights in {', '.join(bad)}")
+    return loaded, mlp_structure(loaded.module)
+
+
+def _inputs(args: argparse.Namespace, loaded: Any) -> tuple[Any, Any]:
+    from lesion.data import load
+    from lesion.nets import validate_model
+
+    data = load(args.data)
+    x = data.x_train if getattr(args, "split", "test") == "train" else data.x_test
+    if getattr(args, "inputs", None):
+        x = x[: args.inputs]
+    validate_model(loaded.module, x, None, data.name)
+    return data, x
+
+
+def _output_bounds(args: argparse.Namespace, structure: Any, x: Any) -> Any:
+    from lesion.crash import output_bounds
+
+    given = None if args.C is None else [float(v) for v in args.C.split(",")]
+    box = tuple(float(v) for v in args.input_range.split(",")) if args.input_range else None
+    if box is not None and len(box) != 2:
+        raise LesionError("--input-range takes LO,HI")
+    return output_bounds(structure, x, given, box)
+
+
+def _cmd_omega(args: argparse.Namespace) -> dict[str, Any]:
+    from lesion.crash import CrashBudget, exact_omega, monte_carlo_omega, plan
+
+    loaded, structure = _model_structure(args)
+    data, x = _inputs(args, loaded)
+    layers = parse_layers(args.layer)
+    if max(layers) > structure.depth:
+        raise LesionError(f"hidden layer {max(layers)} does not exist: the model has {structure.depth}")
+    widths = tuple(structure.widths[layer - 1] for layer in layers)
+    results = []
+    for f in parse_faults(args.faults):
+        budget = CrashBudget(layers, widths, f)
+        if args.samples or args.ci_width:
+            result = monte_carlo_omega(structure, x, budget, args.norm, args.output, args.samples, args.ci_width,
+                                       args.seed)
+        else:
+            print(f"{budget.describe()}: {plan(structure, budget, len(x), args.output, args.engine).describe()}")
+            result = exact_omega(structure, x, budget, args.norm, args.output, args.engine,
+                                 checkpoint=args.checkpoint, time_limit=args.time_limit)
+        results.append(result)
+        label = "exact" if result.exact else f"Monte Carlo, {result.samples} sets; max-type figures are lower bounds"
+        ci = (f" (95% CI {result.omega_av_ci[0]:.6g}–{result.omega_av_ci[1]:.6g})" if result.omega_av_ci else "")
+        print(f"f={f}: Omega_av {result.omega_av:.6g}{ci} ± {result.omega_std:.3g} (std), Omega_mav "
+              f"{result.omega_mav:.6g}, Omega_max {result.omega_max:.6g}, Omega_worst_set {result.omega_worst_set:.6g} "
+              f"[{label}; {result.seconds:.1f} s]")
+    return {"model": loaded.to_dict(), "data": data.to_dict(), "results": [r.to_dict() for r in results]}
+
+
+def _cmd_bound(args: argparse.Namespace) -> dict[str, Any]:
+    from lesion.crash import budget_bound
+
+    loaded, structure = _model_structure(args)
+    data, x = (None, None)
+    if args.data:
+        data, x = _inputs(args, loaded)
+    C = _output_bounds(args, structure, x)
+    layers = parse_layers(args.layer)
+    results = [budget_bound(structure, f, layers, C, args.K) for f in parse_faults(args.faults)]
+    note = " (C measured on the data: the bound holds on these inputs)" if C.data_dependent else ""
+    print(f"K = {results[0].K:g}; C = {', '.join(f'{c:.4g}' for c in C.values)} from {C.source}{note}")
+    for r in results:
+        print(f"f={sum(r.faults)} (per layer {list(r.faults)}): Erf {r.erf:.6g} (log10 {r.log10_erf:.3f}), "
+              f"Erf_av {r.erf_av:.6g} (log10 {r.log10_erf_av:.3f})")
+    return {"model": loaded.to_dict(), "data": None if data is None else data.to_dict(),
+            "faults": [sum(r.faults) for r in results], "erf": [r.erf for r in results],
+            "erf_av": [r.erf_av for r in results], "K": results[0].K, "C": list(C.values), "C_source": C.source,
+            "data_dependent": C.data_dependent, "bounds": [r.to_dict() for r in results]}
+
+
+def _cmd_tolerance(args: argparse.Namespace) -> dict[str, Any]:
+    from lesion.crash import tolerance
+
+    layers = parse_layers(args.layer)
+    rows = []
+    for reference in args.model:
+        one = argparse.Namespace(**{**vars(args), "model": reference})
+        loaded, structure = _model_structure(one)
+        x = _inputs(one, loaded)[1] if args.data else None
+        if args.input_range is None and x is None and args.C is None:
+            one.input_range = "0,1"  # without data, C of ReLU layers from inputs in [0, 1]^d (stated in output)
+        C = _output_bounds(one, structure, x)
+        result = tolerance(structure, args.epsilon, C, layers, args.epsilon_own, args.K, x, args.max_faults,
+                           seed=args.seed)
+        rows.append({"model": loaded.to_dict(), "tolerance": result.to_dict()})
+        measured = "" if result.by_omega_av is None else f", by measured Omega_av {result.by_omega_av}"
+        print(f"{reference}: tolerates {result.by_erf} crashes by Erf (worst case), {result.by_erf_av} by Erf_av"
+              f"{measured} (ε = {args.epsilon}, ε' = {args.epsilon_own}, C from {C.source})")
+    ranking = sorted(range(len(rows)), key=lambda i: -rows[i]["tolerance"]["by_erf_av"])
+    if len(rows) > 1:
+        print("ranking by Erf_av tolerance (no data needed): "
+              + " > ".join(f"{args.model[i]} ({rows[i]['tolerance']['by_erf_av']})" for i in ranking))
+    return {"networks": rows, "ranking": [args.model[i] for i in ranking]}
+
+
+def _add_bound_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--K", type=float, help="Lipschitz constant of the activation (default: from the activation)")
+    p.add_argument("--C", help="bound on the units' outputs, one value or one per hidden layer (default: 1 for "
+                               "bounded activations, else the maximum measured on --data, or --input-range)")
+    p.add_argument("--input-range", metavar="LO,HI",
+                   help="data-free C for ReLU: interval bounds for inputs in [LO, HI]^d")
+
+
+def _add_model_only(p: argparse.ArgumentParser, many: bool = False) -> None:
+    p.add_argument("--model", required=True, metavar="M", action="append" if many else None,
+                   help="an MLP: lesion checkpoint, torch.save'd module, package.module:factory (with --weights) "
+                        "or preset:NAME" + (" (repeat to compare networks)" if many else ""))
+    p.add_argument("--weights", metavar="FILE", help="state-dict file for --model package.module:factory")
+
+
+def register(sub: Any) -> None:
+    """Add `lesion crash` and its sub-commands to the `lesion` parser."""
+    crash = sub.add_parser("crash", help="crash robustness of an MLP ([R]): Omega, Erf bound, tolerance",
+                           description="Crash robustness of a multilayer perceptron ([R], SPEC §2).")
+    inner = crash.add_subparsers(dest="crash_command", metavar="SUBCOMMAND", required=True,
+                                 help="omega, bound or tolerance")
+
+    p = inner.add_parser("omega", help="measured error Omega over crash sets", formatter_class=Formatter,
+                         description="Omega_av (with std), Omega_mav, Omega_max and Omega_worst_set over every "
+                                     "crash set of the budget and every input (exact), or over sampled crash sets "
+                                     "(Monte Carlo, with --samples or --ci-width).")
+    _add_model_only(p)
+    add_data(p)
+    p.add_argument("--layer", default="1", help="1-based hidden layer, or a comma list: crashes anywhere in them")
+    p.add_argument("--faults", required=True, help="crashed units: an integer, a range 1-5 or a list 1,2,4")
+    p.add_argument("--norm", choices=("inf", "1", "2"), default="inf", help="norm of F − F_S (default inf)")
+    p.add_argument("--output", choices=("raw", "softmax"), default="raw", help="raw outputs or softmax (default raw)")
+    p.add_argument("--samples", type=positive_int, help="Monte Carlo: number of uniformly drawn crash sets")
+    p.add_argument("--ci-width", type=float, help="Monte Carlo: stop once the 95%% CI of Omega_av is this wide")
+    p.add_argument("--engine", choices=("auto", "additive", "general"), default="auto",
+                   help="exact engine (default auto: additive for one hidden layer and raw outputs)")
+    p.add_argument("--time-limit", type=float, default=600.0,
+                   help="refuse exact runs estimated above this many seconds (default 600)")
+    p.add_argument("--checkpoint", metavar="FILE", help="save progress here; rerun the same command to resume")
+    p.add_argument("--split", choices=("test", "train"), default="test", help="inputs: test (default) or train")
+    p.add_argument("--inputs", type=positive_int, metavar="N", help="only the first N inputs")
+    add_common(p)
+    p.set_defaults(run=_cmd_omega)
+
+    p = inner.add_parser("bound", help="analytical bound Erf and Erf_av from the weights",
+                         description="Erf and Erf_av ([R] Eq. 4, SPEC §2.2) for each crash count.")
+    _add_model_only(p)
+    add_data(p, required=False)
+    p.add_argument("--faults", required=True, help="crash counts: F1,F2,... or a range 1-5")
+    p.add_argument("--layer", default="1", help="hidden layer(s) of the crashes (several: worst split)")
+    _add_bound_options(p)
+    p.add_argument("--split", choices=("test", "train"), default="test", help="inputs for a measured C")
+    p.add_argument("--inputs", type=positive_int, metavar="N", help="only the first N inputs")
+    add_common(p)
+    p.set_defaults(run=_cmd_bound)
+
+    p = inner.add_parser("tolerance", help="largest crash count within an error budget",
+                         description="The largest f within ε − ε' by Erf, Erf_av and (with --data) measured "
+                                     "Omega_av (SPEC §2.3); several --model are ranked by Erf_av tolerance.")
+    _add_model_only(p, many=True)
+    add_data(p, required=False)
+    p.add_argument("--epsilon", type=float, required=True, help="error budget ε")
+    p.add_argument("--epsilon-own", type=float, default=0.0, help="the network's own error ε' (default 0)")
+    p.add_argument("--layer", default="1", help="hidden layer(s) of the crashes")
+    p.add_argument("--max-faults", type=positive_int, help="largest crash count examined")
+    _add_bound_options(p)
+    p.add_argument("--split", choices=("test", "train"), default="test", help="inputs for measured Omega")
+    p.add_argument("--inputs", type=positive_int, metavar="N", help="only the first N inputs")
+    add_common(p)
+    p.set_defaults(run=_cmd_tolerance)
