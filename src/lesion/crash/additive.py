@@ -7,13 +7,14 @@ enough that the chunk's contributions stay in the CPU cache, several chunks in p
 to per-set sums, per-input maxima and scalar totals, merged in chunk order (bit-identical for a given chunk
 size, whatever the number of threads).
 
-The kernel is compiled (numba) for the output dimension and the norm as constants, so that its loop over
-inputs vectorises.
+The kernel is compiled (numba) with the output dimension as a constant, so that its loop over inputs
+vectorises; it releases the GIL and chunks run on as many threads as torch is allowed (torch is idle then).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
 import numba
@@ -26,27 +27,36 @@ _FAST = True
 
 
 @cache
-def _kernels(M: int, norm: int) -> tuple[Callable, Callable]:  # noqa: C901 - one specialised kernel
-    """(chunk kernel, parallel block kernel) for M outputs and a norm code."""
+def _kernel(M: int) -> Callable:
+    """The chunk kernel for M outputs (a compile-time constant: the loop over outputs unrolls and the loop
+    over inputs vectorises). It releases the GIL, so chunks run in parallel threads."""
 
-    @numba.njit(cache=True, fastmath=_FAST)
-    def distances(base: np.ndarray, ci: np.ndarray, out: np.ndarray) -> None:
-        """out[x] = ‖base[:, x] + ci[:, x]‖ over the M outputs (loop over inputs innermost: it vectorises)."""
+    @numba.njit(cache=True, fastmath=_FAST, nogil=True)
+    def distances(base: np.ndarray, ci: np.ndarray, norm: int, out: np.ndarray) -> None:
+        """out[x] = ‖base[:, x] + ci[:, x]‖ over the M outputs."""
         nx = out.shape[0]
-        for x in range(nx):
-            acc = 0.0
-            for k in range(M):
-                v = base[k, x] + ci[k, x]
-                if norm == 0:
-                    a = abs(v)
+        if norm == 0:
+            for x in range(nx):
+                acc = 0.0
+                for k in range(M):
+                    a = abs(base[k, x] + ci[k, x])
                     acc = a if a > acc else acc
-                elif norm == 1:
-                    acc += abs(v)
-                else:
+                out[x] = acc
+        elif norm == 1:
+            for x in range(nx):
+                acc = 0.0
+                for k in range(M):
+                    acc += abs(base[k, x] + ci[k, x])
+                out[x] = acc
+        else:
+            for x in range(nx):
+                acc = 0.0
+                for k in range(M):
+                    v = base[k, x] + ci[k, x]
                     acc += v * v
-            out[x] = np.sqrt(acc) if norm == 2 else acc
+                out[x] = np.sqrt(acc)
 
-    @numba.njit(cache=True, fastmath=_FAST)
+    @numba.njit(cache=True, fastmath=_FAST, nogil=True)
     def reduce_row(d: np.ndarray, input_max: np.ndarray) -> tuple:
         """(Σ d, Σ d², max d) of one set's distances; input_max[x] ← max(input_max[x], d[x])."""
         total = 0.0
@@ -60,8 +70,8 @@ def _kernels(M: int, norm: int) -> tuple[Callable, Callable]:  # noqa: C901 - on
             input_max[x] = v if v > input_max[x] else input_max[x]
         return total, total_sq, top
 
-    @numba.njit(cache=True, fastmath=_FAST, boundscheck=False)
-    def chunk(contrib: np.ndarray, f: int, set_sums: np.ndarray, input_max: np.ndarray) -> np.ndarray:
+    @numba.njit(cache=True, fastmath=_FAST, nogil=True, boundscheck=False)
+    def chunk(contrib: np.ndarray, f: int, norm: int, set_sums: np.ndarray, input_max: np.ndarray) -> np.ndarray:
         n, _, nx = contrib.shape
         partial = np.zeros((f, M, nx))  # partial[t + 1] = Σ contributions of idx[0..t]; partial[0] = 0
         d = np.zeros(nx)
@@ -75,7 +85,7 @@ def _kernels(M: int, norm: int) -> tuple[Callable, Callable]:  # noqa: C901 - on
         while True:
             base = partial[f - 1]
             for i in range(idx[f - 2] + 1 if f >= 2 else 0, n):
-                distances(base, contrib[i], d)
+                distances(base, contrib[i], norm, d)
                 row_total, row_sq, row_max = reduce_row(d, input_max)
                 total += row_total
                 total_sq += row_sq
@@ -98,29 +108,7 @@ def _kernels(M: int, norm: int) -> tuple[Callable, Callable]:  # noqa: C901 - on
         out[2] = maximum
         return out
 
-    @numba.njit(cache=True, parallel=True)
-    def block(contrib: np.ndarray, f: int, n_sets: int, size: int) -> tuple:
-        n, _, nx = contrib.shape
-        n_chunks = (nx + size - 1) // size
-        per_chunk = np.zeros((n_chunks, n_sets))
-        input_max = np.zeros(nx)
-        scalars = np.zeros((n_chunks, 3))
-        for c in numba.prange(n_chunks):
-            lo = c * size
-            hi = min(nx, lo + size)
-            part = np.ascontiguousarray(contrib[:, :, lo:hi])
-            scalars[c] = chunk(part, f, per_chunk[c], input_max[lo:hi])
-        set_sums = np.zeros(n_sets)  # merged in chunk order: the same for any number of threads
-        for c in range(n_chunks):
-            set_sums += per_chunk[c]
-        totals = np.zeros(3)
-        for c in range(n_chunks):
-            totals[0] += scalars[c, 0]
-            totals[1] += scalars[c, 1]
-            totals[2] = max(totals[2], scalars[c, 2])
-        return set_sums, input_max, totals
-
-    return chunk, block
+    return chunk
 
 
 def contributions(hidden: np.ndarray, out_weight: np.ndarray) -> np.ndarray:
@@ -129,8 +117,31 @@ def contributions(hidden: np.ndarray, out_weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.einsum("xu,ku->ukx", hidden, out_weight))
 
 
-def run_block(contrib: np.ndarray, f: int, norm: str, n_sets: int, chunk: int) -> tuple:
-    """Every set of f units over a block of inputs: contrib from `contributions`. Returns the per-set sums
-    (n_sets,), the per-input maxima (inputs,) and [sum, sum of squares, max] over the block's pairs."""
-    _, block = _kernels(contrib.shape[1], NORMS[norm])
-    return block(contrib, f, n_sets, chunk)
+def run_block(contrib: np.ndarray, f: int, norm: str, n_sets: int, chunk: int, threads: int = 1) -> tuple:
+    """Every set of f units over a block of inputs (contrib from `contributions`), split into chunks of
+    `chunk` inputs run on `threads` threads. Returns the per-set sums (n_sets,), the per-input maxima
+    (inputs,) and [sum, sum of squares, max] over the block's pairs, merged in chunk order."""
+    kernel = _kernel(contrib.shape[1])
+    nx = contrib.shape[2]
+    bounds = [(lo, min(nx, lo + chunk)) for lo in range(0, nx, chunk)]
+    input_max = np.zeros(nx)
+
+    def one(bound: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = bound
+        sums = np.zeros(n_sets)
+        scalars = kernel(np.ascontiguousarray(contrib[:, :, lo:hi]), f, NORMS[norm], sums, input_max[lo:hi])
+        return sums, scalars
+
+    if threads > 1 and len(bounds) > 1:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            parts = list(pool.map(one, bounds))
+    else:
+        parts = [one(b) for b in bounds]
+    set_sums = np.zeros(n_sets)
+    totals = np.zeros(3)
+    for sums, scalars in parts:
+        set_sums += sums
+        totals[0] += scalars[0]
+        totals[1] += scalars[1]
+        totals[2] = max(totals[2], scalars[2])
+    return set_sums, input_max, totals

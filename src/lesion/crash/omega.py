@@ -36,7 +36,7 @@ from lesion.errors import LesionError
 from lesion.stats import RunningMean
 
 ADDITIVE_CHUNK = 64  # inputs per kernel chunk: the chunk's contributions stay in L1/L2
-ADDITIVE_BLOCK = 1024  # inputs per checkpointable step
+ADDITIVE_BLOCK = 256  # inputs per checkpointable step (4 chunks; per-chunk set sums are merged in order)
 ADDITIVE_RATE = 4.5e8  # (set, input) pairs per second on 2 cores, measured (BENCHMARKS.md)
 GENERAL_FLOP_RATE = 4e9  # float64 multiply-adds per second for the batched forward, measured
 DEFAULT_TIME_LIMIT = 600.0
@@ -235,7 +235,8 @@ def _additive_steps(structure: MLPStructure, activations: list[torch.Tensor], bu
 
     def run(acc: OmegaAccumulator, inputs: slice) -> None:
         contrib = contributions(hidden[inputs], out_weight)
-        set_sums, input_max, (total, total_sq, maximum) = run_block(contrib, f, norm, n_sets, ADDITIVE_CHUNK)
+        set_sums, input_max, (total, total_sq, maximum) = run_block(contrib, f, norm, n_sets, ADDITIVE_CHUNK,
+                                                                    torch.get_num_threads())
         acc.add_summary(set_sums, input_max, inputs.start, float(total), float(total_sq), float(maximum),
                         n_sets * (inputs.stop - inputs.start))
 

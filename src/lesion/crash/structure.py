@@ -63,7 +63,7 @@ class MLPStructure:
 def mlp_structure(model: nn.Module) -> MLPStructure:
     """Read the MLP of SPEC §2.2 off `model`, or raise a LesionError saying why it is not one."""
     leaves = chain_leaves(model)
-    if leaves is None:
+    if leaves is None or (len(leaves) == 1 and leaves[0][0] == "" and list(model.children())):
         raise LesionError("the crash bound needs an MLP (a chain of Linear layers and elementwise activations); "
                           f"{type(model).__name__} has its own forward")
     weights, biases, acts, linear_names, act_names = [], [], [], [], []

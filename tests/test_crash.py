@@ -1,0 +1,272 @@
+"""Crash robustness ([R], SPEC §2): exact Omega against a float64 brute force written with numpy, the bound
+Erf against measured Omega, closed forms, checkpoints and resumes, planning, Monte Carlo, tolerance."""
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from lesion.cli import main
+from lesion.crash import (
+    CrashBudget,
+    budget_bound,
+    crash_bound,
+    exact_omega,
+    mlp_structure,
+    monte_carlo_omega,
+    output_bounds,
+    plan,
+    tolerance,
+)
+from lesion.crash.omega import Interrupted
+from lesion.errors import LesionError
+from lesion.nets import MLP, build_net, save_checkpoint
+from lesion.train import TrainSettings, train
+
+PHI = {"relu": lambda s, k: np.maximum(k * s, 0.0), "sigmoid": lambda s, k: 1.0 / (1.0 + np.exp(-k * s)),
+       "tanh": lambda s, k: np.tanh(s)}
+
+
+def brute_force(model: MLP, x: np.ndarray, budget: CrashBudget, norm: str = "inf", output: str = "raw"):
+    """d(x, S) for every crash set, by a numpy float64 forward with the crashed units' outputs set to 0."""
+    cfg = model.config()
+    layers = model.linear_layers()
+    weights = [lin.weight.detach().double().numpy() for lin in layers]
+    biases = [np.zeros(w.shape[0]) if lin.bias is None else lin.bias.detach().double().numpy()
+              for w, lin in zip(weights, layers, strict=True)]
+
+    def forward(crashed):
+        h = x.reshape(len(x), -1)
+        for layer, (w, b) in enumerate(zip(weights, biases, strict=True)):
+            h = h @ w.T + b
+            if layer < len(weights) - 1:
+                h = PHI[cfg["activation"]](h, cfg["k"])
+                for unit_layer, unit in crashed:
+                    if unit_layer == layer + 1:
+                        h[:, unit] = 0.0
+        if output == "softmax":
+            e = np.exp(h - h.max(axis=1, keepdims=True))
+            h = e / e.sum(axis=1, keepdims=True)
+        return h
+
+    clean = forward([])
+    order = {"inf": np.inf, "1": 1, "2": 2}[norm]
+    rows = []
+    for units in budget.sets():
+        crashed = [budget.locate(u) for u in units]
+        rows.append(np.linalg.norm(forward(crashed) - clean, ord=order, axis=1))
+    return np.array(rows)  # (sets, inputs)
+
+
+def assert_matches(result, d):
+    expected = [d.mean(), d.std(), d.max(axis=0).mean(), d.max(), d.mean(axis=1).max()]
+    got = [result.omega_av, result.omega_std, result.omega_mav, result.omega_max, result.omega_worst_set]
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+nets = st.builds(
+    lambda widths, activation, bias, k, seed, m: (widths, activation, bias, k, seed, m),
+    st.lists(st.integers(2, 6), min_size=1, max_size=3), st.sampled_from(["relu", "sigmoid", "tanh"]),
+    st.booleans(), st.sampled_from([0.5, 1.0, 2.0]), st.integers(0, 10_000), st.sampled_from([1, 3]))
+
+
+def make(widths, activation, bias, k, seed, m, d=5):
+    torch.manual_seed(seed)
+    model = MLP(d, widths, m, activation=activation, k=1.0 if activation == "tanh" else k, bias=bias).double()
+    x = torch.rand(23, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return model.eval(), x
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nets, st.data())
+def test_exact_omega_equals_brute_force_and_erf_bounds_it(net, data):
+    model, x = make(*net)
+    structure = mlp_structure(model)
+    depth = structure.depth
+    layers = tuple(sorted(data.draw(st.sets(st.integers(1, depth), min_size=1, max_size=depth))))
+    widths = tuple(structure.widths[l - 1] for l in layers)
+    f = data.draw(st.integers(1, min(3, sum(widths))))
+    norm = data.draw(st.sampled_from(["inf", "1", "2"]))
+    output = data.draw(st.sampled_from(["raw", "raw", "softmax"]))
+    budget = CrashBudget(layers, widths, f)
+    d = brute_force(model, x.numpy(), budget, norm, output)
+    result = exact_omega(structure, x, budget, norm, output)
+    assert_matches(result, d)
+    assert result.engine == ("additive" if depth == 1 and output == "raw" else "general")
+    if result.engine == "additive":
+        assert_matches(exact_omega(structure, x, budget, norm, output, engine="general", set_batch=4), d)
+    if norm == "inf" and output == "raw":  # Theorem 2 with C measured on the same inputs
+        bound = budget_bound(structure, f, layers, output_bounds(structure, x))
+        assert bound.erf >= result.omega_max * (1 - 1e-12)
+
+
+def test_per_layer_budget_against_brute_force_and_bound():
+    model, x = make([4, 3, 3], "relu", True, 1.5, 7, 2)
+    structure = mlp_structure(model)
+    budget = CrashBudget((1, 3), (4, 3), 3, per_layer=(2, 1))
+    assert budget.count() == math.comb(4, 2) * 3
+    d = brute_force(model, x.numpy(), budget)
+    assert_matches(exact_omega(structure, x, budget), d)
+    bound = crash_bound(structure, (2, 0, 1), output_bounds(structure, x))
+    assert bound.erf >= d.max()
+
+
+def test_trained_mlp_matches_brute_force():
+    from lesion.data import load
+
+    data = load("digits")
+    model, _ = build_net("mlp:12", data.input_shape, 10, seed=0)
+    train(model, data.x_train, data.y_train, TrainSettings(epochs=3, seed=0))
+    x = data.x_test[:60]
+    budget = CrashBudget((1,), (12,), 2)
+    d = brute_force(model.double(), x.double().numpy(), budget)
+    assert_matches(exact_omega(mlp_structure(model), x, budget), d)
+
+
+def test_erf_closed_forms_and_log_space():
+    model, x = make([7], "sigmoid", True, 2.0, 1, 3)
+    structure = mlp_structure(model)
+    C = output_bounds(structure)
+    assert C.values == (1.0,) and C.source == "activation" and not C.data_dependent
+    w_m = float(model.out.weight.detach().abs().max())
+    w_av = float(model.out.weight.detach().abs().double().mean())
+    r = crash_bound(structure, (3,), C)
+    assert r.erf == pytest.approx(3 * w_m, rel=1e-12)  # Theorem 1: C f w_m^(2)
+    assert r.erf_av == pytest.approx(3 * w_av, rel=1e-12)
+    assert r.K == 0.5  # sigmoid(2 s): k/4
+    # two hidden layers: C1 f1 K w3 (N2 − f2) w2 + C2 f2 w3
+    model, x = make([4, 5], "relu", False, 3.0, 2, 2)
+    structure = mlp_structure(model)
+    C = output_bounds(structure, x)
+    w = [float(l.weight.detach().abs().max()) for l in model.linear_layers()]
+    expected = C.values[0] * 2 * 3.0 * w[2] * (5 - 1) * w[1] + C.values[1] * 1 * w[2]
+    assert crash_bound(structure, (2, 1), C).erf == pytest.approx(expected, rel=1e-12)
+    assert C.data_dependent and C.source == "measured"
+    # overflow: with three hidden layers K = 1e200 enters squared: Erf is infinite as a float, its log exact
+    model, x = make([4, 5, 3], "relu", False, 1.0, 2, 2)
+    structure = mlp_structure(model)
+    C = output_bounds(structure, x)
+    w = [float(l.weight.detach().abs().max()) for l in model.linear_layers()]
+    huge = crash_bound(structure, (1, 0, 0), C, K=1e200)
+    assert huge.erf == math.inf
+    expected_log10 = 400 + math.log10(C.values[0] * w[3] * 5 * w[1] * 3 * w[2])
+    assert huge.log10_erf == pytest.approx(expected_log10, rel=1e-12)
+
+
+def test_interval_bound_is_sound():
+    model, x = make([6, 4], "relu", True, 1.0, 3, 2)
+    structure = mlp_structure(model)
+    interval = output_bounds(structure, box=(0.0, 1.0))
+    measured = output_bounds(structure, x)  # x lies in [0, 1]^d
+    assert all(i >= m for i, m in zip(interval.values, measured.values, strict=True))
+    assert interval.source == "interval" and not interval.data_dependent
+
+
+@pytest.mark.parametrize("engine", ["additive", "general"])
+def test_interrupt_and_resume_is_bit_identical(tmp_path, engine, monkeypatch):
+    import lesion.crash.omega as omega_module
+
+    monkeypatch.setattr(omega_module, "ADDITIVE_BLOCK", 16)
+    model, _ = make([9], "relu", True, 1.0, 5, 3)
+    x = torch.rand(70, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    structure = mlp_structure(model)
+    budget = CrashBudget((1,), (9,), 3)
+    full = exact_omega(structure, x, budget, engine=engine, set_batch=10)
+    path = tmp_path / "omega.ckpt.npz"
+    with pytest.raises(Interrupted):
+        exact_omega(structure, x, budget, engine=engine, set_batch=10, checkpoint=path, max_steps=2)
+    assert path.exists()
+    with pytest.raises(Interrupted):  # a second interruption, resumed from the first checkpoint
+        exact_omega(structure, x, budget, engine=engine, set_batch=10, checkpoint=path, max_steps=1)
+    resumed = exact_omega(structure, x, budget, engine=engine, set_batch=10, checkpoint=path)
+    for key in ("omega_av", "omega_std", "omega_mav", "omega_max", "omega_worst_set", "worst_set"):
+        assert getattr(resumed, key) == getattr(full, key)
+    assert not path.exists()
+    other = CrashBudget((1,), (9,), 2)
+    with pytest.raises(Interrupted):
+        exact_omega(structure, x, other, engine=engine, set_batch=10, checkpoint=path, max_steps=1)
+    with pytest.raises(LesionError, match="belongs to another run"):
+        exact_omega(structure, x, budget, engine=engine, set_batch=10, checkpoint=path)
+
+
+def test_planning_refuses_with_count_estimate_and_alternative():
+    model, _ = build_net("mlp1-48", seed=0)
+    structure = mlp_structure(model)
+    budget = CrashBudget((1,), (48,), 5)
+    p = plan(structure, budget, 60_000)
+    assert p.pairs == math.comb(48, 5) * 60_000 and p.engine == "additive"
+    with pytest.raises(LesionError) as info:
+        exact_omega(structure, torch.zeros(60_000, 784), budget, time_limit=1.0)
+    message = str(info.value)
+    assert f"{p.pairs:,}" in message and "Monte Carlo" in message and "--samples" in message
+
+
+def test_monte_carlo_interval_and_lower_bounds():
+    model, x = make([10], "relu", True, 1.0, 11, 3)
+    structure = mlp_structure(model)
+    budget = CrashBudget((1,), (10,), 4)
+    exact = exact_omega(structure, x, budget)
+    covered = 0
+    for seed in range(40):  # the 95% interval covers the exact value in about 95% of campaigns
+        lo, hi = monte_carlo_omega(structure, x, budget, samples=400, seed=seed).omega_av_ci
+        covered += lo <= exact.omega_av <= hi
+    assert covered >= 34
+    mc = monte_carlo_omega(structure, x, budget, samples=400, seed=0)
+    assert mc.max_figures_are_lower_bounds and not mc.exact and mc.samples == 400
+    assert mc.omega_max <= exact.omega_max + 1e-12 and mc.omega_mav <= exact.omega_mav + 1e-12
+    assert mc.omega_worst_set <= exact.omega_worst_set + 1e-12
+    stopped = monte_carlo_omega(structure, x, budget, ci_width=exact.omega_av * 0.2, seed=2)
+    assert stopped.omega_av_ci[1] - stopped.omega_av_ci[0] <= exact.omega_av * 0.2
+
+
+def test_non_mlps_are_refused():
+    cnn, _ = build_net("cnn")
+    with pytest.raises(LesionError, match="Linear layers and elementwise activations"):
+        mlp_structure(cnn)
+    with pytest.raises(LesionError, match="without an activation"):
+        mlp_structure(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)))
+    with pytest.raises(LesionError, match="own forward"):
+        mlp_structure(nn.Transformer(d_model=8, nhead=2, num_encoder_layers=1, num_decoder_layers=1))
+
+
+def test_tolerance_reads_the_curve():
+    model, x = make([8], "sigmoid", True, 1.0, 4, 2)
+    structure = mlp_structure(model)
+    C = output_bounds(structure)
+    w_m = float(model.out.weight.detach().abs().max())
+    result = tolerance(structure, epsilon=2.5 * w_m, C=C, x=x)
+    assert result.by_erf == 2  # Erf = f·w_m: 2 w_m ≤ 2.5 w_m < 3 w_m
+    omegas = [p["omega_av"] for p in result.curve if "omega_av" in p]
+    assert result.by_omega_av == sum(1 for _ in itertools.takewhile(lambda v: v <= 2.5 * w_m, omegas))
+    assert result.by_erf_av >= result.by_erf
+
+
+def test_cli_crash_commands(tmp_path, capsys):
+    model, config = build_net("mlp:6", (4,), 3, seed=0)
+    ckpt = save_checkpoint(tmp_path / "m.pt", model, "mlp:6", config)
+    x = np.random.default_rng(0).random((30, 4)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    out = tmp_path / "o.json"
+    assert main(["crash", "omega", "--model", str(ckpt), "--data", f"npz:{tmp_path / 'x.npz'}", "--faults", "1-2",
+                 "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert [r["faults"] for r in results] == [1, 2] and all(r["exact"] for r in results)
+    assert {"omega_av", "omega_std", "omega_mav", "omega_max", "omega_worst_set", "sets", "inputs"} <= results[0].keys()
+    budget = CrashBudget((1,), (6,), 2)
+    d = brute_force(model.double(), x.astype(np.float64), budget)
+    assert results[1]["omega_av"] == pytest.approx(d.mean(), rel=1e-9)
+    bound = tmp_path / "b.json"
+    assert main(["crash", "bound", "--model", str(ckpt), "--faults", "1,2", "--data", f"npz:{tmp_path / 'x.npz'}",
+                 "--json", str(bound)]) == 0
+    b = json.loads(bound.read_text())
+    assert len(b["erf"]) == 2 and b["erf"][1] >= results[1]["omega_max"] and b["K"] == 1.0 and len(b["C"]) == 1
+    assert main(["crash", "tolerance", "--model", str(ckpt), "--model", str(ckpt), "--epsilon", "0.5"]) == 0
+    assert "ranking" in capsys.readouterr().out
+    assert main(["crash", "omega", "--model", str(ckpt), "--data", f"npz:{tmp_path / 'x.npz'}", "--faults", "9"]) == 2
+    assert main(["crash", "bound", "--model", "preset:cnn", "--faults", "1"]) == 2
