@@ -25,7 +25,8 @@ def subcommands(parser=None, prefix="lesion"):
 
 def test_every_option_of_every_command_is_documented():
     tree = subcommands()
-    assert {"lesion crash omega", "lesion crash bound", "lesion crash tolerance", "lesion campaign"} <= dict(tree).keys()
+    expected = {"lesion crash omega", "lesion crash bound", "lesion crash tolerance", "lesion campaign"}
+    assert expected <= dict(tree).keys()
     for name, sub in tree:
         for action in sub._actions:
             assert action.help, f"{name}: option {action.option_strings or action.dest} has no help"
