@@ -1,0 +1,42 @@
+"""Sub-command `lesion reproduce FIGURE`: run one of the papers' figure reproductions (lesion.experiments)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from lesion.cli.options import add_common
+
+
+def _figures() -> dict[str, Any]:
+    from lesion.experiments.crash_figures import FIGURES
+
+    return dict(FIGURES)
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.out)
+    result = _figures()[args.figure](out, args.quick)
+    print(f"{args.figure}: wrote {out / (result['figure'] + '.json')} and {out / (result['figure'] + '.png')}")
+    for key in ("log_log_slopes", "inversion"):
+        if key in result:
+            print(f"{key}: {result[key]}")
+    for net in result.get("networks", []):
+        print(f"dropout {net['dropout']}: test accuracy {net['test_accuracy']:.4f}; tolerates 3 crashes at 0.15: "
+              f"{net['tolerates_3_at_0.15']}; 1 crash at 0.03: {net['tolerates_1_at_0.03']}")
+    print(f"paper: {result['paper']}")
+    return result
+
+
+def register(sub: Any) -> None:
+    """Add `lesion reproduce` to the `lesion` parser."""
+    names = sorted(_figures())
+    p = sub.add_parser("reproduce", help="reproduce a figure of the papers (JSON and PNG)",
+                       description="Reproduce a figure of [R] or [G]: writes FIGURE.json and FIGURE.png into --out. "
+                                   f"Figures: {', '.join(names)}.")
+    p.add_argument("figure", choices=names, help="which figure")
+    p.add_argument("--out", default="figures", help="output folder (default ./figures)")
+    p.add_argument("--quick", action="store_true", help="a smaller version (fewer nets, points, epochs)")
+    add_common(p)
+    p.set_defaults(run=_cmd_reproduce)

@@ -1,0 +1,54 @@
+"""PNG plots (matplotlib, Agg backend: no display needed). Every figure states its data and sample counts
+in a note under the axes (SPEC §4)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+@dataclass
+class Series:
+    """One line: y against x, optionally with a band [low, high] (a confidence interval or ± std)."""
+
+    label: str
+    x: Sequence[float]
+    y: Sequence[float]
+    low: Sequence[float] | None = None
+    high: Sequence[float] | None = None
+    style: str = "-o"
+    extra: dict = field(default_factory=dict)
+
+
+def line_plot(path: str | Path, series: Sequence[Series], xlabel: str, ylabel: str, title: str,
+              note: str = "", logx: bool = False, logy: bool = False, size: tuple[float, float] = (6.4, 4.4)) -> Path:
+    """Draw the series and write a PNG to `path`; `note` (data, counts, intervals) goes under the axes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=size)
+    for s in series:
+        (line,) = ax.plot(s.x, s.y, s.style, label=s.label, markersize=4, **s.extra)
+        if s.low is not None and s.high is not None:
+            ax.fill_between(s.x, s.low, s.high, color=line.get_color(), alpha=0.2, linewidth=0)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    if any(s.label for s in series):
+        ax.legend(fontsize=8)
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=7, va="bottom", ha="left", wrap=True)
+        fig.subplots_adjust(bottom=0.22)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
