@@ -27,7 +27,8 @@ from lesion.train import TrainSettings, evaluate, train  # noqa: E402
 
 
 def per_set_forward_rate(model: torch.nn.Module, x: torch.Tensor, sets: int, f: int) -> tuple[float, float]:
-    """Pairs per second of the baseline, and its mean d over the sets it ran (a sanity figure)."""
+    """Pairs per second of the baseline (in the model's and the inputs' precision), and its mean d over the
+    sets it ran (a sanity figure)."""
     rng = np.random.default_rng(0)
     with torch.no_grad():
         clean = model(x)
@@ -58,7 +59,11 @@ def main() -> None:
     print(f"mlp1-48 (784-48-10 ReLU), trained 2 epochs on fashion-mnist (test accuracy {accuracy:.4f}); "
           f"{len(x):,} training inputs; {args.threads} threads")
     rate_base, _ = per_set_forward_rate(model, x, args.baseline_sets, 5)
-    print(f"baseline per-set batched forward: {rate_base:,.0f} pairs/s ({len(x) / rate_base * 1e3:.1f} ms per set)")
+    print(f"baseline per-set batched forward, float32: {rate_base:,.0f} pairs/s "
+          f"({len(x) / rate_base * 1e3:.1f} ms per set)")
+    rate_base64, _ = per_set_forward_rate(copy.deepcopy(model).double(), x.double(), args.baseline_sets, 5)
+    print(f"baseline per-set batched forward, float64 (the engine's precision): {rate_base64:,.0f} pairs/s "
+          f"({len(x) / rate_base64 * 1e3:.1f} ms per set)")
     structure = mlp_structure(model)
     header = ("f", "sets", "pairs", "seconds", "Omega_av", "Omega_std", "Omega_mav", "Omega_max", "Omega_worst")
     print("{:>2} {:>9} {:>16} {:>8} {:>10} {:>10} {:>10} {:>10} {:>11}".format(*header))
@@ -74,8 +79,8 @@ def main() -> None:
         print(f"{f:>2} {r.sets:>9,} {pairs:>16,} {seconds:>8.1f} {r.omega_av:>10.5f} {r.omega_std:>10.5f} "
               f"{r.omega_mav:>10.5f} {r.omega_max:>10.5f} {r.omega_worst_set:>11.5f}")
     rate = total_pairs / total_seconds
-    print(f"total {total_pairs:,} pairs in {total_seconds:.1f} s: {rate:,.0f} pairs/s; "
-          f"ratio to the per-set forward {rate / rate_base:,.0f}x")
+    print(f"total {total_pairs:,} pairs in {total_seconds:.1f} s: {rate:,.0f} pairs/s; ratio to the per-set "
+          f"forward {rate / rate_base:,.0f}x (float32), {rate / rate_base64:,.0f}x (float64)")
 
 
 if __name__ == "__main__":

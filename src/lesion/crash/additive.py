@@ -58,17 +58,15 @@ def _kernel(M: int) -> Callable:
 
     @numba.njit(cache=True, fastmath=_FAST, nogil=True)
     def reduce_row(d: np.ndarray, input_max: np.ndarray) -> tuple:
-        """(Σ d, Σ d², max d) of one set's distances; input_max[x] ← max(input_max[x], d[x])."""
+        """(Σ d, Σ d²) of one set's distances; input_max[x] ← max(input_max[x], d[x])."""
         total = 0.0
         total_sq = 0.0
-        top = 0.0
         for x in range(d.shape[0]):
             v = d[x]
             total += v
             total_sq += v * v
-            top = v if v > top else top
             input_max[x] = v if v > input_max[x] else input_max[x]
-        return total, total_sq, top
+        return total, total_sq
 
     @numba.njit(cache=True, fastmath=_FAST, nogil=True, boundscheck=False)
     def chunk(contrib: np.ndarray, f: int, norm: int, set_sums: np.ndarray, input_max: np.ndarray) -> np.ndarray:
@@ -80,16 +78,14 @@ def _kernel(M: int) -> Callable:
             partial[t + 1] = partial[t] + contrib[idx[t]]
         total = 0.0
         total_sq = 0.0
-        maximum = 0.0
         rank = 0
         while True:
             base = partial[f - 1]
             for i in range(idx[f - 2] + 1 if f >= 2 else 0, n):
                 distances(base, contrib[i], norm, d)
-                row_total, row_sq, row_max = reduce_row(d, input_max)
+                row_total, row_sq = reduce_row(d, input_max)
                 total += row_total
                 total_sq += row_sq
-                maximum = row_max if row_max > maximum else maximum
                 set_sums[rank] += row_total
                 rank += 1
             j = f - 2  # next prefix idx[0..f-2]; idx[j] is at most n - f + j
@@ -105,7 +101,7 @@ def _kernel(M: int) -> Callable:
         out = np.empty(3)
         out[0] = total
         out[1] = total_sq
-        out[2] = maximum
+        out[2] = input_max.max()  # the largest distance of the chunk: its per-input maxima hold it
         return out
 
     return chunk

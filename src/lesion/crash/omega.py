@@ -35,9 +35,9 @@ from lesion.crash.structure import MLPStructure, hidden_activations
 from lesion.errors import LesionError
 from lesion.stats import RunningMean
 
-ADDITIVE_CHUNK = 64  # inputs per kernel chunk: the chunk's contributions stay in L1/L2
-ADDITIVE_BLOCK = 256  # inputs per checkpointable step (4 chunks; per-chunk set sums are merged in order)
-ADDITIVE_RATE = 4.5e8  # (set, input) pairs per second on 2 cores, measured (BENCHMARKS.md)
+ADDITIVE_CHUNK = 128  # inputs per kernel chunk: the chunk's contributions stay in L1/L2
+ADDITIVE_BLOCK = 512  # inputs per checkpointable step (4 chunks; per-chunk set sums are merged in order)
+ADDITIVE_RATE = 5.5e8  # (set, input) pairs per second on 2 cores, measured (BENCHMARKS.md)
 GENERAL_FLOP_RATE = 4e9  # float64 multiply-adds per second for the batched forward, measured
 DEFAULT_TIME_LIMIT = 600.0
 

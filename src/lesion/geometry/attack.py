@@ -1,0 +1,192 @@
+"""Random against adversarial weight perturbations of the same size (SPEC §3.3–3.4, [G] §3, Fig. 2).
+
+At norm σ: random directions (a campaign of uniform unit-sphere directions), the adversarial direction
+σ·u* with u* in the span of the top-k eigenvectors of g (the single eigenvector and sign that raise the loss
+most on the analysis inputs, then the combination of the k, refined by projected gradient ascent on the unit
+sphere of the span), the loss-gradient direction (first-order baseline), the top eigenvector alone, and a
+greedy search of float32 bit flips whose total weight change stays within σ.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from lesion.damage import Perturbation, Realised, batched_damaged_outputs
+from lesion.damage.bits import flip_bits
+from lesion.damage.campaign import Campaign
+from lesion.errors import LesionError
+from lesion.functional import eval_mode
+from lesion.geometry.metric import MetricOperator
+from lesion.geometry.spectrum import top_eigenpairs
+
+
+def _loss_fn(op: MetricOperator, x: torch.Tensor, y: torch.Tensor):  # noqa: ANN202
+    def loss(flat: torch.Tensor) -> torch.Tensor:
+        out = functional_call(op.model, (op.layout.unflatten(flat), op.buffers), (x,))
+        return F.cross_entropy(out, y)
+
+    return loss
+
+
+def _accuracy(op: MetricOperator, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[float, list[int]]:
+    """Accuracy of the network with weights `flat` on (x, y), and its prediction counts per class."""
+    with torch.no_grad(), eval_mode(op.model):
+        out = torch.cat([functional_call(op.model, (op.layout.unflatten(flat), op.buffers), (x[i:i + 4096],))
+                         for i in range(0, len(x), 4096)])
+    pred = out.argmax(1)
+    finite = torch.isfinite(out).all(1)
+    counts = torch.bincount(pred[finite], minlength=out.shape[1]).tolist()
+    return float(((pred == y) & finite).double().mean()), counts
+
+
+def gradient_direction(op: MetricOperator, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """∇_w L / ‖∇_w L‖ on (x, y): the first-order direction of steepest loss increase."""
+    with eval_mode(op.model):
+        grad = torch.func.grad(_loss_fn(op, x, y))(op.weights)
+    norm = grad.norm()
+    if norm == 0:
+        raise LesionError("the loss gradient is zero on the analysis inputs")
+    return grad / norm
+
+
+def adversarial_direction(op: MetricOperator, x: torch.Tensor, y: torch.Tensor, sigma: float, k: int = 20,
+                          steps: int = 60) -> tuple[torch.Tensor, dict[str, Any]]:
+    """u* (unit norm) in the span of the top-k eigenvectors of g maximising the loss of w + σu on (x, y)."""
+    values, vectors, route = top_eigenpairs(op, k)
+    vectors = vectors.to(op.weights.dtype)
+    loss = _loss_fn(op, x, y)
+    with torch.no_grad(), eval_mode(op.model):
+        trials = [(float(loss(op.weights + sign * sigma * vectors[:, i])), i, sign)
+                  for i in range(vectors.shape[1]) for sign in (1.0, -1.0)]
+    best_loss, best_i, best_sign = max(trials)
+    c = torch.zeros(vectors.shape[1], dtype=op.weights.dtype)
+    c[best_i] = best_sign
+    best_c = c.clone()
+
+    def objective(coef: torch.Tensor) -> torch.Tensor:
+        return loss(op.weights + sigma * vectors @ (coef / coef.norm()))
+
+    step = 0.5
+    with eval_mode(op.model):
+        for _ in range(steps):  # projected (normalised) gradient ascent on the unit sphere of the span
+            grad = torch.func.grad(objective)(c)
+            if grad.norm() == 0:
+                break
+            trial = c + step * grad / grad.norm()
+            trial = trial / trial.norm()
+            with torch.no_grad():
+                value = float(objective(trial))
+            if value > best_loss:
+                best_loss, best_c, c = value, trial.clone(), trial
+            else:
+                step /= 2
+                if step < 1e-3:
+                    break
+    u = vectors @ best_c
+    info = {"eigenvalues": [float(v) for v in values], "route": route, "k": int(vectors.shape[1]),
+            "best_single": {"index": best_i, "sign": best_sign}, "coefficients": best_c.tolist(),
+            "analysis_loss": best_loss}
+    return u / u.norm(), info
+
+
+def greedy_bitflips(op: MetricOperator, x: torch.Tensor, y: torch.Tensor, sigma: float, max_flips: int = 20,
+                    candidates: int = 256, exact_checks: int = 64) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """Greedy float32 bit flips raising the loss on (x, y) while ‖Δw‖ ≤ σ in total: at each step the flips of
+    the bits of the `candidates` weights with the largest loss gradient are ranked by their first-order gain,
+    the best `exact_checks` are evaluated exactly (in one batched pass) and the best is applied."""
+    flat = op.weights.clone()
+    loss = _loss_fn(op, x, y)
+    spent = 0.0
+    flips: list[dict[str, Any]] = []
+    base = op.layout.unflatten(op.weights)
+    for _ in range(max_flips):
+        with eval_mode(op.model):
+            grad = torch.func.grad(loss)(flat)
+        top = torch.topk(grad.abs(), min(candidates, op.n)).indices
+        idx = top.repeat_interleave(32)
+        bits = torch.arange(32).repeat(len(top))
+        flipped = flip_bits(flat[idx].float(), torch.arange(len(idx)), bits).to(flat.dtype)
+        delta = flipped - flat[idx]
+        room = sigma**2 - spent
+        ok = torch.isfinite(flipped) & (delta**2 <= room) & (delta != 0)
+        if not bool(ok.any()):
+            break
+        gain = torch.where(ok, grad[idx] * delta, torch.tensor(-math.inf, dtype=flat.dtype))
+        order = torch.argsort(gain, descending=True)[: min(exact_checks, int(ok.sum()))]
+        configs = []
+        for j in order.tolist():
+            trial = flat.clone()
+            trial[idx[j]] = flipped[j]
+            changed = {n: t for n, t in op.layout.unflatten(trial).items() if not torch.equal(t, base[n])}
+            configs.append(Realised(changed))
+        outs = batched_damaged_outputs(op.model, configs, x, desc="bit flips")
+        losses = torch.stack([F.cross_entropy(o, y) for o in outs])
+        best = int(torch.argmax(torch.nan_to_num(losses, nan=-math.inf)))
+        with torch.no_grad():
+            current = float(loss(flat))
+        if float(losses[best]) <= current:
+            break
+        j = order[best].item()
+        flat[idx[j]] = flipped[j]
+        spent += float(delta[j] ** 2)
+        flips.append({"weight": int(idx[j]), "bit": int(bits[j]), "before": float(flat[idx[j]] - delta[j]),
+                      "after": float(flipped[j]), "loss": float(losses[best])})
+    return flat, flips
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """Accuracies at perturbation norm σ (issue "Metric tensor", item 5 keys), with provenance."""
+
+    sigma: float
+    clean_accuracy: float
+    random_accuracy: dict[str, Any]
+    adversarial_accuracy: float
+    gradient_accuracy: float
+    top_eigenvector_accuracy: float
+    bitflip_accuracy: float
+    collapse: dict[str, Any]
+    analysis_inputs: int
+    evaluation_inputs: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return asdict(self)
+
+
+def attack(model: nn.Module, x_analysis: torch.Tensor, y_analysis: torch.Tensor, x_eval: torch.Tensor,
+           y_eval: torch.Tensor, sigma: float = 1.0, directions: int = 1000, k: int = 20, seed: int = 0,
+           bitflips: bool = True) -> AttackResult:
+    """Compare random and designed perturbations of norm σ (SPEC §3.4): directions designed on the analysis
+    inputs, accuracies measured on the evaluation inputs."""
+    if not sigma > 0:
+        raise LesionError(f"σ must be positive, got {sigma}")
+    op = MetricOperator(model, x_analysis)
+    clean, _ = _accuracy(op, op.weights, x_eval, y_eval)
+    campaign = Campaign(model, x_eval, y_eval, [Perturbation("sphere", sigma)], seed=seed)
+    random = campaign.run(samples=directions).accuracy
+    u_adv, info = adversarial_direction(op, x_analysis, y_analysis, sigma, k)
+    adv, counts = _accuracy(op, op.weights + sigma * u_adv, x_eval, y_eval)
+    u_grad = gradient_direction(op, x_analysis, y_analysis)
+    grad_acc, _ = _accuracy(op, op.weights + sigma * u_grad, x_eval, y_eval)
+    _, top1, _ = top_eigenpairs(op, 1)
+    v1 = top1[:, 0].to(op.weights.dtype)
+    eig_acc = min(_accuracy(op, op.weights + s * sigma * v1, x_eval, y_eval)[0] for s in (1.0, -1.0))
+    bit_acc, flips = float("nan"), []
+    if bitflips:
+        flipped, flips = greedy_bitflips(op, x_analysis, y_analysis, sigma)
+        bit_acc, _ = _accuracy(op, flipped, x_eval, y_eval)
+    dominant = int(np.argmax(counts))
+    collapse = {"class": dominant, "share": counts[dominant] / max(sum(counts), 1), "prediction_counts": counts}
+    details = {"adversarial": info, "bitflips": flips, "directions": directions, "k": k, "seed": seed}
+    return AttackResult(sigma, clean, random, adv, grad_acc, eig_acc, bit_acc, collapse, len(x_analysis),
+                        len(x_eval), details)

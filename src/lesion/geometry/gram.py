@@ -1,0 +1,87 @@
+"""The Gram route to the metric's spectrum (SPEC §3.1): with A the (m|X|)×n stack of the J_x, the nonzero
+eigenvalues of g = AᵀA/|X| are those of K/|X|, K = A Aᵀ, and its eigenvectors are Aᵀu/√(|X| λ).
+
+For MLPs K is built without materialising A, from the layer-wise factorisation of the empirical NTK: for
+Linear layer l with input activations a_{x,l} and output sensitivities δ_{x,k,l} = ∂f_k(x)/∂z_l,
+    K[(x,k),(x',k')] = Σ_l (δ_{x,k,l}·δ_{x',k',l}) (a_{x,l}·a_{x',l} + [layer l has a bias]).
+Other models (CNNs) stack per-input Jacobians (vmap of jacrev) in chunks, within a memory budget.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lesion.crash.structure import MLPStructure, mlp_structure
+from lesion.errors import LesionError
+from lesion.functional import eval_mode
+from lesion.geometry.metric import MetricOperator
+
+JACOBIAN_MEMORY = 2 << 30  # bytes allowed for stacked Jacobians on the generic route
+
+
+def _activation_derivative(act: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """φ'(z) elementwise, by a forward-mode derivative with unit tangent (exact for elementwise φ)."""
+    return torch.func.jvp(act, (z,), (torch.ones_like(z),))[1]
+
+
+def mlp_factors(structure: MLPStructure, x: torch.Tensor, output: str = "raw"
+                ) -> list[tuple[torch.Tensor, torch.Tensor, bool]]:
+    """Per Linear layer: (input activations a (B, N_in), sensitivities δ (B, m, N_out), has bias)."""
+    dtype = x.dtype
+    a = x.reshape(len(x), -1)
+    inputs, pre = [], []
+    with torch.no_grad():
+        for layer, weight in enumerate(structure.weights):
+            inputs.append(a)
+            bias = structure.biases[layer]
+            z = a @ weight.to(dtype).T + (0 if bias is None else bias.to(dtype))
+            pre.append(z)
+            a = structure.activations[layer](z) if layer < structure.depth else z
+        m = a.shape[1]
+        if output == "softmax":
+            p = torch.softmax(a, dim=1)
+            delta = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)  # ∂softmax_k/∂z_j, (B, m, m)
+        else:
+            delta = torch.eye(m, dtype=dtype).expand(len(x), m, m)
+        sensitivities = [delta]
+        for layer in range(structure.depth, 0, -1):  # δ_{l} from δ_{l+1}
+            back = delta @ structure.weights[layer].to(dtype)  # (B, m, N_l)
+            delta = back * _activation_derivative(structure.activations[layer - 1], pre[layer - 1]).unsqueeze(1)
+            sensitivities.append(delta)
+    sensitivities.reverse()
+    return [(inputs[l], sensitivities[l], structure.biases[l] is not None) for l in range(len(structure.weights))]
+
+
+def gram_matrix(op: MetricOperator) -> torch.Tensor:
+    """K = A Aᵀ of size (m|X|)², rows ordered (input, output); float64 for float64 inputs."""
+    try:
+        structure = mlp_structure(op.model)
+    except LesionError:
+        return _gram_from_jacobians(op)
+    B = op.inputs
+    K = None
+    for a, delta, has_bias in mlp_factors(structure, op.x, op.output):
+        m = delta.shape[1]
+        flat = delta.reshape(B * m, -1)
+        term = flat @ flat.T  # δ·δ'
+        S = a @ a.T + (1.0 if has_bias else 0.0)  # a·a' (+1 for the bias)
+        term.view(B, m, B, m).mul_(S.view(B, 1, B, 1))
+        K = term if K is None else K.add_(term)
+    return K
+
+
+def _gram_from_jacobians(op: MetricOperator) -> torch.Tensor:
+    probe = op.outputs_fn(op.x[:1])(op.weights)
+    rows = op.inputs * probe.shape[-1]
+    need = rows * op.n * op.weights.element_size()
+    if need > JACOBIAN_MEMORY:
+        raise LesionError(f"the Gram route for this model would stack {rows:,} Jacobian rows of {op.n:,} weights "
+                          f"({need / 2**30:.1f} GiB); use fewer inputs or the operator route (Lanczos)")
+    blocks = []
+    with eval_mode(op.model):
+        for i in range(0, op.inputs, 64):
+            xc = op.x[i:i + 64]
+            blocks.append(torch.func.jacrev(op.outputs_fn(xc))(op.weights).reshape(-1, op.n))
+    A = torch.cat(blocks)
+    return A @ A.T

@@ -1,0 +1,114 @@
+"""The metric tensor g = (1/|X|) Σ_x J_xᵀ J_x of [G] Eq. 1–3 (SPEC §3.1), as a matrix-free operator.
+
+J_x = ∂f(x; w)/∂w ∈ R^{m×n} on raw outputs (or softmax probabilities on request). g·v = (1/|X|) Σ_x J_xᵀ(J_x v)
+is computed with one forward-mode product (jvp) and one reverse-mode product (vjp) per chunk of inputs, never
+materialising a Jacobian. `to_scipy()` exports it as a scipy LinearOperator (float64).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator
+from torch import nn
+from torch.func import functional_call, jvp, vjp
+
+from lesion.errors import LesionError
+from lesion.functional import eval_mode, parameters_of
+from lesion.geometry.params import ParameterLayout
+
+OUTPUTS = ("raw", "softmax")
+
+
+class MetricOperator:
+    """g at the model's current weights (or at `weights`), on inputs `x`, in the dtype of `x`."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, output: str = "raw",
+                 weights: torch.Tensor | None = None, chunk: int = 2048) -> None:
+        if output not in OUTPUTS:
+            raise LesionError(f"output must be raw or softmax, got {output!r}")
+        if isinstance(model, torch.jit.ScriptModule):
+            raise LesionError("the metric tensor needs a Python nn.Module (torch.func cannot differentiate "
+                              "TorchScript); save the model with torch.save or give package.module:factory")
+        self.model, self.x, self.output, self.chunk = model, x, output, chunk
+        self.layout = ParameterLayout.of(model)
+        base = parameters_of(model)
+        self.weights = (self.layout.flatten(base) if weights is None else weights).to(x.dtype).detach()
+        self.buffers = {n: b for n, b in model.named_buffers()}
+        self.matvecs = 0
+
+    @property
+    def n(self) -> int:
+        """dim W."""
+        return self.layout.n
+
+    @property
+    def inputs(self) -> int:
+        """|X|."""
+        return len(self.x)
+
+    def outputs_fn(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """w ↦ f(x; w) (softmax applied on request), as a function of the flat weight vector."""
+
+        def f(flat: torch.Tensor) -> torch.Tensor:
+            out = functional_call(self.model, (self.layout.unflatten(flat), self.buffers), (x,))
+            return torch.softmax(out, dim=-1) if self.output == "softmax" else out
+
+        return f
+
+    def _chunks(self) -> list[torch.Tensor]:
+        return [self.x[i:i + self.chunk] for i in range(0, len(self.x), self.chunk)]
+
+    def jvp(self, v: torch.Tensor) -> torch.Tensor:
+        """J v for all inputs: (|X|, m)."""
+        with eval_mode(self.model):
+            return torch.cat([jvp(self.outputs_fn(xc), (self.weights,), (v,))[1] for xc in self._chunks()])
+
+    def vjp(self, u: torch.Tensor) -> torch.Tensor:
+        """Jᵀ u = Σ_x J_xᵀ u_x for cotangents u of shape (|X|, m): (n,)."""
+        total = torch.zeros_like(self.weights)
+        with eval_mode(self.model):
+            for i, xc in enumerate(self._chunks()):
+                _, pullback = vjp(self.outputs_fn(xc), self.weights)
+                total += pullback(u[i * self.chunk:i * self.chunk + len(xc)])[0]
+        return total
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """g v = (1/|X|) Σ_x J_xᵀ (J_x v)."""
+        self.matvecs += 1
+        v = v.to(self.weights.dtype)
+        total = torch.zeros_like(self.weights)
+        with eval_mode(self.model):
+            for xc in self._chunks():
+                f = self.outputs_fn(xc)
+                _, jv = jvp(f, (self.weights,), (v,))
+                _, pullback = vjp(f, self.weights)
+                total += pullback(jv)[0]
+        return total / len(self.x)
+
+    def quadratic(self, v: torch.Tensor) -> float:
+        """vᵀ g v = (1/|X|) Σ_x ‖J_x v‖² (one jvp)."""
+        jv = self.jvp(v.to(self.weights.dtype))
+        return float((jv.double() ** 2).sum() / len(self.x))
+
+    def to_scipy(self) -> LinearOperator:
+        """g as a float64 scipy LinearOperator (symmetric)."""
+
+        def mv(v: np.ndarray) -> np.ndarray:
+            out = self.matvec(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)).reshape(-1))
+            return out.double().numpy()
+
+        return LinearOperator((self.n, self.n), matvec=mv, rmatvec=mv, dtype=np.float64)
+
+    def dense(self) -> torch.Tensor:
+        """g as a dense n×n matrix from the per-input Jacobians (for small models and tests)."""
+        if self.n * self.n > 5e7:
+            raise LesionError(f"a dense metric of {self.n:,}² values is too large; use the operator or Gram route")
+        total = torch.zeros(self.n, self.n, dtype=self.weights.dtype)
+        with eval_mode(self.model):
+            for xc in self._chunks():
+                jac = torch.func.jacrev(self.outputs_fn(xc))(self.weights).reshape(-1, self.n)
+                total += jac.T @ jac
+        return total / len(self.x)

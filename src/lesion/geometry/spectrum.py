@@ -1,0 +1,149 @@
+"""Spectrum of the metric tensor (SPEC §3.2): top eigenpairs, all nonzero eigenvalues, trace (exact and
+Hutchinson), rank, density and ρ(τ) = the fraction of the n weight-space directions with λ > τ.
+
+Two routes: `gram` (eigen-decomposition of K = A Aᵀ, size m|X|; all nonzero eigenvalues; eigenvectors of g
+recovered as Aᵀu/√(|X|λ) with one vector-Jacobian product) and `lanczos` (scipy eigsh on the matrix-free
+operator, for when K is too large).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import eigsh
+
+from lesion.errors import LesionError
+from lesion.geometry.gram import gram_matrix
+from lesion.geometry.metric import MetricOperator
+from lesion.stats import RunningMean
+
+GRAM_LIMIT = 12_000  # largest m|X| for which the Gram route is chosen automatically (≈1.2 GB in float64)
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Eigenvalues of g (descending), its trace and rank, ρ(τ) with its denominator, and provenance."""
+
+    eigenvalues: list[float]
+    trace: float
+    rank: int | None
+    rho: float | None
+    threshold: float
+    inputs: int
+    parameters: int
+    output: str
+    method: str
+    all_nonzero: bool
+    seconds: float
+    vulnerable_directions: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form: the issue's keys eigenvalues, trace, rank, rho, threshold, inputs, parameters."""
+        out = asdict(self)
+        out.pop("extra")
+        out["rho_denominator"] = "n, the number of trainable parameters"
+        return {**out, **self.extra}
+
+
+def _route(op: MetricOperator, method: str) -> str:
+    rows = op.inputs * op.outputs_fn(op.x[:1])(op.weights).shape[-1]
+    if method == "auto":
+        return "gram" if rows <= GRAM_LIMIT else "lanczos"
+    if method not in ("gram", "lanczos"):
+        raise LesionError(f"unknown spectrum method {method!r}: gram, lanczos or auto")
+    return method
+
+
+def gram_eigen(op: MetricOperator, k: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Eigenvalues of K/|X| (descending) and, when `k` is given, the top-k eigenvectors u of K (columns)."""
+    K = gram_matrix(op).double()
+    size = K.shape[0]
+    if k is None:
+        values = torch.linalg.eigvalsh(K).numpy()[::-1] / op.inputs
+        return np.ascontiguousarray(values), None
+    if k >= size - 1 or size <= 2000:
+        values, vectors = torch.linalg.eigh(K)
+        order = torch.argsort(values, descending=True)[:k]
+        return values[order].numpy() / op.inputs, vectors[:, order].numpy()
+    values, vectors = eigsh(K.numpy(), k=k, which="LA")
+    order = np.argsort(values)[::-1]
+    return values[order] / op.inputs, vectors[:, order]
+
+
+def eigenvectors_from_gram(op: MetricOperator, values: np.ndarray, gram_vectors: np.ndarray) -> torch.Tensor:
+    """Unit eigenvectors of g, v = Aᵀu/√(|X|λ), one vjp each: (n, k)."""
+    m = len(gram_vectors) // op.inputs
+    columns = []
+    for lam, u in zip(values, gram_vectors.T, strict=True):
+        cot = torch.from_numpy(np.ascontiguousarray(u)).to(op.weights.dtype).reshape(op.inputs, m)
+        v = op.vjp(cot) / math.sqrt(op.inputs * max(float(lam), 1e-300))
+        columns.append(v / v.norm())
+    return torch.stack(columns, dim=1)
+
+
+def top_eigenpairs(op: MetricOperator, k: int, method: str = "auto") -> tuple[np.ndarray, torch.Tensor, str]:
+    """The k largest eigenvalues of g (descending) and unit eigenvectors (n, k), and the route used."""
+    if not 1 <= k < op.n:
+        raise LesionError(f"ask for between 1 and {op.n - 1} eigenpairs, not {k}")
+    route = _route(op, method)
+    if route == "gram":
+        values, vectors = gram_eigen(op, k)
+        return values, eigenvectors_from_gram(op, values, vectors), route
+    values, vectors = eigsh(op.to_scipy(), k=k, which="LA")
+    order = np.argsort(values)[::-1]
+    return values[order], torch.from_numpy(vectors[:, order].copy()).to(op.weights.dtype), route
+
+
+def trace_exact(op: MetricOperator) -> float:
+    """tr g = ‖A‖_F²/|X| (SPEC §3.2), from the Gram diagonal."""
+    return float(torch.diagonal(gram_matrix(op)).double().sum() / op.inputs)
+
+
+def trace_hutchinson(op: MetricOperator, samples: int = 100, seed: int = 0) -> tuple[float, tuple[float, float]]:
+    """Hutchinson's estimate E[vᵀ g v] over Rademacher v, with a 95% interval over the samples."""
+    gen = torch.Generator().manual_seed(seed)
+    running = RunningMean()
+    for _ in range(samples):
+        v = (torch.randint(0, 2, (op.n,), generator=gen) * 2 - 1).to(op.weights.dtype)
+        running.add(op.quadratic(v))
+    return running.mean, running.interval()
+
+
+def rank_and_rho(eigenvalues: np.ndarray, n: int, rows: int, tau: float) -> tuple[int, float, int]:
+    """Numerical rank (λ > λ_max·rows·ε), ρ(τ) = #{λ > τ}/n, and #{λ > τ}."""
+    if len(eigenvalues) == 0:
+        return 0, 0.0, 0
+    tol = float(eigenvalues[0]) * rows * np.finfo(np.float64).eps
+    vulnerable = int((eigenvalues > tau).sum())
+    return int((eigenvalues > tol).sum()), vulnerable / n, vulnerable
+
+
+def spectrum(op: MetricOperator, top: int = 20, tau: float = 1e-3, full: bool | None = None,
+             method: str = "auto") -> Spectrum:
+    """The spectrum of g: all nonzero eigenvalues on the Gram route (when `full`, default when it is chosen),
+    else the top eigenvalues by Lanczos; trace exact on the Gram route, Hutchinson otherwise."""
+    started = time.perf_counter()
+    route = _route(op, method)
+    rows = op.inputs * op.outputs_fn(op.x[:1])(op.weights).shape[-1]
+    full = route == "gram" if full is None else full
+    if full:
+        if route != "gram":
+            raise LesionError("all nonzero eigenvalues need the Gram route; use fewer inputs")
+        values, _ = gram_eigen(op)
+        rank, rho, vulnerable = rank_and_rho(values, op.n, rows, tau)
+        values = values[:max(rank, 1)]
+        trace = trace_exact(op)
+        extra: dict[str, Any] = {}
+    else:
+        values, _, route = top_eigenpairs(op, top, route)
+        rank = rho = vulnerable = None
+        trace, ci = trace_hutchinson(op)
+        extra = {"trace_ci": list(ci), "trace_method": "hutchinson, 100 Rademacher vectors"}
+    return Spectrum([float(v) for v in values], trace, rank, rho, tau, op.inputs, op.n, op.output, route, full,
+                    time.perf_counter() - started, vulnerable, extra)
