@@ -38,7 +38,11 @@ test: install
 test-all: install
 	$(TEST_ENV) $(BIN)/python -m pytest -q
 
+# Benchmark-only dependencies, without their own dependencies so that torch stays at 2.13.0.
+BENCH_DEPS := curvlinops-for-pytorch backpack-for-pytorch einops einconv linear_operator opt-einsum
+
 bench: install
+	$(BIN)/python -m pip install --quiet --no-deps $(BENCH_DEPS)
 	@set -e; for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b; done
 
 lint: install

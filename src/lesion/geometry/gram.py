@@ -85,3 +85,43 @@ def _gram_from_jacobians(op: MetricOperator) -> torch.Tensor:
             blocks.append(torch.func.jacrev(op.outputs_fn(xc))(op.weights).reshape(-1, op.n))
     A = torch.cat(blocks)
     return A @ A.T
+
+
+class MLPGramProduct:
+    """u ↦ K u = A (Aᵀ u) for an MLP from its layer factors, without forming K (size m|X|) or A.
+
+    Aᵀu is the weight gradient of Σ_{x,k} u_{x,k} f_k(x): per layer, G_l = E_lᵀ a_l with E_l[x] = Σ_k u_{x,k}
+    δ_{x,k,l} (and the bias part Σ_x E_l[x]); A w is the output change Σ_l δ_{x,k,l}·(G_l a_{x,l} + b_l).
+    Two matrix products per layer, the cost of a forward and a backward pass, with no autograd overhead.
+    """
+
+    def __init__(self, structure: MLPStructure, x: torch.Tensor, output: str = "raw") -> None:
+        self.factors = mlp_factors(structure, x, output)
+        self.inputs = len(x)
+        self.m = self.factors[0][1].shape[1]
+
+    @property
+    def size(self) -> int:
+        """m|X|."""
+        return self.inputs * self.m
+
+    def transpose_apply(self, u: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Aᵀu as per-layer (weight gradient (N_out, N_in), bias gradient or None); u of shape (|X|, m)."""
+        out = []
+        for a, delta, has_bias in self.factors:
+            e = torch.einsum("xk,xki->xi", u, delta)
+            out.append((e.T @ a, e.sum(0) if has_bias else None))
+        return out
+
+    def apply(self, grads: list[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
+        """A w for a weight vector given per layer: (|X|, m)."""
+        total = None
+        for (a, delta, _), (weight, bias) in zip(self.factors, grads, strict=True):
+            z = a @ weight.T + (0 if bias is None else bias)
+            term = torch.einsum("xki,xi->xk", delta, z)
+            total = term if total is None else total + term
+        return total
+
+    def matvec(self, u: torch.Tensor) -> torch.Tensor:
+        """K u for u of shape (m|X|,) in (input, output) order."""
+        return self.apply(self.transpose_apply(u.reshape(self.inputs, self.m))).reshape(-1)

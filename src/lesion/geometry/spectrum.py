@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import eigsh
+from scipy.sparse.linalg import LinearOperator, eigsh
 
+from lesion.crash.structure import mlp_structure
 from lesion.errors import LesionError
-from lesion.geometry.gram import gram_matrix
+from lesion.geometry.gram import MLPGramProduct, gram_matrix
 from lesion.geometry.metric import MetricOperator
 from lesion.stats import RunningMean
 
@@ -87,13 +88,37 @@ def eigenvectors_from_gram(op: MetricOperator, values: np.ndarray, gram_vectors:
     return torch.stack(columns, dim=1)
 
 
+def _mlp_gram_top(op: MetricOperator, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Top-k eigenpairs of K by Lanczos on the factor product K u (MLPs only; None for other models)."""
+    try:
+        structure = mlp_structure(op.model)
+    except LesionError:
+        return None
+    product = MLPGramProduct(structure, op.x, op.output)
+    if k >= product.size - 1:
+        return None
+    dtype = op.weights.dtype
+
+    def mv(u: np.ndarray) -> np.ndarray:
+        return product.matvec(torch.from_numpy(np.ascontiguousarray(u)).to(dtype)).double().numpy()
+
+    operator = LinearOperator((product.size, product.size), matvec=mv, rmatvec=mv, dtype=np.float64)
+    values, vectors = eigsh(operator, k=k, which="LA")
+    order = np.argsort(values)[::-1]
+    return values[order] / op.inputs, vectors[:, order]
+
+
 def top_eigenpairs(op: MetricOperator, k: int, method: str = "auto") -> tuple[np.ndarray, torch.Tensor, str]:
-    """The k largest eigenvalues of g (descending) and unit eigenvectors (n, k), and the route used."""
+    """The k largest eigenvalues of g (descending) and unit eigenvectors (n, k), and the route used.
+
+    Gram route: Lanczos on K through the layer factors for MLPs (K never formed), or on the formed K for
+    other models; eigenvectors of g follow as Aᵀu/√(|X|λ)."""
     if not 1 <= k < op.n:
         raise LesionError(f"ask for between 1 and {op.n - 1} eigenpairs, not {k}")
     route = _route(op, method)
     if route == "gram":
-        values, vectors = gram_eigen(op, k)
+        found = _mlp_gram_top(op, k)
+        values, vectors = found if found is not None else gram_eigen(op, k)
         return values, eigenvectors_from_gram(op, values, vectors), route
     values, vectors = eigsh(op.to_scipy(), k=k, which="LA")
     order = np.argsort(values)[::-1]
