@@ -17,7 +17,7 @@ import torch
 
 import lesion
 from lesion import progress
-from lesion.cli import basic, crash, reproduce
+from lesion.cli import basic, crash, geometry, reproduce
 from lesion.cli.options import positive_int
 from lesion.errors import LesionError
 
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, help="what to do")
     basic.register(sub)
     crash.register(sub)
+    geometry.register(sub)
     reproduce.register(sub)
     return parser
 

@@ -10,9 +10,9 @@ from lesion.cli.options import add_common
 
 
 def _figures() -> dict[str, Any]:
-    from lesion.experiments.crash_figures import FIGURES
+    from lesion.experiments import crash_figures, geometry_figures
 
-    return dict(FIGURES)
+    return {**crash_figures.FIGURES, **geometry_figures.FIGURES}
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> dict[str, Any]:
@@ -22,10 +22,16 @@ def _cmd_reproduce(args: argparse.Namespace) -> dict[str, Any]:
     for key in ("log_log_slopes", "inversion"):
         if key in result:
             print(f"{key}: {result[key]}")
-    for net in result.get("networks", []):
+    for name, net in (result.get("networks") or {}).items() if isinstance(result.get("networks"), dict) else ():
+        a = net["attack"]
+        print(f"{name}: clean {a['clean_accuracy']:.4f}, random mean {a['random_accuracy']['mean']:.4f} "
+              f"(min {a['random_accuracy']['min']:.4f}), adversarial {a['adversarial_accuracy']:.4f}; "
+              f"paper: {net['paper']}")
+    for net in result.get("networks", []) if isinstance(result.get("networks"), list) else ():
         print(f"dropout {net['dropout']}: test accuracy {net['test_accuracy']:.4f}; tolerates 3 crashes at 0.15: "
               f"{net['tolerates_3_at_0.15']}; 1 crash at 0.03: {net['tolerates_1_at_0.03']}")
-    print(f"paper: {result['paper']}")
+    if "paper" in result:
+        print(f"paper: {result['paper']}")
     return result
 
 

@@ -58,9 +58,10 @@ def gradient_direction(op: MetricOperator, x: torch.Tensor, y: torch.Tensor) -> 
 
 
 def adversarial_direction(op: MetricOperator, x: torch.Tensor, y: torch.Tensor, sigma: float, k: int = 20,
-                          steps: int = 60) -> tuple[torch.Tensor, dict[str, Any]]:
-    """u* (unit norm) in the span of the top-k eigenvectors of g maximising the loss of w + σu on (x, y)."""
-    values, vectors, route = top_eigenpairs(op, k)
+                          steps: int = 60, eigenpairs: tuple | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """u* (unit norm) in the span of the top-k eigenvectors of g maximising the loss of w + σu on (x, y);
+    `eigenpairs` (values, vectors, route) from `top_eigenpairs` avoids computing them again."""
+    values, vectors, route = eigenpairs if eigenpairs is not None else top_eigenpairs(op, k)
     vectors = vectors.to(op.weights.dtype)
     loss = _loss_fn(op, x, y)
     with torch.no_grad(), eval_mode(op.model):
@@ -174,12 +175,12 @@ def attack(model: nn.Module, x_analysis: torch.Tensor, y_analysis: torch.Tensor,
     clean, _ = _accuracy(op, op.weights, x_eval, y_eval)
     campaign = Campaign(model, x_eval, y_eval, [Perturbation("sphere", sigma)], seed=seed)
     random = campaign.run(samples=directions).accuracy
-    u_adv, info = adversarial_direction(op, x_analysis, y_analysis, sigma, k)
+    eigenpairs = top_eigenpairs(op, k)
+    u_adv, info = adversarial_direction(op, x_analysis, y_analysis, sigma, k, eigenpairs=eigenpairs)
     adv, counts = _accuracy(op, op.weights + sigma * u_adv, x_eval, y_eval)
     u_grad = gradient_direction(op, x_analysis, y_analysis)
     grad_acc, _ = _accuracy(op, op.weights + sigma * u_grad, x_eval, y_eval)
-    _, top1, _ = top_eigenpairs(op, 1)
-    v1 = top1[:, 0].to(op.weights.dtype)
+    v1 = eigenpairs[1][:, 0].to(op.weights.dtype)
     eig_acc = min(_accuracy(op, op.weights + s * sigma * v1, x_eval, y_eval)[0] for s in (1.0, -1.0))
     bit_acc, flips = float("nan"), []
     if bitflips:

@@ -19,11 +19,12 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 
 from lesion.crash.structure import mlp_structure
 from lesion.errors import LesionError
-from lesion.geometry.gram import MLPGramProduct, gram_matrix
+from lesion.geometry.gram import JACOBIAN_MEMORY, MLPGramProduct, gram_matrix
 from lesion.geometry.metric import MetricOperator
 from lesion.stats import RunningMean
 
 GRAM_LIMIT = 12_000  # largest m|X| for which the Gram route is chosen automatically (≈1.2 GB in float64)
+GENERIC_GRAM_ROWS = 500  # the same for models that are not MLPs (stacked per-input Jacobians)
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,15 @@ class Spectrum:
 
 
 def _route(op: MetricOperator, method: str) -> str:
+    """`gram` when K is small enough and can be built (MLP factors, or stacked Jacobians within memory)."""
     rows = op.inputs * op.outputs_fn(op.x[:1])(op.weights).shape[-1]
     if method == "auto":
-        return "gram" if rows <= GRAM_LIMIT else "lanczos"
+        try:
+            mlp_structure(op.model)
+            return "gram" if rows <= GRAM_LIMIT else "lanczos"
+        except LesionError:  # stacking Jacobians row by row is slow: only for small problems
+            small = rows <= GENERIC_GRAM_ROWS and rows * op.n * op.weights.element_size() <= JACOBIAN_MEMORY
+            return "gram" if small else "lanczos"
     if method not in ("gram", "lanczos"):
         raise LesionError(f"unknown spectrum method {method!r}: gram, lanczos or auto")
     return method

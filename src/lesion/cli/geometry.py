@@ -1,0 +1,103 @@
+"""Sub-commands `lesion spectrum` and `lesion attack` ([G] §2–3, SPEC §3.1–3.4): parse, call, print."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from lesion.cli.options import add_common, add_data, add_model, positive_int
+from lesion.errors import LesionError
+
+
+def _analysis_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
+    from lesion.cli.options import load_model_and_data
+
+    loaded, data = load_model_and_data(args)
+    x = data.x_train if args.split == "train" else data.x_test
+    y = data.y_train if args.split == "train" else data.y_test
+    return loaded, data, x[: args.inputs], (None if y is None else y[: args.inputs])
+
+
+def _cmd_spectrum(args: argparse.Namespace) -> dict[str, Any]:
+    from lesion.geometry.metric import MetricOperator
+    from lesion.geometry.spectrum import spectrum
+    from lesion.report.plots import spectrum_plot
+
+    loaded, data, x, _ = _analysis_inputs(args)
+    op = MetricOperator(loaded.module, x, args.output)
+    result = spectrum(op, args.top, args.tau, full=False if args.top_only else None, method=args.method)
+    shown = ", ".join(f"{v:.4g}" for v in result.eigenvalues[:min(args.top, 8)])
+    print(f"g on {result.inputs} {args.split} inputs of {data.name} ({args.output} outputs), "
+          f"n = {result.parameters:,}; {result.method} route, {result.seconds:.1f} s")
+    print(f"top eigenvalues: {shown}")
+    print(f"trace {result.trace:.6g}" + (f", rank {result.rank}, rho({args.tau:g}) = {result.rho:.3e} "
+                                        f"({result.vulnerable_directions} of n directions; rank ≤ m·|X|)"
+                                        if result.rank is not None else ""))
+    if args.plot:
+        spectrum_plot(args.plot, {loaded.source: result.eigenvalues}, args.tau, "Spectrum of the metric tensor g",
+                      f"{data.name}, {result.inputs} inputs, {args.output} outputs, n = {result.parameters:,}, "
+                      f"{'all nonzero eigenvalues' if result.all_nonzero else f'top {len(result.eigenvalues)}'}")
+    out = result.to_dict()
+    out["eigenvalues"] = out["eigenvalues"] if result.all_nonzero else out["eigenvalues"][: args.top]
+    return {"model": loaded.to_dict(), "data": data.to_dict(), **out}
+
+
+def _cmd_attack(args: argparse.Namespace) -> dict[str, Any]:
+    from lesion.geometry.attack import attack
+
+    loaded, data, x, y = _analysis_inputs(args)
+    if y is None or data.y_test is None:
+        raise LesionError(f"{args.data} has no labels: attacks maximise the loss and report accuracy")
+    result = attack(loaded.module, x, y, data.x_test, data.y_test, args.sigma, args.directions, args.top, args.seed,
+                    bitflips=not args.no_bitflips)
+    r = result.random_accuracy
+    print(f"σ = {args.sigma}: clean accuracy {result.clean_accuracy:.4f}; random directions ({args.directions}) mean "
+          f"{r['mean']:.4f} (95% CI {r['ci'][0]:.4f}–{r['ci'][1]:.4f}), min {r['min']:.4f}, max {r['max']:.4f}")
+    print(f"adversarial (span of the top {args.top} eigenvectors) {result.adversarial_accuracy:.4f}; loss gradient "
+          f"{result.gradient_accuracy:.4f}; top eigenvector {result.top_eigenvector_accuracy:.4f}"
+          + ("" if args.no_bitflips else f"; greedy bit flips ({len(result.details['bitflips'])}, ‖Δw‖ ≤ σ) "
+                                          f"{result.bitflip_accuracy:.4f}"))
+    c = result.collapse
+    print(f"under the adversarial perturbation {c['share']:.1%} of the test inputs are classified as "
+          f"class {c['class']}")
+    return {"model": loaded.to_dict(), "data": data.to_dict(), **result.to_dict()}
+
+
+def _add_inputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--inputs", type=positive_int, default=1000, help="number of analysis inputs |X| (default 1000)")
+    p.add_argument("--split", choices=("train", "test"), default="train",
+                   help="take the analysis inputs from the training split (default) or the test split")
+
+
+def register(sub: Any) -> None:
+    """Add `lesion spectrum` and `lesion attack` to the `lesion` parser."""
+    p = sub.add_parser("spectrum", help="spectrum of the metric tensor g",
+                       description="Eigenvalues of g = mean_x J_xᵀJ_x (SPEC §3.1–3.2): all nonzero ones by the "
+                                   "Gram route when m·|X| is small enough, else the top K by Lanczos; trace, rank, "
+                                   "rho(tau) = fraction of the n directions with eigenvalue above tau.")
+    add_model(p)
+    add_data(p)
+    _add_inputs(p)
+    p.add_argument("--top", type=positive_int, default=20, help="number of top eigenvalues (default 20)")
+    p.add_argument("--top-only", action="store_true", help="only the top K eigenvalues, even on the Gram route")
+    p.add_argument("--output", choices=("raw", "softmax"), default="raw", help="outputs differentiated")
+    p.add_argument("--method", choices=("auto", "gram", "lanczos"), default="auto", help="route (default auto)")
+    p.add_argument("--tau", type=float, default=1e-3, help="threshold of rho (default 1e-3, [G] §3)")
+    p.add_argument("--plot", metavar="PNG", help="write a spectrum plot ([G] Fig. 2A style)")
+    add_common(p)
+    p.set_defaults(run=_cmd_spectrum)
+
+    p = sub.add_parser("attack", help="random against adversarial weight perturbations",
+                       description="At weight-perturbation norm sigma: accuracy under random directions, the "
+                                   "adversarial direction in the span of the top eigenvectors of g, the loss "
+                                   "gradient, the top eigenvector, and greedy bit flips (SPEC §3.3–3.4). Directions "
+                                   "are designed on the analysis inputs and evaluated on the test split.")
+    add_model(p)
+    add_data(p)
+    _add_inputs(p)
+    p.add_argument("--sigma", type=float, default=1.0, help="perturbation norm ‖du‖ (default 1)")
+    p.add_argument("--directions", type=positive_int, default=1000, help="random directions (default 1000)")
+    p.add_argument("--top", type=positive_int, default=20, help="eigenvectors spanning the attack (default 20)")
+    p.add_argument("--no-bitflips", action="store_true", help="skip the greedy bit-flip search")
+    add_common(p)
+    p.set_defaults(run=_cmd_attack)
