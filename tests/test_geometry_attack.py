@@ -1,0 +1,93 @@
+"""Perturbation response and attacks (SPEC §3.3–3.4) on a small trained MLP; CLI spectrum and attack."""
+
+import json
+
+import pytest
+import torch
+
+from lesion.cli import main
+from lesion.data import load
+from lesion.geometry.attack import adversarial_direction, attack, gradient_direction, greedy_bitflips
+from lesion.geometry.metric import MetricOperator
+from lesion.nets import build_net, save_checkpoint
+from lesion.train import TrainSettings, train
+
+
+@pytest.fixture(scope="module")
+def trained():
+    data = load("digits")
+    model, config = build_net("mlp:32", data.input_shape, 10, seed=0)
+    train(model, data.x_train, data.y_train, TrainSettings(epochs=15, seed=0))
+    return model.eval(), config, data
+
+
+def test_small_sigma_output_change_matches_the_metric(trained):
+    """duᵀ g du ≈ mean_x ‖f(w + du) − f(w)‖² for small du ([G] Eq. 1–3), and the gap shrinks like σ³."""
+    model, _, data = trained
+    x = data.x_train[:200].double()
+    model64 = build_net("mlp:32", data.input_shape, 10)[0].double()
+    model64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    op = MetricOperator(model64.eval(), x)
+    direction = torch.randn(op.n, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    direction /= direction.norm()
+    gaps = []
+    for sigma in (1e-2, 1e-3):
+        du = sigma * direction
+        predicted = op.quadratic(du)
+        measured = float(((op.outputs_fn(x)(op.weights + du) - op.outputs_fn(x)(op.weights)) ** 2).sum(1).mean())
+        gaps.append(abs(measured - predicted) / predicted)
+    assert gaps[1] < 0.05 and gaps[1] < gaps[0] / 5
+
+
+def test_designed_directions_beat_random_ones(trained):
+    model, _, data = trained
+    x_an, y_an = data.x_train[:300], data.y_train[:300]
+    result = attack(model, x_an, y_an, data.x_test, data.y_test, sigma=2.0, directions=60, k=8, seed=0)
+    random = result.random_accuracy
+    assert random["n"] == 60 and random["min"] <= random["mean"] <= random["max"]
+    assert result.adversarial_accuracy < random["min"]
+    assert abs(sum(result.collapse["prediction_counts"]) - len(data.x_test)) == 0
+    flips = result.details["bitflips"]
+    spent = sum((f["after"] - f["before"]) ** 2 for f in flips)
+    assert spent <= 2.0**2 + 1e-9  # matched budget: the flips change the weights by at most σ in norm
+    assert all(0 <= f["bit"] < 32 for f in flips)
+
+
+def test_directions_are_unit_and_raise_the_loss(trained):
+    model, _, data = trained
+    x, y = data.x_train[:200], data.y_train[:200]
+    op = MetricOperator(model, x)
+    u, info = adversarial_direction(op, x, y, sigma=1.0, k=5, steps=20)
+    assert float(u.norm()) == pytest.approx(1.0, rel=1e-5)
+    g = gradient_direction(op, x, y)
+    assert float(g.norm()) == pytest.approx(1.0, rel=1e-5)
+    loss = torch.nn.functional.cross_entropy
+    with torch.no_grad():
+        clean = float(loss(op.outputs_fn(x)(op.weights), y))
+        adv = float(loss(op.outputs_fn(x)(op.weights + u), y))
+    assert adv > clean and info["analysis_loss"] == pytest.approx(adv, rel=1e-4)
+    flipped, flips = greedy_bitflips(op, x, y, sigma=0.5, max_flips=3)
+    assert len(flips) <= 3 and float((flipped - op.weights).norm()) <= 0.5 + 1e-6
+
+
+def test_cli_spectrum_and_attack(trained, tmp_path, capsys):
+    model, config, _ = trained
+    ckpt = save_checkpoint(tmp_path / "m.pt", model, "mlp:32", config)
+    out, plot = tmp_path / "s.json", tmp_path / "s.png"
+    assert main(["spectrum", "--model", str(ckpt), "--data", "digits", "--inputs", "50", "--top", "5",
+                 "--json", str(out), "--plot", str(plot)]) == 0
+    s = json.loads(out.read_text())
+    for key in ("eigenvalues", "trace", "rank", "rho", "threshold", "inputs", "parameters"):
+        assert key in s
+    assert s["inputs"] == 50 and s["rank"] <= 500 and s["eigenvalues"] == sorted(s["eigenvalues"], reverse=True)
+    assert s["trace"] == pytest.approx(sum(s["eigenvalues"]), rel=1e-6)  # all nonzero eigenvalues sum to the trace
+    assert plot.stat().st_size > 10_000
+    att = tmp_path / "a.json"
+    assert main(["attack", "--model", str(ckpt), "--data", "digits", "--inputs", "100", "--sigma", "1",
+                 "--directions", "20", "--top", "4", "--no-bitflips", "--json", str(att)]) == 0
+    a = json.loads(att.read_text())
+    for key in ("clean_accuracy", "random_accuracy", "adversarial_accuracy", "gradient_accuracy", "sigma"):
+        assert key in a
+    assert {"mean", "ci", "min", "max"} <= a["random_accuracy"].keys()
+    assert a["bitflip_accuracy"] == "nan"  # skipped; JSON keeps NaN as a string
+    assert main(["attack", "--model", str(ckpt), "--data", "digits", "--sigma", "-1"]) == 2
