@@ -96,3 +96,14 @@ def test_eigenvector_count_and_float32_route():
     s = spectrum(op)
     assert s.rank <= 4 * 30 and s.parameters == sum(p.numel() for p in model.parameters())
     assert s.eigenvalues == sorted(s.eigenvalues, reverse=True)
+
+
+def test_response_helpers_follow_the_metric():
+    from lesion.geometry.response import gaussian_expectation, small_perturbation_response
+
+    _, model, x = nets()[0]
+    op = MetricOperator(model.eval(), x)
+    check = gaussian_expectation(op, 0.5, trace_exact(op), samples=400)
+    assert check["ci"][0] <= check["predicted"] <= check["ci"][1]
+    rows = small_perturbation_response(op, sigmas=(1e-4, 1e-1), directions=5)
+    assert rows[0]["relative_gap"] < 1e-3 and rows[0]["relative_gap"] < rows[1]["relative_gap"]

@@ -25,6 +25,7 @@ from lesion.damage.campaign import Campaign
 from lesion.errors import LesionError
 from lesion.functional import eval_mode
 from lesion.geometry.metric import MetricOperator
+from lesion.geometry.response import small_perturbation_response
 from lesion.geometry.spectrum import top_eigenpairs
 
 
@@ -186,8 +187,11 @@ def attack(model: nn.Module, x_analysis: torch.Tensor, y_analysis: torch.Tensor,
     if bitflips:
         flipped, flips = greedy_bitflips(op, x_analysis, y_analysis, sigma)
         bit_acc, _ = _accuracy(op, flipped, x_eval, y_eval)
+    response = small_perturbation_response(op, sigmas=(sigma * 1e-3, sigma * 1e-2, sigma * 1e-1, sigma),
+                                           directions=10, seed=seed)
     dominant = int(np.argmax(counts))
     collapse = {"class": dominant, "share": counts[dominant] / max(sum(counts), 1), "prediction_counts": counts}
-    details = {"adversarial": info, "bitflips": flips, "directions": directions, "k": k, "seed": seed}
+    details = {"adversarial": info, "bitflips": flips, "directions": directions, "k": k, "seed": seed,
+               "response": response}
     return AttackResult(sigma, clean, random, adv, grad_acc, eig_acc, bit_acc, collapse, len(x_analysis),
                         len(x_eval), details)
