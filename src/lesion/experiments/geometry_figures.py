@@ -20,7 +20,7 @@ from lesion.geometry.metric import MetricOperator
 from lesion.geometry.spectrum import spectrum
 from lesion.nets import build_net
 from lesion.report.jsonio import provenance, write_json
-from lesion.report.plots import spectrum_plot
+from lesion.report.plots import save, spectrum_plot
 from lesion.train import TrainSettings, evaluate, train
 
 PAPER = {"mlp2": "LeNet-300-100 on MNIST: 98% → 70% adversarial at σ = 1; random 97.2–97.6%; ρ < 1e-3",
@@ -92,8 +92,7 @@ def _attack_plot(path: Path, results: dict[str, Any], sigma: float) -> None:
         ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle("[G] Fig. 2B–E: random (bar: mean, whisker: min–max) vs designed perturbations", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path)
 
 
 FIGURES = {"g-fig2": lambda out, quick: figure2(out, quick)}

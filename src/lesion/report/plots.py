@@ -13,6 +13,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def save(fig: plt.Figure, path: str | Path, note: str = "", bottom: float = 0.22) -> Path:
+    """Write `fig` as a PNG (creating folders), with `note` (data, counts, intervals) under the axes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=7, va="bottom", ha="left", wrap=True)
+        fig.subplots_adjust(bottom=bottom)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 @dataclass
 class Series:
     """One line: y against x, optionally with a band [low, high] (a confidence interval or ± std)."""
@@ -29,8 +41,6 @@ class Series:
 def line_plot(path: str | Path, series: Sequence[Series], xlabel: str, ylabel: str, title: str,
               note: str = "", logx: bool = False, logy: bool = False, size: tuple[float, float] = (6.4, 4.4)) -> Path:
     """Draw the series and write a PNG to `path`; `note` (data, counts, intervals) goes under the axes."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=size)
     for s in series:
         (line,) = ax.plot(s.x, s.y, s.style, label=s.label, markersize=4, **s.extra)
@@ -46,12 +56,7 @@ def line_plot(path: str | Path, series: Sequence[Series], xlabel: str, ylabel: s
     ax.grid(True, which="both", alpha=0.3)
     if any(s.label for s in series):
         ax.legend(fontsize=8)
-    if note:
-        fig.text(0.01, 0.01, note, fontsize=7, va="bottom", ha="left", wrap=True)
-        fig.subplots_adjust(bottom=0.22)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path, note, bottom=0.22)
 
 
 def spectrum_plot(path: str | Path, spectra: dict[str, Sequence[float]], tau: float, title: str,
@@ -59,8 +64,6 @@ def spectrum_plot(path: str | Path, spectra: dict[str, Sequence[float]], tau: fl
     """[G] Fig. 2A style: sorted eigenvalues of g (log scale) per network, and their density (log10 λ)."""
     import numpy as np
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 4.2))
     for label, values in spectra.items():
         vals = np.asarray([v for v in values if v > 0], dtype=float)
@@ -79,9 +82,4 @@ def spectrum_plot(path: str | Path, spectra: dict[str, Sequence[float]], tau: fl
     right.set_ylabel("density")
     right.grid(True, alpha=0.3)
     fig.suptitle(title, fontsize=10)
-    if note:
-        fig.text(0.01, 0.01, note, fontsize=7, va="bottom", ha="left", wrap=True)
-        fig.subplots_adjust(bottom=0.24)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path, note, bottom=0.24)
