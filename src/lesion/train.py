@@ -65,6 +65,13 @@ class TrainHistory:
 
 
 @torch.no_grad()
+def _apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    for name, p in model.named_parameters():
+        if name in masks:
+            p.mul_(masks[name])
+
+
+@torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Raw outputs f(x; w) of `model` on `x` in eval mode, in batches; the model's mode is restored."""
     with eval_mode(model):
@@ -88,11 +95,13 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSettings,
-          x_test: torch.Tensor | None = None, y_test: torch.Tensor | None = None) -> TrainHistory:
+          x_test: torch.Tensor | None = None, y_test: torch.Tensor | None = None,
+          masks: dict[str, torch.Tensor] | None = None) -> TrainHistory:
     """Train `model` in place on (x, y) with Adam and cross-entropy; evaluate on the test split if given.
 
     Minibatch order comes from a generator seeded with `settings.seed`; dropout masks from the torch
-    global generator, which is seeded too and restored afterwards.
+    global generator, which is seeded too and restored afterwards. `masks` (parameter name → 0/1 tensor)
+    keep deleted weights at zero: they are applied after every step (fine-tuning a damaged network).
     """
     if len(x) != len(y) or len(x) == 0:
         raise LesionError(f"training needs labelled inputs; got {len(x)} inputs and {len(y)} labels")
@@ -100,6 +109,8 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSet
     order_rng = torch.Generator().manual_seed(settings.seed)
     steps = math.ceil(len(x) / settings.batch_size)
     losses: list[float] = []
+    if masks:
+        _apply_masks(model, masks)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         model.train()
@@ -116,6 +127,8 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSet
                                           "lower the learning rate")
                     loss.backward()
                     optimiser.step()
+                    if masks:
+                        _apply_masks(model, masks)
                     total += float(loss.detach()) * len(idx)
                     pbar.update(1)
                 losses.append(total / len(x))

@@ -1,0 +1,260 @@
+"""Geodesic recovery of a damaged network and its baselines ([G] §5, SPEC §3.6).
+
+Geodesic: from the trained weights, repeat — Jacobian rows A of a minibatch (g = AᵀA/b), the direction
+v = −P_D w/‖P_D w‖ that brings the damaged weights to 0, the trust-region step θ of [G] Eq. 12
+(`trust_region_step`), w ← w + θ — until ‖P_D w‖ falls below a tolerance; then w_D = 0 exactly. The path's
+length is Σ θᵀgθ ([G] Eq. 6). Several β and minibatch seeds may be tried; the shortest path is kept.
+
+Baselines at the same damage: naive (w_D = 0, nothing else), fine-tuning (w_D = 0, then Adam for E epochs
+with D held at 0), iterative prune-then-retrain (the units deleted in R rounds, retraining after each), and
+one-shot OBS compensation with the damped metric: δw = −g⁻¹E_Dᵀ(E_D g⁻¹ E_Dᵀ)⁻¹ w_D.
+
+Compute is counted in epoch-equivalents: examples passed forward and backward ÷ training-set size; a row of
+the Jacobian costs one backward pass, so a geodesic step on b inputs with m outputs costs b·(m + 1) examples.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lesion import progress
+from lesion.errors import LesionError
+from lesion.functional import eval_mode
+from lesion.geometry.damage_set import DamageSet
+from lesion.geometry.metric import MetricOperator
+from lesion.geometry.rows import ExplicitRows, MLPRows, jacobian_rows
+from lesion.geometry.trust_region import trust_region_step
+from lesion.train import TrainSettings, train
+
+
+@dataclass(frozen=True)
+class MethodResult:
+    """Accuracy and loss after recovery, the compute it took, and (for paths) accuracy along the way."""
+
+    method: str
+    accuracy: float
+    loss: float
+    epoch_equivalents: float
+    wall_seconds: float
+    progress: list[float] = field(default_factory=list)
+    path_accuracy: list[float] = field(default_factory=list)
+    path_length: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return asdict(self)
+
+
+class RecoveryProblem:
+    """A trained model, its data, and a damage set D; weights are handled as flat vectors."""
+
+    def __init__(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_eval: torch.Tensor,
+                 y_eval: torch.Tensor, damage: DamageSet) -> None:
+        self.model, self.damage = model, damage
+        self.x_train, self.y_train, self.x_eval, self.y_eval = x_train, y_train, x_eval, y_eval
+        self.op = MetricOperator(model, x_eval[:1])
+        self.w0 = self.op.weights.clone()
+        self.mask = torch.ones_like(self.w0)
+        self.mask[damage.indices] = 0.0
+        self.m = int(self.op.outputs_fn(x_eval[:1])(self.w0).shape[-1])
+
+    def evaluate(self, w: torch.Tensor) -> tuple[float, float]:
+        """(accuracy, loss) on the evaluation inputs."""
+        with torch.no_grad(), eval_mode(self.model):
+            out = torch.cat([self.op.outputs_fn(self.x_eval[i:i + 4096])(w) for i in range(0, len(self.x_eval), 4096)])
+        return float((out.argmax(1) == self.y_eval).double().mean()), float(F.cross_entropy(out.double(), self.y_eval))
+
+    def jacobian(self, w: torch.Tensor, x: torch.Tensor) -> ExplicitRows | MLPRows:
+        """Jacobian rows of the outputs on x with respect to w (len(x)·m rows; MLPs: through layer factors)."""
+        return jacobian_rows(self.model, self.op, w, x)
+
+    def load(self, w: torch.Tensor) -> nn.Module:
+        """A private copy of the model carrying weights w (the user's model is untouched)."""
+        copy_ = copy.deepcopy(self.model)
+        with torch.no_grad():
+            for name, value in self.op.layout.unflatten(w).items():
+                copy_.get_parameter(name).copy_(value)
+        return copy_.eval()
+
+    def epochs(self, examples: float) -> float:
+        """Examples passed forward and backward → epoch-equivalents."""
+        return examples / len(self.x_train)
+
+
+def naive(problem: RecoveryProblem) -> MethodResult:
+    """Delete and do nothing else."""
+    start = time.perf_counter()
+    acc, loss = problem.evaluate(problem.w0 * problem.mask)
+    return MethodResult("naive", acc, loss, 0.0, time.perf_counter() - start)
+
+
+def geodesic(problem: RecoveryProblem, beta: float = 1.0, radius: float = 1.0, batch: int = 32, seed: int = 0,
+             max_steps: int = 200, tol: float = 1e-3, eval_every: int = 1) -> tuple[MethodResult, torch.Tensor]:
+    """One geodesic recovery path (SPEC §3.6) and its final weights."""
+    start = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    w = problem.w0.clone()
+    damaged = 1.0 - problem.mask
+    initial = float((w * damaged).norm())
+    progress_, path_acc, length, examples, mus = [0.0], [problem.evaluate(w)[0]], 0.0, 0.0, []
+    with progress.bar(max_steps, f"geodesic β={beta:g}", "step") as bar:
+        for step in range(max_steps):
+            remaining = float((w * damaged).norm())
+            if remaining <= tol * initial:
+                break
+            v = -(w * damaged) / remaining
+            idx = torch.randint(0, len(problem.x_train), (batch,), generator=gen)
+            A = problem.jacobian(w, problem.x_train[idx])
+            radius_now = min(radius, remaining)
+            result = trust_region_step(A, batch, v, beta, radius_now)
+            w = w + result.theta.to(w.dtype)
+            length += result.metric_length
+            mus.append(result.mu)
+            examples += batch * (problem.m + 1)
+            if (step + 1) % eval_every == 0:
+                progress_.append(1.0 - float((w * damaged).norm()) / initial)
+                path_acc.append(problem.evaluate(w)[0])
+            bar.update(1)
+    w = w * problem.mask  # on the damage hyperplane exactly
+    progress_.append(1.0)
+    acc, loss = problem.evaluate(w)
+    path_acc.append(acc)
+    details = {"beta": beta, "radius": radius, "batch": batch, "seed": seed, "steps": len(mus),
+               "residual_before_projection": float((w * damaged).norm())}
+    return MethodResult("geodesic", acc, loss, problem.epochs(examples), time.perf_counter() - start, progress_,
+                        path_acc, length, details), w
+
+
+def geodesic_best(problem: RecoveryProblem, betas: Sequence[float] = (0.1, 1.0, 10.0), seeds: Sequence[int] = (0,),
+                  **kwargs: Any) -> tuple[MethodResult, torch.Tensor]:
+    """Several paths (β values, minibatch seeds); the shortest is kept, the compute of all is counted."""
+    runs = [geodesic(problem, beta, seed=seed, **kwargs) for beta in betas for seed in seeds]
+    best, w = min(runs, key=lambda r: r[0].path_length)
+    total_ee = sum(r[0].epoch_equivalents for r in runs)
+    total_s = sum(r[0].wall_seconds for r in runs)
+    tried = [{"beta": r[0].details["beta"], "seed": r[0].details["seed"], "length": r[0].path_length,
+              "accuracy": r[0].accuracy} for r in runs]
+    return MethodResult("geodesic", best.accuracy, best.loss, total_ee, total_s, best.progress, best.path_accuracy,
+                        best.path_length, {**best.details, "paths": tried}), w
+
+
+def finetune(problem: RecoveryProblem, epochs: float, seed: int = 0,
+             lr: float = 1e-3) -> tuple[MethodResult, torch.Tensor]:
+    """Delete, then train with Adam for `epochs` epochs holding D at zero."""
+    start = time.perf_counter()
+    w = _retrain(problem, problem.w0 * problem.mask, problem.mask, epochs, seed, lr)
+    acc, loss = problem.evaluate(w)
+    return MethodResult("finetune", acc, loss, float(epochs), time.perf_counter() - start,
+                        details={"epochs": epochs, "lr": lr}), w
+
+
+def _retrain(problem: RecoveryProblem, w: torch.Tensor, mask: torch.Tensor, epochs: float, seed: int,
+             lr: float) -> torch.Tensor:
+    model = problem.load(w)
+    masks = {n: m for n, m in problem.op.layout.unflatten(mask).items()}
+    whole = int(math.floor(epochs))
+    if whole:
+        train(model, problem.x_train, problem.y_train, TrainSettings(epochs=whole, seed=seed, lr=lr), masks=masks)
+    part = epochs - whole
+    if part > 0:
+        n = max(1, int(round(part * len(problem.x_train))))
+        train(model, problem.x_train[:n], problem.y_train[:n], TrainSettings(epochs=1, seed=seed + 1, lr=lr),
+              masks=masks)
+    return problem.op.layout.flatten({n: p.detach() for n, p in model.named_parameters()}).to(w.dtype)
+
+
+def prune_retrain(problem: RecoveryProblem, rounds: int, epochs_per_round: float, seed: int = 0,
+                  lr: float = 1e-3) -> tuple[MethodResult, torch.Tensor]:
+    """Delete the units in `rounds` equal groups, retraining `epochs_per_round` after each ([G]: prune one unit
+    then retrain; one unit per round is `rounds` = the number of deleted units)."""
+    start = time.perf_counter()
+    units = list(problem.damage.units)
+    groups = [units[i::rounds] for i in range(min(rounds, len(units)))]
+    w = problem.w0.clone()
+    mask = torch.ones_like(w)
+    deleted: set[int] = set()
+    layout_masks = _unit_masks(problem)
+    for r, group in enumerate(groups):
+        deleted.update(group)
+        mask = torch.ones_like(w)
+        for unit in deleted:
+            mask *= layout_masks[unit]
+        w = _retrain(problem, w * mask, mask, epochs_per_round, seed + r, lr)
+    w = w * problem.mask
+    acc, loss = problem.evaluate(w)
+    return MethodResult("prune-retrain", acc, loss, len(groups) * float(epochs_per_round), time.perf_counter() - start,
+                        details={"rounds": len(groups), "epochs_per_round": epochs_per_round}), w
+
+
+def _unit_masks(problem: RecoveryProblem) -> dict[int, torch.Tensor]:
+    """Per deleted unit, the 0/1 mask of its own weights (a unit's share of D)."""
+    from lesion.damage.selectors import Explicit
+    from lesion.geometry.damage_set import unit_damage_set
+
+    out = {}
+    for unit in problem.damage.units:
+        single = unit_damage_set(problem.model, problem.damage.layer, Explicit((unit,)), torch.Generator())
+        m = torch.ones_like(problem.w0)
+        m[single.indices] = 0.0
+        out[unit] = m
+    return out
+
+
+def obs(problem: RecoveryProblem, batch: int = 64, damping: float = 1.0,
+        seed: int = 0) -> tuple[MethodResult, torch.Tensor]:
+    """One-shot OBS compensation δw = −g⁻¹E_Dᵀ(E_D g⁻¹E_Dᵀ)⁻¹w_D with g = AᵀA/b + λI (λ = damping·tr(g)/n),
+    all in the Gram space through Woodbury: with K = AAᵀ and A_D the damaged columns,
+    (E_D g⁻¹E_Dᵀ)⁻¹ = λ(I + A_Dᵀ(bλI + K − A_D A_Dᵀ)⁻¹A_D)."""
+    start = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(problem.x_train), (batch,), generator=gen)
+    A = problem.jacobian(problem.w0, problem.x_train[idx])
+    w = problem.w0.double()
+    damaged = 1.0 - problem.mask.double()
+    K = A.gram()
+    lam = damping * float(torch.trace(K)) / batch / len(w)
+    eye = torch.eye(K.shape[0], dtype=torch.float64)
+    wD = w * damaged  # E_Dᵀ w_D
+    inner = torch.linalg.solve(batch * lam * eye + K - A.masked_gram(damaged), A.apply(wD))
+    e = lam * (wD + A.apply_t(inner) * damaged)  # E_Dᵀ (E_D g⁻¹ E_Dᵀ)⁻¹ w_D
+    # g⁻¹ e = (e − Aᵀ(bλI + K)⁻¹ A e) / λ
+    g_inv_e = (e - A.apply_t(torch.linalg.solve(batch * lam * eye + K, A.apply(e)))) / lam
+    new = (w - g_inv_e).to(problem.w0.dtype) * problem.mask
+    acc, loss = problem.evaluate(new)
+    return MethodResult("obs", acc, loss, problem.epochs(batch * (problem.m + 1)), time.perf_counter() - start,
+                        details={"batch": batch, "damping": lam}), new
+
+
+METHODS = ("geodesic", "naive", "finetune", "prune-retrain", "obs")
+
+
+def recover(problem: RecoveryProblem, methods: Sequence[str], budget: float = 10.0, seed: int = 0,
+            geodesic_options: dict[str, Any] | None = None) -> tuple[dict[str, MethodResult], dict[str, torch.Tensor]]:
+    """Run the chosen methods at the same damage; returns their results and final weights."""
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        raise LesionError(f"unknown recovery method(s) {', '.join(sorted(unknown))}: {', '.join(METHODS)} or all")
+    results, weights = {}, {}
+    for method in methods:
+        if method == "naive":
+            results[method], weights[method] = naive(problem), problem.w0 * problem.mask
+        elif method == "geodesic":
+            results[method], weights[method] = geodesic_best(problem, seeds=(seed,), **(geodesic_options or {}))
+        elif method == "finetune":
+            results[method], weights[method] = finetune(problem, budget, seed)
+        elif method == "prune-retrain":
+            rounds = min(10, len(problem.damage.units))
+            results[method], weights[method] = prune_retrain(problem, rounds, budget / rounds, seed)
+        else:
+            results[method], weights[method] = obs(problem, seed=seed)
+    return results, weights

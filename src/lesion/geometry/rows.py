@@ -1,0 +1,112 @@
+"""The Jacobian rows A of a minibatch (b·m rows, one per input and output) as an object with the products
+geodesic recovery needs: K = AAᵀ, A v, Aᵀ u and A diag(mask) Aᵀ (SPEC §3.6).
+
+`ExplicitRows` holds A (any model: stacked per-input Jacobians). `MLPRows` never forms A: for an MLP, the row
+(x, k) of Linear layer l is δ_{x,k,l} ⊗ a_{x,l} (and δ_{x,k,l} for the bias), so the products are a few matrix
+products per layer (`gram.mlp_factors`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lesion.crash.structure import MLPStructure, mlp_structure
+from lesion.errors import LesionError
+from lesion.functional import eval_mode
+from lesion.geometry.gram import MLPGramProduct
+from lesion.geometry.metric import MetricOperator
+
+
+class ExplicitRows:
+    """A stored as a (rows, n) float64 matrix."""
+
+    def __init__(self, A: torch.Tensor) -> None:
+        self.A = A.double()
+        self.rows = self.A.shape[0]
+
+    def gram(self) -> torch.Tensor:
+        """K = A Aᵀ."""
+        return self.A @ self.A.T
+
+    def apply(self, v: torch.Tensor) -> torch.Tensor:
+        """A v."""
+        return self.A @ v.double()
+
+    def apply_t(self, u: torch.Tensor) -> torch.Tensor:
+        """Aᵀ u."""
+        return self.A.T @ u.double()
+
+    def masked_gram(self, mask: torch.Tensor) -> torch.Tensor:
+        """A diag(mask) Aᵀ."""
+        return (self.A * mask.double()) @ self.A.T
+
+
+class MLPRows:
+    """A of an MLP through its layer factors (float64), parameters in the model's named_parameters order."""
+
+    def __init__(self, structure: MLPStructure, names: list[str], x: torch.Tensor, output: str = "raw") -> None:
+        self.product = MLPGramProduct(structure, x.double(), output)
+        self.rows = self.product.size
+        self.names = names
+        self.linear = structure.linear_names
+        self._layout = None
+
+    def gram(self) -> torch.Tensor:
+        """K from the factors: Σ_l (δδᵀ) ⊙ (aaᵀ + [bias])."""
+        B, m = self.product.inputs, self.product.m
+        K = torch.zeros(B * m, B * m, dtype=torch.float64)
+        for a, delta, has_bias in self.product.factors:
+            flat = delta.reshape(B * m, -1)
+            term = flat @ flat.T
+            term.view(B, m, B, m).mul_((a @ a.T + (1.0 if has_bias else 0.0)).view(B, 1, B, 1))
+            K += term
+        return K
+
+    def _split(self, v: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        out, offset = [], 0
+        for (a, delta, has_bias) in self.product.factors:
+            n_out, n_in = delta.shape[2], a.shape[1]
+            weight = v[offset:offset + n_out * n_in].view(n_out, n_in)
+            offset += n_out * n_in
+            bias = None
+            if has_bias:
+                bias = v[offset:offset + n_out]
+                offset += n_out
+            out.append((weight, bias))
+        return out
+
+    def apply(self, v: torch.Tensor) -> torch.Tensor:
+        """A v, v in named_parameters order (weight, bias per Linear layer)."""
+        return self.product.apply(self._split(v.double())).reshape(-1)
+
+    def apply_t(self, u: torch.Tensor) -> torch.Tensor:
+        """Aᵀ u as a flat vector."""
+        parts = self.product.transpose_apply(u.double().reshape(self.product.inputs, self.product.m))
+        return torch.cat([t for w, b in parts for t in ((w.reshape(-1),) if b is None else (w.reshape(-1), b))])
+
+    def masked_gram(self, mask: torch.Tensor) -> torch.Tensor:
+        """A diag(mask) Aᵀ, one row at a time through the factors."""
+        eye = torch.eye(self.rows, dtype=torch.float64)
+        return torch.stack([self.apply(self.apply_t(e) * mask.double()) for e in eye], dim=1)
+
+
+def jacobian_rows(model: nn.Module, op: MetricOperator, weights: torch.Tensor,
+                  x: torch.Tensor) -> ExplicitRows | MLPRows:
+    """The Jacobian rows of `model` at `weights` on inputs x: factors for MLPs, stacked Jacobians otherwise."""
+    try:
+        structure = mlp_structure(model)
+    except LesionError:
+        with eval_mode(model):
+            return ExplicitRows(torch.func.jacrev(op.outputs_fn(x))(weights).reshape(-1, len(weights)))
+    names = list(op.layout.names)
+    expected = [f"{n}.{p}" for n, (_, b) in zip(structure.linear_names, zip(structure.weights, structure.biases,
+                                                                          strict=True), strict=True)
+                for p in (("weight",) if b is None else ("weight", "bias"))]
+    if names != expected:
+        raise LesionError("the MLP's parameters are not in weight/bias order per layer")
+    params = op.layout.unflatten(weights)
+    current = MLPStructure(tuple(params[f"{n}.weight"] for n in structure.linear_names),
+                           tuple(params.get(f"{n}.bias") for n in structure.linear_names),
+                           structure.activations, structure.linear_names, structure.activation_names)
+    return MLPRows(current, names, x, op.output)
