@@ -99,39 +99,47 @@ def naive(problem: RecoveryProblem) -> MethodResult:
 
 
 def geodesic(problem: RecoveryProblem, beta: float = 1.0, radius: float = 1.0, batch: int = 32, seed: int = 0,
-             max_steps: int = 200, tol: float = 1e-3, eval_every: int = 1) -> tuple[MethodResult, torch.Tensor]:
-    """One geodesic recovery path (SPEC §3.6) and its final weights."""
-    start = time.perf_counter()
+             max_steps: int = 200, tol: float = 1e-3, eval_every: int = 1, start: torch.Tensor | None = None,
+             selected: torch.Tensor | None = None, target: torch.Tensor | None = None
+             ) -> tuple[MethodResult, torch.Tensor]:
+    """One geodesic path (SPEC §3.6) and its final weights.
+
+    By default from the trained weights to the damage hyperplane w_D = 0. In general (transitions between
+    configurations, [G] Fig. 4F) from `start` to the hyperplane {w_S = target_S} for the 0/1 vector `selected`
+    (S): v = P_S(target − w)/‖P_S(target − w)‖, so deleted weights go to 0 and restored ones to their values.
+    """
+    started = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
-    w = problem.w0.clone()
-    damaged = 1.0 - problem.mask
-    initial = float((w * damaged).norm())
+    w = (problem.w0 if start is None else start).clone()
+    selected = (1.0 - problem.mask) if selected is None else selected.to(w.dtype)
+    target = torch.zeros_like(w) if target is None else target.to(w.dtype)
+    initial = float(((target - w) * selected).norm())
     progress_, path_acc, length, examples, mus = [0.0], [problem.evaluate(w)[0]], 0.0, 0.0, []
     with progress.bar(max_steps, f"geodesic β={beta:g}", "step") as bar:
         for step in range(max_steps):
-            remaining = float((w * damaged).norm())
-            if remaining <= tol * initial:
+            gap = (target - w) * selected
+            remaining = float(gap.norm())
+            if initial == 0 or remaining <= tol * initial:
                 break
-            v = -(w * damaged) / remaining
             idx = torch.randint(0, len(problem.x_train), (batch,), generator=gen)
-            A = problem.jacobian(w, problem.x_train[idx])
-            radius_now = min(radius, remaining)
-            result = trust_region_step(A, batch, v, beta, radius_now)
+            rows = problem.jacobian(w, problem.x_train[idx])
+            result = trust_region_step(rows, batch, gap / remaining, beta, min(radius, remaining))
             w = w + result.theta.to(w.dtype)
             length += result.metric_length
             mus.append(result.mu)
             examples += batch * (problem.m + 1)
             if (step + 1) % eval_every == 0:
-                progress_.append(1.0 - float((w * damaged).norm()) / initial)
+                progress_.append(1.0 - float(((target - w) * selected).norm()) / max(initial, 1e-300))
                 path_acc.append(problem.evaluate(w)[0])
             bar.update(1)
-    w = w * problem.mask  # on the damage hyperplane exactly
+    residual = float(((target - w) * selected).norm())
+    w = w * (1.0 - selected) + target * selected  # on the target hyperplane exactly
     progress_.append(1.0)
     acc, loss = problem.evaluate(w)
     path_acc.append(acc)
     details = {"beta": beta, "radius": radius, "batch": batch, "seed": seed, "steps": len(mus),
-               "residual_before_projection": float((w * damaged).norm())}
-    return MethodResult("geodesic", acc, loss, problem.epochs(examples), time.perf_counter() - start, progress_,
+               "residual_before_projection": residual}
+    return MethodResult("geodesic", acc, loss, problem.epochs(examples), time.perf_counter() - started, progress_,
                         path_acc, length, details), w
 
 
@@ -258,3 +266,23 @@ def recover(problem: RecoveryProblem, methods: Sequence[str], budget: float = 10
         else:
             results[method], weights[method] = obs(problem, seed=seed)
     return results, weights
+
+
+def transitions(problem: RecoveryProblem, stages: Sequence[tuple[str, torch.Tensor]], **options: Any
+                ) -> list[dict[str, Any]]:
+    """Move a network through mask configurations ([G] Fig. 4F): each stage is (label, keep mask) — 0 where a
+    weight is deleted in that configuration. Deleted weights go to 0, restored ones back to their trained
+    values, along geodesic paths, with the naive jump (set the weights at once) beside each stage."""
+    w = problem.w0.clone()
+    keep_now = torch.ones_like(w)
+    out = []
+    for label, keep in stages:
+        keep = keep.to(w.dtype)
+        changed = (keep != keep_now).to(w.dtype)
+        target = problem.w0 * keep
+        result, w = geodesic(problem, start=w, selected=changed, target=target, **options)
+        naive_w = problem.w0 * keep
+        out.append({"stage": label, "deleted_weights": int((keep == 0).sum()), "changed_weights": int(changed.sum()),
+                    "geodesic": result.to_dict(), "naive_accuracy": problem.evaluate(naive_w)[0]})
+        keep_now = keep
+    return out

@@ -6,8 +6,9 @@ has the solution θ(μ) = (β/2)(g + μI)⁻¹ v with the smallest μ ≥ 0 such
 (size b·m) and y = Uᵀ A v, the Woodbury identity gives, for μ > 0,
     (g + μI)⁻¹ v = (v − Aᵀ U diag(1 / (bμ + λ)) y) / μ,
     ‖(g + μI)⁻¹ v‖² = (‖v‖² − Σ y_i² (2bμ + λ_i) / (bμ + λ_i)²) / μ²,
-a scalar function of μ solved by a safeguarded bisection on log μ. When v lies in range(g) and the
-unconstrained step θ = (β/2) g⁺ v fits in the ball, μ = 0 (inactive constraint).
+a scalar function of μ; it is evaluated without cancellation by splitting v into its parts in range(g) and
+in the null space, and solved by a safeguarded bisection. When v lies in range(g) and the unconstrained step
+θ = (β/2) g⁺ v fits in the ball, μ = 0 (inactive constraint).
 """
 
 from __future__ import annotations
@@ -38,41 +39,41 @@ def trust_region_step(A: torch.Tensor | ExplicitRows | MLPRows, batch: int, v: t
     v = v.double()
     K = rows.gram()
     lam, U = torch.linalg.eigh(K)
-    lam = lam.clamp_min(0.0)
+    keep = lam > float(lam.max()) * K.shape[0] * 2.2e-16 if K.numel() else lam > 0
+    lam, U = lam[keep], U[:, keep]
     y = U.T @ rows.apply(v)
-    vv = float(v @ v)
     scale = beta / 2.0
-    tiny = float(lam.max()) * K.shape[0] * 2.2e-16 if K.numel() else 0.0
+    # v = v_range + v_null: v_range = Aᵀ U Λ⁻¹ y is v's part in range(g); along eigenvector q_i of g
+    # (eigenvalue λ_i/b) v has coefficient y_i/√λ_i
+    v_null = v - rows.apply_t(U @ (y / lam))
+    null2 = float(v_null @ v_null)
+    if null2 <= 1e-12 * float(v @ v):
+        null2, v_null = 0.0, torch.zeros_like(v)
+    weight = y**2 / lam
 
     def theta(mu: float) -> torch.Tensor:
-        if mu == 0.0:  # θ = (β/2) g⁺ v = (β/2) b Aᵀ U Λ⁻² Uᵀ A v on range(g)
-            inv = torch.where(lam > tiny, 1.0 / lam.clamp_min(tiny) ** 2, torch.zeros_like(lam))
-            return scale * batch * rows.apply_t(U @ (inv * y))
-        return scale * (v - rows.apply_t(U @ (y / (batch * mu + lam)))) / mu
+        ranged = scale * rows.apply_t(U @ (batch * y / (lam * (lam + batch * mu))))
+        return ranged if mu == 0.0 else ranged + scale * v_null / mu
 
     def norm2(mu: float) -> float:
-        return scale**2 * max(0.0, vv - float((y**2 * (2 * batch * mu + lam) / (batch * mu + lam) ** 2).sum())) / mu**2
+        ranged = float((weight * batch**2 / (lam + batch * mu) ** 2).sum())
+        return scale**2 * (ranged + (null2 / mu**2 if mu > 0 else (math.inf if null2 else 0.0)))
 
-    # inactive constraint: v in range(g) and the pseudo-inverse step inside the ball
-    in_range = float((y[lam > tiny] ** 2 / lam[lam > tiny]).sum()) if bool((lam > tiny).any()) else 0.0
-    if vv > 0 and abs(vv - in_range) <= 1e-9 * vv:
+    if norm2(0.0) <= radius**2:  # v in range(g) and the step θ = (β/2) g⁺ v inside the ball
         step = theta(0.0)
-        if float(step @ step) <= radius**2:
-            return TrustRegionStep(step, 0.0, False, _metric_length(rows, batch, step))
-    lo, hi = 1e-12, 1.0
+        return TrustRegionStep(step, 0.0, False, _metric_length(rows, batch, step))
+    lo, hi = 0.0, 1.0
     while norm2(hi) > radius**2:
-        hi *= 10.0
-    while norm2(lo) < radius**2 and lo < hi:
-        lo *= 0.1
-        if lo < 1e-300:
+        lo, hi = hi, hi * 10.0
+    for _ in range(2000):  # bisection on log μ (‖θ(μ)‖ decreases with μ); from 0, steps of 10³ down first
+        mid = hi * 1e-3 if lo == 0.0 else math.sqrt(lo * hi)
+        if mid == 0.0:
             break
-    for _ in range(200):  # bisection on log μ: ‖θ(μ)‖ decreases with μ
-        mid = math.sqrt(lo * hi)
         if norm2(mid) > radius**2:
             lo = mid
         else:
             hi = mid
-        if hi / lo - 1.0 < rtol:
+        if lo > 0.0 and hi / lo - 1.0 < rtol:
             break
     step = theta(hi)
     return TrustRegionStep(step, hi, True, _metric_length(rows, batch, step))

@@ -1,0 +1,139 @@
+"""Geodesic recovery (SPEC §3.6): the trust-region solver against dense float64 solutions, OBS against its
+dense formula, and recovery paths on a small trained network."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import brentq, minimize
+
+from lesion.data import load
+from lesion.geometry.damage_set import parse_delete
+from lesion.geometry.recovery import RecoveryProblem, finetune, geodesic, naive, obs, prune_retrain, transitions
+from lesion.geometry.rows import ExplicitRows, jacobian_rows
+from lesion.geometry.trust_region import trust_region_step
+from lesion.nets import MLP, build_net
+from lesion.train import TrainSettings, train
+
+
+def dense_solution(A, batch, v, beta, radius):
+    """θ(μ) = (β/2) Q (Σ + μ)⁻¹ Qᵀ v from the eigen-decomposition of the dense g, μ by brentq."""
+    g = A.T @ A / batch
+    s, Q = np.linalg.eigh(g)
+    c = Q.T @ v
+
+    def theta(mu):
+        return beta / 2 * Q @ (c / (s + mu))
+
+    if s.min() > 1e-12 and np.linalg.norm(theta(0.0)) <= radius:
+        return theta(0.0), 0.0
+    mu = brentq(lambda mu: np.linalg.norm(theta(mu)) - radius, max(0.0, -s.min()) + 1e-14, 1e8, xtol=1e-14,
+                rtol=1e-14)
+    return theta(mu), mu
+
+
+@pytest.mark.parametrize(("rows", "n", "radius", "active"), [(5, 12, 0.1, True), (20, 8, 0.05, True),
+                                                               (20, 8, 50.0, False), (6, 15, 2.0, True)])
+def test_trust_region_matches_dense_solution(rows, n, radius, active):
+    rng = np.random.default_rng(rows * n)
+    A = rng.standard_normal((rows, n))
+    v = rng.standard_normal(n)
+    v /= np.linalg.norm(v)
+    batch, beta = 4, 1.5
+    step = trust_region_step(torch.from_numpy(A), batch, torch.from_numpy(v), beta, radius)
+    expected, mu = dense_solution(A, batch, v, beta, radius)
+    np.testing.assert_allclose(step.theta.numpy(), expected, rtol=1e-7, atol=1e-10)
+    assert step.active == active and step.mu == pytest.approx(mu, rel=1e-6, abs=1e-12)
+    assert np.linalg.norm(step.theta.numpy()) <= radius * (1 + 1e-9)
+    assert step.metric_length == pytest.approx(float(expected @ (A.T @ A / batch) @ expected), rel=1e-8)
+    # an independent optimiser agrees on the objective value
+    g = A.T @ A / batch
+    res = minimize(lambda t: t @ g @ t - beta * t @ v, np.zeros(n), jac=lambda t: 2 * g @ t - beta * v,
+                   constraints=[{"type": "ineq", "fun": lambda t: radius**2 - t @ t, "jac": lambda t: -2 * t}],
+                   method="SLSQP", options={"ftol": 1e-14, "maxiter": 500})
+    objective = float(expected @ g @ expected - beta * expected @ v)
+    assert objective <= res.fun + 1e-7
+
+
+def test_inactive_constraint_in_the_range_of_g():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((3, 10))
+    v = A.T @ rng.standard_normal(3)  # v in range(Aᵀ) = range(g)
+    v /= np.linalg.norm(v)
+    step = trust_region_step(torch.from_numpy(A), 2, torch.from_numpy(v), 1e-3, 10.0)
+    assert not step.active and step.mu == 0.0
+    g = A.T @ A / 2
+    np.testing.assert_allclose(step.theta.numpy(), 1e-3 / 2 * np.linalg.pinv(g) @ v, rtol=1e-8, atol=1e-12)
+
+
+def test_obs_matches_its_dense_formula():
+    torch.manual_seed(0)
+    model = MLP(5, [6], 3).double().eval()
+    x, y = torch.rand(40, 5, dtype=torch.float64), torch.randint(0, 3, (40,))
+    damage = parse_delete(model, "units:1:0,2", torch.Generator())
+    problem = RecoveryProblem(model, x, y, x, y, damage)
+    _, new = obs(problem, batch=8, damping=0.5, seed=0)
+    idx = torch.randint(0, 40, (8,), generator=torch.Generator().manual_seed(0))
+    A = torch.func.jacrev(problem.op.outputs_fn(x[idx]))(problem.w0).reshape(-1, problem.op.n)
+    lam = 0.5 * float(torch.trace(A @ A.T)) / 8 / problem.op.n
+    g_inv = torch.linalg.inv(A.T @ A / 8 + lam * torch.eye(problem.op.n, dtype=torch.float64))
+    E = torch.eye(problem.op.n, dtype=torch.float64)[damage.indices]
+    expected = problem.w0 - g_inv @ E.T @ torch.linalg.solve(E @ g_inv @ E.T, problem.w0[damage.indices])
+    torch.testing.assert_close(new.double(), expected, atol=1e-12, rtol=1e-10)
+
+
+def test_mlp_rows_equal_the_explicit_jacobian():
+    torch.manual_seed(1)
+    model = MLP(5, [6, 4], 3, activation="tanh").double().eval()
+    x = torch.rand(7, 5, dtype=torch.float64)
+    problem = RecoveryProblem(model, x, torch.zeros(7, dtype=torch.long), x, torch.zeros(7, dtype=torch.long),
+                              parse_delete(model, "units:1:0", torch.Generator()))
+    rows = jacobian_rows(model, problem.op, problem.w0, x)
+    explicit = ExplicitRows(torch.func.jacrev(problem.op.outputs_fn(x))(problem.w0).reshape(-1, problem.op.n))
+    v, u = torch.randn(problem.op.n, dtype=torch.float64), torch.randn(21, dtype=torch.float64)
+    mask = (torch.rand(problem.op.n) > 0.5).double()
+    torch.testing.assert_close(rows.gram(), explicit.gram())
+    torch.testing.assert_close(rows.apply(v), explicit.apply(v))
+    torch.testing.assert_close(rows.apply_t(u), explicit.apply_t(u))
+    torch.testing.assert_close(rows.masked_gram(mask), explicit.masked_gram(mask))
+
+
+@pytest.fixture(scope="module")
+def damaged_problem():
+    data = load("digits")
+    model, _ = build_net("mlp1-64", data.input_shape, 10, seed=0)
+    train(model, data.x_train, data.y_train, TrainSettings(epochs=20, seed=0))
+    damage = parse_delete(model.eval(), "units:1:frac=0.85", torch.Generator().manual_seed(0))
+    return RecoveryProblem(model, data.x_train, data.y_train, data.x_test, data.y_test, damage)
+
+
+def test_geodesic_recovery_lands_on_the_hyperplane_and_beats_naive(damaged_problem):
+    p = damaged_problem
+    base = naive(p)
+    result, w = geodesic(p, beta=1.0, radius=0.5, batch=32, max_steps=300)
+    assert bool((w[p.damage.indices] == 0).all())
+    assert result.details["residual_before_projection"] <= 1e-3 * float(p.w0[p.damage.indices].norm()) + 1e-9
+    assert result.accuracy > base.accuracy + 0.05
+    assert result.progress[0] == 0.0 and result.progress[-1] == 1.0
+    assert len(result.path_accuracy) == len(result.progress) and result.path_length > 0
+    assert result.epoch_equivalents == pytest.approx(result.details["steps"] * 32 * 11 / len(p.x_train))
+    untouched = torch.cat([q.detach().reshape(-1) for q in p.model.parameters()])
+    torch.testing.assert_close(untouched, p.w0)  # the user's model keeps its weights
+
+
+def test_baselines_keep_the_damage(damaged_problem):
+    p = damaged_problem
+    for run in (finetune(p, 1.0), prune_retrain(p, 3, 0.5)):
+        result, w = run
+        assert bool((w[p.damage.indices] == 0).all()) and 0 <= result.accuracy <= 1
+    assert prune_retrain(p, 3, 0.5)[0].epoch_equivalents == 1.5
+
+
+def test_transitions_delete_and_restore(damaged_problem):
+    p = damaged_problem
+    keep_1 = p.mask.clone()
+    more = parse_delete(p.model, "units:1:frac=0.95", torch.Generator().manual_seed(1))
+    keep_2 = keep_1.clone()
+    keep_2[more.indices] = 0.0
+    stages = transitions(p, [("C2", keep_1), ("C3", keep_2), ("C4", keep_1)], radius=1.0, batch=32, max_steps=100)
+    assert [s["stage"] for s in stages] == ["C2", "C3", "C4"]
+    assert stages[2]["changed_weights"] == int((keep_1 != keep_2).sum())
