@@ -10,9 +10,9 @@ from lesion.cli.options import add_common
 
 
 def _figures() -> dict[str, Any]:
-    from lesion.experiments import crash_figures, geometry_figures
+    from lesion.experiments import crash_figures, geometry_figures, recovery_figures
 
-    return {**crash_figures.FIGURES, **geometry_figures.FIGURES}
+    return {**crash_figures.FIGURES, **geometry_figures.FIGURES, **recovery_figures.FIGURES}
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> dict[str, Any]:

@@ -28,6 +28,13 @@ class DamageSet:
     layer: str
     units: tuple[int, ...]
     width: int
+    parts: tuple[DamageSet, ...] = ()
+
+    def unit_list(self) -> list[tuple[str, int]]:
+        """(layer, unit) of every deleted unit."""
+        if self.parts:
+            return [pair for part in self.parts for pair in part.unit_list()]
+        return [(self.layer, u) for u in self.units]
 
     def mask(self, layout: ParameterLayout) -> dict[str, torch.Tensor]:
         """Parameter name → 0/1 mask that keeps D at zero."""
@@ -89,3 +96,14 @@ def parse_delete(model: nn.Module, text: str, generator: torch.Generator) -> Dam
         raise LesionError(f"bad --delete {text!r}: give units:LAYER:UNITS or filters:MODULE:UNITS, "
                           "e.g. units:1:frac=0.9")
     return unit_damage_set(model, layer, parse_selector(units, allow_smallest=False), generator)
+
+
+def union(sets: list[DamageSet]) -> DamageSet:
+    """One damage set deleting the units of several (the hyperplane where all of them are zero)."""
+    if not sets:
+        raise LesionError("give at least one --delete")
+    if len(sets) == 1:
+        return sets[0]
+    indices = torch.unique(torch.cat([s.indices for s in sets]))
+    return DamageSet(indices, " + ".join(s.layer for s in sets), tuple(u for s in sets for u in s.units),
+                     sum(s.width for s in sets), tuple(sets))

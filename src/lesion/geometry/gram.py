@@ -14,7 +14,6 @@ from torch import nn
 
 from lesion.crash.structure import MLPStructure, mlp_structure
 from lesion.errors import LesionError
-from lesion.functional import eval_mode
 from lesion.geometry.metric import MetricOperator
 
 JACOBIAN_MEMORY = 2 << 30  # bytes allowed for stacked Jacobians on the generic route
@@ -78,12 +77,7 @@ def _gram_from_jacobians(op: MetricOperator) -> torch.Tensor:
     if need > JACOBIAN_MEMORY:
         raise LesionError(f"the Gram route for this model would stack {rows:,} Jacobian rows of {op.n:,} weights "
                           f"({need / 2**30:.1f} GiB); use fewer inputs or the operator route (Lanczos)")
-    blocks = []
-    with eval_mode(op.model):
-        for i in range(0, op.inputs, 64):
-            xc = op.x[i:i + 64]
-            blocks.append(torch.func.jacrev(op.outputs_fn(xc))(op.weights).reshape(-1, op.n))
-    A = torch.cat(blocks)
+    A = torch.cat([op.jacobian_rows(op.x[i:i + 64]) for i in range(0, op.inputs, 64)])
     return A @ A.T
 
 

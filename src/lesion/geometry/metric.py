@@ -102,13 +102,25 @@ class MetricOperator:
 
         return LinearOperator((self.n, self.n), matvec=mv, rmatvec=mv, dtype=np.float64)
 
+    def jacobian_rows(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The stacked per-input Jacobians J_x on inputs x: (len(x)·m, n), rows ordered (input, output).
+
+        Per-example: jacrev of one input's outputs, vmapped over the inputs (m backward passes per input,
+        not m·len(x))."""
+        w = self.weights if weights is None else weights
+
+        def one(flat: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+            return self.outputs_fn(xi.unsqueeze(0))(flat)[0]
+
+        with eval_mode(self.model):
+            return torch.func.vmap(torch.func.jacrev(one), in_dims=(None, 0))(w, x).reshape(-1, len(w))
+
     def dense(self) -> torch.Tensor:
         """g as a dense n×n matrix from the per-input Jacobians (for small models and tests)."""
         if self.n * self.n > 5e7:
             raise LesionError(f"a dense metric of {self.n:,}² values is too large; use the operator or Gram route")
         total = torch.zeros(self.n, self.n, dtype=self.weights.dtype)
-        with eval_mode(self.model):
-            for xc in self._chunks():
-                jac = torch.func.jacrev(self.outputs_fn(xc))(self.weights).reshape(-1, self.n)
-                total += jac.T @ jac
+        for xc in self._chunks():
+            jac = self.jacobian_rows(xc)
+            total += jac.T @ jac
         return total / len(self.x)

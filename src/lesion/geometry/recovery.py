@@ -186,7 +186,7 @@ def prune_retrain(problem: RecoveryProblem, rounds: int, epochs_per_round: float
     """Delete the units in `rounds` equal groups, retraining `epochs_per_round` after each ([G]: prune one unit
     then retrain; one unit per round is `rounds` = the number of deleted units)."""
     start = time.perf_counter()
-    units = list(problem.damage.units)
+    units = problem.damage.unit_list()
     groups = [units[i::rounds] for i in range(min(rounds, len(units)))]
     w = problem.w0.clone()
     mask = torch.ones_like(w)
@@ -204,17 +204,17 @@ def prune_retrain(problem: RecoveryProblem, rounds: int, epochs_per_round: float
                         details={"rounds": len(groups), "epochs_per_round": epochs_per_round}), w
 
 
-def _unit_masks(problem: RecoveryProblem) -> dict[int, torch.Tensor]:
-    """Per deleted unit, the 0/1 mask of its own weights (a unit's share of D)."""
+def _unit_masks(problem: RecoveryProblem) -> dict[tuple[str, int], torch.Tensor]:
+    """Per deleted (layer, unit), the 0/1 mask of its own weights (a unit's share of D)."""
     from lesion.damage.selectors import Explicit
     from lesion.geometry.damage_set import unit_damage_set
 
     out = {}
-    for unit in problem.damage.units:
-        single = unit_damage_set(problem.model, problem.damage.layer, Explicit((unit,)), torch.Generator())
+    for layer, unit in problem.damage.unit_list():
+        single = unit_damage_set(problem.model, layer, Explicit((unit,)), torch.Generator())
         m = torch.ones_like(problem.w0)
         m[single.indices] = 0.0
-        out[unit] = m
+        out[(layer, unit)] = m
     return out
 
 

@@ -13,33 +13,32 @@ from torch import nn
 
 from lesion.crash.structure import MLPStructure, mlp_structure
 from lesion.errors import LesionError
-from lesion.functional import eval_mode
 from lesion.geometry.gram import MLPGramProduct
 from lesion.geometry.metric import MetricOperator
 
 
 class ExplicitRows:
-    """A stored as a (rows, n) float64 matrix."""
+    """A stored as a (rows, n) matrix in its own precision; products are returned in float64."""
 
     def __init__(self, A: torch.Tensor) -> None:
-        self.A = A.double()
+        self.A = A.detach()
         self.rows = self.A.shape[0]
 
     def gram(self) -> torch.Tensor:
         """K = A Aᵀ."""
-        return self.A @ self.A.T
+        return (self.A @ self.A.T).double()
 
     def apply(self, v: torch.Tensor) -> torch.Tensor:
         """A v."""
-        return self.A @ v.double()
+        return (self.A @ v.to(self.A.dtype)).double()
 
     def apply_t(self, u: torch.Tensor) -> torch.Tensor:
         """Aᵀ u."""
-        return self.A.T @ u.double()
+        return (self.A.T @ u.to(self.A.dtype)).double()
 
     def masked_gram(self, mask: torch.Tensor) -> torch.Tensor:
         """A diag(mask) Aᵀ."""
-        return (self.A * mask.double()) @ self.A.T
+        return ((self.A * mask.to(self.A.dtype)) @ self.A.T).double()
 
 
 class MLPRows:
@@ -97,8 +96,7 @@ def jacobian_rows(model: nn.Module, op: MetricOperator, weights: torch.Tensor,
     try:
         structure = mlp_structure(model)
     except LesionError:
-        with eval_mode(model):
-            return ExplicitRows(torch.func.jacrev(op.outputs_fn(x))(weights).reshape(-1, len(weights)))
+        return ExplicitRows(op.jacobian_rows(x, weights))
     names = list(op.layout.names)
     expected = [f"{n}.{p}" for n, (_, b) in zip(structure.linear_names, zip(structure.weights, structure.biases,
                                                                           strict=True), strict=True)
