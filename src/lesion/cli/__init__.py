@@ -17,7 +17,7 @@ import torch
 
 import lesion
 from lesion import progress
-from lesion.cli import basic, crash, geometry, reproduce
+from lesion.cli import basic, crash, geometry, recover, reproduce
 from lesion.cli.options import positive_int
 from lesion.errors import LesionError
 
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     basic.register(sub)
     crash.register(sub)
     geometry.register(sub)
+    recover.register(sub)
     reproduce.register(sub)
     return parser
 
