@@ -1,6 +1,8 @@
 """Geodesic recovery (SPEC §3.6): the trust-region solver against dense float64 solutions, OBS against its
 dense formula, and recovery paths on a small trained network."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -137,3 +139,27 @@ def test_transitions_delete_and_restore(damaged_problem):
     stages = transitions(p, [("C2", keep_1), ("C3", keep_2), ("C4", keep_1)], radius=1.0, batch=32, max_steps=100)
     assert [s["stage"] for s in stages] == ["C2", "C3", "C4"]
     assert stages[2]["changed_weights"] == int((keep_1 != keep_2).sum())
+
+
+def test_cli_recover(tmp_path, capsys):
+    from lesion.cli import main
+    from lesion.nets import load_model, save_checkpoint
+
+    data = load("digits")
+    model, config = build_net("mlp1-48", data.input_shape, 10, seed=0)
+    train(model, data.x_train, data.y_train, TrainSettings(epochs=10, seed=0))
+    ckpt = save_checkpoint(tmp_path / "m.pt", model, "mlp1-48", config)
+    out, plot, fixed = tmp_path / "r.json", tmp_path / "r.png", tmp_path / "fixed.pt"
+    assert main(["recover", "--model", str(ckpt), "--data", "digits", "--delete", "units:1:frac=0.75",
+                 "--method", "all", "--budget", "1", "--beta", "1", "--json", str(out), "--plot", str(plot),
+                 "--out", str(fixed)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["methods"]) == {"geodesic", "naive", "finetune", "prune-retrain", "obs"}
+    for r in result["methods"].values():
+        assert {"accuracy", "epoch_equivalents", "wall_seconds"} <= r.keys()
+    assert result["methods"]["geodesic"]["progress"][-1] == 1.0 and result["methods"]["geodesic"]["path_accuracy"]
+    recovered = load_model(str(fixed)).module
+    assert int((recovered.fc1.weight.abs().sum(1) == 0).sum()) == 36  # 75% of 48 units deleted
+    assert plot.exists()
+    assert main(["recover", "--model", str(ckpt), "--data", "digits", "--delete", "units:9:frac=0.5"]) == 2
+    assert main(["recover", "--model", str(ckpt), "--data", "digits", "--delete", "nonsense"]) == 2
