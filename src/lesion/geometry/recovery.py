@@ -48,6 +48,7 @@ class MethodResult:
     progress: list[float] = field(default_factory=list)
     path_accuracy: list[float] = field(default_factory=list)
     path_length: float | None = None
+    path_loss: list[float] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,7 +115,8 @@ def geodesic(problem: RecoveryProblem, beta: float = 1.0, radius: float = 1.0, b
     selected = (1.0 - problem.mask) if selected is None else selected.to(w.dtype)
     target = torch.zeros_like(w) if target is None else target.to(w.dtype)
     initial = float(((target - w) * selected).norm())
-    progress_, path_acc, length, examples, mus = [0.0], [problem.evaluate(w)[0]], 0.0, 0.0, []
+    first_acc, first_loss = problem.evaluate(w)
+    progress_, path_acc, path_loss, length, examples, mus = [0.0], [first_acc], [first_loss], 0.0, 0.0, []
     with progress.bar(max_steps, f"geodesic β={beta:g}", "step") as bar:
         for step in range(max_steps):
             gap = (target - w) * selected
@@ -130,17 +132,20 @@ def geodesic(problem: RecoveryProblem, beta: float = 1.0, radius: float = 1.0, b
             examples += batch * (problem.m + 1)
             if (step + 1) % eval_every == 0:
                 progress_.append(1.0 - float(((target - w) * selected).norm()) / max(initial, 1e-300))
-                path_acc.append(problem.evaluate(w)[0])
+                acc_now, loss_now = problem.evaluate(w)
+                path_acc.append(acc_now)
+                path_loss.append(loss_now)
             bar.update(1)
     residual = float(((target - w) * selected).norm())
     w = w * (1.0 - selected) + target * selected  # on the target hyperplane exactly
     progress_.append(1.0)
     acc, loss = problem.evaluate(w)
     path_acc.append(acc)
+    path_loss.append(loss)
     details = {"beta": beta, "radius": radius, "batch": batch, "seed": seed, "steps": len(mus),
                "residual_before_projection": residual}
     return MethodResult("geodesic", acc, loss, problem.epochs(examples), time.perf_counter() - started, progress_,
-                        path_acc, length, details), w
+                        path_acc, length, path_loss, details), w
 
 
 def geodesic_best(problem: RecoveryProblem, betas: Sequence[float] = (0.1, 1.0, 10.0), seeds: Sequence[int] = (0,),
@@ -153,7 +158,7 @@ def geodesic_best(problem: RecoveryProblem, betas: Sequence[float] = (0.1, 1.0, 
     tried = [{"beta": r[0].details["beta"], "seed": r[0].details["seed"], "length": r[0].path_length,
               "accuracy": r[0].accuracy} for r in runs]
     return MethodResult("geodesic", best.accuracy, best.loss, total_ee, total_s, best.progress, best.path_accuracy,
-                        best.path_length, {**best.details, "paths": tried}), w
+                        best.path_length, best.path_loss, {**best.details, "paths": tried}), w
 
 
 def finetune(problem: RecoveryProblem, epochs: float, seed: int = 0,

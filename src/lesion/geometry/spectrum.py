@@ -171,7 +171,9 @@ def spectrum(op: MetricOperator, top: int = 20, tau: float = 1e-3, full: bool | 
         rank, rho, vulnerable = rank_and_rho(values, op.n, rows, tau)
         values = values[:max(rank, 1)]
         trace = trace_exact(op)
-        extra: dict[str, Any] = {}
+        positive = values[values > 0]
+        counts, edges = np.histogram(np.log10(positive), bins=40) if len(positive) else (np.zeros(0), np.zeros(0))
+        extra: dict[str, Any] = {"density": {"log10_eigenvalue_edges": edges.tolist(), "counts": counts.tolist()}}
     else:
         values, _, route = top_eigenpairs(op, top, route)
         rank = rho = vulnerable = None
