@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lesion.crash.structure import MLPStructure, mlp_structure
+from lesion.crash.structure import MLPStructure
 from lesion.errors import LesionError
-from lesion.geometry.gram import MLPGramProduct
+from lesion.geometry.gram import MLPGramProduct, mlp_structure_at
 from lesion.geometry.metric import MetricOperator
 
 
@@ -94,17 +94,7 @@ def jacobian_rows(model: nn.Module, op: MetricOperator, weights: torch.Tensor,
                   x: torch.Tensor) -> ExplicitRows | MLPRows:
     """The Jacobian rows of `model` at `weights` on inputs x: factors for MLPs, stacked Jacobians otherwise."""
     try:
-        structure = mlp_structure(model)
+        structure = mlp_structure_at(op, weights)
     except LesionError:
         return ExplicitRows(op.jacobian_rows(x, weights))
-    names = list(op.layout.names)
-    expected = [f"{n}.{p}" for n, (_, b) in zip(structure.linear_names, zip(structure.weights, structure.biases,
-                                                                          strict=True), strict=True)
-                for p in (("weight",) if b is None else ("weight", "bias"))]
-    if names != expected:
-        raise LesionError("the MLP's parameters are not in weight/bias order per layer")
-    params = op.layout.unflatten(weights)
-    current = MLPStructure(tuple(params[f"{n}.weight"] for n in structure.linear_names),
-                           tuple(params.get(f"{n}.bias") for n in structure.linear_names),
-                           structure.activations, structure.linear_names, structure.activation_names)
-    return MLPRows(current, names, x, op.output)
+    return MLPRows(structure, list(op.layout.names), x, op.output)

@@ -19,7 +19,7 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 
 from lesion.crash.structure import mlp_structure
 from lesion.errors import LesionError
-from lesion.geometry.gram import JACOBIAN_MEMORY, MLPGramProduct, gram_matrix
+from lesion.geometry.gram import JACOBIAN_MEMORY, MLPGramProduct, gram_matrix, mlp_structure_at
 from lesion.geometry.metric import MetricOperator
 from lesion.stats import RunningMean
 
@@ -98,7 +98,7 @@ def eigenvectors_from_gram(op: MetricOperator, values: np.ndarray, gram_vectors:
 def _mlp_gram_top(op: MetricOperator, k: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Top-k eigenpairs of K by Lanczos on the factor product K u (MLPs only; None for other models)."""
     try:
-        structure = mlp_structure(op.model)
+        structure = mlp_structure_at(op)
     except LesionError:
         return None
     product = MLPGramProduct(structure, op.x, op.output)
