@@ -1,0 +1,101 @@
+"""Deletion curves and break-down points ([G] §4, Fig. 3A/B; SPEC §3.5).
+
+Accuracy as a growing fraction of the units of one layer is deleted (crashed: output 0), in three orders:
+random (several seeded orders, mean and Student-t interval over them), smallest incoming-weight norm first,
+and most harmful first by the metric (unit i ranked by d_iᵀ g d_i, d_i the weight change that deletes it).
+The break-down point is the smallest fraction whose mean accuracy falls below a share of clean accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lesion.damage import Explicit, Target, UnitCrash, batched_damaged_outputs, realise
+from lesion.errors import LesionError
+from lesion.geometry.damage_set import unit_damage_set
+from lesion.geometry.metric import MetricOperator
+from lesion.stats import mean_interval
+from lesion.train import evaluate_outputs
+
+ORDERS = ("random", "magnitude", "metric")
+
+
+@dataclass(frozen=True)
+class DeletionCurve:
+    """Accuracy against the fraction of deleted units of one layer, for one order."""
+
+    layer: str
+    order: str
+    fractions: list[float]
+    accuracy: list[float]
+    accuracy_ci: list[list[float]]
+    clean_accuracy: float
+    breakdown_fraction: float | None
+    share: float
+    orders: int
+    units: int
+    inputs: int
+    per_order: list[list[float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return asdict(self)
+
+
+def unit_order(model: nn.Module, layer: str, order: str, rng: np.random.Generator,
+               x_analysis: torch.Tensor | None = None) -> list[int]:
+    """The order in which the units of `layer` are deleted."""
+    target = Target(model)
+    site = target.site(layer)
+    if order == "random":
+        return rng.permutation(site.width).tolist()
+    weight = target.base[f"{site.layer}.weight"]
+    if order == "magnitude":
+        norms = weight.reshape(weight.shape[0], -1).norm(dim=1)
+        return torch.argsort(norms, stable=True).tolist()
+    if order == "metric":
+        if x_analysis is None:
+            raise LesionError("the metric order needs analysis inputs")
+        op = MetricOperator(model, x_analysis)
+        harm = []
+        for unit in range(site.width):
+            d = torch.zeros_like(op.weights)
+            idx = unit_damage_set(model, layer, Explicit((unit,)), torch.Generator()).indices
+            d[idx] = -op.weights[idx]
+            harm.append(op.quadratic(d))
+        return np.argsort(harm)[::-1].tolist()
+    raise LesionError(f"unknown order {order!r}: {', '.join(ORDERS)}")
+
+
+def deletion_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: str,
+                   fractions: Sequence[float] = tuple(np.linspace(0, 1, 11)), order: str = "random",
+                   orders: int = 5, share: float = 0.9, seed: int = 0,
+                   x_analysis: torch.Tensor | None = None) -> DeletionCurve:
+    """Accuracy on (x, y) with the first ⌈f·N⌉ units of the order deleted, for each fraction f."""
+    rng = np.random.default_rng(seed)
+    target = Target(model)
+    site = target.site(layer)
+    runs = orders if order == "random" else 1
+    clean = evaluate_outputs(batched_damaged_outputs(model, [realise(target, [], torch.Generator())], x)[0], y)
+    per_order = []
+    for _ in range(runs):
+        sequence = unit_order(model, layer, order, rng, x_analysis)
+        configs = []
+        for f in fractions:
+            count = int(round(f * site.width))
+            damage = [UnitCrash(layer, Explicit(tuple(sequence[:count])))] if count else []
+            configs.append(realise(target, damage, torch.Generator()))
+        outputs = batched_damaged_outputs(model, configs, x, desc=f"deletion ({order})")
+        per_order.append([evaluate_outputs(o, y).accuracy for o in outputs])
+    table = np.asarray(per_order)
+    means = table.mean(axis=0).tolist()
+    cis = [list(mean_interval(list(col))) for col in table.T]
+    below = [f for f, a in zip(fractions, means, strict=True) if a < share * clean.accuracy]
+    return DeletionCurve(site.module, order, [float(f) for f in fractions], means, cis, clean.accuracy,
+                         float(below[0]) if below else None, share, runs, site.width, len(x), table.tolist())
