@@ -46,3 +46,16 @@ def test_metric_order_is_more_harmful_than_random(trained):
     magnitude = deletion_curve(model, data.x_test, data.y_test, "1", fractions, order="magnitude")
     assert metric.accuracy[2] < random.accuracy[2]
     assert magnitude.orders == 1 and len(magnitude.accuracy) == 3
+
+
+def test_progressive_path_profile(trained):
+    from lesion.geometry.breakdown import progressive_path
+
+    model, data = trained
+    sequence = unit_order(model, "1", "random", np.random.default_rng(0))
+    profile = progressive_path(model, "1", sequence, data.x_train[:30], data.x_test, data.y_test,
+                               fractions=(0.0, 0.5, 0.9), units_per_point=2)
+    assert profile.t == [0.0, 0.5, 0.9]
+    clean = deletion_curve(model, data.x_test, data.y_test, "1", fractions=(0.0,), order="magnitude")
+    assert profile.accuracy[0] == pytest.approx(clean.accuracy[0])
+    assert all(v > 0 for v in profile.speed) and all(v >= 0 for v in profile.covariant_acceleration)

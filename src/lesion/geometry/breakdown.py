@@ -99,3 +99,60 @@ def deletion_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: st
     below = [f for f, a in zip(fractions, means, strict=True) if a < share * clean.accuracy]
     return DeletionCurve(site.module, order, [float(f) for f in fractions], means, cis, clean.accuracy,
                          float(below[0]) if below else None, share, runs, site.width, len(x), table.tolist())
+
+
+@dataclass(frozen=True)
+class PathProfileResult:
+    """Geometry along one progressive deletion path: at fraction t the first ⌈tN⌉ units of the order are
+    gone and the next one is being scaled down (γ' = −N·its weights, γ'' = 0 inside a segment)."""
+
+    t: list[float]
+    speed: list[float]
+    acceleration: list[float]
+    covariant_acceleration: list[float]
+    accuracy: list[float]
+    predicted_breakdown: float | None
+    order_seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        return asdict(self)
+
+
+def progressive_path(model: nn.Module, layer: str, sequence: Sequence[int], x_analysis: torch.Tensor,
+                     x: torch.Tensor, y: torch.Tensor, fractions: Sequence[float], units_per_point: int = 3,
+                     factor: float = 10.0, order_seed: int = 0) -> PathProfileResult:
+    """Speed, ds/dt and covariant acceleration (averaged over `units_per_point` consecutive units) along the
+    path that deletes the units of `layer` one after the other in `sequence`; accuracy on (x, y)."""
+    from lesion.geometry.paths import path_point, predicted_breakdown
+
+    op = MetricOperator(model, x_analysis)
+    site = Target(model).site(layer)
+    width = site.width
+    unit_indices = {u: unit_damage_set(model, layer, Explicit((u,)), torch.Generator()).indices for u in sequence}
+    keep = torch.ones_like(op.weights)
+    rows: dict[str, list[float]] = {"speed": [], "acceleration": [], "cov": [], "accuracy": []}
+    ts = []
+    deleted = 0
+    for f in fractions:
+        target_count = min(int(round(f * width)), width - 1)
+        while deleted < target_count:
+            keep[unit_indices[sequence[deleted]]] = 0.0
+            deleted += 1
+        w = op.weights * keep
+        values = []
+        for k in range(deleted, min(width, deleted + units_per_point)):
+            d = torch.zeros_like(w)
+            idx = unit_indices[sequence[k]]
+            d[idx] = -op.weights[idx] * width
+            point = path_point(op, 0.0, lambda _t, w=w: w, lambda _t, d=d: d, lambda _t, d=d: torch.zeros_like(d))
+            values.append(point)
+        ts.append(float(deleted / width))
+        rows["speed"].append(float(np.mean([p.speed for p in values])))
+        rows["acceleration"].append(float(np.mean([p.speed_derivative for p in values])))
+        rows["cov"].append(float(np.mean([p.covariant_acceleration for p in values])))
+        config = realise(Target(model), [UnitCrash(layer, Explicit(tuple(sequence[:deleted])))] if deleted else [],
+                         torch.Generator())
+        rows["accuracy"].append(evaluate_outputs(batched_damaged_outputs(model, [config], x)[0], y).accuracy)
+    return PathProfileResult(ts, rows["speed"], rows["acceleration"], rows["cov"], rows["accuracy"],
+                             predicted_breakdown(ts, rows["cov"], factor), order_seed)
