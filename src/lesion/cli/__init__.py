@@ -17,7 +17,7 @@ import torch
 
 import lesion
 from lesion import progress
-from lesion.cli import basic, crash, geometry, recover, reproduce
+from lesion.cli import basic, breakdown, crash, geometry, recover, reproduce
 from lesion.cli.options import positive_int
 from lesion.errors import LesionError
 
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     crash.register(sub)
     geometry.register(sub)
     recover.register(sub)
+    breakdown.register(sub)
     reproduce.register(sub)
     return parser
 

@@ -10,15 +10,17 @@ from lesion.cli.options import add_common
 
 
 def _figures() -> dict[str, Any]:
-    from lesion.experiments import crash_figures, geometry_figures, recovery_figures
+    from lesion.experiments import breakdown_figures, crash_figures, geometry_figures, recovery_figures
 
-    return {**crash_figures.FIGURES, **geometry_figures.FIGURES, **recovery_figures.FIGURES}
+    return {**crash_figures.FIGURES, **geometry_figures.FIGURES, **recovery_figures.FIGURES,
+            **breakdown_figures.FIGURES}
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     result = _figures()[args.figure](out, args.quick)
-    print(f"{args.figure}: wrote {out / (result['figure'] + '.json')} and {out / (result['figure'] + '.png')}")
+    pngs = sorted(p.name for p in out.glob(f"{result['figure']}*.png"))
+    print(f"{args.figure}: wrote {out / (result['figure'] + '.json')} and {', '.join(pngs)} in {out}")
     for key in ("log_log_slopes", "inversion"):
         if key in result:
             print(f"{key}: {result[key]}")

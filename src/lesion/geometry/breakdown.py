@@ -156,3 +156,65 @@ def progressive_path(model: nn.Module, layer: str, sequence: Sequence[int], x_an
         rows["accuracy"].append(evaluate_outputs(batched_damaged_outputs(model, [config], x)[0], y).accuracy)
     return PathProfileResult(ts, rows["speed"], rows["acceleration"], rows["cov"], rows["accuracy"],
                              predicted_breakdown(ts, rows["cov"], factor), order_seed)
+
+
+def path_embedding(model: nn.Module, layer: str, sequences: Sequence[Sequence[int]], x: torch.Tensor,
+                   y: torch.Tensor, end_fraction: float = 0.9, points: int = 10, neighbours: int = 8
+                   ) -> dict[str, Any]:
+    """[G] Fig. 3F: networks along several deletion paths between the same endpoints (the trained network and
+    the one with `end_fraction` of the units deleted — the same units, in different orders), embedded in 2-D
+    by Isomap on their outputs on x, with their accuracy."""
+    from sklearn.manifold import Isomap
+
+    target = Target(model)
+    width = target.site(layer).width
+    final = int(round(end_fraction * width))
+    chosen = sorted(sequences[0][:final])
+    configs, labels = [], []
+    for p, sequence in enumerate(sequences):
+        inside = [u for u in sequence if u in set(chosen)]  # the same deleted set, each path in its own order
+        for k in range(points + 1):
+            count = int(round(k / points * final))
+            damage = [UnitCrash(layer, Explicit(tuple(inside[:count])))] if count else []
+            configs.append(realise(target, damage, torch.Generator()))
+            labels.append((p, count / width))
+    outputs = batched_damaged_outputs(model, configs, x)
+    accuracy = [evaluate_outputs(o, y).accuracy for o in outputs]
+    features = outputs.reshape(len(configs), -1).double().numpy()
+    coords = Isomap(n_neighbors=min(neighbours, len(configs) - 1), n_components=2).fit_transform(features)
+    return {"path": [p for p, _ in labels], "fraction": [f for _, f in labels], "x": coords[:, 0].tolist(),
+            "y": coords[:, 1].tolist(), "accuracy": accuracy, "end_fraction": end_fraction, "inputs": len(x)}
+
+
+def breakdown_plot(path: str, curves: Sequence[DeletionCurve], profiles: Sequence[PathProfileResult],
+                   title: str, note: str = "") -> None:
+    """Accuracy against deleted fraction (band: 95% CI over random orders) and the covariant acceleration
+    along deletion paths, with measured and predicted break-down points."""
+    import matplotlib.pyplot as plt
+
+    from lesion.report.plots import save
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    for curve in curves:
+        (line,) = left.plot(curve.fractions, curve.accuracy, "-o", markersize=3, label=f"{curve.layer}, {curve.order}")
+        lo, hi = zip(*curve.accuracy_ci, strict=True)
+        left.fill_between(curve.fractions, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        if curve.breakdown_fraction is not None:
+            left.axvline(curve.breakdown_fraction, color=line.get_color(), linestyle=":", linewidth=1)
+    left.set_xlabel("fraction of units deleted")
+    left.set_ylabel("test accuracy")
+    left.legend(fontsize=7)
+    left.grid(True, alpha=0.3)
+    for i, profile in enumerate(profiles):
+        (line,) = right.plot(profile.t, profile.covariant_acceleration, "-", label=f"path {i + 1}")
+        if profile.predicted_breakdown is not None:
+            right.axvline(profile.predicted_breakdown, color=line.get_color(), linestyle="--", linewidth=1)
+    right.set_yscale("log")
+    right.set_xlabel("fraction of units deleted (path time t)")
+    right.set_ylabel("covariant acceleration ‖∇γ'γ'‖_g")
+    right.grid(True, which="both", alpha=0.3)
+    if profiles:
+        right.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(wspace=0.32)
+    save(fig, path, note, bottom=0.22)

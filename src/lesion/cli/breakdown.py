@@ -1,0 +1,65 @@
+"""Sub-command `lesion breakdown` ([G] §4, SPEC §3.5): deletion curves, damage paths and break-down points."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from lesion.cli.options import add_common, add_data, add_model, positive_int
+
+
+def _cmd_breakdown(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from lesion.cli.options import load_model_and_data
+    from lesion.geometry.breakdown import breakdown_plot, deletion_curve, progressive_path, unit_order
+
+    loaded, data = load_model_and_data(args)
+    fractions = tuple(float(f) for f in np.round(np.linspace(0, 1, args.points), 6))
+    x_an = data.x_train[: args.inputs]
+    curve = deletion_curve(loaded.module, data.x_test, data.y_test, args.layer, fractions, args.order, args.orders,
+                           args.share, args.seed, x_an)
+    profiles = []
+    for p in range(args.paths):
+        sequence = unit_order(loaded.module, args.layer, "random", np.random.default_rng(args.seed + 1000 + p))
+        profiles.append(progressive_path(loaded.module, args.layer, sequence, x_an, data.x_test, data.y_test,
+                                         fractions, factor=args.factor, order_seed=args.seed + 1000 + p))
+    predicted = [p.predicted_breakdown for p in profiles if p.predicted_breakdown is not None]
+    predicted_fraction = float(np.median(predicted)) if predicted else None
+    print(f"{curve.layer} ({curve.units} units), {curve.order} order ({curve.orders} orders), clean "
+          f"{curve.clean_accuracy:.4f}: break-down (accuracy below {args.share:.0%} of clean) at fraction "
+          f"{curve.breakdown_fraction}; predicted from the acceleration spike: {predicted_fraction}")
+    for f, a, (lo, hi) in zip(curve.fractions, curve.accuracy, curve.accuracy_ci, strict=True):
+        print(f"  {f:5.2f}  {a:.4f}  ({lo:.4f}–{hi:.4f})")
+    if args.plot:
+        breakdown_plot(args.plot, [curve], profiles, f"Break-down of {curve.layer}",
+                       f"{data.name}: accuracy on {len(data.x_test)} test inputs; geometry on {len(x_an)} training "
+                       f"inputs; spike factor {args.factor}")
+    return {"model": loaded.to_dict(), "data": data.to_dict(), "fractions": curve.fractions,
+            "accuracy": {"mean": curve.accuracy, "ci": curve.accuracy_ci, "per_order": curve.per_order},
+            "clean_accuracy": curve.clean_accuracy, "breakdown_fraction": curve.breakdown_fraction,
+            "predicted_breakdown_fraction": predicted_fraction, "share": args.share, "order": curve.order,
+            "paths": [p.to_dict() for p in profiles]}
+
+
+def register(sub: Any) -> None:
+    """Add `lesion breakdown` to the `lesion` parser."""
+    p = sub.add_parser("breakdown", help="deletion curves, damage paths and break-down points",
+                       description="Accuracy as a growing fraction of a layer's units is deleted (with a 95% CI over "
+                                   "random orders), the measured break-down point, and speed, ds/dt and covariant "
+                                   "acceleration along progressive deletion paths with the predicted break-down "
+                                   "(first spike of acceleration above FACTOR times its start).")
+    add_model(p)
+    add_data(p)
+    p.add_argument("--layer", default="1", help="hidden-layer index or module name (default 1)")
+    p.add_argument("--order", choices=("random", "magnitude", "metric"), default="random",
+                   help="deletion order (default random)")
+    p.add_argument("--orders", type=positive_int, default=5, help="random orders averaged (default 5)")
+    p.add_argument("--paths", type=int, default=2, help="progressive deletion paths profiled (default 2)")
+    p.add_argument("--points", type=positive_int, default=21, help="fractions 0..1 sampled (default 21)")
+    p.add_argument("--share", type=float, default=0.9, help="break-down: accuracy below this share of clean")
+    p.add_argument("--factor", type=float, default=10.0, help="acceleration spike factor (default 10)")
+    p.add_argument("--inputs", type=positive_int, default=100, help="training inputs for the geometry (default 100)")
+    p.add_argument("--plot", metavar="PNG", help="write the curve and the acceleration profiles")
+    add_common(p)
+    p.set_defaults(run=_cmd_breakdown)
