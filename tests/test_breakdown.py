@@ -59,3 +59,31 @@ def test_progressive_path_profile(trained):
     clean = deletion_curve(model, data.x_test, data.y_test, "1", fractions=(0.0,), order="magnitude")
     assert profile.accuracy[0] == pytest.approx(clean.accuracy[0])
     assert all(v > 0 for v in profile.speed) and all(v >= 0 for v in profile.covariant_acceleration)
+
+
+def test_path_embedding_and_cli(trained, tmp_path):
+    import json
+
+    from lesion.cli import main
+    from lesion.geometry.breakdown import path_embedding
+    from lesion.nets import save_checkpoint
+
+    model, data = trained
+    sequences = [unit_order(model, "1", "random", np.random.default_rng(s)) for s in range(3)]
+    emb = path_embedding(model, "1", sequences, data.x_test[:100], data.y_test[:100], end_fraction=0.9, points=4)
+    assert len(emb["x"]) == 3 * 5 and set(emb["path"]) == {0, 1, 2}
+    starts = [i for i, f in enumerate(emb["fraction"]) if f == 0.0]
+    ends = [i for i, f in enumerate(emb["fraction"]) if f == max(emb["fraction"])]
+    # same endpoints: every path starts at the trained network and ends at the same damaged one
+    assert len({round(emb["accuracy"][i], 9) for i in starts}) == 1 and len({round(emb["accuracy"][i], 9)
+                                                                           for i in ends}) == 1
+    ckpt = save_checkpoint(tmp_path / "m.pt", model, "mlp1-40", model.config())
+    out = tmp_path / "b.json"
+    assert main(["breakdown", "--model", str(ckpt), "--data", "digits", "--points", "5", "--paths", "1",
+                 "--inputs", "20", "--json", str(out), "--plot", str(tmp_path / "b.png")]) == 0
+    result = json.loads(out.read_text())
+    for key in ("fractions", "accuracy", "breakdown_fraction", "predicted_breakdown_fraction", "paths"):
+        assert key in result
+    for key in ("t", "speed", "acceleration", "covariant_acceleration"):
+        assert len(result["paths"][0][key]) == 5
+    assert main(["breakdown", "--model", str(ckpt), "--data", "digits", "--layer", "7"]) == 2
