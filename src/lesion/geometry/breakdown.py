@@ -113,6 +113,7 @@ class PathProfileResult:
     accuracy: list[float]
     predicted_breakdown: float | None
     order_seed: int
+    loss: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -131,7 +132,7 @@ def progressive_path(model: nn.Module, layer: str, sequence: Sequence[int], x_an
     width = site.width
     unit_indices = {u: unit_damage_set(model, layer, Explicit((u,)), torch.Generator()).indices for u in sequence}
     keep = torch.ones_like(op.weights)
-    rows: dict[str, list[float]] = {"speed": [], "acceleration": [], "cov": [], "accuracy": []}
+    rows: dict[str, list[float]] = {"speed": [], "acceleration": [], "cov": [], "accuracy": [], "loss": []}
     ts = []
     deleted = 0
     for f in fractions:
@@ -153,9 +154,11 @@ def progressive_path(model: nn.Module, layer: str, sequence: Sequence[int], x_an
         rows["cov"].append(float(np.mean([p.covariant_acceleration for p in values])))
         config = realise(Target(model), [UnitCrash(layer, Explicit(tuple(sequence[:deleted])))] if deleted else [],
                          torch.Generator())
-        rows["accuracy"].append(evaluate_outputs(batched_damaged_outputs(model, [config], x)[0], y).accuracy)
+        evaluation = evaluate_outputs(batched_damaged_outputs(model, [config], x)[0], y)
+        rows["accuracy"].append(evaluation.accuracy)
+        rows["loss"].append(evaluation.loss)
     return PathProfileResult(ts, rows["speed"], rows["acceleration"], rows["cov"], rows["accuracy"],
-                             predicted_breakdown(ts, rows["cov"], factor), order_seed)
+                             predicted_breakdown(ts, rows["cov"], factor), order_seed, rows["loss"])
 
 
 def path_embedding(model: nn.Module, layer: str, sequences: Sequence[Sequence[int]], x: torch.Tensor,
