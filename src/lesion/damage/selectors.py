@@ -6,7 +6,6 @@ given their current values when it needs them and a torch generator when it is r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -117,8 +116,3 @@ def parse_selector(text: str, allow_smallest: bool = True) -> Selector:
         pass
     raise LesionError(f"bad selection {text!r}: give indices 3,5,7, frac=F, count=K"
                       + (" or smallest=F" if allow_smallest else ""))
-
-
-def as_indices(values: Sequence[int]) -> tuple[int, ...]:
-    """Plain ints for records."""
-    return tuple(int(v) for v in values)

@@ -13,8 +13,7 @@ with F(t) the stacked outputs f(x; γ(t)) on the |X| analysis inputs:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch.func import jvp
@@ -33,22 +32,6 @@ class PathPoint:
     speed_derivative: float
     covariant_acceleration: float
     euclidean_acceleration: float
-
-
-@dataclass(frozen=True)
-class PathProfile:
-    """A path sampled at times t, with accuracy and loss where labels were given."""
-
-    t: list[float]
-    speed: list[float]
-    acceleration: list[float]
-    covariant_acceleration: list[float]
-    accuracy: list[float] = field(default_factory=list)
-    loss: list[float] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return asdict(self)
 
 
 def straight_path(w_start: torch.Tensor, w_end: torch.Tensor) -> tuple[Callable[[float], torch.Tensor],
