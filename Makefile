@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Small models and a 2-core machine: one torch thread per test process.
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 LESION_NO_PROGRESS=1
 
-.PHONY: install demo test test-all bench lint data clean
+.PHONY: install demo test test-all bench lint data clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,13 +29,21 @@ data:
 	  || { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } \
 	  || echo "note: could not install dataset-fashion-mnist (apt-get install dataset-fashion-mnist as root)"; fi
 
+# The main job on the bundled data: trains the default network on mnist5k and writes demo-report/report.html.
 demo: install
-	$(BIN)/lesion demo
+	$(BIN)/lesion report --out demo-report
 
 test: install
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow"
 
-test-all: install
+# The slow tests include rendering the report in headless Chromium (Debian packages chromium, chromium-driver).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
+	  $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 \
+	  || { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1; } \
+	  || echo "note: could not install chromium; the browser test will be skipped"; }
+
+test-all: install browser
 	$(TEST_ENV) $(BIN)/python -m pytest -q
 
 # Benchmark-only dependencies, without their own dependencies so that torch stays at 2.13.0.

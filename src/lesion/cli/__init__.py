@@ -17,7 +17,7 @@ import torch
 
 import lesion
 from lesion import progress
-from lesion.cli import basic, breakdown, crash, geometry, recover, reproduce
+from lesion.cli import basic, breakdown, crash, geometry, recover, report, reproduce
 from lesion.cli.options import positive_int
 from lesion.errors import LesionError
 
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     geometry.register(sub)
     recover.register(sub)
     breakdown.register(sub)
+    report.register(sub)
     reproduce.register(sub)
     return parser
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from lesion.data import load
@@ -20,7 +19,7 @@ from lesion.geometry.metric import MetricOperator
 from lesion.geometry.spectrum import spectrum
 from lesion.nets import build_net
 from lesion.report.jsonio import provenance, write_json
-from lesion.report.plots import save, spectrum_plot
+from lesion.report.plots import attack_plot, spectrum_plot
 from lesion.train import TrainSettings, evaluate, train
 
 PAPER = {"mlp2": "LeNet-300-100 on MNIST: 98% → 70% adversarial at σ = 1; random 97.2–97.6%; ρ < 1e-3",
@@ -65,34 +64,10 @@ def figure2(out: Path, quick: bool = False, seed: int = 0, sigma: float = 1.0) -
     note = ("mlp2: all nonzero eigenvalues (Gram route); cnn: top 50 (Lanczos). Analysis inputs from the training "
             "split; the denominators of ρ are the parameter counts, the rank is at most 10·|X|.")
     spectrum_plot(out / "g-fig2.png", spectra, tau, "[G] Fig. 2A: spectra of the metric tensor", note)
-    _attack_plot(out / "g-fig2-attack.png", results, sigma)
+    attack_plot(out / "g-fig2-attack.png", {k: v["attack"] for k, v in results.items()}, sigma)
     summary = {"figure": "g-fig2", "sigma": sigma, "networks": results, "provenance": provenance(seed=seed)}
     write_json(out / "g-fig2.json", summary)
     return summary
-
-
-def _attack_plot(path: Path, results: dict[str, Any], sigma: float) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(results), figsize=(4.8 * len(results), 4.0))
-    for ax, (name, res) in zip(np.atleast_1d(axes), results.items(), strict=True):
-        a = res["attack"]
-        r = a["random_accuracy"]
-        bars = {"clean": a["clean_accuracy"], f"random\n(mean of {r['n']})": r["mean"],
-                "top eigen-\nvector": a["top_eigenvector_accuracy"], "loss\ngradient": a["gradient_accuracy"],
-                "adversarial\n(span top 20)": a["adversarial_accuracy"]}
-        if a["bitflip_accuracy"] == a["bitflip_accuracy"]:  # not NaN
-            bars["greedy\nbit flips"] = a["bitflip_accuracy"]
-        ax.bar(range(len(bars)), list(bars.values()), color=["C2", "C0", "C1", "C4", "C3", "C5"][: len(bars)])
-        ax.errorbar([1], [r["mean"]], yerr=[[r["mean"] - r["min"]], [r["max"] - r["mean"]]], color="k", capsize=4)
-        ax.set_xticks(range(len(bars)), list(bars.keys()), fontsize=7)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("test accuracy")
-        ax.set_title(f"{name}: ‖du‖ = {sigma}", fontsize=9)
-        ax.grid(True, axis="y", alpha=0.3)
-    fig.suptitle("[G] Fig. 2B–E: random (bar: mean, whisker: min–max) vs designed perturbations", fontsize=10)
-    fig.tight_layout()
-    save(fig, path)
 
 
 FIGURES = {"g-fig2": lambda out, quick: figure2(out, quick)}

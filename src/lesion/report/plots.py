@@ -83,3 +83,29 @@ def spectrum_plot(path: str | Path, spectra: dict[str, Sequence[float]], tau: fl
     right.grid(True, alpha=0.3)
     fig.suptitle(title, fontsize=10)
     return save(fig, path, note, bottom=0.24)
+
+
+def attack_plot(path: str | Path, attacks: dict[str, dict], sigma: float) -> Path:
+    """[G] Fig. 2B–E style bars: clean, random (mean, whisker min–max), top eigenvector, loss gradient,
+    adversarial and, when run, greedy bit flips, per network (`attacks`: name → AttackResult.to_dict())."""
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(attacks), figsize=(4.8 * len(attacks), 4.0))
+    for ax, (name, a) in zip(np.atleast_1d(axes), attacks.items(), strict=True):
+        r = a["random_accuracy"]
+        bars = {"clean": a["clean_accuracy"], f"random\n(mean of {r['n']})": r["mean"],
+                "top eigen-\nvector": a["top_eigenvector_accuracy"], "loss\ngradient": a["gradient_accuracy"],
+                "adversarial\n(eigen span)": a["adversarial_accuracy"]}
+        bit = a.get("bitflip_accuracy")
+        if isinstance(bit, float) and bit == bit:
+            bars["greedy\nbit flips"] = bit
+        ax.bar(range(len(bars)), list(bars.values()), color=["C2", "C0", "C1", "C4", "C3", "C5"][: len(bars)])
+        ax.errorbar([1], [r["mean"]], yerr=[[r["mean"] - r["min"]], [r["max"] - r["mean"]]], color="k", capsize=4)
+        ax.set_xticks(range(len(bars)), list(bars.keys()), fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("test accuracy")
+        ax.set_title(f"{name}: ‖du‖ = {sigma}", fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle("random (mean; whisker min–max) vs designed", fontsize=10)
+    fig.tight_layout()
+    return save(fig, path)

@@ -1,0 +1,76 @@
+"""Sub-command `lesion report`: the one-command resilience report (issue "The main job")."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from lesion.cli.options import add_common
+from lesion.errors import LesionError
+
+DEFAULT_NET, DEFAULT_DATA = "mlp2", "mnist5k"
+
+
+def _default_model(out: Path, seed: int, quick: bool) -> str:
+    """Train (or reuse) the default reference network on mnist5k; returns its checkpoint path."""
+    from lesion.data import load
+    from lesion.nets import build_net, save_checkpoint
+    from lesion.train import TrainSettings, train
+
+    path = out / f"default-{DEFAULT_NET}-{'quick' if quick else 'full'}-seed{seed}.pt"
+    if path.exists():
+        return str(path)
+    data = load(DEFAULT_DATA)
+    model, config = build_net(DEFAULT_NET, data.input_shape, 10, seed=seed, dropout=0.2)
+    history = train(model, data.x_train, data.y_train, TrainSettings(epochs=5 if quick else 20, seed=seed),
+                    data.x_test, data.y_test)
+    save_checkpoint(path, model, DEFAULT_NET, config, data=data.to_dict(), seed=seed, training=history.to_dict(),
+                    metrics={"test_accuracy": history.test.accuracy} if history.test else {})
+    return str(path)
+
+
+def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:
+    from lesion.data import load
+    from lesion.nets import load_model, validate_model
+    from lesion.report.builder import STAGES, ReportContext, run_report
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.model is None:
+        if args.data not in (None, DEFAULT_DATA):
+            raise LesionError("--data without --model: the default network is trained on mnist5k; give --model too")
+        print(f"no --model: training (or reusing) the default {DEFAULT_NET} on {DEFAULT_DATA}")
+        args.model, args.data = _default_model(out, args.seed, args.quick), DEFAULT_DATA
+    elif args.data is None:
+        raise LesionError("--model needs --data")
+    data = load(args.data)
+    loaded = load_model(args.model, args.weights, seed=args.seed)
+    validate_model(loaded.module, data.x_test, data.num_classes, data.name)
+    stages = tuple(args.stages.split(",")) if args.stages else STAGES
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise LesionError(f"unknown stage(s) {', '.join(sorted(unknown))}: {', '.join(STAGES)}")
+    ctx = ReportContext(loaded.module, loaded.to_dict(), data, out, args.quick, args.seed)
+    html = run_report(ctx, stages)
+    print(f"report written to {html} (results in {out / 'results.json'})")
+    return {"report": str(html), "results": str(out / "results.json")}
+
+
+def register(sub: Any) -> None:
+    """Add `lesion report` to the `lesion` parser."""
+    p = sub.add_parser("report", help="one-command resilience report (HTML with plots, JSON)",
+                       description="Run the whole analysis — network and data, crash robustness, local vulnerability, "
+                                   "break-down, recovery, bit-flip sensitivity — and write DIR/report.html (plots "
+                                   "embedded), DIR/results.json and the PNG plots. Without --model, the default "
+                                   "reference network is trained on mnist5k (or reused). Finished stages are kept in "
+                                   "DIR/stages: an interrupted run resumes from them.")
+    p.add_argument("--model", metavar="M", help="a model (see `lesion evaluate --help`); default: mlp2 on mnist5k")
+    p.add_argument("--weights", metavar="FILE", help="state-dict file for --model package.module:factory")
+    p.add_argument("--data", metavar="D", help="data set (required with --model)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--quick", action="store_true", help="a smaller, faster report")
+    p.add_argument("--stages", help="comma list of stages to run (default all): network,crash,geometry,breakdown,"
+                                    "recovery,bitflips")
+    add_common(p)
+    p.set_defaults(run=_cmd_report)

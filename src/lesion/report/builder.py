@@ -1,0 +1,280 @@
+"""`lesion report`: the whole analysis of one network in six stages, each saved as it finishes so that an
+interrupted run resumes from the finished ones (issue "The main job").
+
+Stages: network and data; crash robustness ([R], MLPs); local vulnerability ([G] §3); break-down ([G] §4);
+recovery ([G] §5); bit-flip sensitivity. Each writes `stages/<name>.json` and its PNGs into the output folder;
+`report.html` (figures embedded) and `results.json` are assembled from them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lesion.data.dataset import Dataset
+from lesion.errors import LesionError
+from lesion.report.jsonio import provenance, to_jsonable, write_json
+
+STAGES = ("network", "crash", "geometry", "breakdown", "recovery", "bitflips")
+
+
+@dataclass
+class ReportContext:
+    """What every stage needs: the model, its data, sizes for a quick or full run, and where to write."""
+
+    model: nn.Module
+    model_info: dict[str, Any]
+    data: Dataset
+    out: Path
+    quick: bool
+    seed: int = 0
+
+    def size(self, quick: int, full: int) -> int:
+        """A sample size for this run."""
+        return quick if self.quick else full
+
+    @property
+    def x_eval(self) -> torch.Tensor:
+        """Test inputs for accuracies."""
+        return self.data.x_test[: self.size(500, 2000)]
+
+    @property
+    def y_eval(self) -> torch.Tensor | None:
+        """Their labels."""
+        return None if self.data.y_test is None else self.data.y_test[: len(self.x_eval)]
+
+
+def stage_network(ctx: ReportContext) -> dict[str, Any]:
+    """Section 1: architecture, parameters, data, clean accuracy with its Wilson interval."""
+    from lesion.damage import unit_sites
+    from lesion.train import evaluate
+
+    result: dict[str, Any] = {"model": ctx.model_info, "data": ctx.data.to_dict(),
+                              "parameters": sum(p.numel() for p in ctx.model.parameters()),
+                              "architecture": str(ctx.model),
+                              "hidden_layers": [s.__dict__ for s in unit_sites(ctx.model)]}
+    if ctx.data.y_test is not None:
+        result["clean"] = evaluate(ctx.model, ctx.data.x_test, ctx.data.y_test).to_dict()
+    return result
+
+
+def stage_crash(ctx: ReportContext) -> dict[str, Any]:
+    """Section 2: Erf_av against measured Omega_av for f = 1..5 in each hidden layer, tolerated crashes."""
+    from lesion.crash import (
+        CrashBudget,
+        budget_bound,
+        exact_omega,
+        mlp_structure,
+        monte_carlo_omega,
+        output_bounds,
+        plan,
+    )
+    from lesion.report.plots import Series, line_plot
+
+    try:
+        structure = mlp_structure(ctx.model)
+    except LesionError as err:
+        return {"skipped": f"the crash bound of [R] is defined for MLPs only: {err}"}
+    x = ctx.data.x_test[: ctx.size(300, 1000)]
+    C = output_bounds(structure, x)
+    limit = ctx.size(5.0, 30.0)
+    rows, series = [], []
+    for layer in range(1, structure.depth + 1):
+        width = structure.widths[layer - 1]
+        points = []
+        for f in range(1, min(5, width) + 1):
+            budget = CrashBudget((layer,), (width,), f)
+            bound = budget_bound(structure, f, (layer,), C)
+            if plan(structure, budget, len(x)).estimated_seconds <= limit:
+                omega = exact_omega(structure, x, budget, time_limit=None)
+            else:
+                omega = monte_carlo_omega(structure, x, budget, samples=ctx.size(200, 1000), seed=ctx.seed)
+            points.append({"layer": layer, "faults": f, "erf": bound.erf, "erf_av": bound.erf_av,
+                           "omega_av": omega.omega_av, "omega_av_ci": omega.omega_av_ci, "omega_max": omega.omega_max,
+                           "exact": omega.exact, "sets": omega.sets, "samples": omega.samples})
+        rows += points
+        fs = [p["faults"] for p in points]
+        color = {"color": f"C{layer - 1}"}
+        series.append(Series(f"Omega_av, layer {layer}", fs, [p["omega_av"] for p in points], extra=color))
+        series.append(Series(f"Erf_av, layer {layer}", fs, [p["erf_av"] for p in points], style="--", extra=color))
+    plot = line_plot(ctx.out / "crash.png", series, "crashed units f", "error on the raw outputs (‖·‖∞)",
+                     "Crash robustness: measured Omega_av against the bound Erf_av",
+                     f"{len(x)} test inputs of {ctx.data.name}; exact over every crash set where affordable, else "
+                     f"Monte Carlo ({ctx.size(200, 1000)} sets, 95% CI in the table); C measured on these inputs "
+                     f"({', '.join(f'{c:.3g}' for c in C.values)}): the bound is data-dependent", logy=True)
+    budgets = [0.1, 0.5, 1.0]
+    tolerance = []
+    for layer in range(1, structure.depth + 1):
+        mine = [p for p in rows if p["layer"] == layer]
+        for eps in budgets:
+            row = {"layer": layer, "epsilon": eps}
+            for key in ("erf", "erf_av", "omega_av"):
+                tolerated = 0
+                for p in mine:
+                    if p[key] > eps:
+                        break
+                    tolerated = p["faults"]
+                row[key] = tolerated
+            tolerance.append(row)
+    return {"rows": rows, "tolerance": tolerance, "inputs": len(x), "C": list(C.values), "figures": [plot.name]}
+
+
+def stage_geometry(ctx: ReportContext) -> dict[str, Any]:
+    """Section 3: spectrum of the metric, ρ, random against adversarial weight perturbation at σ = 1."""
+    from lesion.geometry.attack import attack
+    from lesion.geometry.metric import MetricOperator
+    from lesion.geometry.spectrum import spectrum
+    from lesion.report.plots import attack_plot, spectrum_plot
+
+    inputs = ctx.size(100, 500)
+    x_an = ctx.data.x_train[:inputs]
+    spec = spectrum(MetricOperator(ctx.model, x_an), top=20)
+    figures = [spectrum_plot(ctx.out / "spectrum.png", {"g": spec.eigenvalues}, spec.threshold,
+                             "Spectrum of the metric tensor g",
+                             f"{inputs} training inputs of {ctx.data.name}; {spec.method} route; "
+                             f"{'all nonzero' if spec.all_nonzero else 'top'} eigenvalues").name]
+    result: dict[str, Any] = {"spectrum": spec.to_dict()}
+    if ctx.data.y_train is not None and ctx.y_eval is not None:
+        att = attack(ctx.model, x_an, ctx.data.y_train[:inputs], ctx.x_eval, ctx.y_eval, 1.0,
+                     ctx.size(50, 300), k=10, seed=ctx.seed, bitflips=False)
+        result["attack"] = att.to_dict()
+        figures.append(attack_plot(ctx.out / "attack.png", {"network": att.to_dict()}, 1.0).name)
+    result["figures"] = figures
+    return result
+
+
+def stage_breakdown(ctx: ReportContext) -> dict[str, Any]:
+    """Section 4: deletion curves per hidden layer, measured and predicted break-down points."""
+    from lesion.damage import unit_sites
+    from lesion.geometry.breakdown import breakdown_plot, deletion_curve, progressive_path, unit_order
+
+    if ctx.y_eval is None:
+        return {"skipped": "the data have no test labels: deletion curves need accuracy"}
+    fractions = tuple(float(f) for f in np.round(np.linspace(0, 1, 11), 6))
+    sites = unit_sites(ctx.model)
+    # layers are addressed by their 1-based index: module names may themselves be digits (nn.Sequential)
+    curves = [deletion_curve(ctx.model, ctx.x_eval, ctx.y_eval, str(site.index), fractions, "random",
+                             ctx.size(2, 5), 0.9, ctx.seed) for site in sites]
+    first = "1"
+    sequence = unit_order(ctx.model, first, "random", np.random.default_rng(ctx.seed + 1000))
+    profile = progressive_path(ctx.model, first, sequence, ctx.data.x_train[: ctx.size(30, 100)], ctx.x_eval,
+                               ctx.y_eval, fractions)
+    breakdown_plot(str(ctx.out / "breakdown.png"), curves, [profile], "Break-down under unit deletion",
+                   f"{len(ctx.x_eval)} test inputs; {ctx.size(2, 5)} random orders per layer (band: 95% CI); dotted: "
+                   "measured break-down (below 90% of clean); right: covariant acceleration along a deletion path of "
+                   f"{first}")
+    return {"curves": [c.to_dict() for c in curves], "path": profile.to_dict(), "figures": ["breakdown.png"]}
+
+
+def stage_recovery(ctx: ReportContext) -> dict[str, Any]:
+    """Section 5: geodesic recovery against naive deletion and fine-tuning for 80% of the first layer's units."""
+    from lesion.geometry.damage_set import parse_delete
+    from lesion.geometry.recovery import RecoveryProblem, recover
+    from lesion.report.plots import Series, line_plot
+
+    if ctx.data.y_train is None or ctx.y_eval is None:
+        return {"skipped": "the data have no labels: recovery is judged by accuracy and fine-tuning needs labels"}
+    spec = "units:1:frac=0.8"  # the first hidden layer
+    damage = parse_delete(ctx.model, spec, torch.Generator().manual_seed(ctx.seed))
+    x_train = ctx.data.x_train[: ctx.size(2000, 10000)]
+    problem = RecoveryProblem(ctx.model, x_train, ctx.data.y_train[: len(x_train)], ctx.x_eval, ctx.y_eval, damage)
+    results, _ = recover(problem, ["naive", "geodesic", "finetune"], ctx.size(1.0, 3.0), ctx.seed,
+                         {"betas": (1.0,), "radius": 1.0, "batch": 32, "max_steps": 200})
+    series = [Series(n, [r.epoch_equivalents], [r.accuracy], style="o") for n, r in results.items()]
+    line_plot(ctx.out / "recovery.png", series, "epoch-equivalents", "test accuracy",
+              f"Recovery after deleting {damage.describe()}",
+              f"{len(x_train)} training and {len(ctx.x_eval)} test inputs; geodesic: trust-region steps on "
+              "32-input minibatches; fine-tuning with the deleted weights held at zero")
+    return {"damage": spec, "description": damage.describe(), "methods": {n: r.to_dict() for n, r in results.items()},
+            "figures": ["recovery.png"]}
+
+
+def stage_bitflips(ctx: ReportContext) -> dict[str, Any]:
+    """Section 6: accuracy under random float32 bit errors at several rates; the most damaging single bits."""
+    from lesion.damage import BitFlip, Target, batched_damaged_outputs, realise
+    from lesion.damage.bits import bit_name
+    from lesion.damage.campaign import Campaign
+    from lesion.report.plots import Series, line_plot
+    from lesion.train import evaluate_outputs
+
+    if ctx.y_eval is None:
+        return {"skipped": "the data have no test labels"}
+    rates = [1e-6, 1e-5, 1e-4, 1e-3]
+    rows = []
+    for rate in rates:
+        res = Campaign(ctx.model, ctx.x_eval, ctx.y_eval, [BitFlip("all", ber=rate)], seed=ctx.seed).run(
+            samples=ctx.size(20, 100))
+        rows.append({"ber": rate, **res.accuracy, "failure_rate": res.failure_rate})
+    plot = line_plot(ctx.out / "bitflips.png",
+                     [Series("mean accuracy", rates, [r["mean"] for r in rows], [r["ci"][0] for r in rows],
+                             [r["ci"][1] for r in rows]),
+                      Series("worst sample", rates, [r["min"] for r in rows], style="--")],
+                     "bit-error rate (float32, all weights)", "test accuracy", "Bit-flip sensitivity",
+                     f"{ctx.size(20, 100)} random fault patterns per rate on {len(ctx.x_eval)} test inputs; band: "
+                     "95% CI of the mean", logx=True)
+    target = Target(ctx.model)
+    flat = torch.cat([v.reshape(-1) for v in target.base.values()])
+    names = list(target.base)
+    sizes = np.cumsum([0] + [v.numel() for v in target.base.values()])
+    top = torch.topk(flat.abs(), min(ctx.size(10, 30), len(flat))).indices.tolist()
+    candidates = []
+    for index in top:
+        which = int(np.searchsorted(sizes, index, side="right") - 1)
+        for bit in (31, 30, 29, 28, 27):
+            candidates.append((names[which], index - int(sizes[which]), bit))
+    configs = [realise(target, [BitFlip(n, index=str(i), bit=b)], torch.Generator()) for n, i, b in candidates]
+    outputs = batched_damaged_outputs(ctx.model, configs, ctx.x_eval, desc="single bits")
+    singles = []
+    for (n, i, b), config, out in zip(candidates, configs, outputs, strict=True):
+        fault = config.faults[0]
+        singles.append({"param": n, "index": i, "bit": b, "bit_name": bit_name("float32", b),
+                        "before": fault["before"], "after": fault["after"],
+                        "accuracy": evaluate_outputs(out, ctx.y_eval).accuracy})
+    singles.sort(key=lambda r: r["accuracy"])
+    return {"rates": rows, "single_bits": singles[:10], "candidates": len(candidates), "figures": [plot.name]}
+
+
+RUNNERS: dict[str, Callable[[ReportContext], dict[str, Any]]] = {
+    "network": stage_network, "crash": stage_crash, "geometry": stage_geometry, "breakdown": stage_breakdown,
+    "recovery": stage_recovery, "bitflips": stage_bitflips}
+
+
+def run_report(ctx: ReportContext, stages: tuple[str, ...] = STAGES, log: Callable[[str], None] = print) -> Path:
+    """Run (or resume) the stages, then write report.html and results.json; returns the HTML path."""
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    key = {"model": ctx.model_info.get("digest"), "data": ctx.data.name, "quick": ctx.quick, "seed": ctx.seed}
+    results: dict[str, Any] = {}
+    for i, name in enumerate(stages, start=1):
+        path = ctx.out / "stages" / f"{name}.json"
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved.get("key") == key:
+                results[name] = saved["result"]
+                log(f"[{i}/{len(stages)}] {name}: finished earlier, reused")
+                continue
+        started = time.perf_counter()
+        log(f"[{i}/{len(stages)}] {name} …")
+        result = to_jsonable(RUNNERS[name](ctx))
+        result["seconds"] = time.perf_counter() - started
+        write_json(path, {"key": key, "result": result})
+        results[name] = result
+        log(f"[{i}/{len(stages)}] {name}: done in {result['seconds']:.1f} s")
+    write_json(ctx.out / "results.json", {"provenance": provenance(**key), **results})
+    from lesion.report.html import render
+    from lesion.report.sections import build_sections
+
+    subtitle = (f"model {ctx.model_info.get('source')} ({ctx.model_info.get('digest')}), data {ctx.data.name}; "
+                f"{'quick' if ctx.quick else 'full'} run, seed {ctx.seed}")
+    page = render("lesion resilience report", subtitle, build_sections(results, ctx.out))
+    html_path = ctx.out / "report.html"
+    html_path.write_text(page)
+    return html_path
+

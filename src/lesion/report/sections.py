@@ -1,0 +1,136 @@
+"""The report's sections from the stages' results: text, tables with counts and intervals, figures."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from lesion.report.html import Section
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """Numbers for tables: fixed decimals, or scientific for very large or small values."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
+            return f"{value:.{digits - 1}e}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _figures(result: dict[str, Any], out: Path, captions: dict[str, str]) -> list[tuple[Path, str]]:
+    return [(out / name, captions.get(name, name)) for name in result.get("figures", []) if (out / name).exists()]
+
+
+def _skipped(section: Section, result: dict[str, Any]) -> bool:
+    if "skipped" in result:
+        section.paragraphs.append(f"Not computed: {result['skipped']}.")
+        return True
+    return False
+
+
+def build_sections(results: dict[str, Any], out: Path) -> list[Section]:
+    """One Section per stage, in the report's order."""
+    sections = []
+    net = results.get("network", {})
+    s = Section("network", "1. Network and data")
+    clean = net.get("clean")
+    description = net.get("data", {}).get("description", "")
+    s.paragraphs.append(f"{net.get('parameters', 0):,} trainable parameters; data: {description}")
+    if clean:
+        lo, hi = clean["accuracy_ci"]
+        s.paragraphs.append(f"Clean test accuracy {clean['accuracy']:.4f} (95% Wilson interval {lo:.4f}–{hi:.4f}, "
+                            f"n = {clean['n']}), loss {clean['loss']:.4f}.")
+    layers = net.get("hidden_layers", [])
+    s.tables.append((["hidden layer", "module", "units", "kind"],
+                     [[str(h["index"]), h["module"], str(h["width"]), h["kind"]] for h in layers]))
+    sections.append(s)
+
+    crash = results.get("crash", {})
+    s = Section("crash", "2. Crash robustness ([R])")
+    if not _skipped(s, crash):
+        s.paragraphs.append(f"Measured error Omega_av (mean of ‖F − F_S‖∞ over crash sets and {crash['inputs']} test "
+                            "inputs) against the bound Erf_av computed from the weights (SPEC §2). Exact over every "
+                            "crash set where affordable; Monte Carlo rows give a 95% CI and their maxima are lower "
+                            "bounds.")
+        s.tables.append((["layer", "f", "Erf", "Erf_av", "Omega_av", "95% CI", "Omega_max", "exact", "sets"],
+                         [[str(r["layer"]), str(r["faults"]), fmt(r["erf"]), fmt(r["erf_av"]), fmt(r["omega_av"]),
+                           "–" if not r["omega_av_ci"] else f"{fmt(r['omega_av_ci'][0])}–{fmt(r['omega_av_ci'][1])}",
+                           fmt(r["omega_max"]), fmt(r["exact"]), f"{r['sets']:,}" + ("" if r["exact"] else
+                                                                                        f" ({r['samples']} sampled)")]
+                          for r in crash["rows"]]))
+        s.tables.append((["layer", "error budget ε", "tolerated f by Erf", "by Erf_av", "by measured Omega_av"],
+                         [[str(t["layer"]), fmt(t["epsilon"]), str(t["erf"]), str(t["erf_av"]), str(t["omega_av"])]
+                          for t in crash["tolerance"]]))
+        s.figures += _figures(crash, out, {"crash.png": "Omega_av (solid) and Erf_av (dashed) against f"})
+    sections.append(s)
+
+    geo = results.get("geometry", {})
+    s = Section("geometry", "3. Local vulnerability ([G] §3)")
+    spec = geo.get("spectrum", {})
+    if spec:
+        s.paragraphs.append(f"Metric tensor on {spec['inputs']} inputs, n = {spec['parameters']:,} parameters: "
+                            f"trace {fmt(spec['trace'])}, largest eigenvalue {fmt(spec['eigenvalues'][0])}"
+                            + (f", rank {spec['rank']}, ρ({spec['threshold']:g}) = {fmt(spec['rho'])} (fraction of "
+                               "the n directions; at most m·|X|/n)" if spec.get("rank") is not None else "") + ".")
+    att = geo.get("attack")
+    if att:
+        r = att["random_accuracy"]
+        s.tables.append((["perturbation at ‖du‖ = 1", "test accuracy"],
+                         [["none (clean)", fmt(att["clean_accuracy"])],
+                          [f"random directions (n = {r['n']}): mean [95% CI] (min–max)",
+                           f"{fmt(r['mean'])} [{fmt(r['ci'][0])}–{fmt(r['ci'][1])}] ({fmt(r['min'])}–{fmt(r['max'])})"],
+                          ["top eigenvector", fmt(att["top_eigenvector_accuracy"])],
+                          ["loss gradient", fmt(att["gradient_accuracy"])],
+                          ["adversarial (span of the top eigenvectors)", fmt(att["adversarial_accuracy"])]]))
+        c = att["collapse"]
+        s.paragraphs.append(f"Under the adversarial perturbation {c['share']:.1%} of the test inputs are classified "
+                            f"as class {c['class']}.")
+    s.figures += _figures(geo, out, {"spectrum.png": "sorted eigenvalues of g and their density",
+                                     "attack.png": "random against designed perturbations"})
+    sections.append(s)
+
+    bd = results.get("breakdown", {})
+    s = Section("breakdown", "4. Break-down under unit deletion ([G] §4)")
+    if not _skipped(s, bd):
+        path = bd["path"]
+        s.tables.append((["layer", "units", "orders", "measured break-down fraction"],
+                         [[c["layer"], str(c["units"]), str(c["orders"]), fmt(c["breakdown_fraction"])]
+                          for c in bd["curves"]]))
+        s.paragraphs.append("Predicted break-down of the first layer from the covariant acceleration along a deletion "
+                            f"path (first spike above 10× its start): {fmt(path['predicted_breakdown'])}.")
+        s.figures += _figures(bd, out, {"breakdown.png": "accuracy against the fraction of units deleted (95% CI over "
+                                                         "random orders) and acceleration along a deletion path"})
+    sections.append(s)
+
+    rec = results.get("recovery", {})
+    s = Section("recovery", "5. Recovery without retraining ([G] §5)")
+    if not _skipped(s, rec):
+        s.paragraphs.append(f"Damage: {rec['description']}.")
+        s.tables.append((["method", "test accuracy", "epoch-equivalents", "seconds"],
+                         [[n, fmt(r["accuracy"]), fmt(r["epoch_equivalents"], 3), fmt(r["wall_seconds"], 3)]
+                          for n, r in rec["methods"].items()]))
+        s.figures += _figures(rec, out, {"recovery.png": "accuracy against compute"})
+    sections.append(s)
+
+    bits = results.get("bitflips", {})
+    s = Section("bitflips", "6. Bit-flip sensitivity")
+    if not _skipped(s, bits):
+        s.tables.append((["bit-error rate", "samples", "mean accuracy", "95% CI", "worst", "failure rate (Wilson CI)"],
+                         [[fmt(r["ber"]), str(r["n"]), fmt(r["mean"]), f"{fmt(r['ci'][0])}–{fmt(r['ci'][1])}",
+                           fmt(r["min"]), f"{fmt(r['failure_rate']['rate'])} ({fmt(r['failure_rate']['ci'][0])}–"
+                                          f"{fmt(r['failure_rate']['ci'][1])})"] for r in bits["rates"]]))
+        s.paragraphs.append(f"Most damaging single bits among {bits['candidates']} candidates (the sign and top "
+                            "exponent bits of the largest weights):")
+        s.tables.append((["parameter", "index", "bit", "before", "after", "accuracy"],
+                         [[b["param"], str(b["index"]), f"{b['bit']} ({b['bit_name']})", fmt(b["before"]),
+                           fmt(b["after"]), fmt(b["accuracy"])] for b in bits["single_bits"]]))
+        s.figures += _figures(bits, out, {"bitflips.png": "accuracy against the bit-error rate"})
+    sections.append(s)
+    return sections

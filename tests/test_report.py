@@ -1,0 +1,95 @@
+"""`lesion report` on a user's own model (factory + weights) with npz data; resume; headless Chromium (slow)."""
+
+import json
+import re
+import shutil
+import subprocess
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from lesion.cli import main
+from lesion.data import load
+
+SECTIONS = ("network", "crash", "geometry", "breakdown", "recovery", "bitflips")
+
+
+@pytest.fixture(scope="module")
+def user_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("user")
+    pkg = root / "usermodels"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "nets.py").write_text(textwrap.dedent("""
+        from torch import nn
+
+        def small():
+            return nn.Sequential(nn.Flatten(), nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 10))
+    """))
+    import sys
+
+    sys.path.insert(0, str(root))
+    from usermodels.nets import small
+
+    from lesion.train import TrainSettings, train
+
+    data = load("digits")
+    model = small()
+    train(model, data.x_train, data.y_train, TrainSettings(epochs=10, seed=0))
+    torch.save(model.state_dict(), root / "w.pt")
+    np.savez(root / "d.npz", x=data.x_train.numpy(), y=data.y_train.numpy(), x_test=data.x_test.numpy(),
+             y_test=data.y_test.numpy())
+    out = root / "report"
+    argv = ["report", "--model", "usermodels.nets:small", "--weights", str(root / "w.pt"), "--data",
+            f"npz:{root / 'd.npz'}", "--quick", "--out", str(out)]
+    assert main(argv) == 0
+    yield out, argv
+    sys.path.remove(str(root))
+
+
+def test_report_on_a_user_model_with_npz_data(user_report):
+    out, _ = user_report
+    page = (out / "report.html").read_text()
+    for section in SECTIONS:
+        assert f"<section id='{section}'>" in page
+    images = re.findall(r"<img src='data:image/png;base64,", page)
+    assert len(images) >= 6  # crash, spectrum, attack, breakdown, recovery, bit flips — all embedded
+    results = json.loads((out / "results.json").read_text())
+    assert set(SECTIONS) <= results.keys()
+    assert results["network"]["clean"]["n"] == 360
+    assert results["crash"]["rows"][0]["exact"] is True
+    assert results["bitflips"]["rates"][0]["n"] == 20
+
+
+def test_report_resumes_from_finished_stages(user_report, capsys):
+    out, argv = user_report
+    stamp = (out / "stages" / "crash.json").stat().st_mtime_ns
+    assert main(argv) == 0
+    assert "finished earlier, reused" in capsys.readouterr().out
+    assert (out / "stages" / "crash.json").stat().st_mtime_ns == stamp
+
+
+def test_report_refuses_data_without_model(tmp_path, capsys):
+    assert main(["report", "--data", "digits", "--out", str(tmp_path)]) == 2
+    assert main(["report", "--model", "preset:mlp2", "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(user_report, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (make test-all installs it)")
+    out, _ = user_report
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    url = (out / "report.html").resolve().as_uri()
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, "--window-size=1200,4000", f"--screenshot={shot}", url], check=True, timeout=120,
+                   capture_output=True)
+    assert shot.stat().st_size > 50_000
+    dom = subprocess.run([*flags, "--dump-dom", url], check=True, timeout=120, capture_output=True, text=True).stdout
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in dom
+    assert dom.count("<img ") >= 6 and "data:image/png;base64," in dom
