@@ -72,10 +72,14 @@ def gram_matrix(op: MetricOperator) -> torch.Tensor:
         structure = mlp_structure_at(op)
     except LesionError:
         return _gram_from_jacobians(op)
-    B = op.inputs
+    return gram_from_factors(mlp_factors(structure, op.x, op.output))
+
+
+def gram_from_factors(factors: list[tuple[torch.Tensor, torch.Tensor, bool]]) -> torch.Tensor:
+    """K = Σ_l (δ_l δ_lᵀ) ⊙ (a_l a_lᵀ + [bias]) from the layer factors of `mlp_factors`."""
     K = None
-    for a, delta, has_bias in mlp_factors(structure, op.x, op.output):
-        m = delta.shape[1]
+    for a, delta, has_bias in factors:
+        B, m = delta.shape[0], delta.shape[1]
         flat = delta.reshape(B * m, -1)
         term = flat @ flat.T  # δ·δ'
         S = a @ a.T + (1.0 if has_bias else 0.0)  # a·a' (+1 for the bias)

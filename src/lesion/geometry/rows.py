@@ -13,7 +13,7 @@ from torch import nn
 
 from lesion.crash.structure import MLPStructure
 from lesion.errors import LesionError
-from lesion.geometry.gram import MLPGramProduct, mlp_structure_at
+from lesion.geometry.gram import MLPGramProduct, gram_from_factors, mlp_structure_at
 from lesion.geometry.metric import MetricOperator
 
 
@@ -49,18 +49,10 @@ class MLPRows:
         self.rows = self.product.size
         self.names = names
         self.linear = structure.linear_names
-        self._layout = None
 
     def gram(self) -> torch.Tensor:
         """K from the factors: Σ_l (δδᵀ) ⊙ (aaᵀ + [bias])."""
-        B, m = self.product.inputs, self.product.m
-        K = torch.zeros(B * m, B * m, dtype=torch.float64)
-        for a, delta, has_bias in self.product.factors:
-            flat = delta.reshape(B * m, -1)
-            term = flat @ flat.T
-            term.view(B, m, B, m).mul_((a @ a.T + (1.0 if has_bias else 0.0)).view(B, 1, B, 1))
-            K += term
-        return K
+        return gram_from_factors(self.product.factors)
 
     def _split(self, v: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         out, offset = [], 0
