@@ -200,8 +200,17 @@ def test_int8_every_bit_matches_python_ints(bit):
     data=st.data(),
 )
 def test_int8_flips_stay_in_range(values, bit, data):
+    check_int8_flip(values, bit, data.draw(st.integers(0, len(values) - 1)))
+
+
+@pytest.mark.parametrize("bit", range(8))
+def test_int8_flips_of_subnormal_weights(bit):
+    # found by hypothesis: float32 subnormals, where one float32 step is 1.4e-45
+    check_int8_flip([2.059908742557481e-43], bit, 0)
+
+
+def check_int8_flip(values, bit, i):
     w = torch.tensor(values, dtype=torch.float32)
-    i = data.draw(st.integers(0, len(values) - 1))
     scale = int8_scale(w)
     q = int(encode(w, "int8")[i])
     out = flip_bits(w, torch.tensor([i]), torch.tensor([bit]), "int8")
@@ -209,7 +218,10 @@ def test_int8_flips_stay_in_range(values, bit, data):
     assert -128 * scale * (1 + 1e-6) <= v <= 127 * scale * (1 + 1e-6)
     q_new = round(v / scale)
     assert -128 <= q_new <= 127
-    assert math.isclose(v, q_new * scale, rel_tol=1e-6, abs_tol=0)
+    # the stored value is float32: exact up to one float32 step at its magnitude (relative 6e-8 for normal
+    # numbers, absolute 1.4e-45 for subnormal ones)
+    step = float(np.spacing(np.float32(abs(q_new * scale))))
+    assert math.isclose(v, q_new * scale, rel_tol=1e-6, abs_tol=step)
     assert q_new == ref_flip_int8(q, bit)
 
 

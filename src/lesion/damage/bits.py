@@ -92,7 +92,9 @@ def encode(w: torch.Tensor, fmt: str, scale: float | None = None) -> torch.Tenso
     if not bool(torch.isfinite(w32).all()):
         raise LesionError("int8 quantisation needs finite weights: the tensor holds NaN or infinite values")
     s = int8_scale(w32) if scale is None else _check_scale(scale)
-    return torch.clamp(torch.round(w32 / s), -128, 127).to(torch.int8)
+    # in float64: a float32 tensor times a Python float would round the scale to float32 first, which breaks
+    # the int8 grid when the scale is tiny (subnormal weights)
+    return torch.clamp(torch.round(w32.double() / s), -128, 127).to(torch.int8)
 
 
 def decode(words: torch.Tensor, fmt: str, scale: float | None = None) -> torch.Tensor:
@@ -113,7 +115,7 @@ def decode(words: torch.Tensor, fmt: str, scale: float | None = None) -> torch.T
         return words.contiguous().view(_FLOAT_DTYPES[fmt]).to(torch.float32)
     if scale is None:
         raise LesionError("decoding int8 words needs the scale they were encoded with: pass scale=")
-    return words.to(torch.float32) * _check_scale(scale)
+    return (words.to(torch.float64) * _check_scale(scale)).to(torch.float32)  # q·scale rounded once
 
 
 def _as_index_tensor(x: torch.Tensor | Sequence[int], what: str) -> torch.Tensor:
