@@ -270,3 +270,25 @@ def test_cli_crash_commands(tmp_path, capsys):
     assert "ranking" in capsys.readouterr().out
     assert main(["crash", "omega", "--model", str(ckpt), "--data", f"npz:{tmp_path / 'x.npz'}", "--faults", "9"]) == 2
     assert main(["crash", "bound", "--model", "preset:cnn", "--faults", "1"]) == 2
+
+
+@pytest.mark.parametrize("norm", ["inf", "1", "2"])
+def test_additive_kernel_tiles_match_brute_force(norm):
+    """Every tile shape and edge of the additive kernel (units up to 13, f up to 5, ragged chunks and lanes)
+    against a float64 enumeration of the sets with numpy; the result does not depend on the thread count."""
+    from lesion.crash.additive import CHUNK, run_block
+
+    rng = np.random.default_rng(3)
+    order = {"inf": np.inf, "1": 1, "2": 2}[norm]
+    for n, f, inputs in [(2, 1, 5), (3, 2, 7), (4, 3, 40), (6, 2, 2 * CHUNK + 3), (7, 4, 33), (9, 5, 100),
+                         (13, 3, 130), (13, 2, 1), (5, 5, 9)]:
+        contrib = rng.normal(size=(n, 3, inputs))
+        sets = list(itertools.combinations(range(n), f))
+        d = np.array([np.linalg.norm(contrib[list(s)].sum(axis=0), ord=order, axis=0) for s in sets])
+        set_sums, input_max, (total, total_sq, maximum) = run_block(contrib, f, norm, len(sets), threads=1)
+        np.testing.assert_allclose(set_sums, d.sum(axis=1), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(input_max, d.max(axis=0), rtol=1e-12)
+        np.testing.assert_allclose([total, total_sq, maximum], [d.sum(), (d * d).sum(), d.max()], rtol=1e-12)
+        threaded = run_block(contrib, f, norm, len(sets), threads=2)
+        assert np.array_equal(threaded[0], set_sums) and np.array_equal(threaded[1], input_max)
+        assert np.array_equal(threaded[2], [total, total_sq, maximum])

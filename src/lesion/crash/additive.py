@@ -1,110 +1,222 @@
 """The additive engine for exact Omega (SPEC §2.1): one hidden layer and a linear output.
 
-Then F(x) − F_S(x) = Σ_{i∈S} c_i(x) with c_i(x) = w_i^{(2)} y_i(x) ∈ R^m, the contribution of unit i. Sets
-are enumerated in lexicographic order with incremental partial sums: the sum over the first f − 1 units of
-a set is kept, so each set costs one m-vector addition per input. Inputs are processed in chunks small
-enough that the chunk's contributions stay in the CPU cache, several chunks in parallel; each chunk reduces
-to per-set sums, per-input maxima and scalar totals, merged in chunk order (bit-identical for a given chunk
-size, whatever the number of threads).
+Then F(x) − F_S(x) = Σ_{i∈S} c_i(x) with c_i(x) = w_i^{(2)} y_i(x) ∈ R^m, the contribution of unit i.
 
-The kernel is compiled (numba) with the output dimension as a constant, so that its loop over inputs
-vectorises; it releases the GIL and chunks run on as many threads as torch is allowed (torch is idle then).
+Enumeration. A set S = P ∪ {d, i} (P its first f − 2 units, d < i its last two) is split into a prefix P,
+enumerated in lexicographic order with incremental partial sums, and the pair (d, i). For one prefix the
+rows U_d = Σ_P c + c_d (every d after P) and the columns c_i form a triangle of pairs d < i, covered by
+register tiles of 3 rows × 2 columns (and smaller tiles on its edges): a tile loads 5 vectors per output
+and input and evaluates 6 sets, where a set at a time loads 2 per set. Sets are visited in lexicographic
+order, so that set ranks are computed, not stored.
+
+Inputs are processed in chunks of `CHUNK` inputs (the rows and columns of a chunk stay in L1/L2); a block
+of inputs is split into `LANES` lanes of consecutive chunks, each lane accumulating its own per-set sums,
+per-input maxima and sum of squares, merged in lane order. The lanes run on threads (the kernels release
+the GIL; torch is idle meanwhile), and the result does not depend on the number of threads.
+
+The kernels are generated Python source (the tile shapes and the output count m are unrolled, so that each
+input loop vectorises with its accumulators in registers), written to a cache folder and compiled by
+numba once per (m, norm); numba's on-disk cache keeps them across processes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import math
+import os
+import sys
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
+from pathlib import Path
 
-import numba
 import numpy as np
 
-NORMS = {"inf": 0, "1": 1, "2": 2}
-# Full fast-math: contributions are finite (validated weights), so sums and maxima may be reordered and the
-# loops over inputs vectorise. The order is fixed by the compiled code, so results repeat bit for bit.
-_FAST = True
+NORMS = ("inf", "1", "2")
+CHUNK = 32  # inputs per kernel chunk
+LANES = 4  # lanes per block (fixed, so that results do not depend on the number of threads)
+KERNEL_VERSION = 1
+
+# Tiles: name -> (rows, columns, the (row, column) pairs evaluated). `tri` covers the three pairs of rows
+# d, d+1 and columns d+1, d+2 with row < column, the corner of a triangle.
+_TILES = {
+    "full": (3, 2, [(r, c) for r in range(3) for c in range(2)]),
+    "col": (3, 1, [(0, 0), (1, 0), (2, 0)]),
+    "tri": (2, 2, [(0, 0), (0, 1), (1, 1)]),
+    "one": (1, 1, [(0, 0)]),
+}
 
 
-@cache
-def _kernel(M: int) -> Callable:
-    """The chunk kernel for M outputs (a compile-time constant: the loop over outputs unrolls and the loop
-    over inputs vectorises). It releases the GIL, so chunks run in parallel threads."""
+def _accumulate(norm: str, acc: str, expr: str, first: bool) -> str:
+    """One output's term of the distance ‖·‖_q, folded into `acc` (q = ∞: max |·|; q = 1: Σ |·|; q = 2: Σ ·²)."""
+    if norm == "inf":
+        return f"{acc} = abs({expr})" if first else f"{acc} = max({acc}, abs({expr}))"
+    if norm == "1":
+        return f"{acc} = abs({expr})" if first else f"{acc} += abs({expr})"
+    return f"{acc} = ({expr}) ** 2" if first else f"{acc} += ({expr}) ** 2"
 
-    @numba.njit(cache=True, fastmath=_FAST, nogil=True)
-    def distances(base: np.ndarray, ci: np.ndarray, norm: int, out: np.ndarray) -> None:
-        """out[x] = ‖base[:, x] + ci[:, x]‖ over the M outputs."""
-        nx = out.shape[0]
-        if norm == 0:
-            for x in range(nx):
-                acc = 0.0
-                for k in range(M):
-                    a = abs(base[k, x] + ci[k, x])
-                    acc = a if a > acc else acc
-                out[x] = acc
-        elif norm == 1:
-            for x in range(nx):
-                acc = 0.0
-                for k in range(M):
-                    acc += abs(base[k, x] + ci[k, x])
-                out[x] = acc
-        else:
-            for x in range(nx):
-                acc = 0.0
-                for k in range(M):
-                    v = base[k, x] + ci[k, x]
-                    acc += v * v
-                out[x] = np.sqrt(acc)
 
-    @numba.njit(cache=True, fastmath=_FAST, nogil=True)
-    def reduce_row(d: np.ndarray, input_max: np.ndarray) -> tuple:
-        """(Σ d, Σ d²) of one set's distances; input_max[x] ← max(input_max[x], d[x])."""
-        total = 0.0
-        total_sq = 0.0
-        for x in range(d.shape[0]):
-            v = d[x]
-            total += v
-            total_sq += v * v
-            input_max[x] = v if v > input_max[x] else input_max[x]
-        return total, total_sq
+def _tile_source(name: str, m: int, rows: int, cols: int, pairs: list[tuple[int, int]], norm: str) -> str:
+    """A tile: the distances of rows U[d0 + r] + columns C[i0 + c] for its pairs over the chunk's inputs;
+    returns their sums over inputs and the sum of their squares, and raises input_max."""
+    lines = ["@numba.njit(cache=True, fastmath=True, nogil=True, boundscheck=False, inline='always')",
+             f"def {name}(U, C, d0, i0, nx, input_max):"]
+    lines += [f"    u{r} = U[d0 + {r}]" for r in range(rows)]
+    lines += [f"    v{c} = C[i0 + {c}]" for c in range(cols)]
+    lines += [f"    s{r}{c} = 0.0" for r, c in pairs]
+    lines += ["    sq = 0.0", "    for x in range(nx):"]
+    for k in range(m):
+        lines += [f"        p{r} = u{r}[{k}, x]" for r in range(rows)]
+        lines += [f"        q{c} = v{c}[{k}, x]" for c in range(cols)]
+        lines += ["        " + _accumulate(norm, f"a{r}{c}", f"p{r} + q{c}", k == 0) for r, c in pairs]
+    if norm == "2":
+        lines += [f"        a{r}{c} = np.sqrt(a{r}{c})" for r, c in pairs]
+    lines += [f"        s{r}{c} += a{r}{c}" for r, c in pairs]
+    lines.append("        sq += " + " + ".join(f"a{r}{c} * a{r}{c}" for r, c in pairs))
+    largest = "a{}{}".format(*pairs[0])
+    for r, c in pairs[1:]:
+        largest = f"max({largest}, a{r}{c})"
+    lines.append(f"        input_max[x] = max(input_max[x], {largest})")
+    lines.append("    return (" + ", ".join(f"s{r}{c}" for r, c in pairs) + ", sq)")
+    return "\n".join(lines)
 
-    @numba.njit(cache=True, fastmath=_FAST, nogil=True, boundscheck=False)
-    def chunk(contrib: np.ndarray, f: int, norm: int, set_sums: np.ndarray, input_max: np.ndarray) -> np.ndarray:
-        n, _, nx = contrib.shape
-        partial = np.zeros((f, M, nx))  # partial[t + 1] = Σ contributions of idx[0..t]; partial[0] = 0
-        d = np.zeros(nx)
-        idx = np.arange(f)
-        for t in range(f - 1):
-            partial[t + 1] = partial[t] + contrib[idx[t]]
-        total = 0.0
-        total_sq = 0.0
+
+# The lane kernel (M is the output count, substituted). For a prefix P (idx[0..p-1], p = f − 2), pair (d, i)
+# has rank `off_d + i − d − 1` where off_d = rank of (d, d+1); the rows of one row tile start at o0, o1, o2.
+_LANE_SOURCE = '''
+@numba.njit(cache=True, fastmath=True, nogil=True, boundscheck=False)
+def lane(contrib, f, set_sums, input_max):
+    """Every set of f units over the lane's inputs, chunk by chunk: adds each set's distances to
+    set_sums[rank], raises input_max; returns the sum of squared distances."""
+    n, _, width = contrib.shape
+    sq = 0.0
+    for start in range(0, width, CHUNK):
+        stop = min(width, start + CHUNK)
+        nx = stop - start
+        C = np.ascontiguousarray(contrib[:, :, start:stop])
+        imax = input_max[start:stop]
+        if f == 1:
+            zero = np.zeros((1, M, nx))
+            for i in range(n):
+                s, q = one(zero, C, 0, i, nx, imax)
+                set_sums[i] += s
+                sq += q
+            continue
+        p = f - 2
+        partial = np.zeros((p + 1, M, nx))
+        U = np.empty((n, M, nx))
+        idx = np.arange(max(p, 1))
+        for t in range(p):
+            partial[t + 1] = partial[t] + C[idx[t]]
         rank = 0
         while True:
-            base = partial[f - 1]
-            for i in range(idx[f - 2] + 1 if f >= 2 else 0, n):
-                distances(base, contrib[i], norm, d)
-                row_total, row_sq = reduce_row(d, input_max)
-                total += row_total
-                total_sq += row_sq
-                set_sums[rank] += row_total
-                rank += 1
-            j = f - 2  # next prefix idx[0..f-2]; idx[j] is at most n - f + j
+            base = partial[p]
+            lo = idx[p - 1] + 1 if p > 0 else 0
+            for d in range(lo, n - 1):
+                for k in range(M):
+                    for x in range(nx):
+                        U[d, k, x] = base[k, x] + C[d, k, x]
+            off = rank
+            d = lo
+            while d + 2 <= n - 2:  # rows d, d+1, d+2, each with a column to its right
+                o0 = off
+                o1 = o0 + n - 1 - d
+                o2 = o1 + n - 2 - d
+                t0, t1, t2, tq = tri(U, C, d, d + 1, nx, imax)
+                set_sums[o0] += t0
+                set_sums[o0 + 1] += t1
+                set_sums[o1] += t2
+                sq += tq
+                i = d + 3
+                while i + 2 <= n:
+                    r00, r01, r10, r11, r20, r21, rq = full(U, C, d, i, nx, imax)
+                    set_sums[o0 + i - d - 1] += r00
+                    set_sums[o0 + i - d] += r01
+                    set_sums[o1 + i - d - 2] += r10
+                    set_sums[o1 + i - d - 1] += r11
+                    set_sums[o2 + i - d - 3] += r20
+                    set_sums[o2 + i - d - 2] += r21
+                    sq += rq
+                    i += 2
+                if i < n:
+                    c0, c1, c2, cq = col(U, C, d, i, nx, imax)
+                    set_sums[o0 + i - d - 1] += c0
+                    set_sums[o1 + i - d - 2] += c1
+                    set_sums[o2 + i - d - 3] += c2
+                    sq += cq
+                off = o2 + n - 3 - d
+                d += 3
+            if d == n - 3:
+                t0, t1, t2, tq = tri(U, C, d, d + 1, nx, imax)
+                set_sums[off] += t0
+                set_sums[off + 1] += t1
+                set_sums[off + 2] += t2
+                sq += tq
+            elif d == n - 2:
+                s, q = one(U, C, d, d + 1, nx, imax)
+                set_sums[off] += s
+                sq += q
+            remaining = n - lo
+            rank += remaining * (remaining - 1) // 2
+            if p == 0:
+                break
+            j = p - 1  # next prefix; idx[j] is at most n - f + j
             while j >= 0 and idx[j] == n - f + j:
                 j -= 1
             if j < 0:
                 break
             idx[j] += 1
-            for t in range(j + 1, f - 1):
+            for t in range(j + 1, p):
                 idx[t] = idx[t - 1] + 1
-            for t in range(j, f - 1):
-                partial[t + 1] = partial[t] + contrib[idx[t]]
-        out = np.empty(3)
-        out[0] = total
-        out[1] = total_sq
-        out[2] = input_max.max()  # the largest distance of the chunk: its per-input maxima hold it
-        return out
+            for t in range(j, p):
+                partial[t + 1] = partial[t] + C[idx[t]]
+    return sq
+'''
 
-    return chunk
+
+def kernel_source(m: int, norm: str) -> str:
+    """The generated module for m outputs and norm q: the tiles and the lane kernel."""
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}")
+    parts = ["import numba", "import numpy as np", "", f"M = {m}", f"CHUNK = {CHUNK}", ""]
+    for name, (rows, cols, pairs) in _TILES.items():
+        parts += [_tile_source(name, m, rows, cols, pairs, norm), ""]
+    parts.append(_LANE_SOURCE)
+    return "\n".join(parts)
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("LESION_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "lesion")
+    path = Path(root) / "kernels"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError:
+        path = Path(tempfile.gettempdir()) / f"lesion-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}"
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@cache
+def lane_kernel(m: int, norm: str) -> Callable:
+    """The compiled lane kernel for m outputs and norm q (compiled once; cached on disk by numba)."""
+    source = kernel_source(m, norm)
+    digest = hashlib.sha256(source.encode()).hexdigest()[:12]
+    name = f"lesion_additive_m{m}_{norm}_{digest}"
+    path = _cache_dir() / f"{name}.py"
+    if not path.exists() or path.read_text() != source:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(source)
+        tmp.replace(path)  # atomic: concurrent processes see a whole file
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module.lane
 
 
 def contributions(hidden: np.ndarray, out_weight: np.ndarray) -> np.ndarray:
@@ -113,31 +225,32 @@ def contributions(hidden: np.ndarray, out_weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.einsum("xu,ku->ukx", hidden, out_weight))
 
 
-def run_block(contrib: np.ndarray, f: int, norm: str, n_sets: int, chunk: int, threads: int = 1) -> tuple:
-    """Every set of f units over a block of inputs (contrib from `contributions`), split into chunks of
-    `chunk` inputs run on `threads` threads. Returns the per-set sums (n_sets,), the per-input maxima
-    (inputs,) and [sum, sum of squares, max] over the block's pairs, merged in chunk order."""
-    kernel = _kernel(contrib.shape[1])
+def run_block(contrib: np.ndarray, f: int, norm: str, n_sets: int, threads: int = 1) -> tuple:
+    """Every set of f units over a block of inputs (contrib from `contributions`), in `LANES` lanes run on
+    `threads` threads. Returns the per-set sums (n_sets,), the per-input maxima (inputs,) and [sum, sum of
+    squares, max] over the block's pairs, merged in lane order."""
+    kernel = lane_kernel(contrib.shape[1], norm)
     nx = contrib.shape[2]
-    bounds = [(lo, min(nx, lo + chunk)) for lo in range(0, nx, chunk)]
+    per_lane = max(CHUNK, math.ceil(nx / LANES / CHUNK) * CHUNK)
+    bounds = [(lo, min(nx, lo + per_lane)) for lo in range(0, nx, per_lane)]
     input_max = np.zeros(nx)
 
-    def one(bound: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    def one(bound: tuple[int, int]) -> tuple[np.ndarray, float]:
         lo, hi = bound
         sums = np.zeros(n_sets)
-        scalars = kernel(np.ascontiguousarray(contrib[:, :, lo:hi]), f, NORMS[norm], sums, input_max[lo:hi])
-        return sums, scalars
+        sq = kernel(contrib[:, :, lo:hi], f, sums, input_max[lo:hi])
+        return sums, sq
 
     if threads > 1 and len(bounds) > 1:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
+        with ThreadPoolExecutor(max_workers=min(threads, len(bounds))) as pool:
             parts = list(pool.map(one, bounds))
     else:
         parts = [one(b) for b in bounds]
-    set_sums = np.zeros(n_sets)
-    totals = np.zeros(3)
-    for sums, scalars in parts:
+    set_sums = parts[0][0]
+    for sums, _ in parts[1:]:
         set_sums += sums
-        totals[0] += scalars[0]
-        totals[1] += scalars[1]
-        totals[2] = max(totals[2], scalars[2])
+    total_sq = 0.0
+    for _, sq in parts:
+        total_sq += sq
+    totals = np.array([float(set_sums.sum()), total_sq, float(input_max.max()) if nx else 0.0])
     return set_sums, input_max, totals

@@ -28,16 +28,15 @@ import torch
 
 from lesion import progress
 from lesion.crash.accumulate import OmegaAccumulator
-from lesion.crash.additive import contributions, run_block
+from lesion.crash.additive import CHUNK, KERNEL_VERSION, LANES, contributions, run_block
 from lesion.crash.budget import CrashBudget
 from lesion.crash.engines import GeneralEngine
 from lesion.crash.structure import MLPStructure, hidden_activations
 from lesion.errors import LesionError
 from lesion.stats import RunningMean
 
-ADDITIVE_CHUNK = 128  # inputs per kernel chunk: the chunk's contributions stay in L1/L2
-ADDITIVE_BLOCK = 512  # inputs per checkpointable step (4 chunks; per-chunk set sums are merged in order)
-ADDITIVE_RATE = 5.5e8  # (set, input) pairs per second on 2 cores, measured (BENCHMARKS.md)
+ADDITIVE_BLOCK = 2048  # inputs per checkpointable step (split into the additive engine's lanes)
+ADDITIVE_RATE = 9e8  # (set, input) pairs per second on 2 cores, measured (BENCHMARKS.md)
 GENERAL_FLOP_RATE = 4e9  # float64 multiply-adds per second for the batched forward, measured
 DEFAULT_TIME_LIMIT = 600.0
 
@@ -197,8 +196,8 @@ def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, n
         steps, run_step = _additive_steps(structure, activations, budget, norm)
     else:
         steps, run_step = _general_steps(structure, activations, budget, norm, output, set_batch)
-    identity = _digest(*structure.weights, x, text=json.dumps([asdict(budget), norm, output, estimate.engine,
-                                                                ADDITIVE_CHUNK, ADDITIVE_BLOCK, set_batch]))
+    settings = [asdict(budget), norm, output, estimate.engine, CHUNK, LANES, KERNEL_VERSION, ADDITIVE_BLOCK, set_batch]
+    identity = _digest(*structure.weights, x, text=json.dumps(settings))
     store = _Checkpoint(checkpoint, identity, checkpoint_every)
     resumed = store.load()
     acc, first_step = resumed if resumed else (OmegaAccumulator(budget.count(), len(x)), 0)
@@ -235,7 +234,7 @@ def _additive_steps(structure: MLPStructure, activations: list[torch.Tensor], bu
 
     def run(acc: OmegaAccumulator, inputs: slice) -> None:
         contrib = contributions(hidden[inputs], out_weight)
-        set_sums, input_max, (total, total_sq, maximum) = run_block(contrib, f, norm, n_sets, ADDITIVE_CHUNK,
+        set_sums, input_max, (total, total_sq, maximum) = run_block(contrib, f, norm, n_sets,
                                                                     torch.get_num_threads())
         acc.add_summary(set_sums, input_max, inputs.start, float(total), float(total_sq), float(maximum),
                         n_sets * (inputs.stop - inputs.start))
