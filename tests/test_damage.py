@@ -305,7 +305,7 @@ def test_bad_specs_are_clear_errors(mlp, text, message):
 
 
 def test_int8_and_float16_flips_through_the_engine(mlp):
-    w = float(mlp.fc1.weight[0, 2])
+    w = float(mlp.fc1.weight[0, 2].detach())
     scale = float(mlp.fc1.weight.abs().max()) / 127
     q = max(-128, min(127, round(w / scale)))
     flipped_q = ((q & 0xFF) ^ (1 << 7))
