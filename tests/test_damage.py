@@ -306,7 +306,7 @@ def test_bad_specs_are_clear_errors(mlp, text, message):
 
 def test_int8_and_float16_flips_through_the_engine(mlp):
     w = float(mlp.fc1.weight[0, 2].detach())
-    scale = float(mlp.fc1.weight.abs().max()) / 127
+    scale = float(mlp.fc1.weight.detach().abs().max()) / 127
     q = max(-128, min(127, round(w / scale)))
     flipped_q = ((q & 0xFF) ^ (1 << 7))
     flipped_q = flipped_q - 256 if flipped_q >= 128 else flipped_q
