@@ -317,7 +317,7 @@ def test_int8_and_float16_flips_through_the_engine(mlp):
     with torch.no_grad():
         hand.fc1.weight[0, 2] = flipped_q * scale
     torch.testing.assert_close(out, hand(X_MLP), atol=ATOL, rtol=0)
-    half = np.float16(float(mlp.fc2.weight[0, 0]))
+    half = np.float16(float(mlp.fc2.weight[0, 0].detach()))
     expected = (np.array([half]).view(np.uint16) ^ np.uint16(1 << 14)).view(np.float16)[0]
     _, realised = outputs_of(mlp, "bitflip:fc2.weight:0:14:fmt=float16", X_MLP)
     assert realised.faults[0]["after"] == pytest.approx(float(expected), rel=1e-6)
