@@ -30,7 +30,7 @@ from lesion import progress
 from lesion.crash.accumulate import OmegaAccumulator
 from lesion.crash.additive import CHUNK, KERNEL_VERSION, LANES, contributions, run_block
 from lesion.crash.budget import CrashBudget
-from lesion.crash.engines import GeneralEngine
+from lesion.crash.engines import NORM_ORDERS, GeneralEngine
 from lesion.crash.structure import MLPStructure, hidden_activations
 from lesion.errors import LesionError
 from lesion.stats import RunningMean
@@ -184,7 +184,7 @@ def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, n
     `checkpoint_every` seconds and on interruption, and a later call with the same arguments resumes.
     `max_steps` stops after that many steps (raising Interrupted), as an interruption would.
     """
-    if norm not in ("inf", "1", "2") or output not in ("raw", "softmax"):
+    if norm not in NORM_ORDERS or output not in ("raw", "softmax"):
         raise LesionError(f"norm must be inf, 1 or 2 and output raw or softmax (got {norm}, {output})")
     estimate = plan(structure, budget, len(x), output, engine)
     if time_limit is not None and estimate.estimated_seconds > time_limit:
