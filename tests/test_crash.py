@@ -274,15 +274,20 @@ def test_cli_crash_commands(tmp_path, capsys):
 
 @pytest.mark.parametrize("norm", ["inf", "1", "2"])
 def test_additive_kernel_tiles_match_brute_force(norm):
-    """Every tile shape and edge of the additive kernel (units up to 13, f up to 5, ragged chunks and lanes)
-    against a float64 enumeration of the sets with numpy; the result does not depend on the thread count."""
+    """Every tile shape and edge of the additive kernel (units up to 13, f up to 5, ragged chunks and lanes,
+    silent units from none to all) against a float64 enumeration of the sets with numpy; the result does not
+    depend on the thread count."""
     from lesion.crash.additive import CHUNK, run_block
 
     rng = np.random.default_rng(3)
     order = {"inf": np.inf, "1": 1, "2": 2}[norm]
-    for n, f, inputs in [(2, 1, 5), (3, 2, 7), (4, 3, 40), (6, 2, 2 * CHUNK + 3), (7, 4, 33), (9, 5, 100),
-                         (13, 3, 130), (13, 2, 1), (5, 5, 9)]:
+    cases = [(2, 1, 5, 0), (3, 2, 7, 0), (4, 3, 40, 0), (6, 2, 2 * CHUNK + 3, 0), (7, 4, 33, 0), (9, 5, 100, 0),
+             (13, 3, 130, 0), (13, 2, 1, 0), (5, 5, 9, 0),
+             # silent units (zero on every input): the live-unit path and its expansion to all sets
+             (9, 4, 40, 1), (10, 5, 37, 3), (8, 3, 9, 5), (6, 4, 11, 6), (12, 2, 70, 11), (7, 5, 5, 2)]
+    for n, f, inputs, silent in cases:
         contrib = rng.normal(size=(n, 3, inputs))
+        contrib[rng.choice(n, size=silent, replace=False)] = 0.0
         sets = list(itertools.combinations(range(n), f))
         d = np.array([np.linalg.norm(contrib[list(s)].sum(axis=0), ord=order, axis=0) for s in sets])
         set_sums, input_max, (total, total_sq, maximum) = run_block(contrib, f, norm, len(sets), threads=1)

@@ -9,6 +9,13 @@ register tiles of 3 rows × 2 columns (and smaller tiles on its edges): a tile l
 and input and evaluates 6 sets, where a set at a time loads 2 per set. Sets are visited in lexicographic
 order, so that set ranks are computed, not stored.
 
+Silent units. A unit whose contribution is zero on every input of a block (a ReLU unit that never fires
+there: the hidden layer of a trained ReLU net is sparse) changes no distance: d(x, S) = d(x, S ∩ L) with L
+the block's live units, exactly, since adding ±0 is exact. A block then runs the kernel on its live units
+only, for every size k = f − (silent units in S) that occurs, and each of the C(n, f) sets takes the sum of
+its live part (`expand`). The sets of size f over n units cost Σ_k C(l, k) distances instead of C(n, f);
+`activity_order` orders the inputs so that the inputs of a block share their silent units.
+
 Inputs are processed in chunks of `CHUNK` inputs (the rows and columns of a chunk stay in L1/L2); a block
 of inputs is split into `LANES` lanes of consecutive chunks, each lane accumulating its own per-set sums,
 per-input maxima and sum of squares, merged in lane order. The lanes run on threads (the kernels release
@@ -31,6 +38,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -38,7 +46,7 @@ from lesion.crash.engines import NORM_ORDERS
 
 CHUNK = 32  # inputs per kernel chunk
 LANES = 4  # lanes per block (fixed, so that results do not depend on the number of threads)
-KERNEL_VERSION = 1
+KERNEL_VERSION = 2
 
 # Tiles: name -> (rows, columns, the (row, column) pairs evaluated). `tri` covers the three pairs of rows
 # d, d+1 and columns d+1, d+2 with row < column, the corner of a triangle.
@@ -174,6 +182,34 @@ def lane(contrib, f, set_sums, input_max):
             for t in range(j, p):
                 partial[t + 1] = partial[t] + C[idx[t]]
     return sq
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def expand(n, f, live_index, n_live, live_sums, offsets, binom, set_sums):
+    """set_sums[rank(S)] += live_sums[offsets[k] + rank(S ∩ L)] for every set S of f of the n units in
+    lexicographic order, where S ∩ L (k units) is ranked lexicographically among the k-sets of the n_live
+    live units (live_index[u] is u's place among them, −1 for a silent unit):
+    rank(T) = C(l, k) − 1 − Σ_j C(l − 1 − t_j, k − j + 1) over T's members t_1 < … < t_k."""
+    idx = np.arange(f)
+    rank = 0
+    while True:
+        k = 0
+        acc = 0
+        for j in range(f - 1, -1, -1):
+            t = live_index[idx[j]]
+            if t >= 0:
+                k += 1
+                acc += binom[n_live - 1 - t, k]
+        set_sums[rank] += live_sums[offsets[k] + binom[n_live, k] - 1 - acc]
+        rank += 1
+        j = f - 1  # next set; idx[j] is at most n - f + j
+        while j >= 0 and idx[j] == n - f + j:
+            j -= 1
+        if j < 0:
+            break
+        idx[j] += 1
+        for t in range(j + 1, f):
+            idx[t] = idx[t - 1] + 1
 '''
 
 
@@ -202,8 +238,9 @@ def _cache_dir() -> Path:
 
 
 @cache
-def lane_kernel(m: int, norm: str) -> Callable:
-    """The compiled lane kernel for m outputs and norm q (compiled once; cached on disk by numba)."""
+def kernel_module(m: int, norm: str) -> ModuleType:
+    """The compiled module for m outputs and norm q, with `lane` and `expand` (compiled once; cached on disk
+    by numba)."""
     source = kernel_source(m, norm)
     digest = hashlib.sha256(source.encode()).hexdigest()[:12]
     name = f"lesion_additive_m{m}_{norm}_{digest}"
@@ -216,7 +253,7 @@ def lane_kernel(m: int, norm: str) -> Callable:
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    return module.lane
+    return module
 
 
 def contributions(hidden: np.ndarray, out_weight: np.ndarray) -> np.ndarray:
@@ -225,15 +262,22 @@ def contributions(hidden: np.ndarray, out_weight: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.einsum("xu,ku->ukx", hidden, out_weight))
 
 
-def run_block(contrib: np.ndarray, f: int, norm: str, n_sets: int, threads: int = 1) -> tuple:
-    """Every set of f units over a block of inputs (contrib from `contributions`), in `LANES` lanes run on
-    `threads` threads. Returns the per-set sums (n_sets,), the per-input maxima (inputs,) and [sum, sum of
-    squares, max] over the block's pairs, merged in lane order."""
-    kernel = lane_kernel(contrib.shape[1], norm)
+def activity_order(hidden: np.ndarray) -> np.ndarray:
+    """An order of the inputs (rows of `hidden`) that groups inputs with the same silent units: sorted by
+    their pattern of zero activations, the units most often zero first (so that consecutive blocks of
+    inputs share many silent units)."""
+    zero = hidden == 0
+    units = np.argsort(-zero.mean(axis=0), kind="stable")
+    return np.lexsort(zero[:, units].T[::-1])
+
+
+def _lanes(kernel: Callable, contrib: np.ndarray, f: int, n_sets: int, input_max: np.ndarray,
+           threads: int) -> tuple[np.ndarray, float]:
+    """Every set of f of contrib's units over its inputs, in `LANES` lanes merged in lane order: the per-set
+    sums and the sum of squared distances; raises input_max."""
     nx = contrib.shape[2]
     per_lane = max(CHUNK, math.ceil(nx / LANES / CHUNK) * CHUNK)
     bounds = [(lo, min(nx, lo + per_lane)) for lo in range(0, nx, per_lane)]
-    input_max = np.zeros(nx)
 
     def one(bound: tuple[int, int]) -> tuple[np.ndarray, float]:
         lo, hi = bound
@@ -252,5 +296,42 @@ def run_block(contrib: np.ndarray, f: int, norm: str, n_sets: int, threads: int 
     total_sq = 0.0
     for _, sq in parts:
         total_sq += sq
+    return set_sums, total_sq
+
+
+def run_block(contrib: np.ndarray, f: int, norm: str, n_sets: int, threads: int = 1) -> tuple:
+    """Every set of f units over a block of inputs (contrib from `contributions`), on the block's live units
+    (see the module's note on silent units), each size in `LANES` lanes run on `threads` threads. Returns
+    the per-set sums (n_sets,), the per-input maxima (inputs,) and [sum, sum of squares, max] over the
+    block's pairs."""
+    n, m, nx = contrib.shape
+    module = kernel_module(m, norm)
+    kernel = module.lane
+    input_max = np.zeros(nx)
+    live = np.flatnonzero(np.any(contrib != 0, axis=(1, 2)))
+    n_live, silent = len(live), n - len(live)
+    if silent == 0:
+        set_sums, total_sq = _lanes(kernel, contrib, f, n_sets, input_max, threads)
+    else:
+        sizes = range(max(0, f - silent), min(f, n_live) + 1)  # the sizes of S ∩ L that occur
+        live_contrib = np.ascontiguousarray(contrib[live])
+        binom = np.array([[math.comb(a, b) for b in range(f + 1)] for a in range(n + 1)], dtype=np.int64)
+        offsets = np.zeros(f + 2, dtype=np.int64)
+        parts, total_sq = [], 0.0
+        for k in range(f + 1):
+            count = math.comb(n_live, k) if k in sizes else 0
+            offsets[k + 1] = offsets[k] + count
+            if count == 0:
+                continue
+            if k == 0:
+                parts.append(np.zeros(1))  # the empty live part: d = 0
+                continue
+            sums, sq = _lanes(kernel, live_contrib, k, count, input_max, threads)
+            parts.append(sums)
+            total_sq += math.comb(silent, f - k) * sq
+        live_index = np.full(n, -1, dtype=np.int64)
+        live_index[live] = np.arange(n_live)
+        set_sums = np.zeros(n_sets)
+        module.expand(n, f, live_index, n_live, np.concatenate(parts), offsets, binom, set_sums)
     totals = np.array([float(set_sums.sum()), total_sq, float(input_max.max()) if nx else 0.0])
     return set_sums, input_max, totals

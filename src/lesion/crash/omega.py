@@ -28,7 +28,7 @@ import torch
 
 from lesion import progress
 from lesion.crash.accumulate import OmegaAccumulator
-from lesion.crash.additive import CHUNK, KERNEL_VERSION, LANES, contributions, run_block
+from lesion.crash.additive import CHUNK, KERNEL_VERSION, LANES, activity_order, contributions, run_block
 from lesion.crash.budget import CrashBudget
 from lesion.crash.engines import NORM_ORDERS, GeneralEngine
 from lesion.crash.structure import MLPStructure, hidden_activations
@@ -228,6 +228,7 @@ def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, n
 def _additive_steps(structure: MLPStructure, activations: list[torch.Tensor], budget: CrashBudget,
                     norm: str) -> tuple[list[slice], Callable[[OmegaAccumulator, slice], None]]:
     hidden = activations[0].numpy()
+    hidden = hidden[activity_order(hidden)]  # blocks of inputs that share silent units (Omega is order-free)
     out_weight = structure.weights[1].double().numpy()
     n_sets, f = budget.count(), budget.total
     steps = [slice(i, min(len(hidden), i + ADDITIVE_BLOCK)) for i in range(0, len(hidden), ADDITIVE_BLOCK)]
