@@ -36,7 +36,7 @@ from lesion.errors import LesionError
 from lesion.stats import RunningMean
 
 ADDITIVE_BLOCK = 2048  # inputs per checkpointable step (split into the additive engine's lanes)
-ADDITIVE_RATE = 9e8  # (set, input) pairs per second on 2 cores, measured (BENCHMARKS.md)
+ADDITIVE_RATE = 9e8  # pairs/s on 2 cores with no silent units (BENCHMARKS.md); sparse ReLU layers run faster
 GENERAL_FLOP_RATE = 4e9  # float64 multiply-adds per second for the batched forward, measured
 DEFAULT_TIME_LIMIT = 600.0
 
