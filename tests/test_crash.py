@@ -126,7 +126,10 @@ def test_trained_mlp_matches_brute_force():
     x = data.x_test[:60]
     budget = CrashBudget((1,), (12,), 2)
     d = brute_force(model.double(), x.double().numpy(), budget)
-    assert_matches(exact_omega(mlp_structure(model), x, budget), d)
+    result = exact_omega(mlp_structure(model), x, budget)
+    assert_matches(result, d)
+    structure = mlp_structure(model)  # Theorem 2 with C measured on the same inputs bounds the worst case
+    assert budget_bound(structure, 2, (1,), output_bounds(structure, x)).erf >= result.omega_max * (1 - 1e-12)
 
 
 def test_erf_closed_forms_and_log_space():
@@ -166,6 +169,30 @@ def test_interval_bound_is_sound():
     measured = output_bounds(structure, x)  # x lies in [0, 1]^d
     assert all(i >= m for i, m in zip(interval.values, measured.values, strict=True))
     assert interval.source == "interval" and not interval.data_dependent
+
+
+def test_silent_units_in_blocks_match_brute_force(monkeypatch):
+    """A ReLU layer with units dead on every input and units that fire on some blocks only: the additive
+    engine's live-unit path (blocks of 16 inputs, sorted by activity) equals the brute-force forward."""
+    import lesion.crash.omega as omega_module
+
+    monkeypatch.setattr(omega_module, "ADDITIVE_BLOCK", 16)
+    model, _ = make([10], "relu", True, 1.0, 11, 3)
+    x = torch.rand(75, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        model.fc1.bias[[0, 3, 7]] = -100.0  # dead everywhere
+        model.fc1.weight[[2, 5]] = 0.0  # fire only where x_0 > 0.6 (unit 2) or x_1 < 0.3 (unit 5)
+        model.fc1.weight[2, 0], model.fc1.bias[2] = 1.0, -0.6
+        model.fc1.weight[5, 1], model.fc1.bias[5] = -1.0, 0.3
+    hidden = torch.relu(model.fc1(x))
+    assert (hidden[:, [0, 3, 7]] == 0).all() and 0 < int((hidden[:, [2, 5]] == 0).sum()) < 150
+    structure = mlp_structure(model)
+    for f in (2, 4, 5):
+        budget = CrashBudget((1,), (10,), f)
+        for norm in ("inf", "2"):
+            result = exact_omega(structure, x, budget, norm)
+            assert result.engine == "additive"
+            assert_matches(result, brute_force(model, x.numpy(), budget, norm))
 
 
 @pytest.mark.parametrize("engine", ["additive", "general"])
