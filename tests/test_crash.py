@@ -234,6 +234,27 @@ def test_planning_refuses_with_count_estimate_and_alternative():
     assert f"{p.pairs:,}" in message and "Monte Carlo" in message and "--samples" in message
 
 
+def test_planning_refuses_what_does_not_fit_in_memory(monkeypatch):
+    import lesion.crash.omega as omega_module
+
+    model, x = make([10], "relu", True, 1.0, 11, 3)
+    structure = mlp_structure(model)
+    budget = CrashBudget((1,), (10,), 4)
+    p = plan(structure, budget, len(x))
+    per_set = 8 * (omega_module.LANES + 4)  # the per-set arrays the additive engine holds at once
+    assert p.memory_bytes >= per_set * math.comb(10, 4) and p.affordable(None)
+    big = plan(mlp_structure(build_net("mlp1-48", seed=0)[0]), CrashBudget((1,), (48,), 9), 100)
+    assert big.memory_bytes > per_set * math.comb(48, 9) > 1e11  # 1.4e9 sets: no machine here holds that
+    monkeypatch.setattr(omega_module, "available_memory", lambda: p.memory_bytes - 1)
+    assert not p.affordable(None) and not p.affordable(1e9)
+    with pytest.raises(LesionError) as info:
+        exact_omega(structure, x, budget, time_limit=None)
+    message = str(info.value)
+    assert "of memory free" in message and "Monte Carlo" in message and f"{p.pairs:,}" in message
+    curve = tolerance(structure, 10.0, output_bounds(structure, x), (1,), x=x, max_faults=4, samples=50).curve
+    assert [point["exact"] for point in curve] == [True, True, True, False]  # the last fell back to Monte Carlo
+
+
 def test_monte_carlo_interval_and_lower_bounds():
     model, x = make([10], "relu", True, 1.0, 11, 3)
     structure = mlp_structure(model)

@@ -17,6 +17,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -38,6 +39,7 @@ from lesion.stats import RunningMean
 ADDITIVE_BLOCK = 2048  # inputs per checkpointable step (split into the additive engine's lanes)
 ADDITIVE_RATE = 9e8  # pairs/s on 2 cores with no silent units (BENCHMARKS.md); sparse ReLU layers run faster
 GENERAL_FLOP_RATE = 4e9  # float64 multiply-adds per second for the batched forward, measured
+GENERAL_STEP_BYTES = 32 << 20  # the general engine's activations of one step (sets × inputs × widest layer)
 DEFAULT_TIME_LIMIT = 600.0
 
 
@@ -82,11 +84,40 @@ class Plan:
     pairs: int
     engine: str
     estimated_seconds: float
+    memory_bytes: int = 0
 
     def describe(self) -> str:
         """One line for people."""
         return (f"{self.sets:,} crash sets × {self.inputs:,} inputs = {self.pairs:,} (set, input) pairs, "
-                f"about {_duration(self.estimated_seconds)} with the {self.engine} engine")
+                f"about {_duration(self.estimated_seconds)} and {_size(self.memory_bytes)} of memory with the "
+                f"{self.engine} engine")
+
+    def affordable(self, time_limit: float | None) -> bool:
+        """Whether an exact run fits the time limit (None: any time) and this machine's free memory."""
+        fits_time = time_limit is None or self.estimated_seconds <= time_limit
+        return fits_time and self.memory_bytes <= available_memory()
+
+
+def available_memory() -> int:
+    """Bytes of memory free for a new allocation (Linux MemAvailable; else physical memory; else unbounded)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 1 << 62
+
+
+def _size(n_bytes: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes / 1024:.0f} KiB"
 
 
 def _duration(seconds: float) -> str:
@@ -117,14 +148,20 @@ def plan(structure: MLPStructure, budget: CrashBudget, inputs: int, output: str 
     chosen = choose_engine(structure, budget, output, engine)
     sets = budget.count()
     pairs = sets * inputs
+    widths = [*structure.widths, structure.weights[-1].shape[0]]
     if chosen == "additive":
         seconds = pairs / ADDITIVE_RATE
+        # per-set sums: one array per lane, the merged one, the live-unit sums, the expanded ones, the
+        # accumulator's; the block's contributions (units × outputs × inputs) and their live copy
+        block = min(inputs, ADDITIVE_BLOCK)
+        memory = 8 * sets * (LANES + 4) + 8 * widths[0] * widths[-1] * block * 2
     else:
         first = min(budget.layers)
-        widths = [*structure.widths, structure.weights[-1].shape[0]]
         flops = sum(widths[l - 1] * widths[l] for l in range(first, len(widths)))
         seconds = pairs * flops / GENERAL_FLOP_RATE
-    return Plan(sets, inputs, pairs, chosen, seconds)
+        memory = 8 * sets + GENERAL_STEP_BYTES * 4  # the accumulator's per-set sums; a step's tensors
+    memory += 8 * inputs * (1 + sum(structure.widths))  # per-input maxima; the hidden activations
+    return Plan(sets, inputs, pairs, chosen, seconds, memory)
 
 
 def _digest(*arrays: torch.Tensor | np.ndarray, text: str = "") -> str:
@@ -187,10 +224,15 @@ def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, n
     if norm not in NORM_ORDERS or output not in ("raw", "softmax"):
         raise LesionError(f"norm must be inf, 1 or 2 and output raw or softmax (got {norm}, {output})")
     estimate = plan(structure, budget, len(x), output, engine)
+    alternative = ("Use Monte Carlo instead (--samples N: uniform crash sets, mean with a 95% CI, max-type "
+                   "figures as lower bounds)")
     if time_limit is not None and estimate.estimated_seconds > time_limit:
         raise LesionError(f"exact Omega for {budget.describe()}: {estimate.describe()}, above the limit of "
-                          f"{_duration(time_limit)}. Use Monte Carlo instead (--samples N: uniform crash sets, "
-                          "mean with a 95% CI, max-type figures as lower bounds) or raise --time-limit")
+                          f"{_duration(time_limit)}. {alternative} or raise --time-limit")
+    free = available_memory()
+    if estimate.memory_bytes > free:
+        raise LesionError(f"exact Omega for {budget.describe()}: {estimate.describe()}, more than the "
+                          f"{_size(free)} of memory free on this machine. {alternative}")
     activations = hidden_activations(structure, x)
     if estimate.engine == "additive":
         steps, run_step = _additive_steps(structure, activations, budget, norm)
@@ -250,7 +292,7 @@ def _general_steps(structure: MLPStructure, activations: list[torch.Tensor], bud
     n_inputs = len(activations[0])
     widest = max([*structure.widths, structure.weights[-1].shape[0]])
     input_block = min(n_inputs, 8192)
-    batch = set_batch or max(1, min(4096, (32 << 20) // (8 * input_block * widest)))
+    batch = set_batch or max(1, min(4096, GENERAL_STEP_BYTES // (8 * input_block * widest)))
     n_sets = budget.count()
     steps = [(start, min(n_sets, start + batch), slice(i, min(n_inputs, i + input_block)))
              for i in range(0, n_inputs, input_block) for start in range(0, n_sets, batch)]

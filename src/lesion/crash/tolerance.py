@@ -68,7 +68,7 @@ def tolerance(structure: MLPStructure, epsilon: float, C: OutputBounds, layers: 
         measuring = x is not None and (not omegas or omegas[-1] <= limit)
         if measuring:
             budget = CrashBudget(tuple(layers), tuple(widths), f)
-            if plan(structure, budget, len(x), output).estimated_seconds <= time_limit:
+            if plan(structure, budget, len(x), output).affordable(time_limit):
                 result = exact_omega(structure, x, budget, norm, output, time_limit=None)
             else:
                 result = monte_carlo_omega(structure, x, budget, norm, output, samples=samples, seed=seed)

@@ -93,7 +93,7 @@ def stage_crash(ctx: ReportContext) -> dict[str, Any]:
         for f in range(1, min(5, width) + 1):
             budget = CrashBudget((layer,), (width,), f)
             bound = budget_bound(structure, f, (layer,), C)
-            if plan(structure, budget, len(x)).estimated_seconds <= limit:
+            if plan(structure, budget, len(x)).affordable(limit):
                 omega = exact_omega(structure, x, budget, time_limit=None)
             else:
                 omega = monte_carlo_omega(structure, x, budget, samples=ctx.size(200, 1000), seed=ctx.seed)
