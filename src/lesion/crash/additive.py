@@ -92,9 +92,24 @@ def _tile_source(name: str, m: int, rows: int, cols: int, pairs: list[tuple[int,
     return "\n".join(lines)
 
 
-# The lane kernel (M is the output count, substituted). For a prefix P (idx[0..p-1], p = f − 2), pair (d, i)
-# has rank `off_d + i − d − 1` where off_d = rank of (d, d+1); the rows of one row tile start at o0, o1, o2.
+# The set enumeration, the lane kernel and the expansion of live-unit sums (M is the output count,
+# substituted). In the lane kernel, for a prefix P (idx[0..p-1], p = f − 2), pair (d, i) has rank
+# `off_d + i − d − 1` where off_d = rank of (d, d+1); the rows of one row tile start at o0, o1, o2.
 _LANE_SOURCE = '''
+@numba.njit(cache=True, nogil=True, boundscheck=False, inline='always')
+def next_set(idx, n, p):
+    """Advances idx[0..p-1] to the next p-set of range(n) in lexicographic order; returns the first place
+    that changed, or -1 after the last set."""
+    j = p - 1
+    while j >= 0 and idx[j] == n - p + j:
+        j -= 1
+    if j < 0:
+        return -1
+    idx[j] += 1
+    for t in range(j + 1, p):
+        idx[t] = idx[t - 1] + 1
+    return j
+
 @numba.njit(cache=True, fastmath=True, nogil=True, boundscheck=False)
 def lane(contrib, f, set_sums, input_max):
     """Every set of f units over the lane's inputs, chunk by chunk: adds each set's distances to
@@ -171,14 +186,9 @@ def lane(contrib, f, set_sums, input_max):
             rank += remaining * (remaining - 1) // 2
             if p == 0:
                 break
-            j = p - 1  # next prefix; idx[j] is at most n - f + j
-            while j >= 0 and idx[j] == n - f + j:
-                j -= 1
+            j = next_set(idx, n - 2, p)  # the prefix leaves two units after it
             if j < 0:
                 break
-            idx[j] += 1
-            for t in range(j + 1, p):
-                idx[t] = idx[t - 1] + 1
             for t in range(j, p):
                 partial[t + 1] = partial[t] + C[idx[t]]
     return sq
@@ -202,14 +212,8 @@ def expand(n, f, live_index, n_live, live_sums, offsets, binom, set_sums):
                 acc += binom[n_live - 1 - t, k]
         set_sums[rank] += live_sums[offsets[k] + binom[n_live, k] - 1 - acc]
         rank += 1
-        j = f - 1  # next set; idx[j] is at most n - f + j
-        while j >= 0 and idx[j] == n - f + j:
-            j -= 1
-        if j < 0:
+        if next_set(idx, n, f) < 0:
             break
-        idx[j] += 1
-        for t in range(j + 1, f):
-            idx[t] = idx[t - 1] + 1
 '''
 
 
