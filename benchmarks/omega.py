@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from lesion.crash import CrashBudget, exact_omega, mlp_structure  # noqa: E402
-from lesion.crash.additive import activity_order  # noqa: E402
+from lesion.crash.additive import silent_per_block  # noqa: E402
 from lesion.crash.omega import ADDITIVE_BLOCK  # noqa: E402
 from lesion.crash.structure import hidden_activations  # noqa: E402
 from lesion.data import load  # noqa: E402
@@ -69,11 +69,10 @@ def main() -> None:
           f"({len(x) / rate_base64 * 1e3:.1f} ms per set)")
     structure = mlp_structure(model)
     hidden = hidden_activations(structure, x)[0].numpy()
-    zero = hidden[activity_order(hidden)] == 0
-    silent = [int(zero[i:i + ADDITIVE_BLOCK].all(axis=0).sum()) for i in range(0, len(x), ADDITIVE_BLOCK)]
+    silent = [count for _, count in silent_per_block(hidden, ADDITIVE_BLOCK)]
     print(f"hidden units silent (zero) on a whole {ADDITIVE_BLOCK:,}-input block: mean {np.mean(silent):.1f} of 48 "
-          f"(from {min(silent)} to {max(silent)}; {int(zero.all(axis=0).sum())} on every input); active per input: "
-          f"mean {float((~zero).sum(axis=1).mean()):.1f}")
+          f"(from {min(silent)} to {max(silent)}; {int((hidden == 0).all(axis=0).sum())} on every input); active "
+          f"per input: mean {float((hidden > 0).sum(axis=1).mean()):.1f}")
     header = ("f", "sets", "pairs", "seconds", "Omega_av", "Omega_std", "Omega_mav", "Omega_max", "Omega_worst")
     print("{:>2} {:>9} {:>16} {:>8} {:>10} {:>10} {:>10} {:>10} {:>11}".format(*header))
     total_pairs, total_seconds = 0, 0.0

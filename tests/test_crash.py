@@ -187,6 +187,15 @@ def test_silent_units_in_blocks_match_brute_force(monkeypatch):
     hidden = torch.relu(model.fc1(x))
     assert (hidden[:, [0, 3, 7]] == 0).all() and 0 < int((hidden[:, [2, 5]] == 0).sum()) < 150
     structure = mlp_structure(model)
+    from lesion.crash.additive import kernel_pairs
+
+    one_block = torch.relu(model.fc1(x)).detach().numpy()
+    live = set(np.flatnonzero((one_block != 0).any(axis=0)).tolist())
+    assert len(live) == 7
+    for f in (2, 4, 5):  # the plan counts the distinct nonempty live parts S ∩ L, once per input
+        parts = {frozenset(s) & live for s in itertools.combinations(range(10), f)} - {frozenset()}
+        assert kernel_pairs(one_block, f, block=len(x)) == len(parts) * len(x)
+    assert kernel_pairs(np.ones((5, 10)), 4, block=2) == math.comb(10, 4) * 5
     for f in (2, 4, 5):
         budget = CrashBudget((1,), (10,), f)
         for norm in ("inf", "2"):

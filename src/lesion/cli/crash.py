@@ -70,6 +70,7 @@ def _output_bounds(args: argparse.Namespace, structure: Any, x: Any) -> Any:
 
 def _cmd_omega(args: argparse.Namespace) -> dict[str, Any]:
     from lesion.crash import CrashBudget, exact_omega, monte_carlo_omega, plan
+    from lesion.crash.structure import hidden_activations
 
     loaded, structure = _model_structure(args)
     data, x = _inputs(args, loaded)
@@ -77,6 +78,7 @@ def _cmd_omega(args: argparse.Namespace) -> dict[str, Any]:
     if max(layers) > structure.depth:
         raise LesionError(f"hidden layer {max(layers)} does not exist: the model has {structure.depth}")
     widths = tuple(structure.widths[layer - 1] for layer in layers)
+    hidden = hidden_activations(structure, x)[0].numpy()  # for the plan: the silent units the engine skips
     results = []
     for f in parse_faults(args.faults):
         budget = CrashBudget(layers, widths, f)
@@ -84,7 +86,8 @@ def _cmd_omega(args: argparse.Namespace) -> dict[str, Any]:
             result = monte_carlo_omega(structure, x, budget, args.norm, args.output, args.samples, args.ci_width,
                                        args.seed)
         else:
-            print(f"{budget.describe()}: {plan(structure, budget, len(x), args.output, args.engine).describe()}")
+            estimate = plan(structure, budget, len(x), args.output, args.engine, hidden)
+            print(f"{budget.describe()}: {estimate.describe()}")
             result = exact_omega(structure, x, budget, args.norm, args.output, args.engine,
                                  checkpoint=args.checkpoint, time_limit=args.time_limit)
         results.append(result)

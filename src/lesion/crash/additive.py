@@ -275,6 +275,26 @@ def activity_order(hidden: np.ndarray) -> np.ndarray:
     return np.lexsort(zero[:, units].T[::-1])
 
 
+def silent_per_block(hidden: np.ndarray, block: int) -> list[tuple[int, int]]:
+    """(inputs, silent units) of each block of `block` inputs of `hidden` (inputs × units), taken in
+    `activity_order`: the blocks the engine runs."""
+    zero = hidden[activity_order(hidden)] == 0
+    blocks = (zero[i:i + block] for i in range(0, len(zero), block))
+    return [(len(part), int(part.all(axis=0).sum())) for part in blocks]
+
+
+def kernel_pairs(hidden: np.ndarray, f: int, block: int) -> int:
+    """The (set, input) pairs whose distance the kernel evaluates for every set of f units over the inputs
+    of `hidden` in blocks of `block`: a block of l live units evaluates Σ_k C(l, k) sets over the sizes
+    1 ≤ k ≤ f of S ∩ L that occur, where one with no silent unit evaluates C(n, f)."""
+    n = hidden.shape[1]
+    total = 0
+    for inputs, silent in silent_per_block(hidden, block):
+        live = n - silent
+        total += inputs * sum(math.comb(live, k) for k in range(max(1, f - silent), min(f, live) + 1))
+    return total
+
+
 def _lanes(kernel: Callable, contrib: np.ndarray, f: int, n_sets: int, input_max: np.ndarray,
            threads: int) -> tuple[np.ndarray, float]:
     """Every set of f of contrib's units over its inputs, in `LANES` lanes merged in lane order: the per-set

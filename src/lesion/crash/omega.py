@@ -29,7 +29,15 @@ import torch
 
 from lesion import progress
 from lesion.crash.accumulate import OmegaAccumulator
-from lesion.crash.additive import CHUNK, KERNEL_VERSION, LANES, activity_order, contributions, run_block
+from lesion.crash.additive import (
+    CHUNK,
+    KERNEL_VERSION,
+    LANES,
+    activity_order,
+    contributions,
+    kernel_pairs,
+    run_block,
+)
 from lesion.crash.budget import CrashBudget
 from lesion.crash.engines import NORM_ORDERS, GeneralEngine
 from lesion.crash.structure import MLPStructure, hidden_activations
@@ -37,7 +45,7 @@ from lesion.errors import LesionError
 from lesion.stats import RunningMean
 
 ADDITIVE_BLOCK = 2048  # inputs per checkpointable step (split into the additive engine's lanes)
-ADDITIVE_RATE = 9e8  # pairs/s on 2 cores with no silent units (BENCHMARKS.md); sparse ReLU layers run faster
+ADDITIVE_RATE = 9e8  # distances (set, input) per second on 2 cores, measured (BENCHMARKS.md)
 GENERAL_FLOP_RATE = 4e9  # float64 multiply-adds per second for the batched forward, measured
 GENERAL_STEP_BYTES = 32 << 20  # the general engine's activations of one step (sets × inputs × widest layer)
 DEFAULT_TIME_LIMIT = 600.0
@@ -143,14 +151,17 @@ def choose_engine(structure: MLPStructure, budget: CrashBudget, output: str, eng
 
 
 def plan(structure: MLPStructure, budget: CrashBudget, inputs: int, output: str = "raw",
-         engine: str = "auto") -> Plan:
-    """Count the (set, input) pairs of an exact run and estimate its time on this machine."""
+         engine: str = "auto", hidden: np.ndarray | None = None) -> Plan:
+    """Count the (set, input) pairs of an exact run and estimate its time and memory on this machine.
+    With `hidden` (the hidden layer's activations on the inputs), the additive engine's estimate counts only
+    the distances it evaluates (silent units skipped); without, every pair."""
     chosen = choose_engine(structure, budget, output, engine)
     sets = budget.count()
     pairs = sets * inputs
     widths = [*structure.widths, structure.weights[-1].shape[0]]
     if chosen == "additive":
-        seconds = pairs / ADDITIVE_RATE
+        evaluated = pairs if hidden is None else kernel_pairs(hidden, budget.total, ADDITIVE_BLOCK)
+        seconds = evaluated / ADDITIVE_RATE
         # per-set sums: one array per lane, the merged one, the live-unit sums, the expanded ones, the
         # accumulator's; the block's contributions (units × outputs × inputs) and their live copy
         block = min(inputs, ADDITIVE_BLOCK)
@@ -223,7 +234,8 @@ def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, n
     """
     if norm not in NORM_ORDERS or output not in ("raw", "softmax"):
         raise LesionError(f"norm must be inf, 1 or 2 and output raw or softmax (got {norm}, {output})")
-    estimate = plan(structure, budget, len(x), output, engine)
+    activations = hidden_activations(structure, x)
+    estimate = plan(structure, budget, len(x), output, engine, activations[0].numpy())
     alternative = ("Use Monte Carlo instead (--samples N: uniform crash sets, mean with a 95% CI, max-type "
                    "figures as lower bounds)")
     if time_limit is not None and estimate.estimated_seconds > time_limit:
@@ -233,7 +245,6 @@ def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, n
     if estimate.memory_bytes > free:
         raise LesionError(f"exact Omega for {budget.describe()}: {estimate.describe()}, more than the "
                           f"{_size(free)} of memory free on this machine. {alternative}")
-    activations = hidden_activations(structure, x)
     if estimate.engine == "additive":
         steps, run_step = _additive_steps(structure, activations, budget, norm)
     else:

@@ -16,7 +16,7 @@ import torch
 from lesion.crash.bounds import OutputBounds, budget_bound
 from lesion.crash.budget import CrashBudget
 from lesion.crash.omega import exact_omega, monte_carlo_omega, plan
-from lesion.crash.structure import MLPStructure
+from lesion.crash.structure import MLPStructure, hidden_activations
 from lesion.errors import LesionError
 
 
@@ -60,6 +60,7 @@ def tolerance(structure: MLPStructure, epsilon: float, C: OutputBounds, layers: 
     widths = [structure.widths[layer - 1] for layer in layers]
     top = min(sum(widths), max_faults or sum(widths))
     curve, erfs, erf_avs, omegas = [], [], [], []
+    hidden = None if x is None else hidden_activations(structure, x)[0].numpy()  # for the plans
     for f in range(1, top + 1):
         bound = budget_bound(structure, f, layers, C, K)
         erfs.append(bound.erf)
@@ -68,7 +69,7 @@ def tolerance(structure: MLPStructure, epsilon: float, C: OutputBounds, layers: 
         measuring = x is not None and (not omegas or omegas[-1] <= limit)
         if measuring:
             budget = CrashBudget(tuple(layers), tuple(widths), f)
-            if plan(structure, budget, len(x), output).affordable(time_limit):
+            if plan(structure, budget, len(x), output, hidden=hidden).affordable(time_limit):
                 result = exact_omega(structure, x, budget, norm, output, time_limit=None)
             else:
                 result = monte_carlo_omega(structure, x, budget, norm, output, samples=samples, seed=seed)

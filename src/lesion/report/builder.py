@@ -77,6 +77,7 @@ def stage_crash(ctx: ReportContext) -> dict[str, Any]:
         output_bounds,
         plan,
     )
+    from lesion.crash.structure import hidden_activations
     from lesion.report.plots import Series, line_plot
 
     try:
@@ -85,6 +86,7 @@ def stage_crash(ctx: ReportContext) -> dict[str, Any]:
         return {"skipped": f"the crash bound of [R] is defined for MLPs only: {err}"}
     x = ctx.data.x_test[: ctx.size(300, 1000)]
     C = output_bounds(structure, x)
+    hidden = hidden_activations(structure, x)[0].numpy()  # for the plans: the silent units the engine skips
     limit = ctx.size(5.0, 30.0)
     rows, series = [], []
     for layer in range(1, structure.depth + 1):
@@ -93,7 +95,7 @@ def stage_crash(ctx: ReportContext) -> dict[str, Any]:
         for f in range(1, min(5, width) + 1):
             budget = CrashBudget((layer,), (width,), f)
             bound = budget_bound(structure, f, (layer,), C)
-            if plan(structure, budget, len(x)).affordable(limit):
+            if plan(structure, budget, len(x), hidden=hidden).affordable(limit):
                 omega = exact_omega(structure, x, budget, time_limit=None)
             else:
                 omega = monte_carlo_omega(structure, x, budget, samples=ctx.size(200, 1000), seed=ctx.seed)
