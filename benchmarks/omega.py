@@ -4,7 +4,8 @@ About 1.2e11 (crash set, input) pairs ([R] reports two months for this at 50 µs
 engine (exact, float64) against the per-set batched forward pass measured in the same run: for a crash set,
 one float32 forward of all 60,000 inputs through the network with the crashed units zeroed, then the norm.
 
-Run: `.venv/bin/python benchmarks/omega.py [--max-faults 5] [--baseline-sets 20]`
+Run: `.venv/bin/python benchmarks/omega.py [--max-faults 5] [--baseline-sets 20] [--activation sigmoid]`
+(a sigmoid hidden layer is never exactly zero: no silent units to skip, the engine's dense case).
 """
 
 from __future__ import annotations
@@ -51,15 +52,16 @@ def main() -> None:
     parser.add_argument("--max-faults", type=int, default=5)
     parser.add_argument("--baseline-sets", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--activation", choices=("relu", "sigmoid"), default="relu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load("fashion-mnist")
-    model, _ = build_net("mlp1-48", data.input_shape, 10, seed=0)
+    model, _ = build_net("mlp1-48", data.input_shape, 10, seed=0, activation=args.activation)
     train(model, data.x_train, data.y_train, TrainSettings(epochs=2, seed=0, batch_size=128))
     model.eval()
     x = data.x_train
     accuracy = evaluate(model, data.x_test, data.y_test).accuracy
-    print(f"mlp1-48 (784-48-10 ReLU), trained 2 epochs on fashion-mnist (test accuracy {accuracy:.4f}); "
+    print(f"mlp1-48 (784-48-10 {args.activation}), trained 2 epochs on fashion-mnist (test accuracy {accuracy:.4f}); "
           f"{len(x):,} training inputs; {args.threads} threads")
     rate_base, _ = per_set_forward_rate(model, x, args.baseline_sets, 5)
     print(f"baseline per-set batched forward, float32: {rate_base:,.0f} pairs/s "
