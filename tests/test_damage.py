@@ -16,7 +16,6 @@ from lesion.damage import (
     damaged_outputs,
     parse_damage,
     realise,
-    unit_sites,
 )
 from lesion.errors import LesionError
 from lesion.nets import MLP, ConvNet
@@ -60,10 +59,11 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_unit_sites_of_reference_nets(mlp, cnn):
-    assert [(s.module, s.width) for s in unit_sites(mlp)] == [("act1", 5), ("act2", 4)]
-    assert [(s.module, s.layer, s.width, s.kind) for s in unit_sites(cnn)] == [
-        ("features.act1", "features.conv1", 4, "conv"), ("features.act2", "features.conv2", 6, "conv"),
-        ("classifier.act1", "classifier.fc1", 7, "linear")]
+    assert [(s.name, s.width) for s in Target(mlp).sites] == [("act1", 5), ("act2", 4)]
+    assert [(s.name, s.layer, s.width, s.kind, s.axis) for s in Target(cnn).sites] == [
+        ("features.act1", "features.conv1", 4, "conv-channel", 1), ("features.act2", "features.conv2", 6,
+                                                                     "conv-channel", 1),
+        ("classifier.act1", "classifier.fc1", 7, "linear", 1)]
 
 
 @pytest.mark.parametrize("value", [0.0, 0.7])
@@ -284,7 +284,7 @@ def test_non_chain_models_and_late_damage_prefix_sharing(mlp):
     ("text", "message"),
     [
         ("melt:1", "unknown damage kind"),
-        ("crash:7:1", "hidden layer 7 does not exist"),
+        ("crash:7:1", "site 7 does not exist"),
         ("crash:1:frac=1.5", "fraction must lie in [0, 1]"),
         ("delete:fc1.weight:frac=-0.1", "fraction must lie in [0, 1]"),
         ("gauss:-1", "σ must be a finite number ≥ 0"),

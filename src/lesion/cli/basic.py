@@ -54,7 +54,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     outputs = clean
     out: dict[str, Any] = {"model": loaded.to_dict(), "data": data.to_dict()}
     if damages:
-        realised = realise(Target(loaded.module), damages, torch.Generator().manual_seed(args.seed))
+        target = Target(loaded.module, example=data.x_test[:2])
+        realised = realise(target, damages, torch.Generator().manual_seed(args.seed))
         outputs = damaged_outputs(loaded.module, realised, data.x_test, batch_size=args.batch_size)
         error, _, _ = per_sample_metrics(outputs, clean, None)
         out["damage"] = {"specs": [d.spec() for d in damages], "faults": list(realised.faults),

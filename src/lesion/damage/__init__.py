@@ -10,6 +10,7 @@ from lesion.damage.kinds import (
     Damage,
     Direction,
     FilterDeletion,
+    HeadCrash,
     Perturbation,
     StuckAt,
     UnitCrash,
@@ -18,7 +19,6 @@ from lesion.damage.kinds import (
 )
 from lesion.damage.realised import Realised, UnitOverride
 from lesion.damage.selectors import Explicit, RandomCount, RandomFraction, SmallestMagnitude
-from lesion.damage.sites import UnitSite, resolve_site, unit_sites
 from lesion.damage.spec import SPEC_HELP, parse_damage
 from lesion.damage.target import Target
 
@@ -29,6 +29,7 @@ __all__ = [
     "Direction",
     "Explicit",
     "FilterDeletion",
+    "HeadCrash",
     "Perturbation",
     "RandomCount",
     "RandomFraction",
@@ -38,12 +39,9 @@ __all__ = [
     "Target",
     "UnitCrash",
     "UnitOverride",
-    "UnitSite",
     "WeightDeletion",
     "batched_damaged_outputs",
     "damaged_outputs",
     "parse_damage",
     "realise",
-    "resolve_site",
-    "unit_sites",
 ]

@@ -1,16 +1,16 @@
 """Running a damaged network without touching the user's model (issue "Damage engine", items 2–3).
 
-Parameter damage goes through `torch.func.functional_call`; unit damage through forward hooks that exist
-only for the duration of the call and read the unit overrides of the configuration being evaluated. Many
+Parameter damage goes through `torch.func.functional_call`; unit damage through forward hooks (`SiteHooks`)
+that exist only for the duration of the call and apply, at the right call of each site's module and along
+the site's unit axis, the unit values of the configuration being evaluated (passed by closure). Many
 configurations are evaluated in one vectorised pass: `torch.func.vmap` over stacked parameter sets and
 stacked unit overrides, in chunks whose size keeps memory bounded.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,42 +21,93 @@ from lesion.damage.chain import chain_leaves, first_touched
 from lesion.damage.realised import Realised, UnitOverride
 from lesion.errors import LesionError
 from lesion.functional import eval_mode, parameters_of
+from lesion.sites import Site
 
-_overrides = threading.local()
 DEFAULT_MEMORY_BYTES = 64 << 20  # working set of one chunk of configurations: small chunks stay in cache
 
-
-def _hook(site: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], torch.Tensor]:
-    def apply_override(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
-        keep, value = _overrides.current[site]
-        shape = (-1,) + (1,) * (output.dim() - 2)  # features (Linear) or channels (conv) are dimension 1
-        return output * keep.to(output.dtype).reshape(shape) + value.to(output.dtype).reshape(shape)
-
-    return apply_override
+UnitValues = dict[str, tuple[torch.Tensor, torch.Tensor]]  # site name → (keep, value), possibly vmapped
 
 
-@contextmanager
-def unit_hooks(model: nn.Module, sites: Sequence[str]) -> Iterator[None]:
-    """Temporary forward hooks that apply the current unit overrides at `sites`; removed on exit."""
-    if sites and isinstance(model, torch.jit.ScriptModule):
-        raise LesionError("unit damage (crash) needs a Python nn.Module; a TorchScript model supports weight "
-                          "damage only (save the model with torch.save or give package.module:factory)")
-    modules = dict(model.named_modules())
-    handles = [modules[site].register_forward_hook(_hook(site)) for site in sites]
-    try:
-        yield
-    finally:
-        for handle in handles:
+def _override(t: torch.Tensor, keep: torch.Tensor, value: torch.Tensor, axis: int) -> torch.Tensor:
+    """t·keep + value with (keep, value) laid along `axis` of t (SPEC §6.1: the unit axis of the site)."""
+    axis = axis if axis >= 0 else t.dim() + axis
+    shape = (-1,) + (1,) * (t.dim() - 1 - axis)
+    return t * keep.to(t.dtype).reshape(shape) + value.to(t.dtype).reshape(shape)
+
+
+class SiteHooks:
+    """Forward hooks at the modules of some sites, alive inside the `with` block, that apply the unit values
+    in `current` (set by the caller for each forward) at the right call of each module.
+
+    Calls are counted from `reset()`, which every forward through `run` does first, so a module run twice
+    in one forward is overridden at the call its site names only.
+    """
+
+    def __init__(self, model: nn.Module, sites: Sequence[Site]) -> None:
+        if sites and isinstance(model, torch.jit.ScriptModule):
+            raise LesionError("unit damage (crash) needs a Python nn.Module; a TorchScript model supports weight "
+                              "damage only (save the model with torch.save or give package.module:factory)")
+        self.model = model
+        self.sites = {s.name: s for s in sites}
+        self.current: UnitValues = {}
+        self.counts: dict[str, int] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> SiteHooks:
+        modules = dict(self.model.named_modules())
+        for path in sorted({s.path for s in self.sites.values()}):
+            at = {(s.call, s.hook): s for s in self.sites.values() if s.path == path}
+            stack: list[int] = []
+            self._handles.append(modules[path].register_forward_pre_hook(self._before(path, at, stack),
+                                                                           with_kwargs=True))
+            self._handles.append(modules[path].register_forward_hook(self._after(at, stack)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self._handles:
             handle.remove()
+        self._handles.clear()
 
+    def reset(self) -> None:
+        """Start counting module calls afresh (one forward begins)."""
+        self.counts = {}
 
-def _call(model: nn.Module, params: dict[str, torch.Tensor], units: dict[str, tuple[torch.Tensor, torch.Tensor]],
-          x: torch.Tensor) -> torch.Tensor:
-    _overrides.current = units
-    try:
-        return functional_call(model, params, (x,), strict=False)
-    finally:
-        _overrides.current = {}
+    def _values(self, site: Site | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return None if site is None else self.current.get(site.name)
+
+    def _before(self, path: str, at: dict[tuple[int, str], Site], stack: list[int]) -> Callable[..., Any]:
+        def before(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            call = self.counts.get(path, 0)
+            self.counts[path] = call + 1
+            stack.append(call)
+            values = self._values(at.get((call, "input")))
+            if values is None or not args or not isinstance(args[0], torch.Tensor):
+                return None
+            site = at[(call, "input")]
+            return (_override(args[0], *values, site.axis), *args[1:]), kwargs
+
+        return before
+
+    def _after(self, at: dict[tuple[int, str], Site], stack: list[int]) -> Callable[..., Any]:
+        def after(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+            call = stack.pop()
+            site = at.get((call, "output"))
+            values = self._values(site)
+            if values is None or not isinstance(output, torch.Tensor):
+                return None
+            return _override(output, *values, site.axis)
+
+        return after
+
+    def run(self, module: nn.Module, params: dict[str, torch.Tensor], units: UnitValues, x: torch.Tensor
+            ) -> torch.Tensor:
+        """functional_call(module, params, x) with `units` applied at the sites."""
+        self.current = units
+        self.reset()
+        try:
+            return functional_call(module, params, (x,), strict=False)
+        finally:
+            self.current = {}
 
 
 @torch.no_grad()
@@ -66,9 +117,10 @@ def damaged_outputs(model: nn.Module, realised: Realised, x: torch.Tensor, batch
         from lesion.functional import forward_with
 
         return forward_with(model, realised.params, x, batch_size)
-    units = {site: (o.keep, o.value) for site, o in realised.units.items()}
-    with eval_mode(model), unit_hooks(model, list(units)):
-        return torch.cat([_call(model, dict(realised.params), units, x[i:i + batch_size])
+    units = {name: (o.keep, o.value) for name, o in realised.units.items()}
+    sites = [o.site for o in realised.units.values()]
+    with eval_mode(model), SiteHooks(model, sites) as hooks:
+        return torch.cat([hooks.run(model, dict(realised.params), units, x[i:i + batch_size])
                           for i in range(0, len(x), batch_size)])
 
 
@@ -93,18 +145,17 @@ def _activation_numel(model: nn.Module, leaves: list[tuple[str, nn.Module]] | No
     return max(total, 1)
 
 
-def _suffix_runner(model: nn.Module, leaves: list[tuple[str, nn.Module]] | None
-                   ) -> Callable[[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor],
-                                 torch.Tensor]:
-    """f(params, unit overrides, input of the first leaf) for the whole model or the given chain of leaves."""
+def _suffix_runner(model: nn.Module, leaves: list[tuple[str, nn.Module]] | None, hooks: SiteHooks
+                   ) -> Callable[[dict[str, torch.Tensor], UnitValues, torch.Tensor], torch.Tensor]:
+    """f(params, unit values, input of the first leaf) for the whole model or the given chain of leaves."""
     if leaves is None:
-        return lambda params, units, inputs: _call(model, params, units, inputs)
+        return lambda params, units, inputs: hooks.run(model, params, units, inputs)
     owned = [(name, module, {f"{name}.{p}" if name else p: p for p, _ in module.named_parameters()})
              for name, module in leaves]
 
-    def run(params: dict[str, torch.Tensor], units: dict[str, tuple[torch.Tensor, torch.Tensor]],
-            inputs: torch.Tensor) -> torch.Tensor:
-        _overrides.current = units
+    def run(params: dict[str, torch.Tensor], units: UnitValues, inputs: torch.Tensor) -> torch.Tensor:
+        hooks.current = units
+        hooks.reset()
         try:
             h = inputs
             for _, module, names in owned:
@@ -112,9 +163,14 @@ def _suffix_runner(model: nn.Module, leaves: list[tuple[str, nn.Module]] | None
                 h = functional_call(module, local, (h,), strict=False) if local else module(h)
             return h
         finally:
-            _overrides.current = {}
+            hooks.current = {}
 
     return run
+
+
+def _in_place_under_vmap(err: RuntimeError) -> bool:
+    text = str(err)
+    return "vmap" in text and ("inplace" in text or "in-place" in text or "in place" in text)
 
 
 @torch.no_grad()
@@ -135,14 +191,17 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
         return torch.stack([damaged_outputs(model, c, x, input_batch) for c in progress.track(configs, desc)])
     base = parameters_of(model)
     names = sorted({name for c in configs for name in c.params}, key=list(base).index)
-    widths = {site: o.keep.numel() for c in configs for site, o in c.units.items()}
-    if not names and not widths:  # no configuration damages anything: one clean forward serves them all
+    sites = {name: o.site for c in configs for name, o in c.units.items()}
+    device = next(iter(base.values())).device if base else x.device
+    if not names and not sites:  # no configuration damages anything: one clean forward serves them all
         clean = damaged_outputs(model, Realised(), x, input_batch)
         return clean.unsqueeze(0).expand(len(configs), *clean.shape).clone()
     leaves = chain_leaves(model)
+    if any(s.calls > 1 for s in sites.values()):
+        leaves = None  # a module run more than once: calls are counted over the whole forward
     with eval_mode(model):
         if leaves is not None:
-            first = first_touched(leaves, set(names), set(widths))
+            first = first_touched(leaves, set(names), {s.path for s in sites.values()})
             for _, module in leaves[:first]:
                 x = torch.cat([module(x[i:i + input_batch]) for i in range(0, len(x), input_batch)])
             leaves = leaves[first:]
@@ -152,18 +211,30 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
             per_config = x.element_size() * (changed + 2 * input_batch * _activation_numel(model, leaves, x))
             chunk_size = max(1, memory_bytes // max(per_config, 1))
         chunk_size = min(chunk_size, len(configs))
-        run = vmap(_suffix_runner(model, leaves), in_dims=(0, 0, None))
         outputs = []
-        with unit_hooks(model, list(widths)), progress.bar(len(configs), desc, "config") as bar:
+        with SiteHooks(model, list(sites.values())) as hooks, progress.bar(len(configs), desc, "config") as bar:
+            runner = _suffix_runner(model, leaves, hooks)
+            shared_input = vmap(runner, in_dims=(0, 0, None))
+            own_input = vmap(runner, in_dims=(0, 0, 0))
             for start in range(0, len(configs), chunk_size):
                 chunk = configs[start:start + chunk_size]
                 params = {n: torch.stack([c.param(n, base) for c in chunk]) for n in names}
                 units = {}
-                for site, width in widths.items():
-                    overrides = [c.units.get(site) or UnitOverride.identity(width) for c in chunk]
-                    units[site] = (torch.stack([o.keep for o in overrides]).to(x.dtype),
+                for name, site in sites.items():
+                    overrides = [c.units.get(name) or UnitOverride.identity(site, device) for c in chunk]
+                    units[name] = (torch.stack([o.keep for o in overrides]).to(x.dtype),
                                    torch.stack([o.value for o in overrides]).to(x.dtype))
-                parts = [run(params, units, x[i:i + input_batch]) for i in range(0, len(x), input_batch)]
+                parts = []
+                for i in range(0, len(x), input_batch):
+                    part = x[i:i + input_batch]
+                    try:
+                        parts.append(shared_input(params, units, part))
+                    except RuntimeError as err:
+                        # an in-place op (timm's `x += shortcut`) mixing damaged and undamaged tensors: give every
+                        # configuration its own copy of the inputs, so every tensor carries the vmapped dimension
+                        if not _in_place_under_vmap(err):
+                            raise
+                        parts.append(own_input(params, units, part.unsqueeze(0).expand(len(chunk), *part.shape)))
                 outputs.append(torch.cat(parts, dim=1))
                 bar.update(len(chunk))
     return torch.cat(outputs)

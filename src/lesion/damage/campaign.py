@@ -104,7 +104,7 @@ class Campaign:
         self.model, self.x, self.y = model, x, y
         self.damages = list(damages)
         self.seed, self.tolerance = seed, tolerance
-        self.target = Target(model)
+        self.target = Target(model, example=x[:2])
         self.clean = forward_with(model, self.target.base, x)
         self.clean_accuracy = None if y is None else float((self.clean.argmax(1) == y).double().mean())
         self.samples: list[SampleResult] = []

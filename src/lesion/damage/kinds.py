@@ -23,13 +23,15 @@ from lesion.damage.realised import Realised, UnitOverride
 from lesion.damage.selectors import Selector
 from lesion.damage.target import Target
 from lesion.errors import LesionError
+from lesion.sites import Site
+from lesion.sites.modules import unit_rows
 
 RECORD_LIMIT = 1000
 
 
 def index_record(indices: torch.Tensor) -> dict[str, Any]:
     """Indices themselves when few, else their count and digest."""
-    flat = indices.to(torch.int64).flatten()
+    flat = indices.to(torch.int64).flatten().cpu()
     if flat.numel() <= RECORD_LIMIT:
         return {"indices": flat.tolist()}
     return {"count": int(flat.numel()), "sha256": hashlib.sha256(flat.numpy().tobytes()).hexdigest()[:16]}
@@ -56,21 +58,22 @@ def _check_sigma(sigma: float) -> None:
 
 @dataclass(frozen=True)
 class UnitCrash:
-    """Units of a hidden layer (features of a Linear layer, channels of a conv layer) output `value`
-    for every input: a crash when value = 0 ([R] Def. 2), stuck-at otherwise."""
+    """Units of a site (SPEC §6.1: features of a Linear layer, channels of a conv layer, features of a token
+    output, after their activation) output `value` for every input and position: a crash when value = 0
+    ([R] Def. 2), stuck-at otherwise."""
 
     layer: str
     units: Selector
     value: float = 0.0
 
     def realise(self, target: Target, state: Realised, generator: torch.Generator) -> Realised:
-        """Override the chosen units' outputs at the layer's site."""
-        site = target.site(self.layer)
+        """Override the chosen units' values at the site."""
+        site = target.site(self.layer, "unit")
         chosen = self.units.select(site.width, None, generator)
-        current = state.units.get(site.module) or UnitOverride.identity(site.width)
-        record = {"kind": "crash", "site": site.module, "width": site.width, **index_record(chosen),
+        current = state.units.get(site.name) or UnitOverride.identity(site, target.device)
+        record = {"kind": "crash", "site": site.name, "width": site.width, **index_record(chosen),
                   "value": self.value}
-        return state.with_units(site.module, current.force(chosen, self.value), record)
+        return state.with_units(current.force(chosen, self.value), record)
 
     def spec(self) -> str:
         """SPEC string."""
@@ -79,29 +82,78 @@ class UnitCrash:
 
 
 @dataclass(frozen=True)
+class HeadCrash:
+    """Attention heads of a site output 0 (SPEC §6.1: the head's slice of the attention output before the output
+    projection is zeroed), applied as zeros in the projection's weight entries that read that slice."""
+
+    site: str
+    heads: Selector
+
+    def realise(self, target: Target, state: Realised, generator: torch.Generator) -> Realised:
+        """Zero the projection columns (rows for GPT-2's Conv1D) of the chosen heads."""
+        site = target.site(self.site, "head")
+        layout = site.heads
+        assert layout is not None
+        chosen = self.heads.select(layout.heads, None, generator)
+        weight = state.param(layout.param, target.base).clone()
+        columns = (chosen.unsqueeze(1) * layout.head_dim + torch.arange(layout.head_dim)).reshape(-1)
+        weight.index_fill_(layout.axis, columns.to(weight.device), 0.0)
+        return state.with_params({layout.param: weight}, {"kind": "head", "site": site.name, "heads": layout.heads,
+                                                          **index_record(chosen)})
+
+    def spec(self) -> str:
+        """SPEC string."""
+        return f"head:{self.site}:{self.heads.describe()}"
+
+
+def unit_parameters(target: Target, site: Site) -> list[tuple[str, int]]:
+    """(parameter, axis) of every per-unit parameter from the site's layer to the site: the layer's weight
+    rows (columns for Conv1D) and bias, and the scale and shift of the norms in between (SPEC §6.1: with
+    BatchNorm, a deletion includes the BN shift)."""
+    if site.layer is None:
+        raise LesionError(f"{site.name} has no layer of its own (it follows a residual add or is a module's "
+                          "input): delete units at the site of a Linear or conv layer")
+    modules = dict(target.model.named_modules())
+    layer = modules[site.layer]
+    weight_name, axis = unit_rows(layer)
+    owned = [(f"{site.layer}.{weight_name}", axis)]
+    if f"{site.layer}.bias" in target.base:
+        owned.append((f"{site.layer}.bias", 0))
+    for path in site.chain:
+        for name in ("weight", "bias"):
+            full = f"{path}.{name}"
+            if full in target.base and target.base[full].dim() == 1 and target.base[full].numel() == site.width:
+                owned.append((full, 0))
+    return owned
+
+
+@dataclass(frozen=True)
 class FilterDeletion:
-    """Filters (conv output channels) or units of a layer deleted: their incoming weights and bias set to 0
-    ([G] filter / node deletion)."""
+    """Units (filters, conv output channels, neurons) of a site deleted ([G] filter / node deletion; SPEC §6.1):
+    the unit is silent downstream. Its incoming weights and bias, and the scale and shift of a norm between
+    the layer and the site, are set to 0, and the unit's value at the site is forced to 0 (so that it is 0
+    after the activation too, whatever φ(0) is)."""
 
     module: str
     units: Selector
 
     def realise(self, target: Target, state: Realised, generator: torch.Generator) -> Realised:
-        """Zero the chosen rows of the layer's weight and bias."""
-        weight_name = f"{self.module}.weight"
-        if weight_name not in target.base:
-            raise LesionError(f"{self.module!r} is not a layer with weights; layers are "
-                              f"{', '.join(n[:-7] for n in target.base if n.endswith('.weight'))}")
-        weight = state.param(weight_name, target.base).clone()
-        chosen = self.units.select(weight.shape[0], None, generator)
-        weight[chosen] = 0.0
-        changed = {weight_name: weight}
-        bias_name = f"{self.module}.bias"
-        if bias_name in target.base:
-            bias = state.param(bias_name, target.base).clone()
-            bias[chosen] = 0.0
-            changed[bias_name] = bias
-        return state.with_params(changed, {"kind": "filter", "module": self.module, **index_record(chosen)})
+        """Zero the units' parameters and force their value to 0 at the site."""
+        site = target.site(self.module, None)
+        if site.kind == "attention-head":
+            raise LesionError(f"{site.name} is an attention module: delete its heads with head:{site.name}:HEADS")
+        chosen = self.units.select(site.width, None, generator)
+        changed = {}
+        for name, axis in unit_parameters(target, site):
+            tensor = state.param(name, target.base).clone()
+            tensor.index_fill_(axis, chosen.to(tensor.device), 0.0)
+            changed[name] = tensor
+        record = {"kind": "filter", "site": site.name, "layer": site.layer, **index_record(chosen)}
+        state = state.with_params(changed, record)
+        if site.refused:
+            return state
+        current = state.units.get(site.name) or UnitOverride.identity(site, target.device)
+        return state.with_units(current.force(chosen, 0.0), None)
 
     def spec(self) -> str:
         """SPEC string."""
@@ -120,7 +172,7 @@ class WeightDeletion:
         names = target.match(self.params)
         flat = _flat(target, state, names).clone()
         chosen = self.selector.select(flat.numel(), flat, generator)
-        flat[chosen] = 0.0
+        flat[chosen.to(flat.device)] = 0.0
         return state.with_params(_unflat(target, names, flat),
                                  {"kind": "delete", "params": names, **index_record(chosen)})
 
@@ -169,7 +221,7 @@ class Perturbation:
         """Add the random perturbation."""
         names = target.match(self.params)
         flat = _flat(target, state, names)
-        noise = torch.randn(flat.numel(), generator=generator, dtype=torch.float64)
+        noise = torch.randn(flat.numel(), generator=generator, dtype=torch.float64).to(flat.device)
         if self.law == "gauss":
             du = noise * (self.sigma / math.sqrt(flat.numel()))
         else:
@@ -195,7 +247,7 @@ class Direction:
         """Add the direction."""
         names = target.match(self.params)
         flat = _flat(target, state, names)
-        du = load_direction(self.path, names, target).double()
+        du = load_direction(self.path, names, target).double().to(flat.device)
         if du.numel() != flat.numel():
             raise LesionError(f"direction {self.path} has {du.numel()} values; the parameters {self.params} "
                               f"have {flat.numel()}")
@@ -296,7 +348,7 @@ class BitFlip:
         return f"bitflip:{scope}ber={self.ber}{fmt}{positions}"
 
 
-Damage = UnitCrash | FilterDeletion | WeightDeletion | StuckAt | Perturbation | Direction | BitFlip
+Damage = UnitCrash | HeadCrash | FilterDeletion | WeightDeletion | StuckAt | Perturbation | Direction | BitFlip
 
 
 def realise(target: Target, damages: list[Damage] | tuple[Damage, ...], generator: torch.Generator) -> Realised:

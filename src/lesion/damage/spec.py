@@ -9,6 +9,7 @@ from lesion.damage.kinds import (
     Damage,
     Direction,
     FilterDeletion,
+    HeadCrash,
     Perturbation,
     StuckAt,
     UnitCrash,
@@ -18,9 +19,12 @@ from lesion.damage.selectors import parse_selector
 from lesion.errors import LesionError
 
 SPEC_HELP = """\
-crash:LAYER:UNITS[:value=V]   units of a hidden layer output 0 (or V): LAYER = 1-based hidden-layer index or a
-                              module name; UNITS = 3,5,7 | frac=0.3 | count=4 (random, from --seed)
-filter:MODULE:UNITS           delete filters/units of a layer: their incoming weights and bias set to 0
+crash:SITE:UNITS[:value=V]    units of a site output 0 (or V) after their activation, for every input and
+                              position; SITE = index or name from `lesion sites` (path, path#CALL, path@in);
+                              UNITS = 3,5,7 | frac=0.3 | count=4 (random, from --seed)
+head:SITE:HEADS               attention heads of an attention site output 0 (HEADS as UNITS)
+filter:SITE:UNITS             delete units/filters: silent downstream (incoming weights, bias and the BN/LN
+                              scale and shift between layer and site set to 0, the unit's value forced to 0)
 delete:PARAM:frac=F           delete (zero) a random fraction F of the weights of PARAM
 delete:PARAM:smallest=F       delete the fraction F of smallest-magnitude weights of PARAM
 delete:PARAM:idx=I,J,...      delete these flat indices of PARAM
@@ -33,7 +37,7 @@ bitflip:PARAM:INDEX:BIT[:fmt=F]     flip bit BIT (0 = least significant, top = s
 stuck:PARAM:INDEX:VALUE       one weight stuck at VALUE (a number, inf, -inf, nan)
 PARAM is a parameter name (fc1.weight), a glob (*.weight), all, weights or biases; INDEX a flat index or i,j."""
 
-KINDS = ("crash", "filter", "delete", "gauss", "sphere", "direction", "bitflip", "stuck")
+KINDS = ("crash", "head", "filter", "delete", "gauss", "sphere", "direction", "bitflip", "stuck")
 
 
 def _float(text: str, what: str) -> float:
@@ -75,6 +79,8 @@ def _parse(kind: str, parts: list[str]) -> Damage | None:
                 return None
             value = _float(raw, "value")
         return UnitCrash(parts[0], parse_selector(parts[1], allow_smallest=False), value)
+    if kind == "head" and len(parts) == 2:
+        return HeadCrash(parts[0], parse_selector(parts[1], allow_smallest=False))
     if kind == "filter" and len(parts) == 2:
         return FilterDeletion(parts[0], parse_selector(parts[1], allow_smallest=False))
     if kind == "delete" and len(parts) == 2:

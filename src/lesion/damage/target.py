@@ -1,4 +1,4 @@
-"""The network being damaged: the model, its trained parameters and its unit sites (SPEC §0)."""
+"""The network being damaged: the model, its trained parameters and its sites (SPEC §0, §6.1)."""
 
 from __future__ import annotations
 
@@ -10,30 +10,48 @@ import numpy as np
 import torch
 from torch import nn
 
-from lesion.damage.sites import UnitSite, resolve_site, unit_sites
 from lesion.errors import LesionError
 from lesion.functional import parameters_of
+from lesion.sites import Site, SiteTable
+from lesion.sites.example import example_input
 
 
 @dataclass
 class Target:
-    """A model and its trained parameters w (named_parameters order); damage never modifies either."""
+    """A model and its trained parameters w (named_parameters order); damage never modifies either.
+
+    `example`: a few inputs of the shape the model takes, for finding its sites (a recording forward); when
+    not given, inferred for lesion's own networks and MLPs whose first layer is Linear.
+    """
 
     model: nn.Module
     base: dict[str, torch.Tensor] = field(default_factory=dict)
+    example: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if not self.base:
             self.base = parameters_of(self.model)
 
-    @cached_property
-    def sites(self) -> list[UnitSite]:
-        """The hidden layers whose units can crash."""
-        return unit_sites(self.model)
+    @property
+    def device(self) -> torch.device:
+        """Where the model's parameters live (every damage tensor is created there)."""
+        first = next(iter(self.base.values()), None)
+        return first.device if first is not None else torch.device("cpu")
 
-    def site(self, layer: int | str) -> UnitSite:
-        """A unit site by 1-based hidden-layer index or module name."""
-        return resolve_site(self.model, layer)
+    @cached_property
+    def table(self) -> SiteTable:
+        """The sites of the model, found by a recording forward on the example inputs."""
+        example = self.example if self.example is not None else example_input(self.model)
+        return SiteTable.of(self.model, example[:2])
+
+    @property
+    def sites(self) -> list[Site]:
+        """Every site, in execution order (`lesion sites`)."""
+        return self.table.sites
+
+    def site(self, address: int | str, kind: str | None = "unit") -> Site:
+        """A site by 1-based index or name (SPEC §6.1); `kind` "unit" or "head" checks what it carries."""
+        return self.table.resolve(address, kind)
 
     def match(self, pattern: str) -> list[str]:
         """Parameter names a pattern selects: an exact name, a glob (`*.weight`), `all`/`*`, `weights`, `biases`."""

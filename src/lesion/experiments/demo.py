@@ -57,7 +57,7 @@ def run_demo(net: str = "mlp2", epochs: int = 10, fractions: tuple[float, ...] =
     history = train(model, data.x_train, data.y_train, TrainSettings(epochs=epochs, seed=seed),
                     data.x_test, data.y_test)
     assert history.test is not None
-    target = Target(model)
+    target = Target(model, example=data.x_test[:2])
     generator = torch.Generator().manual_seed(seed)
     points = []
     for site in target.sites:

@@ -20,6 +20,7 @@ from lesion.damage import Explicit, Target, UnitCrash, batched_damaged_outputs, 
 from lesion.errors import LesionError
 from lesion.geometry.damage_set import unit_damage_set
 from lesion.geometry.metric import MetricOperator
+from lesion.sites.modules import unit_rows
 from lesion.stats import mean_interval
 from lesion.train import evaluate_outputs
 
@@ -51,13 +52,16 @@ class DeletionCurve:
 def unit_order(model: nn.Module, layer: str, order: str, rng: np.random.Generator,
                x_analysis: torch.Tensor | None = None) -> list[int]:
     """The order in which the units of `layer` are deleted."""
-    target = Target(model)
+    target = Target(model, example=x_analysis)
     site = target.site(layer)
     if order == "random":
         return rng.permutation(site.width).tolist()
-    weight = target.base[f"{site.layer}.weight"]
     if order == "magnitude":
-        norms = weight.reshape(weight.shape[0], -1).norm(dim=1)
+        if site.layer is None:
+            raise LesionError(f"{site.name} has no layer of its own: the magnitude order needs one")
+        weight = target.base[f"{site.layer}.weight"]
+        rows_axis = unit_rows(dict(model.named_modules())[site.layer])[1]
+        norms = weight.movedim(rows_axis, 0).reshape(weight.shape[rows_axis], -1).norm(dim=1)
         return torch.argsort(norms, stable=True).tolist()
     if order == "metric":
         if x_analysis is None:
@@ -66,7 +70,7 @@ def unit_order(model: nn.Module, layer: str, order: str, rng: np.random.Generato
         harm = []
         for unit in range(site.width):
             d = torch.zeros_like(op.weights)
-            idx = unit_damage_set(model, layer, Explicit((unit,)), torch.Generator()).indices
+            idx = unit_damage_set(model, layer, Explicit((unit,)), torch.Generator(), x_analysis).indices
             d[idx] = -op.weights[idx]
             harm.append(op.quadratic(d))
         return np.argsort(harm)[::-1].tolist()
@@ -79,13 +83,13 @@ def deletion_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: st
                    x_analysis: torch.Tensor | None = None) -> DeletionCurve:
     """Accuracy on (x, y) with the first ⌈f·N⌉ units of the order deleted, for each fraction f."""
     rng = np.random.default_rng(seed)
-    target = Target(model)
+    target = Target(model, example=x)
     site = target.site(layer)
     runs = orders if order == "random" else 1
     clean = evaluate_outputs(batched_damaged_outputs(model, [realise(target, [], torch.Generator())], x)[0], y)
     per_order = []
     for _ in range(runs):
-        sequence = unit_order(model, layer, order, rng, x_analysis)
+        sequence = unit_order(model, layer, order, rng, x if x_analysis is None else x_analysis)
         configs = []
         for f in fractions:
             count = int(round(f * site.width))
@@ -97,7 +101,7 @@ def deletion_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: st
     means = table.mean(axis=0).tolist()
     cis = [list(mean_interval(list(col))) for col in table.T]
     below = [f for f, a in zip(fractions, means, strict=True) if a < share * clean.accuracy]
-    return DeletionCurve(site.module, order, [float(f) for f in fractions], means, cis, clean.accuracy,
+    return DeletionCurve(site.name, order, [float(f) for f in fractions], means, cis, clean.accuracy,
                          float(below[0]) if below else None, share, runs, site.width, len(x), table.tolist())
 
 
@@ -128,9 +132,10 @@ def progressive_path(model: nn.Module, layer: str, sequence: Sequence[int], x_an
     from lesion.geometry.paths import path_point, predicted_breakdown
 
     op = MetricOperator(model, x_analysis)
-    site = Target(model).site(layer)
+    site = Target(model, example=x_analysis).site(layer)
     width = site.width
-    unit_indices = {u: unit_damage_set(model, layer, Explicit((u,)), torch.Generator()).indices for u in sequence}
+    unit_indices = {u: unit_damage_set(model, layer, Explicit((u,)), torch.Generator(), x_analysis).indices
+                    for u in sequence}
     keep = torch.ones_like(op.weights)
     rows: dict[str, list[float]] = {"speed": [], "acceleration": [], "cov": [], "accuracy": [], "loss": []}
     ts = []
@@ -152,8 +157,8 @@ def progressive_path(model: nn.Module, layer: str, sequence: Sequence[int], x_an
         rows["speed"].append(float(np.mean([p.speed for p in values])))
         rows["acceleration"].append(float(np.mean([p.speed_derivative for p in values])))
         rows["cov"].append(float(np.mean([p.covariant_acceleration for p in values])))
-        config = realise(Target(model), [UnitCrash(layer, Explicit(tuple(sequence[:deleted])))] if deleted else [],
-                         torch.Generator())
+        damage = [UnitCrash(layer, Explicit(tuple(sequence[:deleted])))] if deleted else []
+        config = realise(Target(model, example=x), damage, torch.Generator())
         evaluation = evaluate_outputs(batched_damaged_outputs(model, [config], x)[0], y)
         rows["accuracy"].append(evaluation.accuracy)
         rows["loss"].append(evaluation.loss)
@@ -169,7 +174,7 @@ def path_embedding(model: nn.Module, layer: str, sequences: Sequence[Sequence[in
     by Isomap on their outputs on x, with their accuracy."""
     from sklearn.manifold import Isomap
 
-    target = Target(model)
+    target = Target(model, example=x)
     width = target.site(layer).width
     final = int(round(end_fraction * width))
     chosen = sorted(sequences[0][:final])

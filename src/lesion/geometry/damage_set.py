@@ -13,9 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lesion.damage.chain import chain_leaves
 from lesion.damage.selectors import Selector, parse_selector
-from lesion.damage.sites import resolve_site
 from lesion.errors import LesionError
 from lesion.geometry.params import ParameterLayout
 
@@ -47,20 +45,25 @@ class DamageSet:
         return f"{len(self.units)} of the {self.width} units of {self.layer} ({len(self.indices):,} weights)"
 
 
-def _unit_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    leaves = chain_leaves(model) or [(n, m) for n, m in model.named_modules() if not list(m.children())]
-    return [(n, m) for n, m in leaves if isinstance(m, nn.Linear | nn.Conv2d)]
+def unit_damage_set(model: nn.Module, layer: str, selector: Selector, generator: torch.Generator,
+                    example: torch.Tensor | None = None) -> DamageSet:
+    """D for deleting the units chosen by `selector` among those of site `layer` (SPEC §6.1 address): every
+    parameter that only feeds a deleted unit (the layer's rows and bias, the BN/LN scale and shift between the
+    layer and the site) and the weights of the next layer that read it."""
+    from lesion.damage.kinds import unit_parameters
+    from lesion.damage.target import Target
+    from lesion.sites.modules import reader_columns
+    from lesion.sites.table import reader_of
 
-
-def unit_damage_set(model: nn.Module, layer: str, selector: Selector, generator: torch.Generator) -> DamageSet:
-    """D for deleting the units chosen by `selector` among those of hidden layer `layer` (index or name)."""
-    site = resolve_site(model, layer)
-    layers = _unit_layers(model)
-    names = [n for n, _ in layers]
-    if site.layer not in names or names.index(site.layer) == len(names) - 1:
-        raise LesionError(f"{layer} is not a hidden layer followed by another layer")
-    position = names.index(site.layer)
-    this, nxt_name, nxt = layers[position][1], layers[position + 1][0], layers[position + 1][1]
+    target = Target(model, example=example)
+    site = target.site(layer, None)
+    if site.kind == "attention-head":
+        raise LesionError(f"{site.name} is an attention module: recovery deletes units, not heads (yet)")
+    owned = unit_parameters(target, site)
+    reader = reader_of(target.table, site)
+    if reader is None:
+        raise LesionError(f"cannot tell which weights read the units of {site.name}: no Linear or conv layer "
+                          "reads them directly (a residual add or other code comes between)")
     units = selector.select(site.width, None, generator)
     if len(units) == 0:
         raise LesionError("the damage deletes no unit")
@@ -68,34 +71,35 @@ def unit_damage_set(model: nn.Module, layer: str, selector: Selector, generator:
     offsets = layout.offsets()
     flat = torch.zeros(layout.n, dtype=torch.bool)
 
-    def mark(name: str, index: tuple) -> None:
+    def mark(name: str, axis: int, index: torch.Tensor) -> None:
         start, stop = offsets[name]
         view = flat[start:stop].view(layout.shapes[layout.names.index(name)])
-        view[index] = True
+        view.index_fill_(axis, index, True)
 
-    mark(f"{site.layer}.weight", (units,))
-    if getattr(this, "bias", None) is not None:
-        mark(f"{site.layer}.bias", (units,))
-    weight = nxt.weight
-    if isinstance(nxt, nn.Conv2d) or weight.shape[1] == site.width:
-        mark(f"{nxt_name}.weight", (slice(None), units))
-    elif weight.shape[1] % site.width == 0:  # flatten of channels × positions into a dense layer
-        block = weight.shape[1] // site.width
-        columns = (units.unsqueeze(1) * block + torch.arange(block)).reshape(-1)
-        mark(f"{nxt_name}.weight", (slice(None), columns))
+    for name, axis in owned:
+        mark(name, axis, units)
+    modules = dict(model.named_modules())
+    axis = reader_columns(modules[reader])
+    inputs = target.base[f"{reader}.weight"].shape[axis]
+    if inputs == site.width:
+        mark(f"{reader}.weight", axis, units)
+    elif inputs % site.width == 0:  # flatten of channels × positions into a dense layer
+        block = inputs // site.width
+        mark(f"{reader}.weight", axis, (units.unsqueeze(1) * block + torch.arange(block)).reshape(-1))
     else:
-        raise LesionError(f"cannot tell which weights of {nxt_name} read the units of {site.layer}")
-    return DamageSet(torch.nonzero(flat).reshape(-1), site.layer, tuple(units.tolist()), site.width)
+        raise LesionError(f"cannot tell which weights of {reader} read the units of {site.name}")
+    return DamageSet(torch.nonzero(flat).reshape(-1), site.name, tuple(units.tolist()), site.width)
 
 
-def parse_delete(model: nn.Module, text: str, generator: torch.Generator) -> DamageSet:
-    """`units:LAYER:UNITS` (LAYER = hidden-layer index or module name; UNITS = 1,2,3 | frac=F | count=K)."""
+def parse_delete(model: nn.Module, text: str, generator: torch.Generator,
+                 example: torch.Tensor | None = None) -> DamageSet:
+    """`units:SITE:UNITS` (SITE = site index or name, SPEC §6.1; UNITS = 1,2,3 | frac=F | count=K)."""
     kind, _, rest = text.partition(":")
     layer, _, units = rest.partition(":")
     if kind not in ("units", "filters") or not layer or not units:
         raise LesionError(f"bad --delete {text!r}: give units:LAYER:UNITS or filters:MODULE:UNITS, "
                           "e.g. units:1:frac=0.9")
-    return unit_damage_set(model, layer, parse_selector(units, allow_smallest=False), generator)
+    return unit_damage_set(model, layer, parse_selector(units, allow_smallest=False), generator, example)
 
 
 def union(sets: list[DamageSet]) -> DamageSet:

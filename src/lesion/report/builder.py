@@ -54,13 +54,13 @@ class ReportContext:
 
 def stage_network(ctx: ReportContext) -> dict[str, Any]:
     """Section 1: architecture, parameters, data, clean accuracy with its Wilson interval."""
-    from lesion.damage import unit_sites
+    from lesion.damage import Target
     from lesion.train import evaluate
 
     result: dict[str, Any] = {"model": ctx.model_info, "data": ctx.data.to_dict(),
                               "parameters": sum(p.numel() for p in ctx.model.parameters()),
                               "architecture": str(ctx.model),
-                              "hidden_layers": [s.__dict__ for s in unit_sites(ctx.model)]}
+                              "sites": [s.to_dict() for s in Target(ctx.model, example=ctx.x_eval).sites]}
     if ctx.data.y_test is not None:
         result["clean"] = evaluate(ctx.model, ctx.data.x_test, ctx.data.y_test).to_dict()
     return result
@@ -155,13 +155,13 @@ def stage_geometry(ctx: ReportContext) -> dict[str, Any]:
 
 def stage_breakdown(ctx: ReportContext) -> dict[str, Any]:
     """Section 4: deletion curves per hidden layer, measured and predicted break-down points."""
-    from lesion.damage import unit_sites
+    from lesion.damage import Target
     from lesion.geometry.breakdown import breakdown_plot, deletion_curve, progressive_path, unit_order
 
     if ctx.y_eval is None:
         return {"skipped": "the data have no test labels: deletion curves need accuracy"}
     fractions = tuple(float(f) for f in np.round(np.linspace(0, 1, 11), 6))
-    sites = unit_sites(ctx.model)
+    sites = [s for s in Target(ctx.model, example=ctx.x_eval).sites if s.kind != "attention-head" and s.layer]
     # layers are addressed by their 1-based index: module names may themselves be digits (nn.Sequential)
     curves = [deletion_curve(ctx.model, ctx.x_eval, ctx.y_eval, str(site.index), fractions, "random",
                              ctx.size(2, 5), 0.9, ctx.seed) for site in sites]

@@ -47,9 +47,9 @@ def build_sections(results: dict[str, Any], out: Path) -> list[Section]:
         lo, hi = clean["accuracy_ci"]
         s.paragraphs.append(f"Clean test accuracy {clean['accuracy']:.4f} (95% Wilson interval {lo:.4f}–{hi:.4f}, "
                             f"n = {clean['n']}), loss {clean['loss']:.4f}.")
-    layers = net.get("hidden_layers", [])
-    s.tables.append((["hidden layer", "module", "units", "kind"],
-                     [[str(h["index"]), h["module"], str(h["width"]), h["kind"]] for h in layers]))
+    layers = net.get("sites", [])
+    s.tables.append((["site", "name", "units", "kind"],
+                     [[str(h["index"]), h["name"], str(h["width"]), h["kind"]] for h in layers]))
     sections.append(s)
 
     crash = results.get("crash", {})
