@@ -17,6 +17,7 @@ from torch import nn
 from lesion import progress
 from lesion.errors import LesionError
 from lesion.functional import eval_mode
+from lesion.nets.outputs import flat_labels
 from lesion.stats import wilson_interval
 
 
@@ -79,7 +80,9 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.
 
 
 def evaluate_outputs(outputs: torch.Tensor, y: torch.Tensor) -> Evaluation:
-    """Accuracy and mean cross-entropy of raw outputs (logits) against integer labels."""
+    """Accuracy and mean cross-entropy of raw outputs (logits) against integer labels (per token for sequence
+    labels, `lesion.nets.outputs.flat_labels`)."""
+    y = flat_labels(y)
     if len(outputs) != len(y) or len(y) == 0:
         raise LesionError(f"{len(outputs)} outputs for {len(y)} labels: cannot evaluate")
     if outputs.shape[1] < 2:
@@ -121,7 +124,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSet
                 for i in range(0, len(x), settings.batch_size):
                     idx = order[i:i + settings.batch_size]
                     optimiser.zero_grad(set_to_none=True)
-                    loss = F.cross_entropy(model(x[idx]), y[idx])
+                    loss = F.cross_entropy(model(x[idx]), flat_labels(y[idx]))
                     if not torch.isfinite(loss):
                         raise LesionError(f"training diverged (loss {float(loss.detach())}) in epoch {epoch + 1}; "
                                           "lower the learning rate")

@@ -121,6 +121,21 @@ def _cmd_campaign(args: argparse.Namespace) -> dict[str, Any]:
     return {"model": loaded.to_dict(), "data": data.to_dict(), "campaign": result.to_dict(with_samples=True)}
 
 
+def _cmd_sites(args: argparse.Namespace) -> dict[str, Any]:
+    from lesion.damage import Target
+
+    loaded, data = load_model_and_data(args)
+    sites = Target(loaded.module, example=data.x_test[:2]).sites
+    print(f"{len(sites)} sites of {args.model} on inputs of shape {tuple(data.x_test.shape[1:])} "
+          "(address them by index or name: crash:SITE:UNITS, head:SITE:HEADS, filter:SITE:UNITS)")
+    print(f"{'#':>4}  {'name':<44} {'kind':<15} {'units':>6}  {'axis':>4}  layer / note")
+    for s in sites:
+        extra = s.refused and f"crash refused: {s.refused}" or s.note
+        layer = (f"{s.layer}; " if extra else s.layer) if s.layer and s.layer != s.path else ""
+        print(f"{s.index:>4}  {s.name:<44} {s.kind:<15} {s.width:>6}  {s.axis:>4}  {layer}{extra}")
+    return {"model": loaded.to_dict(), "data": data.to_dict(), "sites": [s.to_dict() for s in sites]}
+
+
 def _cmd_data(args: argparse.Namespace) -> dict[str, Any]:
     from lesion.data import load
 
@@ -217,6 +232,16 @@ def register(sub: Any) -> None:
     p.add_argument("--replay", metavar="FILE", help="re-run the configurations of a saved fault list")
     add_common(p)
     p.set_defaults(run=_cmd_campaign)
+
+    p = sub.add_parser("sites", help="list the sites (units, channels, heads) of a model",
+                       description="Find the sites of a model by a recording forward on the data's inputs and list "
+                                   "them in execution order: index, name (path, path#CALL for a module run more than "
+                                   "once, path@in for a module's input), kind, width and unit axis. Damage and "
+                                   "analyses address sites by index or name.")
+    add_model(p)
+    add_data(p)
+    add_common(p)
+    p.set_defaults(run=_cmd_sites)
 
     p = sub.add_parser("data", help="describe a data set", description="Load a data set and describe it.")
     p.add_argument("name", metavar="D", help="data set name or form (see `lesion train --help`)")

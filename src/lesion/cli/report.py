@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from lesion.cli.options import add_common
+from lesion.cli.options import add_common, add_device
 from lesion.errors import LesionError
 
 DEFAULT_NET, DEFAULT_DATA = "mlp2", "mnist5k"
@@ -32,7 +32,8 @@ def _default_model(out: Path, seed: int, quick: bool) -> str:
 
 def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:
     from lesion.data import load
-    from lesion.nets import load_model, validate_model
+    from lesion.cli.options import prepared
+    from lesion.nets import load_model
     from lesion.report.builder import STAGES, ReportContext, run_report
 
     out = Path(args.out)
@@ -46,7 +47,7 @@ def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:
         raise LesionError("--model needs --data")
     data = load(args.data)
     loaded = load_model(args.model, args.weights, seed=args.seed)
-    validate_model(loaded.module, data.x_test, data.num_classes, data.name)
+    loaded, data = prepared(args, loaded, data)
     stages = tuple(args.stages.split(",")) if args.stages else STAGES
     unknown = set(stages) - set(STAGES)
     if unknown:
@@ -67,6 +68,7 @@ def register(sub: Any) -> None:
                                    "DIR/stages: an interrupted run resumes from them.")
     p.add_argument("--model", metavar="M", help="a model (see `lesion evaluate --help`); default: mlp2 on mnist5k")
     p.add_argument("--weights", metavar="FILE", help="state-dict file for --model package.module:factory")
+    add_device(p)
     p.add_argument("--data", metavar="D", help="data set (required with --model)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--quick", action="store_true", help="a smaller, faster report")

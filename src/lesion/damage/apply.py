@@ -21,6 +21,7 @@ from lesion.damage.chain import chain_leaves, first_touched
 from lesion.damage.realised import Realised, UnitOverride
 from lesion.errors import LesionError
 from lesion.functional import eval_mode, parameters_of
+from lesion.nets.outputs import as_rows, select_output
 from lesion.sites import Site
 
 DEFAULT_MEMORY_BYTES = 64 << 20  # working set of one chunk of configurations: small chunks stay in cache
@@ -101,11 +102,12 @@ class SiteHooks:
 
     def run(self, module: nn.Module, params: dict[str, torch.Tensor], units: UnitValues, x: torch.Tensor
             ) -> torch.Tensor:
-        """functional_call(module, params, x) with `units` applied at the sites."""
+        """functional_call(module, params, x) with `units` applied at the sites, read as (rows, outputs) by the
+        rules of `lesion.nets.outputs` (a dict, tuple or ModelOutput gives its logits; tokens are rows)."""
         self.current = units
         self.reset()
         try:
-            return functional_call(module, params, (x,), strict=False)
+            return as_rows(select_output(functional_call(module, params, (x,), strict=False)))
         finally:
             self.current = {}
 

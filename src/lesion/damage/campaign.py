@@ -29,6 +29,7 @@ from lesion.damage.target import Target
 from lesion.errors import LesionError
 from lesion.functional import forward_with
 from lesion.nets.loading import model_digest
+from lesion.nets.outputs import flat_labels
 from lesion.report.jsonio import to_jsonable, write_json
 from lesion.stats import RunningMean, sample_size_for_mean, wilson_interval
 
@@ -60,6 +61,7 @@ def per_sample_metrics(outputs: torch.Tensor, clean: torch.Tensor, y: torch.Tens
     error = float(diff.mean())
     if y is None:
         return error, None, None
+    y = flat_labels(y)
     finite = torch.isfinite(outputs).all(dim=1)
     correct = (outputs.argmax(dim=1) == y) & finite
     loss = float(torch.nn.functional.cross_entropy(outputs.double(), y))
@@ -106,7 +108,7 @@ class Campaign:
         self.seed, self.tolerance = seed, tolerance
         self.target = Target(model, example=x[:2])
         self.clean = forward_with(model, self.target.base, x)
-        self.clean_accuracy = None if y is None else float((self.clean.argmax(1) == y).double().mean())
+        self.clean_accuracy = None if y is None else float((self.clean.argmax(1) == flat_labels(y)).double().mean())
         self.samples: list[SampleResult] = []
 
     def _evaluate(self, indices: Sequence[int], seeds: Sequence[int]) -> list[SampleResult]:

@@ -12,7 +12,8 @@ from torch import nn
 
 def chain_leaves(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]] | None:
     """The (qualified name, module) leaves of `model` in execution order, or None if it is not a chain."""
-    if isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward:
+    if (isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward
+            and "forward" not in vars(model)):  # a `logits_view` has a forward of its own
         leaves: list[tuple[str, nn.Module]] = []
         for name, child in model.named_children():
             sub = chain_leaves(child, f"{prefix}{name}.")

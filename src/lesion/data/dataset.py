@@ -12,7 +12,8 @@ from lesion.errors import LesionError
 
 @dataclass(frozen=True)
 class Dataset:
-    """A train/test pair of inputs (float32) and optional integer labels (int64, shape (N,)), with provenance.
+    """A train/test pair of inputs (float32, or int64 token ids) and optional integer labels (int64, shape (N,),
+    or (N, T) per token for (N, T) token inputs), with provenance.
 
     Labels are either present for both splits or absent for both (inputs-only data such as input grids).
     `description` is a human sentence saying where the data came from and how it was split and normalised;
@@ -35,9 +36,9 @@ class Dataset:
             y = getattr(self, f"y_{split}")
             if not isinstance(x, torch.Tensor):
                 raise LesionError(f"{where}: x_{split} must be a torch.Tensor, got {type(x).__name__}")
-            if x.dtype != torch.float32:
-                raise LesionError(f"{where}: x_{split} must be float32, got {x.dtype}; convert it with "
-                                  ".float()")
+            if x.dtype not in (torch.float32, torch.int64):
+                raise LesionError(f"{where}: x_{split} must be float32 (or int64 token ids), got {x.dtype}; "
+                                  "convert it with .float()")
             if x.dim() < 2:
                 raise LesionError(f"{where}: x_{split} has shape {tuple(x.shape)}; inputs must be (N, ...) "
                                   "with at least 2 dimensions (reshape a vector of scalars to (N, 1))")
@@ -45,9 +46,9 @@ class Dataset:
                 continue
             if not isinstance(y, torch.Tensor):
                 raise LesionError(f"{where}: y_{split} must be a torch.Tensor, got {type(y).__name__}")
-            if y.dtype != torch.int64 or y.dim() != 1:
-                raise LesionError(f"{where}: y_{split} must be int64 of shape (N,), got {y.dtype} of shape "
-                                  f"{tuple(y.shape)}")
+            if y.dtype != torch.int64 or not (y.dim() == 1 or (y.dim() == 2 and y.shape == x.shape[:2])):
+                raise LesionError(f"{where}: y_{split} must be int64 of shape (N,) (or (N, T) per token of "
+                                  f"(N, T) inputs), got {y.dtype} of shape {tuple(y.shape)}")
             if y.shape[0] != x.shape[0]:
                 raise LesionError(f"{where}: {x.shape[0]} {split} inputs but {y.shape[0]} {split} labels; "
                                   "give one label per input")

@@ -17,6 +17,9 @@ _AVAILABLE: tuple[tuple[str, str], ...] = (
     ("digits", "scikit-learn's 1,797 8x8 handwritten digits, seeded split 80% train / 20% test, 1x8x8"),
     ("fashion-mnist", "Fashion-MNIST 60,000 / 10,000 from Debian's dataset-fashion-mnist "
                       "(or $LESION_FASHION_MNIST_DIR), 1x28x28"),
+    ("text", "character-level text of the licences in /usr/share/common-licenses: 64 characters in, the next "
+             "character at each position out (for sequence models)"),
+    ("text-cls", "64-character snippets of the same licences, labelled by licence family (6 classes)"),
     ("mnist:PATH", "a folder with the four MNIST IDX files (train-images-idx3-ubyte, ..., gzipped or not)"),
     ("cifar10:PATH", "the cifar-10-batches-py folder (or its parent) of CIFAR-10's python version, 3x32x32"),
     ("npz:PATH", "a .npz file with arrays x and optional y, x_test, y_test (inputs used as given)"),
@@ -65,6 +68,10 @@ def load(name: str, seed: int = 0) -> Dataset:
             return load_digits(seed)
         if key in ("fashion-mnist", "fashion_mnist", "fashionmnist"):
             return load_fashion_mnist()
+        if key in ("text", "text-cls"):
+            from lesion.data.text import load_text
+
+            return load_text(key, seed)
         if key in ("mnist", "cifar10", "npz"):
             raise LesionError(f"data set {key} needs a path: write {key}:PATH"
                               + ("; for the bundled MNIST digits use mnist5k" if key == "mnist" else ""))

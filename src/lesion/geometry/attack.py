@@ -27,12 +27,13 @@ from lesion.functional import eval_mode
 from lesion.geometry.metric import MetricOperator
 from lesion.geometry.response import small_perturbation_response
 from lesion.geometry.spectrum import top_eigenpairs
+from lesion.nets.outputs import flat_labels
 
 
 def _loss_fn(op: MetricOperator, x: torch.Tensor, y: torch.Tensor):  # noqa: ANN202
     def loss(flat: torch.Tensor) -> torch.Tensor:
         out = functional_call(op.model, (op.layout.unflatten(flat), op.buffers), (x,))
-        return F.cross_entropy(out, y)
+        return F.cross_entropy(out, flat_labels(y))
 
     return loss
 
@@ -45,7 +46,7 @@ def _accuracy(op: MetricOperator, flat: torch.Tensor, x: torch.Tensor, y: torch.
     pred = out.argmax(1)
     finite = torch.isfinite(out).all(1)
     counts = torch.bincount(pred[finite], minlength=out.shape[1]).tolist()
-    return float(((pred == y) & finite).double().mean()), counts
+    return float(((pred == flat_labels(y)) & finite).double().mean()), counts
 
 
 def gradient_direction(op: MetricOperator, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -130,7 +131,7 @@ def greedy_bitflips(op: MetricOperator, x: torch.Tensor, y: torch.Tensor, sigma:
             changed = {n: t for n, t in op.layout.unflatten(trial).items() if not torch.equal(t, base[n])}
             configs.append(Realised(changed))
         outs = batched_damaged_outputs(op.model, configs, x, desc="bit flips")
-        losses = torch.stack([F.cross_entropy(o, y) for o in outs])
+        losses = torch.stack([F.cross_entropy(o, flat_labels(y)) for o in outs])
         best = int(torch.argmax(torch.nan_to_num(losses, nan=-math.inf)))
         with torch.no_grad():
             current = float(loss(flat))

@@ -33,6 +33,7 @@ from lesion.geometry.damage_set import DamageSet
 from lesion.geometry.metric import MetricOperator
 from lesion.geometry.rows import ExplicitRows, MLPRows, jacobian_rows
 from lesion.geometry.trust_region import trust_region_step
+from lesion.nets.outputs import flat_labels
 from lesion.train import TrainSettings, train
 
 
@@ -73,7 +74,8 @@ class RecoveryProblem:
         """(accuracy, loss) on the evaluation inputs."""
         with torch.no_grad(), eval_mode(self.model):
             out = torch.cat([self.op.outputs_fn(self.x_eval[i:i + 4096])(w) for i in range(0, len(self.x_eval), 4096)])
-        return float((out.argmax(1) == self.y_eval).double().mean()), float(F.cross_entropy(out.double(), self.y_eval))
+        y = flat_labels(self.y_eval)
+        return float((out.argmax(1) == y).double().mean()), float(F.cross_entropy(out.double(), y))
 
     def jacobian(self, w: torch.Tensor, x: torch.Tensor) -> ExplicitRows | MLPRows:
         """Jacobian rows of the outputs on x with respect to w (len(x)·m rows; MLPs: through layer factors)."""

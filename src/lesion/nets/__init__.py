@@ -12,7 +12,7 @@ from lesion.nets.cnn import ConvNet
 from lesion.nets.loading import LoadedModel, load_model, model_digest
 from lesion.nets.mlp import MLP
 from lesion.nets.presets import PRESETS, build_from_config, build_net, describe_presets, preset_config
-from lesion.nets.validate import non_finite_parameters, validate_model
+from lesion.nets.validate import non_finite_parameters, prepare_model, validate_model
 
 __all__ = [
     "MLP",
@@ -30,6 +30,7 @@ __all__ = [
     "model_digest",
     "non_finite_parameters",
     "output_bound",
+    "prepare_model",
     "preset_config",
     "save_checkpoint",
     "validate_model",

@@ -21,31 +21,53 @@ def non_finite_parameters(module: nn.Module) -> dict[str, int]:
 
 def validate_model(module: nn.Module, inputs: torch.Tensor, num_classes: int | None = None,
                    data_name: str = "the data") -> int:
-    """Raise a LesionError unless `module` has finite weights and maps `inputs` to finite (batch, m) outputs.
+    """Raise a LesionError unless `module` has finite weights and maps `inputs` to finite (rows, m) outputs.
 
-    `inputs` is a small batch of the data's inputs; `num_classes`, when given, must not exceed m.
-    Returns m, the output dimension.
+    Returns m, the output dimension. A model whose output needs reading (a tuple, a dict, a ModelOutput,
+    tokens) is checked as `prepare_model` would read it.
     """
+    return prepare_model(module, inputs, num_classes, data_name)[1]
+
+
+def prepare_model(module: nn.Module, inputs: torch.Tensor, num_classes: int | None = None,
+                  data_name: str = "the data", output_key: str | None = None) -> tuple[nn.Module, int]:
+    """The module to analyse and its output count m, or a LesionError saying why `module` cannot be analysed.
+
+    Checks finite weights; runs `inputs[:2]`; when the output is not a (batch, m) tensor (or `output_key` is
+    given) the module is read through `lesion.nets.outputs.logits_view` (tuples, dicts, ModelOutputs, token
+    sequences as (batch·tokens, m) rows); the outputs must be finite and m ≥ `num_classes`.
+    """
+    from lesion.nets.outputs import logits_view, needs_view
+
     bad = non_finite_parameters(module)
     if bad:
         listed = ", ".join(f"{name} ({count})" for name, count in list(bad.items())[:5])
         raise LesionError(f"the model has NaN/inf weights in {listed}{' …' if len(bad) > 5 else ''}; "
                           "repair or retrain it before analysing it")
     batch = inputs[:2]
-    try:
-        with torch.no_grad():
-            out = module(batch)
-    except Exception as err:  # noqa: BLE001 - any failure of the user's forward means a shape mismatch
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise LesionError(f"the model does not run on inputs of shape {tuple(batch.shape[1:])} from {data_name} "
-                          f"({message}); give data the model was built for") from err
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != batch.shape[0]:
+    out = _run(module, batch, data_name)
+    if needs_view(out) or output_key is not None:
+        module = logits_view(module, output_key)
+        out = _run(module, batch, data_name)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] % batch.shape[0] != 0:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise LesionError(f"the model must return a (batch, outputs) tensor; it returned {shape} for a batch "
-                          f"of {batch.shape[0]}")
+        raise LesionError(f"the model must return (batch, outputs) or (batch, tokens, outputs); it returned "
+                          f"{shape} for a batch of {batch.shape[0]}")
     if not torch.isfinite(out).all():
         raise LesionError(f"the model's outputs on {data_name} contain NaN/inf")
     m = int(out.shape[1])
     if num_classes is not None and m < num_classes:
         raise LesionError(f"the model has {m} outputs but {data_name} has {num_classes} classes")
-    return m
+    return module, m
+
+
+def _run(module: nn.Module, batch: torch.Tensor, data_name: str) -> object:
+    try:
+        with torch.no_grad():
+            return module(batch)
+    except LesionError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure of the user's forward means a shape mismatch
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LesionError(f"the model does not run on inputs of shape {tuple(batch.shape[1:])} from {data_name} "
+                          f"({message}); give data the model was built for") from err

@@ -1,0 +1,221 @@
+"""Sites on real architectures (timm, transformers, torch): each damage equals a forward with the unit removed
+by hand (weights edited, or a hook written here), on models nobody here wrote."""
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import zoo
+from lesion.damage import Target, batched_damaged_outputs, damaged_outputs, parse_damage, realise
+from lesion.errors import LesionError
+
+IMAGES = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+TOKENS = torch.randint(0, 97, (3, 12), generator=torch.Generator().manual_seed(6))
+
+
+def damaged(model, spec, x, seed=0):
+    realised = realise(Target(model, example=x), [parse_damage(spec)], torch.Generator().manual_seed(seed))
+    return damaged_outputs(model, realised, x), realised
+
+
+def logits(out):
+    return out.logits if hasattr(out, "logits") else out
+
+
+def test_vit_mlp_neuron_crash_equals_zeroing_the_readers_columns():
+    model = zoo.vit()
+    table = Target(model, example=IMAGES).table
+    site = table.resolve("blocks.0.mlp.act", "unit")
+    assert (site.kind, site.width, site.axis) == ("token-feature", 128, 2)  # features, not tokens
+    out, _ = damaged(model, "crash:blocks.0.mlp.act:3,5,100", IMAGES)
+    hand = copy.deepcopy(model)
+    with torch.no_grad():
+        hand.blocks[0].mlp.fc2.weight[:, [3, 5, 100]] = 0.0
+    torch.testing.assert_close(out, hand(IMAGES), atol=1e-5, rtol=0)
+    assert not torch.allclose(out, model(IMAGES), atol=1e-4)
+
+
+@pytest.mark.parametrize("build", ["bert", "gpt2"])
+def test_head_crash_equals_zeroing_the_heads_slice_by_a_hook(build):
+    model = getattr(zoo, build)()
+    target = Target(model, example=TOKENS)
+    heads = [s for s in target.sites if s.kind == "attention-head"]
+    assert [s.width for s in heads] == [4, 4]
+    site = heads[1]
+    out, realised = damaged(model, f"head:{site.name}:1,3", TOKENS)
+    projection = dict(model.named_modules())[site.heads.param.rsplit(".", 1)[0]]
+
+    def silence(module, args):
+        x = args[0].clone()
+        x[..., 8:16] = 0.0  # head 1 of 4 heads of 8
+        x[..., 24:32] = 0.0  # head 3
+        return (x,)
+
+    handle = projection.register_forward_pre_hook(silence)
+    try:
+        with torch.no_grad():
+            expected = logits(model(TOKENS))
+    finally:
+        handle.remove()
+    torch.testing.assert_close(out.reshape(expected.shape), expected, atol=1e-5, rtol=0)
+    assert realised.faults[0]["indices"] == [1, 3]
+
+
+def test_deleted_bn_conv_filter_is_silent_after_bn_and_activation():
+    model = zoo.resnet18()
+    out, realised = damaged(model, "filter:conv1:0,7", IMAGES)
+    assert realised.faults[0]["site"] == "act1"
+    hand = copy.deepcopy(model)
+    with torch.no_grad():
+        hand.conv1.weight[[0, 7]] = 0.0
+        hand.bn1.weight[[0, 7]] = 0.0
+        hand.bn1.bias[[0, 7]] = 0.0
+    seen = {}
+    handle = hand.act1.register_forward_hook(lambda m, i, o: seen.setdefault("act1", o.clone()))
+    with torch.no_grad():
+        expected = hand(IMAGES)
+    handle.remove()
+    assert float(seen["act1"][:, [0, 7]].abs().max()) == 0.0
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    conv_only = copy.deepcopy(model)  # the old deletion: the BN shift revives the channel
+    with torch.no_grad():
+        conv_only.conv1.weight[[0, 7]] = 0.0
+        conv_only.conv1.bias is None or conv_only.conv1.bias[[0, 7]].zero_()
+    assert not torch.allclose(conv_only(IMAGES), expected, atol=1e-4)
+
+
+def test_resnet_campaign_with_in_place_residual_adds_matches_the_loop():
+    model = zoo.resnet18()
+    target = Target(model, example=IMAGES)
+    assert len([s for s in target.sites if s.kind == "conv-channel"]) >= 20
+    configs = [realise(target, [parse_damage("crash:8:frac=0.3"), parse_damage("crash:layer1.0.act1:count=4")],
+                       torch.Generator().manual_seed(i)) for i in range(3)]
+    batched = batched_damaged_outputs(model, configs, IMAGES)
+    loop = torch.stack([damaged_outputs(model, c, IMAGES) for c in configs])
+    torch.testing.assert_close(batched, loop, atol=1e-4, rtol=1e-4)
+
+
+class SharedRelu(nn.Module):
+    """torchvision's BasicBlock pattern: one ReLU module called twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.out = nn.Linear(5, 5), nn.Linear(5, 5), nn.Linear(5, 2)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        h = self.relu(self.fc1(x))
+        return self.out(self.relu(self.fc2(h) + x))
+
+
+def test_shared_module_is_crashed_at_one_call_only():
+    torch.manual_seed(0)
+    model = SharedRelu().eval()
+    x = torch.randn(6, 5)
+    names = [s.name for s in Target(model, example=x).sites]
+    assert names == ["relu#0", "fc2", "relu#1"]  # fc2 is added to x: its own output is a site
+    out, _ = damaged(model, "crash:relu#1:2,4", x)
+    with torch.no_grad():
+        h = torch.relu(model.fc1(x))
+        g = torch.relu(model.fc2(h) + x)
+        g[:, [2, 4]] = 0.0
+        expected = model.out(g)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+    with pytest.raises(LesionError, match="runs 2 times"):
+        damaged(model, "crash:relu:1", x)
+
+
+def test_gpt2_conv1d_filter_deletes_output_columns():
+    model = zoo.gpt2()
+    out, realised = damaged(model, "filter:transformer.h.1.mlp.c_fc:0,1,2", TOKENS)
+    assert realised.faults[0]["site"] == "transformer.h.1.mlp.act"
+    hand = copy.deepcopy(model)
+    with torch.no_grad():  # Conv1D stores (in, out): the units are columns; GELU(0) = 0
+        hand.transformer.h[1].mlp.c_fc.weight[:, [0, 1, 2]] = 0.0
+        hand.transformer.h[1].mlp.c_fc.bias[[0, 1, 2]] = 0.0
+        expected = hand(TOKENS).logits
+    torch.testing.assert_close(out.reshape(expected.shape), expected, atol=1e-5, rtol=0)
+
+
+def test_layernorm_between_linear_and_gelu_crashes_after_the_activation():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.GELU(), nn.Linear(8, 3)).eval()
+    x = torch.randn(5, 6)
+    site = Target(model, example=x).site(1)
+    assert site.name == "2#0" and site.chain == ("1", "2")
+    out, _ = damaged(model, "crash:1:0,3", x)
+    hand = copy.deepcopy(model)
+    with torch.no_grad():
+        hand[3].weight[:, [0, 3]] = 0.0
+    torch.testing.assert_close(out, hand(x), atol=1e-6, rtol=0)
+
+
+class FunctionalSigmoid(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.sigmoid(self.fc1(x)))
+
+
+def test_activation_written_as_a_function_crashes_the_unit_not_its_input():
+    torch.manual_seed(2)
+    model = FunctionalSigmoid().eval()
+    x = torch.randn(5, 4)
+    site = Target(model, example=x).site(1)
+    assert site.name == "fc2@in"
+    out, _ = damaged(model, "crash:1:1,2", x)
+    hand = copy.deepcopy(model)
+    with torch.no_grad():
+        hand.fc2.weight[:, [1, 2]] = 0.0  # the unit outputs 0, not sigmoid(0) = 0.5
+    torch.testing.assert_close(out, hand(x), atol=1e-6, rtol=0)
+
+
+def test_torch_transformer_encoder_sites_and_head_crash():
+    model = zoo.encoder()
+    target = Target(model, example=TOKENS)
+    heads = [s for s in target.sites if s.kind == "attention-head"]
+    assert [s.name for s in heads] == ["encoder.layers.0.self_attn", "encoder.layers.1.self_attn"]
+    out, _ = damaged(model, "head:encoder.layers.0.self_attn:2", TOKENS)
+    hand = copy.deepcopy(model)
+    with torch.no_grad():
+        hand.encoder.layers[0].self_attn.out_proj.weight[:, 8:12] = 0.0
+    torch.testing.assert_close(out, hand(TOKENS), atol=1e-5, rtol=0)
+
+
+def test_unit_and_head_addresses_are_checked():
+    model = zoo.bert()
+    target = Target(model, example=TOKENS)
+    with pytest.raises(LesionError, match="is an attention module"):
+        realise(target, [parse_damage("crash:1:0")], torch.Generator())
+    with pytest.raises(LesionError, match="is not an attention module"):
+        realise(target, [parse_damage("head:bert.pooler.activation:0")], torch.Generator())
+    with pytest.raises(LesionError, match="no module 'nope' runs"):
+        realise(target, [parse_damage("crash:nope:0")], torch.Generator())
+
+
+def test_cli_on_dict_returning_model_and_token_model(tmp_path, capsys):
+    from lesion.cli import main
+
+    path = tmp_path / "dict.pt"
+    torch.manual_seed(0)
+    torch.save(zoo.DictNet(), path)
+    assert main(["sites", "--model", str(path), "--data", "mnist5k", "--json", str(tmp_path / "s.json")]) == 0
+    sites = json.loads((tmp_path / "s.json").read_text())["sites"]
+    assert [s["name"] for s in sites] == ["fc2@in"]
+    assert main(["evaluate", "--model", str(path), "--data", "mnist5k", "--damage", "crash:1:frac=0.5",
+                 "--json", str(tmp_path / "e.json")]) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["damaged_evaluation"]["n"] == 1000
+    gpt = tmp_path / "gpt2.pt"
+    torch.save(zoo.gpt2(), gpt)
+    assert main(["evaluate", "--model", str(gpt), "--data", "text", "--damage", "head:1:0",
+                 "--json", str(tmp_path / "g.json")]) == 0
+    result = json.loads((tmp_path / "g.json").read_text())
+    assert result["evaluation"]["n"] == 703 * 64  # per (input, token) pair
+    assert main(["evaluate", "--model", str(path), "--data", "mnist5k", "--output-key", "nope"]) == 2
+    assert "no 'nope'" in capsys.readouterr().err

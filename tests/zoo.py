@@ -1,0 +1,139 @@
+"""Real architectures built from code not written here (timm, transformers, torch), tiny, random weights.
+
+timm imports torchvision at import time for its data pipeline and a frozen batch-norm class, none of which its
+models need. torchvision from the registry needs another torch build, so when it is absent this module puts a
+stand-in in its place that gives placeholders for those names (calling one raises). Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+import types
+
+import pytest
+import torch
+from torch import nn
+
+
+class _Anything(type):
+    def __getattr__(cls, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        sub = _Anything(name, (cls,), {})
+        setattr(cls, name, sub)
+        return sub
+
+    def __call__(cls, *args, **kwargs):
+        raise RuntimeError("torchvision is not installed: this part of timm needs it")
+
+
+class _Placeholder(metaclass=_Anything):
+    pass
+
+
+class _StandIn(types.ModuleType):
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        sub = _Anything(name, (_Placeholder,), {})
+        setattr(self, name, sub)
+        return sub
+
+
+class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def find_spec(self, fullname, path, target=None):
+        if fullname == "torchvision" or fullname.startswith("torchvision."):
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        module = _StandIn(spec.name)
+        module.__path__ = []
+        return module
+
+    def exec_module(self, module):
+        pass
+
+
+def timm():
+    """timm, importable without torchvision (skips the test when timm is not installed)."""
+    if "timm" not in sys.modules and importlib.util.find_spec("torchvision") is None:
+        if not any(isinstance(f, _Finder) for f in sys.meta_path):
+            sys.meta_path.insert(0, _Finder())
+    return pytest.importorskip("timm")
+
+
+def resnet18(classes: int = 10) -> nn.Module:
+    """timm resnet18 for 1×28×28 inputs (BatchNorm, residual blocks with in-place adds)."""
+    torch.manual_seed(0)
+    model = timm().create_model("resnet18", pretrained=False, num_classes=classes, in_chans=1)
+    return _settled(model, torch.rand(64, 1, 28, 28))
+
+
+def vit(classes: int = 10) -> nn.Module:
+    """A timm ViT at small size: 2 blocks, 4 heads of 8, patches of 7 on 1×28×28."""
+    torch.manual_seed(0)
+    return timm().create_model("vit_tiny_patch16_224", pretrained=False, num_classes=classes, img_size=28,
+                               patch_size=7, in_chans=1, embed_dim=32, depth=2, num_heads=4).eval()
+
+
+def bert(classes: int = 6) -> nn.Module:
+    """`transformers` BERT for sequence classification: 2 layers, 4 heads of 8, character vocabulary."""
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=64, num_labels=classes)
+    return transformers.BertForSequenceClassification(config).eval()
+
+
+def gpt2() -> nn.Module:
+    """`transformers` GPT-2 language model: 2 layers, 4 heads of 8, Conv1D layers, character vocabulary."""
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=97, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                     bos_token_id=0, eos_token_id=0)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+class EncoderClassifier(nn.Module):
+    """torch.nn.TransformerEncoder over character embeddings, mean-pooled, linear head."""
+
+    def __init__(self, classes: int = 6) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(97, 16)
+        layer = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(16, classes)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(self.embed(ids)).mean(dim=1))
+
+
+class DictNet(nn.Module):
+    """An MLP written as a class that returns a dict, its activation a function."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(784, 32), nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"features": x.flatten(1), "logits": self.fc2(torch.sigmoid(self.fc1(x.flatten(1))))}
+
+
+def encoder() -> nn.Module:
+    torch.manual_seed(0)
+    return EncoderClassifier().eval()
+
+
+def _settled(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """BatchNorm running statistics from a few forward passes (random init leaves them at 0 and 1)."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+    return model.eval()
