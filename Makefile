@@ -6,15 +6,22 @@ STAMP  := $(VENV)/.installed
 # Small models and a 2-core machine: one torch thread per test process.
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 LESION_NO_PROGRESS=1
 
-.PHONY: install demo test test-all bench lint data clean browser
+.PHONY: install demo test test-gpu test-all bench lint data clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
+
+# The zoo of real architectures the tests build (timm, transformers), without their dependencies so that torch
+# stays at 2.13.0 and torchvision (a different torch build) is not pulled; then their small dependencies.
+ZOO_NODEPS := timm==1.0.31 transformers==5.23.0 huggingface_hub==2.4.0 tokenizers safetensors
+ZOO_DEPS   := pyyaml regex click typer httpx2 hf-xet
 
 # torch is installed first and pinned: an unpinned torch pulls gigabytes of CUDA packages.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps $(ZOO_NODEPS)
+	$(BIN)/python -m pip install --quiet $(ZOO_DEPS)
 	touch $(STAMP)
 
 install: $(STAMP) data
@@ -34,7 +41,11 @@ demo: install
 	$(BIN)/lesion report --out demo-report
 
 test: install
-	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow"
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow and not gpu"
+
+# The GPU checks (on a machine with CUDA): campaign, spectrum and recovery on cuda against the CPU.
+test-gpu: install
+	$(BIN)/python -m pytest -q -m gpu
 
 # The slow tests include rendering the report in headless Chromium (Debian packages chromium, chromium-driver).
 browser:
@@ -44,7 +55,7 @@ browser:
 	  || echo "note: could not install chromium; the browser test will be skipped"; }
 
 test-all: install browser
-	$(TEST_ENV) $(BIN)/python -m pytest -q
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not gpu"
 
 # Benchmark-only dependencies, without their own dependencies so that torch stays at 2.13.0.
 BENCH_DEPS := curvlinops-for-pytorch backpack-for-pytorch einops einconv linear_operator opt-einsum

@@ -21,7 +21,7 @@ def _cmd_recover(args: argparse.Namespace) -> dict[str, Any]:
     if not data.has_labels:
         raise LesionError(f"{args.data} has no labels: recovery is judged by accuracy")
     gen = torch.Generator().manual_seed(args.seed)
-    damage = union([parse_delete(loaded.module, spec, gen) for spec in args.delete])
+    damage = union([parse_delete(loaded.module, spec, gen, data.x_test[:2]) for spec in args.delete])
     methods = list(METHODS) if args.method == "all" else [args.method]
     problem = RecoveryProblem(loaded.module, data.x_train, data.y_train, data.x_test, data.y_test, damage)
     clean, _ = problem.evaluate(problem.w0)

@@ -31,8 +31,8 @@ def _default_model(out: Path, seed: int, quick: bool) -> str:
 
 
 def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:
-    from lesion.data import load
     from lesion.cli.options import prepared
+    from lesion.data import load
     from lesion.nets import load_model
     from lesion.report.builder import STAGES, ReportContext, run_report
 

@@ -218,7 +218,7 @@ def _unit_masks(problem: RecoveryProblem) -> dict[tuple[str, int], torch.Tensor]
 
     out = {}
     for layer, unit in problem.damage.unit_list():
-        single = unit_damage_set(problem.model, layer, Explicit((unit,)), torch.Generator())
+        single = unit_damage_set(problem.model, layer, Explicit((unit,)), torch.Generator(), problem.x_eval[:2])
         m = torch.ones_like(problem.w0)
         m[single.indices] = 0.0
         out[(layer, unit)] = m

@@ -185,7 +185,7 @@ def stage_recovery(ctx: ReportContext) -> dict[str, Any]:
     if ctx.data.y_train is None or ctx.y_eval is None:
         return {"skipped": "the data have no labels: recovery is judged by accuracy and fine-tuning needs labels"}
     spec = "units:1:frac=0.8"  # the first hidden layer
-    damage = parse_delete(ctx.model, spec, torch.Generator().manual_seed(ctx.seed))
+    damage = parse_delete(ctx.model, spec, torch.Generator().manual_seed(ctx.seed), ctx.x_eval[:2])
     x_train = ctx.data.x_train[: ctx.size(2000, 10000)]
     problem = RecoveryProblem(ctx.model, x_train, ctx.data.y_train[: len(x_train)], ctx.x_eval, ctx.y_eval, damage)
     results, _ = recover(problem, ["naive", "geodesic", "finetune"], ctx.size(1.0, 3.0), ctx.seed,
