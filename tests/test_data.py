@@ -430,8 +430,8 @@ def test_missing_path(tmp_path, form):
 
 def test_available_lists_every_form():
     forms = [form for form, _ in available()]
-    assert forms == ["mnist5k", "digits", "fashion-mnist", "mnist:PATH", "cifar10:PATH", "npz:PATH",
-                     "grid:D:STEPS"]
+    assert forms == ["mnist5k", "digits", "fashion-mnist", "text", "text-cls", "mnist:PATH", "cifar10:PATH",
+                     "npz:PATH", "grid:D:STEPS"]
     assert all(text and "\n" not in text for _, text in available())
 
 

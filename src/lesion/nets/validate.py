@@ -51,7 +51,7 @@ def prepare_model(module: nn.Module, inputs: torch.Tensor, num_classes: int | No
         out = _run(module, batch, data_name)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] % batch.shape[0] != 0:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise LesionError(f"the model must return (batch, outputs) or (batch, tokens, outputs); it returned "
+        raise LesionError(f"the model must return a (batch, outputs) or (batch, tokens, outputs) tensor; it returned "
                           f"{shape} for a batch of {batch.shape[0]}")
     if not torch.isfinite(out).all():
         raise LesionError(f"the model's outputs on {data_name} contain NaN/inf")
