@@ -18,13 +18,18 @@ import torch
 from torch import nn
 
 
+def _placeholder(owner, name: str, base: type):
+    """A new placeholder class for `owner.name`, cached on the owner."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    sub = _Anything(name, (base,), {})
+    setattr(owner, name, sub)
+    return sub
+
+
 class _Anything(type):
     def __getattr__(cls, name: str):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        sub = _Anything(name, (cls,), {})
-        setattr(cls, name, sub)
-        return sub
+        return _placeholder(cls, name, cls)
 
     def __call__(cls, *args, **kwargs):
         raise RuntimeError("torchvision is not installed: this part of timm needs it")
@@ -36,11 +41,7 @@ class _Placeholder(metaclass=_Anything):
 
 class _StandIn(types.ModuleType):
     def __getattr__(self, name: str):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        sub = _Anything(name, (_Placeholder,), {})
-        setattr(self, name, sub)
-        return sub
+        return _placeholder(self, name, _Placeholder)
 
 
 class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

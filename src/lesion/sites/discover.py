@@ -169,12 +169,13 @@ def _probe(model: nn.Module, example: torch.Tensor, site: Call, reader: Call) ->
     return "other"
 
 
-def discover_sites(model: nn.Module, example: torch.Tensor) -> list[Site]:
-    """The unit and head sites of `model` on inputs like `example` (see module docstring)."""
+def discover_sites(model: nn.Module, example: torch.Tensor, rec: Recording | None = None) -> list[Site]:
+    """The unit and head sites of `model` on inputs like `example` (see module docstring); `rec`, a recording
+    of the same forward when the caller has one."""
     if isinstance(model, torch.jit.ScriptModule):
         raise LesionError("sites need a Python nn.Module: a TorchScript model supports weight damage only "
                           "(save the model with torch.save or give package.module:factory)")
-    rec = record(model, example[:2])
+    rec = rec or record(model, example[:2])
     leaves = [c for c in rec.leaves if c.output is not None]
     unit_positions = [i for i, c in enumerate(leaves) if is_unit_layer(c.module)]
     found: list[tuple[int, Site]] = []

@@ -31,7 +31,8 @@ class SiteTable:
     @staticmethod
     def of(model: nn.Module, example: torch.Tensor) -> SiteTable:
         """Discover the sites of `model` from a forward on `example` (two inputs suffice)."""
-        return SiteTable(discover_sites(model, example), record(model, example[:2]))
+        recording = record(model, example[:2])
+        return SiteTable(discover_sites(model, example, recording), recording)
 
     def listing(self) -> str:
         """The names of the sites, for error messages."""
