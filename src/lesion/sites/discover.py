@@ -72,9 +72,11 @@ def record(model: nn.Module, example: torch.Tensor) -> Recording:
     """Run `model` once on `example` (eval mode, no grad) and record its module calls."""
     from lesion.functional import eval_mode
 
+    if isinstance(model, torch.jit.ScriptModule):
+        raise LesionError("sites need a Python nn.Module: a TorchScript model supports weight damage only "
+                          "(save the model with torch.save or give package.module:factory)")
     rec = Recording()
     paths = {id(m): name for name, m in model.named_modules(remove_duplicate=False)}
-    modules = {name: m for name, m in model.named_modules()}
     open_calls: dict[int, list[Call]] = {}
     tick = [0]
 
@@ -98,7 +100,7 @@ def record(model: nn.Module, example: torch.Tensor) -> Recording:
             call.output_copy = output.detach().clone()
 
     handles = []
-    for name, module in modules.items():
+    for name, module in model.named_modules():
         if name == "":
             continue
         handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
@@ -172,9 +174,6 @@ def _probe(model: nn.Module, example: torch.Tensor, site: Call, reader: Call) ->
 def discover_sites(model: nn.Module, example: torch.Tensor, rec: Recording | None = None) -> list[Site]:
     """The unit and head sites of `model` on inputs like `example` (see module docstring); `rec`, a recording
     of the same forward when the caller has one."""
-    if isinstance(model, torch.jit.ScriptModule):
-        raise LesionError("sites need a Python nn.Module: a TorchScript model supports weight damage only "
-                          "(save the model with torch.save or give package.module:factory)")
     rec = rec or record(model, example[:2])
     leaves = [c for c in rec.leaves if c.output is not None]
     unit_positions = [i for i, c in enumerate(leaves) if is_unit_layer(c.module)]

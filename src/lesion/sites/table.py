@@ -8,14 +8,14 @@ runs: that module's output, along its unit axis.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from lesion.errors import LesionError
 from lesion.sites.discover import Recording, discover_sites, record
-from lesion.sites.modules import is_conv
+from lesion.sites.modules import is_conv, is_unit_layer
 from lesion.sites.site import Site
 
 _ADDRESS = re.compile(r"^(?P<path>[^#@]*?)(?:#(?P<call>\d+))?(?P<input>@in)?$")
@@ -99,9 +99,9 @@ class SiteTable:
         kind = "linear" if tensor.dim() == 2 else "conv-channel" if conv else "token-feature"
         site = Site(0, path, call, len(calls), kind, axis, int(tensor.shape[axis]),
                     hook="input" if as_input else "output", shape=tuple(tensor.shape[1:]),
-                    note="a module's raw " + ("input" if as_input else "output"))
-        known = [s for s in self.sites if s.layer == path]
-        return replace(site, layer=path if known or not as_input else None)
+                    note="a module's raw " + ("input" if as_input else "output"),
+                    layer=path if is_unit_layer(c.module) and not as_input else None)
+        return site
 
 
 _SHAPE_ONLY = (nn.Flatten, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
@@ -112,7 +112,7 @@ def reader_of(table: SiteTable, site: Site) -> str | None:
     """The unit layer that reads the site's units directly (through pass-through, pooling and flatten modules
     only), or None when code that is not a module comes between (SPEC §3.6: the weights that read a unit)."""
     from lesion.sites.discover import _reads_directly
-    from lesion.sites.modules import is_pass_through, is_unit_layer
+    from lesion.sites.modules import is_pass_through
 
     leaves = [c for c in table.recording.leaves]
     position = next((i for i, c in enumerate(leaves) if c.path == site.path and c.call == site.call), None)
