@@ -219,3 +219,28 @@ def test_cli_on_dict_returning_model_and_token_model(tmp_path, capsys):
     assert result["evaluation"]["n"] == 703 * 64  # per (input, token) pair
     assert main(["evaluate", "--model", str(path), "--data", "mnist5k", "--output-key", "nope"]) == 2
     assert "no 'nope'" in capsys.readouterr().err
+
+
+def test_metric_on_attention_models_matches_a_dense_autograd_jacobian():
+    """g·v through torch.func (jvp and vjp, math attention kernel) against Aᵀ(A v)/|X| with A from
+    torch.autograd.functional.jacobian in float64; for GPT-2, over (input, token) pairs."""
+    from torch.autograd.functional import jacobian
+
+    from lesion.geometry.metric import MetricOperator
+    from lesion.nets.outputs import logits_view
+
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    small = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=11, n_embd=8, n_layer=1, n_head=2,
+                                                                 n_positions=8, bos_token_id=0, eos_token_id=0))
+    tokens = torch.randint(0, 11, (2, 4), generator=torch.Generator().manual_seed(1))
+    cases = [(logits_view(small.eval()).double(), tokens, 8),
+             (logits_view(zoo.encoder()).double(), TOKENS[:2, :5], 2)]
+    for model, x, pairs in cases:
+        op = MetricOperator(model, x)
+        assert op.inputs == pairs and op.weights.dtype == torch.float64
+        w0 = op.weights.clone()
+        A = jacobian(op.outputs_fn(x), w0).reshape(-1, op.n)
+        v = torch.randn(op.n, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        torch.testing.assert_close(op.matvec(v), A.T @ (A @ v) / pairs, rtol=1e-8, atol=1e-10)
+        assert op.quadratic(v) == pytest.approx(float((A @ v).square().sum() / pairs), rel=1e-8)

@@ -37,6 +37,22 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+@contextmanager
+def differentiable(model: nn.Module) -> Iterator[nn.Module]:
+    """`eval_mode`, with attention computed by composite ops that forward- and reverse-mode AD both support:
+    scaled_dot_product_attention's math kernel, and nn.TransformerEncoderLayer's fused fast path off (torch.func's
+    jvp has no rule for the fused CPU kernels). Used by the geometry (metric, attack, paths, recovery)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with eval_mode(model), sdpa_kernel([SDPBackend.MATH]):
+            yield model
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
 def parameters_of(model: nn.Module) -> dict[str, torch.Tensor]:
     """Detached views of the model's named parameters, in `named_parameters()` order (SPEC §0: w)."""
     return {name: p.detach() for name, p in model.named_parameters()}

@@ -61,7 +61,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         out["damage"] = {"specs": [d.spec() for d in damages], "faults": list(realised.faults),
                          "output_error": error}
     if args.save_outputs:
-        np.save(args.save_outputs, outputs.double().numpy())
+        np.save(args.save_outputs, outputs.double().cpu().numpy())
         out["outputs_file"] = args.save_outputs
     if data.has_labels:
         result = evaluate_outputs(clean, data.y_test)

@@ -282,7 +282,7 @@ def _additive_steps(structure: MLPStructure, activations: list[torch.Tensor], bu
                     norm: str) -> tuple[list[slice], Callable[[OmegaAccumulator, slice], None]]:
     hidden = activations[0].numpy()
     hidden = hidden[activity_order(hidden)]  # blocks of inputs that share silent units (Omega is order-free)
-    out_weight = structure.weights[1].double().numpy()
+    out_weight = structure.weights[1].double().cpu().numpy()
     n_sets, f = budget.count(), budget.total
     steps = [slice(i, min(len(hidden), i + ADDITIVE_BLOCK)) for i in range(0, len(hidden), ADDITIVE_BLOCK)]
 

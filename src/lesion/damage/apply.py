@@ -224,8 +224,8 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
                 units = {}
                 for name, site in sites.items():
                     overrides = [c.units.get(name) or UnitOverride.identity(site, device) for c in chunk]
-                    units[name] = (torch.stack([o.keep for o in overrides]).to(x.dtype),
-                                   torch.stack([o.value for o in overrides]).to(x.dtype))
+                    units[name] = (torch.stack([o.keep for o in overrides]),
+                                   torch.stack([o.value for o in overrides]))
                 parts = []
                 for i in range(0, len(x), input_batch):
                     part = x[i:i + input_batch]

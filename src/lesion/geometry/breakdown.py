@@ -188,7 +188,7 @@ def path_embedding(model: nn.Module, layer: str, sequences: Sequence[Sequence[in
             labels.append((p, count / width))
     outputs = batched_damaged_outputs(model, configs, x)
     accuracy = [evaluate_outputs(o, y).accuracy for o in outputs]
-    features = outputs.reshape(len(configs), -1).double().numpy()
+    features = outputs.reshape(len(configs), -1).double().cpu().numpy()
     coords = Isomap(n_neighbors=min(neighbours, len(configs) - 1), n_components=2).fit_transform(features)
     return {"path": [p for p, _ in labels], "fraction": [f for _, f in labels], "x": coords[:, 0].tolist(),
             "y": coords[:, 1].tolist(), "accuracy": accuracy, "end_fraction": end_fraction, "inputs": len(x)}

@@ -89,13 +89,12 @@ def gram_from_factors(factors: list[tuple[torch.Tensor, torch.Tensor, bool]]) ->
 
 
 def _gram_from_jacobians(op: MetricOperator) -> torch.Tensor:
-    probe = op.outputs_fn(op.x[:1])(op.weights)
-    rows = op.inputs * probe.shape[-1]
+    rows = op.inputs * op.m
     need = rows * op.n * op.weights.element_size()
     if need > JACOBIAN_MEMORY:
         raise LesionError(f"the Gram route for this model would stack {rows:,} Jacobian rows of {op.n:,} weights "
                           f"({need / 2**30:.1f} GiB); use fewer inputs or the operator route (Lanczos)")
-    A = torch.cat([op.jacobian_rows(op.x[i:i + 64]) for i in range(0, op.inputs, 64)])
+    A = torch.cat([op.jacobian_rows(op.x[i:i + 64]) for i in range(0, len(op.x), 64)])
     return A @ A.T
 
 

@@ -16,14 +16,15 @@ from torch import nn
 from torch.func import functional_call, jvp, vjp
 
 from lesion.errors import LesionError
-from lesion.functional import eval_mode, parameters_of
+from lesion.functional import differentiable, parameters_of
 from lesion.geometry.params import ParameterLayout
 
 OUTPUTS = ("raw", "softmax")
 
 
 class MetricOperator:
-    """g at the model's current weights (or at `weights`), on inputs `x`, in the dtype of `x`."""
+    """g at the model's current weights (or at `weights`), on inputs `x`, in the dtype of `x` (of the model's
+    parameters when `x` holds token ids), on the model's device."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor, output: str = "raw",
                  weights: torch.Tensor | None = None, chunk: int = 2048) -> None:
@@ -35,9 +36,15 @@ class MetricOperator:
         self.model, self.x, self.output, self.chunk = model, x, output, chunk
         self.layout = ParameterLayout.of(model)
         base = parameters_of(model)
-        self.weights = (self.layout.flatten(base) if weights is None else weights).to(x.dtype).detach()
+        flat = self.layout.flatten(base) if weights is None else weights
+        dtype = x.dtype if x.is_floating_point() else flat.dtype
+        self.weights = flat.to(dtype).detach()
         self.buffers = {n: b for n, b in model.named_buffers()}
         self.matvecs = 0
+        with torch.no_grad(), differentiable(model):
+            probe = self.outputs_fn(x[:1])(self.weights)
+        self.rows_per_input = int(probe.shape[0])  # tokens of a sequence model, else 1
+        self.m = int(probe.shape[-1])
 
     @property
     def n(self) -> int:
@@ -46,8 +53,8 @@ class MetricOperator:
 
     @property
     def inputs(self) -> int:
-        """|X|."""
-        return len(self.x)
+        """|X|: the inputs, or the (input, token) pairs of a sequence model (one output row each)."""
+        return len(self.x) * self.rows_per_input
 
     def outputs_fn(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """w ↦ f(x; w) (softmax applied on request), as a function of the flat weight vector."""
@@ -63,16 +70,17 @@ class MetricOperator:
 
     def jvp(self, v: torch.Tensor) -> torch.Tensor:
         """J v for all inputs: (|X|, m)."""
-        with eval_mode(self.model):
+        with differentiable(self.model):
             return torch.cat([jvp(self.outputs_fn(xc), (self.weights,), (v,))[1] for xc in self._chunks()])
 
     def vjp(self, u: torch.Tensor) -> torch.Tensor:
         """Jᵀ u = Σ_x J_xᵀ u_x for cotangents u of shape (|X|, m): (n,)."""
         total = torch.zeros_like(self.weights)
-        with eval_mode(self.model):
+        rows = self.chunk * self.rows_per_input
+        with differentiable(self.model):
             for i, xc in enumerate(self._chunks()):
                 _, pullback = vjp(self.outputs_fn(xc), self.weights)
-                total += pullback(u[i * self.chunk:i * self.chunk + len(xc)])[0]
+                total += pullback(u[i * rows:i * rows + len(xc) * self.rows_per_input])[0]
         return total
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
@@ -80,25 +88,25 @@ class MetricOperator:
         self.matvecs += 1
         v = v.to(self.weights.dtype)
         total = torch.zeros_like(self.weights)
-        with eval_mode(self.model):
+        with differentiable(self.model):
             for xc in self._chunks():
                 f = self.outputs_fn(xc)
                 _, jv = jvp(f, (self.weights,), (v,))
                 _, pullback = vjp(f, self.weights)
                 total += pullback(jv)[0]
-        return total / len(self.x)
+        return total / self.inputs
 
     def quadratic(self, v: torch.Tensor) -> float:
         """vᵀ g v = (1/|X|) Σ_x ‖J_x v‖² (one jvp)."""
         jv = self.jvp(v.to(self.weights.dtype))
-        return float((jv.double() ** 2).sum() / len(self.x))
+        return float((jv.double() ** 2).sum() / self.inputs)
 
     def to_scipy(self) -> LinearOperator:
         """g as a float64 scipy LinearOperator (symmetric)."""
 
         def mv(v: np.ndarray) -> np.ndarray:
             out = self.matvec(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)).reshape(-1))
-            return out.double().numpy()
+            return out.double().cpu().numpy()
 
         return LinearOperator((self.n, self.n), matvec=mv, rmatvec=mv, dtype=np.float64)
 
@@ -112,15 +120,15 @@ class MetricOperator:
         def one(flat: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
             return self.outputs_fn(xi.unsqueeze(0))(flat)[0]
 
-        with eval_mode(self.model):
+        with differentiable(self.model):
             return torch.func.vmap(torch.func.jacrev(one), in_dims=(None, 0))(w, x).reshape(-1, len(w))
 
     def dense(self) -> torch.Tensor:
         """g as a dense n×n matrix from the per-input Jacobians (for small models and tests)."""
         if self.n * self.n > 5e7:
             raise LesionError(f"a dense metric of {self.n:,}² values is too large; use the operator or Gram route")
-        total = torch.zeros(self.n, self.n, dtype=self.weights.dtype)
+        total = torch.zeros(self.n, self.n, dtype=self.weights.dtype, device=self.weights.device)
         for xc in self._chunks():
             jac = self.jacobian_rows(xc)
             total += jac.T @ jac
-        return total / len(self.x)
+        return total / self.inputs

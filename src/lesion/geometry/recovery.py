@@ -28,7 +28,7 @@ from torch import nn
 
 from lesion import progress
 from lesion.errors import LesionError
-from lesion.functional import eval_mode
+from lesion.functional import differentiable
 from lesion.geometry.damage_set import DamageSet
 from lesion.geometry.metric import MetricOperator
 from lesion.geometry.rows import ExplicitRows, MLPRows, jacobian_rows
@@ -68,11 +68,11 @@ class RecoveryProblem:
         self.w0 = self.op.weights.clone()
         self.mask = torch.ones_like(self.w0)
         self.mask[damage.indices] = 0.0
-        self.m = int(self.op.outputs_fn(x_eval[:1])(self.w0).shape[-1])
+        self.m = self.op.m
 
     def evaluate(self, w: torch.Tensor) -> tuple[float, float]:
         """(accuracy, loss) on the evaluation inputs."""
-        with torch.no_grad(), eval_mode(self.model):
+        with torch.no_grad(), differentiable(self.model):
             out = torch.cat([self.op.outputs_fn(self.x_eval[i:i + 4096])(w) for i in range(0, len(self.x_eval), 4096)])
         y = flat_labels(self.y_eval)
         return float((out.argmax(1) == y).double().mean()), float(F.cross_entropy(out.double(), y))

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from lesion.functional import eval_mode
+from lesion.functional import differentiable
 from lesion.geometry.metric import MetricOperator
 from lesion.stats import RunningMean
 
@@ -22,7 +22,7 @@ def gaussian_expectation(op: MetricOperator, sigma: float, trace: float, samples
     gen = torch.Generator().manual_seed(seed)
     running = RunningMean()
     for _ in range(samples):
-        du = torch.randn(op.n, generator=gen, dtype=op.weights.dtype) * (sigma / op.n**0.5)
+        du = torch.randn(op.n, generator=gen, dtype=op.weights.dtype).to(op.weights.device) * (sigma / op.n**0.5)
         running.add(op.quadratic(du))
     return {"sigma": sigma, "predicted": sigma**2 / op.n * trace, "monte_carlo": running.mean,
             "ci": list(running.interval()), "samples": samples}
@@ -33,11 +33,11 @@ def small_perturbation_response(op: MetricOperator, sigmas: Sequence[float] = (1
     """Per σ: the mean over random unit directions u of the predicted σ²uᵀgu and of the measured
     mean_x ‖f(w + σu) − f(w)‖², and their relative gap (small σ: the metric is accurate)."""
     gen = torch.Generator().manual_seed(seed)
-    units = [torch.randn(op.n, generator=gen, dtype=op.weights.dtype) for _ in range(directions)]
+    units = [torch.randn(op.n, generator=gen, dtype=op.weights.dtype).to(op.weights.device) for _ in range(directions)]
     units = [u / u.norm() for u in units]
     f = op.outputs_fn(op.x)
     rows = []
-    with torch.no_grad(), eval_mode(op.model):
+    with torch.no_grad(), differentiable(op.model):
         clean = f(op.weights)
         for sigma in sigmas:
             predicted = sum(op.quadratic(sigma * u) for u in units) / directions

@@ -55,7 +55,7 @@ class Spectrum:
 
 def _route(op: MetricOperator, method: str) -> str:
     """`gram` when K is small enough and can be built (MLP factors, or stacked Jacobians within memory)."""
-    rows = op.inputs * op.outputs_fn(op.x[:1])(op.weights).shape[-1]
+    rows = op.inputs * op.m
     if method == "auto":
         try:
             mlp_structure(op.model)
@@ -89,7 +89,7 @@ def eigenvectors_from_gram(op: MetricOperator, values: np.ndarray, gram_vectors:
     m = len(gram_vectors) // op.inputs
     columns = []
     for lam, u in zip(values, gram_vectors.T, strict=True):
-        cot = torch.from_numpy(np.ascontiguousarray(u)).to(op.weights.dtype).reshape(op.inputs, m)
+        cot = torch.from_numpy(np.ascontiguousarray(u)).to(op.weights).reshape(op.inputs, m)
         v = op.vjp(cot) / math.sqrt(op.inputs * max(float(lam), 1e-300))
         columns.append(v / v.norm())
     return torch.stack(columns, dim=1)
@@ -104,10 +104,8 @@ def _mlp_gram_top(op: MetricOperator, k: int) -> tuple[np.ndarray, np.ndarray] |
     product = MLPGramProduct(structure, op.x, op.output)
     if k >= product.size - 1:
         return None
-    dtype = op.weights.dtype
-
     def mv(u: np.ndarray) -> np.ndarray:
-        return product.matvec(torch.from_numpy(np.ascontiguousarray(u)).to(dtype)).double().numpy()
+        return product.matvec(torch.from_numpy(np.ascontiguousarray(u)).to(op.weights)).double().cpu().numpy()
 
     operator = LinearOperator((product.size, product.size), matvec=mv, rmatvec=mv, dtype=np.float64)
     values, vectors = eigsh(operator, k=k, which="LA")
@@ -129,7 +127,7 @@ def top_eigenpairs(op: MetricOperator, k: int, method: str = "auto") -> tuple[np
         return values, eigenvectors_from_gram(op, values, vectors), route
     values, vectors = eigsh(op.to_scipy(), k=k, which="LA")
     order = np.argsort(values)[::-1]
-    return values[order], torch.from_numpy(vectors[:, order].copy()).to(op.weights.dtype), route
+    return values[order], torch.from_numpy(vectors[:, order].copy()).to(op.weights), route
 
 
 def trace_exact(op: MetricOperator) -> float:
@@ -142,7 +140,7 @@ def trace_hutchinson(op: MetricOperator, samples: int = 100, seed: int = 0) -> t
     gen = torch.Generator().manual_seed(seed)
     running = RunningMean()
     for _ in range(samples):
-        v = (torch.randint(0, 2, (op.n,), generator=gen) * 2 - 1).to(op.weights.dtype)
+        v = (torch.randint(0, 2, (op.n,), generator=gen) * 2 - 1).to(op.weights)
         running.add(op.quadratic(v))
     return running.mean, running.interval()
 
@@ -162,7 +160,7 @@ def spectrum(op: MetricOperator, top: int = 20, tau: float = 1e-3, full: bool | 
     else the top eigenvalues by Lanczos; trace exact on the Gram route, Hutchinson otherwise."""
     started = time.perf_counter()
     route = _route(op, method)
-    rows = op.inputs * op.outputs_fn(op.x[:1])(op.weights).shape[-1]
+    rows = op.inputs * op.m
     full = route == "gram" if full is None else full
     if full:
         if route != "gram":
