@@ -354,3 +354,46 @@ def test_additive_kernel_tiles_match_brute_force(norm):
         threaded = run_block(contrib, f, norm, len(sets), threads=2)
         assert np.array_equal(threaded[0], set_sums) and np.array_equal(threaded[1], input_max)
         assert np.array_equal(threaded[2], [total, total_sq, maximum])
+
+
+class _ClassMLP(torch.nn.Module):
+    """Not an nn.Sequential: the MLP engines refuse it, the site engine measures it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.out = torch.nn.Linear(3, 6), torch.nn.Linear(6, 5), torch.nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.fc2(torch.relu(self.fc1(x)))))
+
+
+def test_site_engine_omega_of_any_model_matches_brute_force():
+    import itertools
+
+    from lesion.crash.site_engine import site_crash_omega
+    from lesion.damage import Target
+
+    torch.manual_seed(4)
+    model = _ClassMLP().double().eval()
+    x = torch.rand(7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    sites = [Target(model, example=x).site(a) for a in ("fc1", "fc2")]
+    assert [s.name for s in sites] == ["fc1", "fc2"]  # relu and tanh written as functions map 0 to 0
+    result = site_crash_omega(model, x, sites, 2)
+    with torch.no_grad():
+        clean = model(x)
+        rows = []
+        for chosen in itertools.combinations(range(11), 2):
+            h = torch.relu(model.fc1(x))
+            h[:, [u for u in chosen if u < 6]] = 0.0
+            g = torch.tanh(model.fc2(h))
+            g[:, [u - 6 for u in chosen if u >= 6]] = 0.0
+            rows.append((model.out(g) - clean).abs().amax(dim=1))
+    d = torch.stack(rows).numpy()  # (sets, inputs)
+    assert result.exact and result.sets == 55
+    assert result.omega_av == pytest.approx(d.mean(), rel=1e-12)
+    assert result.omega_mav == pytest.approx(d.max(axis=0).mean(), rel=1e-12)
+    assert result.omega_max == pytest.approx(d.max(), rel=1e-12)
+    assert result.omega_worst_set == pytest.approx(d.mean(axis=1).max(), rel=1e-12)
+    sampled = site_crash_omega(model, x, sites, 2, samples=200, seed=1)
+    assert sampled.omega_av_ci[0] <= d.mean() <= sampled.omega_av_ci[1]
+    assert sampled.omega_max <= d.max() + 1e-15

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lesion.cli.options import Formatter, add_common, add_data, positive_int
+from lesion.cli.options import Formatter, add_common, add_data, add_device, positive_int
 from lesion.errors import LesionError
 
 
@@ -72,7 +72,10 @@ def _cmd_omega(args: argparse.Namespace) -> dict[str, Any]:
     from lesion.crash import CrashBudget, exact_omega, monte_carlo_omega, plan
     from lesion.crash.structure import hidden_activations
 
-    loaded, structure = _model_structure(args)
+    try:
+        loaded, structure = _model_structure(args)
+    except LesionError as not_mlp:
+        return _site_omega(args, not_mlp)
     data, x = _inputs(args, loaded)
     layers = parse_layers(args.layer)
     if max(layers) > structure.depth:
@@ -91,11 +94,40 @@ def _cmd_omega(args: argparse.Namespace) -> dict[str, Any]:
             result = exact_omega(structure, x, budget, args.norm, args.output, args.engine,
                                  checkpoint=args.checkpoint, time_limit=args.time_limit)
         results.append(result)
-        label = "exact" if result.exact else f"Monte Carlo, {result.samples} sets; max-type figures are lower bounds"
-        ci = (f" (95% CI {result.omega_av_ci[0]:.6g}–{result.omega_av_ci[1]:.6g})" if result.omega_av_ci else "")
-        print(f"f={f}: Omega_av {result.omega_av:.6g}{ci} ± {result.omega_std:.3g} (std), Omega_mav "
-              f"{result.omega_mav:.6g}, Omega_max {result.omega_max:.6g}, Omega_worst_set {result.omega_worst_set:.6g} "
-              f"[{label}; {result.seconds:.1f} s]")
+        _print_omega(result)
+    return {"model": loaded.to_dict(), "data": data.to_dict(), "results": [r.to_dict() for r in results]}
+
+
+def _print_omega(result: Any) -> None:
+    label = "exact" if result.exact else f"Monte Carlo, {result.samples} sets; max-type figures are lower bounds"
+    ci = (f" (95% CI {result.omega_av_ci[0]:.6g}–{result.omega_av_ci[1]:.6g})" if result.omega_av_ci else "")
+    print(f"f={result.faults}: Omega_av {result.omega_av:.6g}{ci} ± {result.omega_std:.3g} (std), Omega_mav "
+          f"{result.omega_mav:.6g}, Omega_max {result.omega_max:.6g}, Omega_worst_set {result.omega_worst_set:.6g} "
+          f"[{label}; {result.seconds:.1f} s]")
+
+
+def _site_omega(args: argparse.Namespace, not_mlp: LesionError) -> dict[str, Any]:
+    """Omega of any model through its sites (`--layer` takes site addresses: index, name, comma-separated)."""
+    from lesion.cli.options import load_model_and_data
+    from lesion.crash.site_engine import site_crash_omega
+    from lesion.damage import Target
+
+    if args.engine not in ("auto", "general"):
+        raise not_mlp
+    loaded, data = load_model_and_data(args)
+    x = data.x_train if getattr(args, "split", "test") == "train" else data.x_test
+    if getattr(args, "inputs", None):
+        x = x[: args.inputs]
+    target = Target(loaded.module, example=x[:2])
+    sites = [target.site(address.strip(), "unit") for address in args.layer.split(",")]
+    print(f"not an MLP ({not_mlp}); Omega through the sites {', '.join(s.name for s in sites)}, by the damage "
+          f"engine on {loaded.module.__class__.__name__}'s own forward")
+    results = []
+    for f in parse_faults(args.faults):
+        result = site_crash_omega(loaded.module, x, sites, f, args.norm, args.output, args.samples, args.ci_width,
+                                  args.seed, args.time_limit)
+        results.append(result)
+        _print_omega(result)
     return {"model": loaded.to_dict(), "data": data.to_dict(), "results": [r.to_dict() for r in results]}
 
 
@@ -170,10 +202,14 @@ def register(sub: Any) -> None:
     p = inner.add_parser("omega", help="measured error Omega over crash sets", formatter_class=Formatter,
                          description="Omega_av (with std), Omega_mav, Omega_max and Omega_worst_set over every "
                                      "crash set of the budget and every input (exact), or over sampled crash sets "
-                                     "(Monte Carlo, with --samples or --ci-width).")
+                                     "(Monte Carlo, with --samples or --ci-width). MLPs use the fast engines; any "
+                                     "other model is measured through its sites by the damage engine (--layer then "
+                                     "takes site addresses, as in `lesion sites`).")
     _add_model_only(p)
+    add_device(p)
     add_data(p)
-    p.add_argument("--layer", default="1", help="1-based hidden layer, or a comma list: crashes anywhere in them")
+    p.add_argument("--layer", default="1", help="1-based hidden layer, or a comma list: crashes anywhere in them "
+                                                "(for a model that is not an MLP: sites by index or name)")
     p.add_argument("--faults", required=True, help="crashed units: an integer, a range 1-5 or a list 1,2,4")
     p.add_argument("--norm", choices=("inf", "1", "2"), default="inf", help="norm of F − F_S (default inf)")
     p.add_argument("--output", choices=("raw", "softmax"), default="raw", help="raw outputs or softmax (default raw)")

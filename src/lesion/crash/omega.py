@@ -325,44 +325,54 @@ def _set_at_rank(budget: CrashBudget, rank: int) -> list[list[int]]:
     return [list(budget.locate(u)) for u in units]
 
 
-def monte_carlo_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, norm: str = "inf",
-                      output: str = "raw", samples: int | None = None, ci_width: float | None = None,
-                      seed: int = 0, batch: int = 64, max_samples: int = 100_000) -> OmegaResult:
-    """Omega from uniformly drawn crash sets (SPEC §2.1): Omega_av with a 95% Student-t interval over sets
-    (each set's mean over all inputs), and Omega_mav, Omega_max, Omega_worst_set as lower bounds.
-    Runs `samples` sets, or until the interval is at most `ci_width` wide."""
+def sampled_figures(distances: Callable[[np.ndarray], np.ndarray], rows: int, budget: CrashBudget,
+                    samples: int | None, ci_width: float | None, seed: int = 0, batch: int = 64,
+                    max_samples: int = 100_000) -> dict[str, Any]:
+    """Monte Carlo Omega (SPEC §2.1) from any `distances(sets) -> (sets, rows)`: uniformly drawn crash sets,
+    Omega_av with a 95% Student-t interval over sets (each set's mean over all rows), and Omega_mav,
+    Omega_max, Omega_worst_set as lower bounds. `samples` sets, or until the interval is at most `ci_width`."""
     if (samples is None) == (ci_width is None):
         raise LesionError("give either a number of sampled crash sets or a target interval width")
-    engine = GeneralEngine(structure, hidden_activations(structure, x), budget, norm, output)
     rng = np.random.default_rng(seed)
     per_set = RunningMean()
     total = total_sq = 0.0
-    input_max = np.zeros(len(x))
+    row_max = np.zeros(rows)
     worst_value, worst_units = -1.0, None
     goal = samples if samples is not None else max_samples
     started = time.perf_counter()
     with progress.bar(goal, f"Omega (Monte Carlo), {budget.describe()}", "set") as bar:
         while per_set.n < goal:
             sets = budget.sample(min(batch, goal - per_set.n), rng)
-            d = engine.distances(sets)
+            d = distances(sets)
             means = d.mean(axis=1)
             for value in means:
                 per_set.add(float(value))
             total += float(d.sum())
             total_sq += float((d * d).sum())
-            np.maximum(input_max, d.max(axis=0), out=input_max)
+            np.maximum(row_max, d.max(axis=0), out=row_max)
             best = int(np.argmax(means))
             if means[best] > worst_value:
                 worst_value, worst_units = float(means[best]), sets[best]
             bar.update(len(sets))
             if ci_width is not None and per_set.n >= 30 and per_set.width() <= ci_width:
                 break
-    pairs = per_set.n * len(x)
+    pairs = per_set.n * rows
     mean = total / pairs
-    return OmegaResult(budget.total, budget.layers, budget.per_layer, omega_av=per_set.mean,
-                       omega_std=math.sqrt(max(0.0, total_sq / pairs - mean * mean)),
-                       omega_mav=float(input_max.mean()), omega_max=float(input_max.max()),
-                       omega_worst_set=worst_value, worst_set=[list(budget.locate(int(u))) for u in worst_units],
-                       exact=False, sets=budget.count(), inputs=len(x), norm=norm, output=output, engine="monte-carlo",
-                       seconds=time.perf_counter() - started, omega_av_ci=list(per_set.interval()),
-                       max_figures_are_lower_bounds=True, samples=per_set.n)
+    return {"omega_av": per_set.mean, "omega_std": math.sqrt(max(0.0, total_sq / pairs - mean * mean)),
+            "omega_mav": float(row_max.mean()), "omega_max": float(row_max.max()), "omega_worst_set": worst_value,
+            "worst_set": [list(budget.locate(int(u))) for u in worst_units], "exact": False,
+            "sets": budget.count(), "seconds": time.perf_counter() - started, "omega_av_ci": list(per_set.interval()),
+            "max_figures_are_lower_bounds": True, "samples": per_set.n}
+
+
+def monte_carlo_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, norm: str = "inf",
+                      output: str = "raw", samples: int | None = None, ci_width: float | None = None,
+                      seed: int = 0, batch: int = 64, max_samples: int = 100_000) -> OmegaResult:
+    """Omega from uniformly drawn crash sets of an MLP (SPEC §2.1; see `sampled_figures`), by the general
+    engine."""
+    if (samples is None) == (ci_width is None):
+        raise LesionError("give either a number of sampled crash sets or a target interval width")
+    engine = GeneralEngine(structure, hidden_activations(structure, x), budget, norm, output)
+    figures = sampled_figures(engine.distances, len(x), budget, samples, ci_width, seed, batch, max_samples)
+    return OmegaResult(budget.total, budget.layers, budget.per_layer, inputs=len(x), norm=norm, output=output,
+                       engine="monte-carlo", **figures)
