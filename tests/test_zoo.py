@@ -244,3 +244,19 @@ def test_metric_on_attention_models_matches_a_dense_autograd_jacobian():
         v = torch.randn(op.n, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
         torch.testing.assert_close(op.matvec(v), A.T @ (A @ v) / pairs, rtol=1e-8, atol=1e-10)
         assert op.quadratic(v) == pytest.approx(float((A @ v).square().sum() / pairs), rel=1e-8)
+
+
+def test_cli_omega_and_report_stages_on_a_transformer(tmp_path):
+    from lesion.cli import main
+
+    path = tmp_path / "encoder.pt"
+    torch.save(zoo.encoder(), path)
+    assert main(["crash", "omega", "--model", str(path), "--data", "text-cls", "--layer", "encoder.layers.1.linear1",
+                 "--faults", "1", "--inputs", "8", "--json", str(tmp_path / "o.json")]) == 0
+    result = json.loads((tmp_path / "o.json").read_text())["results"][0]
+    assert result["exact"] and result["sets"] == 32 and result["engine"] == "sites"
+    assert main(["report", "--quick", "--model", str(path), "--data", "text-cls", "--out", str(tmp_path / "r"),
+                 "--stages", "network,breakdown"]) == 0
+    results = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert any(s["kind"] == "attention-head" for s in results["network"]["sites"])
+    assert results["breakdown"]["curves"] and "skipped" in results["breakdown"]["path"]

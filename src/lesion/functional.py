@@ -38,10 +38,11 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextmanager
-def differentiable(model: nn.Module) -> Iterator[nn.Module]:
-    """`eval_mode`, with attention computed by composite ops that forward- and reverse-mode AD both support:
-    scaled_dot_product_attention's math kernel, and nn.TransformerEncoderLayer's fused fast path off (torch.func's
-    jvp has no rule for the fused CPU kernels). Used by the geometry (metric, attack, paths, recovery)."""
+def traceable(model: nn.Module) -> Iterator[nn.Module]:
+    """`eval_mode`, with attention computed by composite ops that every torch.func transform supports (jvp,
+    vjp, vmap): scaled_dot_product_attention's math kernel, and nn.TransformerEncoderLayer's fused fast path off
+    (the fused CPU kernels have no forward-mode rule and no batching rule). Used by the geometry (metric,
+    attack, paths, recovery) and by the vmapped damage engine."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     fastpath = torch.backends.mha.get_fastpath_enabled()

@@ -20,7 +20,7 @@ from lesion import progress
 from lesion.damage.chain import chain_leaves, first_touched
 from lesion.damage.realised import Realised, UnitOverride
 from lesion.errors import LesionError
-from lesion.functional import eval_mode, parameters_of
+from lesion.functional import eval_mode, parameters_of, traceable
 from lesion.nets.outputs import as_rows, select_output
 from lesion.sites import Site
 
@@ -201,7 +201,7 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
     leaves = chain_leaves(model)
     if any(s.calls > 1 for s in sites.values()):
         leaves = None  # a module run more than once: calls are counted over the whole forward
-    with eval_mode(model):
+    with traceable(model):
         if leaves is not None:
             first = first_touched(leaves, set(names), {s.path for s in sites.values()})
             for _, module in leaves[:first]:

@@ -23,7 +23,7 @@ from lesion.damage import Perturbation, Realised, batched_damaged_outputs
 from lesion.damage.bits import flip_bits
 from lesion.damage.campaign import Campaign
 from lesion.errors import LesionError
-from lesion.functional import differentiable
+from lesion.functional import traceable
 from lesion.geometry.metric import MetricOperator
 from lesion.geometry.response import small_perturbation_response
 from lesion.geometry.spectrum import top_eigenpairs
@@ -40,7 +40,7 @@ def _loss_fn(op: MetricOperator, x: torch.Tensor, y: torch.Tensor):  # noqa: ANN
 
 def _accuracy(op: MetricOperator, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[float, list[int]]:
     """Accuracy of the network with weights `flat` on (x, y), and its prediction counts per class."""
-    with torch.no_grad(), differentiable(op.model):
+    with torch.no_grad(), traceable(op.model):
         out = torch.cat([functional_call(op.model, (op.layout.unflatten(flat), op.buffers), (x[i:i + 4096],))
                          for i in range(0, len(x), 4096)])
     pred = out.argmax(1)
@@ -51,7 +51,7 @@ def _accuracy(op: MetricOperator, flat: torch.Tensor, x: torch.Tensor, y: torch.
 
 def gradient_direction(op: MetricOperator, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """∇_w L / ‖∇_w L‖ on (x, y): the first-order direction of steepest loss increase."""
-    with differentiable(op.model):
+    with traceable(op.model):
         grad = torch.func.grad(_loss_fn(op, x, y))(op.weights)
     norm = grad.norm()
     if norm == 0:
@@ -66,7 +66,7 @@ def adversarial_direction(op: MetricOperator, x: torch.Tensor, y: torch.Tensor, 
     values, vectors, route = eigenpairs if eigenpairs is not None else top_eigenpairs(op, k)
     vectors = vectors.to(op.weights)
     loss = _loss_fn(op, x, y)
-    with torch.no_grad(), differentiable(op.model):
+    with torch.no_grad(), traceable(op.model):
         trials = [(float(loss(op.weights + sign * sigma * vectors[:, i])), i, sign)
                   for i in range(vectors.shape[1]) for sign in (1.0, -1.0)]
     best_loss, best_i, best_sign = max(trials)
@@ -78,7 +78,7 @@ def adversarial_direction(op: MetricOperator, x: torch.Tensor, y: torch.Tensor, 
         return loss(op.weights + sigma * vectors @ (coef / coef.norm()))
 
     step = 0.5
-    with differentiable(op.model):
+    with traceable(op.model):
         for _ in range(steps):  # projected (normalised) gradient ascent on the unit sphere of the span
             grad = torch.func.grad(objective)(c)
             if grad.norm() == 0:
@@ -111,7 +111,7 @@ def greedy_bitflips(op: MetricOperator, x: torch.Tensor, y: torch.Tensor, sigma:
     flips: list[dict[str, Any]] = []
     base = op.layout.unflatten(op.weights)
     for _ in range(max_flips):
-        with differentiable(op.model):
+        with traceable(op.model):
             grad = torch.func.grad(loss)(flat)
         top = torch.topk(grad.abs(), min(candidates, op.n)).indices
         idx = top.repeat_interleave(32)

@@ -16,7 +16,7 @@ from torch import nn
 from torch.func import functional_call, jvp, vjp
 
 from lesion.errors import LesionError
-from lesion.functional import differentiable, parameters_of
+from lesion.functional import parameters_of, traceable
 from lesion.geometry.params import ParameterLayout
 
 OUTPUTS = ("raw", "softmax")
@@ -41,7 +41,7 @@ class MetricOperator:
         self.weights = flat.to(dtype).detach()
         self.buffers = {n: b for n, b in model.named_buffers()}
         self.matvecs = 0
-        with torch.no_grad(), differentiable(model):
+        with torch.no_grad(), traceable(model):
             probe = self.outputs_fn(x[:1])(self.weights)
         self.rows_per_input = int(probe.shape[0])  # tokens of a sequence model, else 1
         self.m = int(probe.shape[-1])
@@ -70,14 +70,14 @@ class MetricOperator:
 
     def jvp(self, v: torch.Tensor) -> torch.Tensor:
         """J v for all inputs: (|X|, m)."""
-        with differentiable(self.model):
+        with traceable(self.model):
             return torch.cat([jvp(self.outputs_fn(xc), (self.weights,), (v,))[1] for xc in self._chunks()])
 
     def vjp(self, u: torch.Tensor) -> torch.Tensor:
         """Jᵀ u = Σ_x J_xᵀ u_x for cotangents u of shape (|X|, m): (n,)."""
         total = torch.zeros_like(self.weights)
         rows = self.chunk * self.rows_per_input
-        with differentiable(self.model):
+        with traceable(self.model):
             for i, xc in enumerate(self._chunks()):
                 _, pullback = vjp(self.outputs_fn(xc), self.weights)
                 total += pullback(u[i * rows:i * rows + len(xc) * self.rows_per_input])[0]
@@ -88,7 +88,7 @@ class MetricOperator:
         self.matvecs += 1
         v = v.to(self.weights.dtype)
         total = torch.zeros_like(self.weights)
-        with differentiable(self.model):
+        with traceable(self.model):
             for xc in self._chunks():
                 f = self.outputs_fn(xc)
                 _, jv = jvp(f, (self.weights,), (v,))
@@ -120,7 +120,7 @@ class MetricOperator:
         def one(flat: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
             return self.outputs_fn(xi.unsqueeze(0))(flat)[0]
 
-        with differentiable(self.model):
+        with traceable(self.model):
             return torch.func.vmap(torch.func.jacrev(one), in_dims=(None, 0))(w, x).reshape(-1, len(w))
 
     def dense(self) -> torch.Tensor:

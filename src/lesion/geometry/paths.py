@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import jvp
 
-from lesion.functional import differentiable
+from lesion.functional import traceable
 from lesion.geometry.gram import gram_matrix
 from lesion.geometry.metric import MetricOperator
 
@@ -50,7 +50,7 @@ def output_derivatives(op: MetricOperator, w: torch.Tensor, velocity: torch.Tens
     def first(weights: torch.Tensor) -> torch.Tensor:
         return jvp(f, (weights,), (velocity,))[1]
 
-    with differentiable(op.model):
+    with traceable(op.model):
         dF, d2F = jvp(first, (w,), (velocity,))
         if acceleration is not None and bool(acceleration.any()):
             d2F = d2F + jvp(f, (w,), (acceleration,))[1]

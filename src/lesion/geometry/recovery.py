@@ -28,7 +28,7 @@ from torch import nn
 
 from lesion import progress
 from lesion.errors import LesionError
-from lesion.functional import differentiable
+from lesion.functional import traceable
 from lesion.geometry.damage_set import DamageSet
 from lesion.geometry.metric import MetricOperator
 from lesion.geometry.rows import ExplicitRows, MLPRows, jacobian_rows
@@ -72,7 +72,7 @@ class RecoveryProblem:
 
     def evaluate(self, w: torch.Tensor) -> tuple[float, float]:
         """(accuracy, loss) on the evaluation inputs."""
-        with torch.no_grad(), differentiable(self.model):
+        with torch.no_grad(), traceable(self.model):
             out = torch.cat([self.op.outputs_fn(self.x_eval[i:i + 4096])(w) for i in range(0, len(self.x_eval), 4096)])
         y = flat_labels(self.y_eval)
         return float((out.argmax(1) == y).double().mean()), float(F.cross_entropy(out.double(), y))

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from lesion.functional import differentiable
+from lesion.functional import traceable
 from lesion.geometry.metric import MetricOperator
 from lesion.stats import RunningMean
 
@@ -37,7 +37,7 @@ def small_perturbation_response(op: MetricOperator, sigmas: Sequence[float] = (1
     units = [u / u.norm() for u in units]
     f = op.outputs_fn(op.x)
     rows = []
-    with torch.no_grad(), differentiable(op.model):
+    with torch.no_grad(), traceable(op.model):
         clean = f(op.weights)
         for sigma in sigmas:
             predicted = sum(op.quadratic(sigma * u) for u in units) / directions

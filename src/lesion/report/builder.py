@@ -165,27 +165,43 @@ def stage_breakdown(ctx: ReportContext) -> dict[str, Any]:
     # layers are addressed by their 1-based index: module names may themselves be digits (nn.Sequential)
     curves = [deletion_curve(ctx.model, ctx.x_eval, ctx.y_eval, str(site.index), fractions, "random",
                              ctx.size(2, 5), 0.9, ctx.seed) for site in sites]
-    first = "1"
-    sequence = unit_order(ctx.model, first, "random", np.random.default_rng(ctx.seed + 1000))
-    profile = progressive_path(ctx.model, first, sequence, ctx.data.x_train[: ctx.size(30, 100)], ctx.x_eval,
-                               ctx.y_eval, fractions)
-    breakdown_plot(str(ctx.out / "breakdown.png"), curves, [profile], "Break-down under unit deletion",
+    if not sites:
+        return {"skipped": "the model has no unit sites with a layer of their own"}
+    first = str(sites[0].index)
+    try:
+        sequence = unit_order(ctx.model, first, "random", np.random.default_rng(ctx.seed + 1000), ctx.x_eval)
+        profiles = [progressive_path(ctx.model, first, sequence, ctx.data.x_train[: ctx.size(30, 100)], ctx.x_eval,
+                                     ctx.y_eval, fractions)]
+        path: dict[str, Any] = profiles[0].to_dict()
+    except LesionError as err:  # e.g. no layer reads the first site's units directly
+        profiles, path = [], {"skipped": str(err), "predicted_breakdown": None}
+    breakdown_plot(str(ctx.out / "breakdown.png"), curves, profiles, "Break-down under unit deletion",
                    f"{len(ctx.x_eval)} test inputs; {ctx.size(2, 5)} random orders per layer (band: 95% CI); dotted: "
                    "measured break-down (below 90% of clean); right: covariant acceleration along a deletion path of "
-                   f"{first}")
-    return {"curves": [c.to_dict() for c in curves], "path": profile.to_dict(), "figures": ["breakdown.png"]}
+                   f"{sites[0].name}")
+    return {"curves": [c.to_dict() for c in curves], "path": path, "figures": ["breakdown.png"]}
 
 
 def stage_recovery(ctx: ReportContext) -> dict[str, Any]:
-    """Section 5: geodesic recovery against naive deletion and fine-tuning for 80% of the first layer's units."""
+    """Section 5: geodesic recovery against naive deletion and fine-tuning for 80% of the units of the first site
+    whose readers lesion can tell (the first hidden layer of an MLP; the first MLP block of a transformer)."""
+    from lesion.damage import Target
     from lesion.geometry.damage_set import parse_delete
     from lesion.geometry.recovery import RecoveryProblem, recover
     from lesion.report.plots import Series, line_plot
 
     if ctx.data.y_train is None or ctx.y_eval is None:
         return {"skipped": "the data have no labels: recovery is judged by accuracy and fine-tuning needs labels"}
-    spec = "units:1:frac=0.8"  # the first hidden layer
-    damage = parse_delete(ctx.model, spec, torch.Generator().manual_seed(ctx.seed), ctx.x_eval[:2])
+    damage, reasons = None, []
+    for site in Target(ctx.model, example=ctx.x_eval).table.unit_sites():
+        spec = f"units:{site.index}:frac=0.8"
+        try:
+            damage = parse_delete(ctx.model, spec, torch.Generator().manual_seed(ctx.seed), ctx.x_eval[:2])
+            break
+        except LesionError as err:
+            reasons.append(f"{site.name}: {err}")
+    if damage is None:
+        return {"skipped": "no site whose deletion lesion can repair: " + "; ".join(reasons[:3])}
     x_train = ctx.data.x_train[: ctx.size(2000, 10000)]
     problem = RecoveryProblem(ctx.model, x_train, ctx.data.y_train[: len(x_train)], ctx.x_eval, ctx.y_eval, damage)
     results, _ = recover(problem, ["naive", "geodesic", "finetune"], ctx.size(1.0, 3.0), ctx.seed,

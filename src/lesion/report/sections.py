@@ -29,6 +29,9 @@ def _figures(result: dict[str, Any], out: Path, captions: dict[str, str]) -> lis
 
 
 def _skipped(section: Section, result: dict[str, Any]) -> bool:
+    if not result:
+        section.paragraphs.append("Not run in this report (see --stages).")
+        return True
     if "skipped" in result:
         section.paragraphs.append(f"Not computed: {result['skipped']}.")
         return True
