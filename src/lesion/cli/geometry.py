@@ -18,6 +18,16 @@ def _analysis_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     return loaded, data, x[: args.inputs], (None if y is None else y[: args.inputs])
 
 
+def announce_cost(op: Any, k: int) -> None:
+    """Print what one g·v costs and what Lanczos for the top k will take (SPEC §3.2), before the work."""
+    seconds = op.time_matvec()
+    products = max(2 * k + 1, 20)
+    print(f"one g·v product on {op.inputs:,} rows and {op.n:,} weights takes {seconds:.2g} s; Lanczos for the top "
+          f"{k} needs some {2 * products}–{4 * products} products: about {2 * products * seconds:.0f}–"
+          f"{4 * products * seconds:.0f} s for the eigenvalues (the Gram route, when it applies, is usually faster)",
+          flush=True)
+
+
 def _cmd_spectrum(args: argparse.Namespace) -> dict[str, Any]:
     from lesion.geometry.metric import MetricOperator
     from lesion.geometry.spectrum import spectrum
@@ -25,9 +35,11 @@ def _cmd_spectrum(args: argparse.Namespace) -> dict[str, Any]:
 
     loaded, data, x, _ = _analysis_inputs(args)
     op = MetricOperator(loaded.module, x, args.output)
+    announce_cost(op, args.top)
     result = spectrum(op, args.top, args.tau, full=False if args.top_only else None, method=args.method)
     shown = ", ".join(f"{v:.4g}" for v in result.eigenvalues[:min(args.top, 8)])
-    print(f"g on {result.inputs} {args.split} inputs of {data.name} ({args.output} outputs), "
+    rows = f" ({result.inputs:,} (input, token) rows)" if result.inputs != len(x) else ""
+    print(f"g on {len(x)} {args.split} inputs{rows} of {data.name} ({args.output} outputs), "
           f"n = {result.parameters:,}; {result.method} route, {result.seconds:.1f} s")
     print(f"top eigenvalues: {shown}")
     print(f"trace {result.trace:.6g}" + (f", rank {result.rank}, rho({args.tau:g}) = {result.rho:.3e} "
@@ -48,6 +60,9 @@ def _cmd_attack(args: argparse.Namespace) -> dict[str, Any]:
     loaded, data, x, y = _analysis_inputs(args)
     if y is None or data.y_test is None:
         raise LesionError(f"{args.data} has no labels: attacks maximise the loss and report accuracy")
+    from lesion.geometry.metric import MetricOperator
+
+    announce_cost(MetricOperator(loaded.module, x), args.top)
     result = attack(loaded.module, x, y, data.x_test, data.y_test, args.sigma, args.directions, args.top, args.seed,
                     bitflips=not args.no_bitflips)
     r = result.random_accuracy

@@ -7,6 +7,7 @@ materialising a Jacobian. `to_scipy()` exports it as a scipy LinearOperator (flo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -15,6 +16,7 @@ from scipy.sparse.linalg import LinearOperator
 from torch import nn
 from torch.func import functional_call, jvp, vjp
 
+from lesion import progress
 from lesion.errors import LesionError
 from lesion.functional import parameters_of, traceable
 from lesion.geometry.params import ParameterLayout
@@ -101,11 +103,21 @@ class MetricOperator:
         jv = self.jvp(v.to(self.weights.dtype))
         return float((jv.double() ** 2).sum() / self.inputs)
 
+    def time_matvec(self) -> float:
+        """Seconds one g·v takes here (one jvp and one vjp over all inputs), measured once; for estimates."""
+        v = torch.randn(self.n, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(self.weights)
+        started = time.perf_counter()
+        self.matvec(v)
+        self.matvecs -= 1
+        return time.perf_counter() - started
+
     def to_scipy(self) -> LinearOperator:
-        """g as a float64 scipy LinearOperator (symmetric)."""
+        """g as a float64 scipy LinearOperator (symmetric); each product advances a progress bar."""
+        bar = progress.bar(None, "g·v products (Lanczos)", "product")
 
         def mv(v: np.ndarray) -> np.ndarray:
             out = self.matvec(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)).reshape(-1))
+            bar.update(1)
             return out.double().cpu().numpy()
 
         return LinearOperator((self.n, self.n), matvec=mv, rmatvec=mv, dtype=np.float64)
