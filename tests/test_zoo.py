@@ -217,6 +217,10 @@ def test_cli_on_dict_returning_model_and_token_model(tmp_path, capsys):
                  "--json", str(tmp_path / "g.json")]) == 0
     result = json.loads((tmp_path / "g.json").read_text())
     assert result["evaluation"]["n"] == 703 * 64  # per (input, token) pair
+    import math
+
+    assert result["evaluation"]["perplexity"] == pytest.approx(math.exp(result["evaluation"]["loss"]))
+    assert 50 < result["evaluation"]["perplexity"] < 200  # an untrained model over 97 characters: near uniform
     assert main(["evaluate", "--model", str(path), "--data", "mnist5k", "--output-key", "nope"]) == 2
     assert "no 'nope'" in capsys.readouterr().err
 

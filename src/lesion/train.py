@@ -31,9 +31,14 @@ class Evaluation:
     correct: int
     n: int
 
+    @property
+    def perplexity(self) -> float:
+        """exp(loss): for a language model evaluated per token, its perplexity (inf when the loss overflows)."""
+        return math.exp(self.loss) if self.loss < 700 else math.inf
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        return {**asdict(self), "accuracy_ci": list(self.accuracy_ci)}
+        """JSON-able form (with the perplexity exp(loss))."""
+        return {**asdict(self), "accuracy_ci": list(self.accuracy_ci), "perplexity": self.perplexity}
 
 
 @dataclass(frozen=True)

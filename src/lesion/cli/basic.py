@@ -36,9 +36,10 @@ def _cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     return {"checkpoint": str(path), "net": args.net, "config": config, **record}
 
 
-def _print_evaluation(label: str, result: Any) -> None:
+def _print_evaluation(label: str, result: Any, per_token: bool = False) -> None:
+    tail = f", perplexity {result.perplexity:.4g}" if per_token else ""
     print(f"{label}accuracy {result.accuracy:.4f} (95% CI {result.accuracy_ci[0]:.4f}–{result.accuracy_ci[1]:.4f}, "
-          f"n={result.n}), loss {result.loss:.4f}")
+          f"n={result.n}{' tokens' if per_token else ''}), loss {result.loss:.4f}{tail}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -65,11 +66,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         out["outputs_file"] = args.save_outputs
     if data.has_labels:
         result = evaluate_outputs(clean, data.y_test)
-        _print_evaluation("test " if not damages else "clean test ", result)
+        per_token = data.y_test.dim() == 2
+        _print_evaluation("test " if not damages else "clean test ", result, per_token)
         out["evaluation"] = result.to_dict()
         if damages:
             damaged = evaluate_outputs(outputs, data.y_test)
-            _print_evaluation("damaged test ", damaged)
+            _print_evaluation("damaged test ", damaged, per_token)
             out["damaged_evaluation"] = damaged.to_dict()
     elif not args.save_outputs and not damages:
         raise LesionError(f"{args.data} has no test labels: accuracy and loss need labels "
