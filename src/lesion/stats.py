@@ -109,3 +109,61 @@ class RunningMean:
         """JSON-able summary."""
         return {"mean": self.mean, "ci": list(self.interval()), "sd": self.sd, "min": self.min, "max": self.max,
                 "n": self.n}
+
+
+def clipped_interval(values: list[float], low: float = 0.0, high: float = 1.0,
+                     confidence: float = 0.95) -> tuple[float, float]:
+    """`mean_interval` clipped to [low, high]: for means of bounded quantities (accuracies, rates) over few
+    configurations, where a Student-t interval can otherwise leave the range (issue 14)."""
+    lo, hi = mean_interval(values, confidence)
+    return max(low, lo), min(high, hi)
+
+
+def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free interval for the median from order statistics: [X_(r), X_(n−r+1)] with r the
+    largest rank such that 2·P(B ≤ r−1) ≤ 1 − confidence, B ~ Binomial(n, 1/2) (the whole range when no rank
+    qualifies, n < 6 at 95%)."""
+    from scipy.stats import binom
+
+    ordered = sorted(values)
+    n = len(ordered)
+    if n == 0:
+        raise ValueError("a median needs at least one value")
+    r = int(binom.ppf((1 - confidence) / 2, n, 0.5))  # smallest k with P(B ≤ k) ≥ α/2, so P(B ≤ k−1) < α/2
+    if r < 1:
+        return ordered[0], ordered[-1]
+    return ordered[r - 1], ordered[n - r]
+
+
+def bootstrap_mean_interval(values: list[float], confidence: float = 0.95, resamples: int = 2000,
+                            seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (seeded, so reproducible): it stays within the values' range,
+    which a Student-t interval on a heavy-tailed sample does not."""
+    import numpy as np
+
+    data = np.asarray(values, dtype=np.float64)
+    if data.size < 2:
+        return float(data.mean()), float(data.mean())
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, data.size, (resamples, data.size))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def heavy_tailed_summary(values: list[float]) -> dict[str, float | int | list[float] | None]:
+    """Summary of a heavy-tailed per-configuration quantity (output error under bit flips, loss): mean with a
+    bootstrap interval and median with its order-statistics interval over the finite values, and the count of
+    non-finite ones reported apart, so that one inf/NaN does not poison the mean (issue 14)."""
+    finite = [float(v) for v in values if math.isfinite(v)]
+    out: dict[str, float | int | list[float] | None] = {"n": len(values), "non_finite": len(values) - len(finite)}
+    if not finite:
+        return {**out, "mean": None, "ci": None, "median": None, "median_ci": None, "min": None, "max": None,
+                "sd": None}
+    running = RunningMean()
+    for v in finite:
+        running.add(v)
+    ordered = sorted(finite)
+    middle = len(ordered) // 2
+    median = ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
+    return {**out, "mean": running.mean, "ci": list(bootstrap_mean_interval(finite)), "median": median,
+            "median_ci": list(median_interval(finite)), "min": running.min, "max": running.max, "sd": running.sd}

@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -24,9 +24,16 @@ from lesion.errors import LesionError
 EXIT_USER_ERROR = 2
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `lesion CMD: error: ...` on stderr, exit status 2, no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command (each documents every option in --help)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="lesion", description="Measure, attack and repair the resilience of neural networks to damage.")
     parser.add_argument("--version", action="version", version=f"lesion {lesion.__version__}")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -45,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lesion` program; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a one-line usage error (exit 2)
+        return done.code if isinstance(done.code, int) else EXIT_USER_ERROR
     if args.quiet:
         progress.set_enabled(False)
     if args.threads:

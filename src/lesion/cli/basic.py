@@ -7,7 +7,19 @@ from typing import Any
 
 import torch
 
-from lesion.cli.options import Formatter, add_common, add_data, add_model, fraction, load_model_and_data, positive_int
+from lesion.cli.options import (
+    Formatter,
+    add_common,
+    add_data,
+    add_model,
+    fraction,
+    load_model_and_data,
+    nonnegative_float,
+    output_file,
+    positive_float,
+    positive_int,
+    probability,
+)
 from lesion.errors import LesionError
 
 
@@ -116,7 +128,13 @@ def _cmd_campaign(args: argparse.Namespace) -> dict[str, Any]:
         print(f"failure rate (accuracy more than {f['tolerance']} below clean): {f['rate']:.4f} "
               f"(95% Wilson CI {f['ci'][0]:.4f}–{f['ci'][1]:.4f})")
     e = result.output_error
-    print(f"output error ‖ΔF‖∞: mean {e['mean']:.6g} (95% CI {e['ci'][0]:.6g}–{e['ci'][1]:.6g})")
+    if e["mean"] is None:
+        print(f"output error ‖ΔF‖∞: every one of the {e['n']} configurations gave inf/NaN outputs")
+    else:
+        apart = f"; {e['non_finite']} of {e['n']} configurations gave inf/NaN outputs" if e["non_finite"] else ""
+        print(f"output error ‖ΔF‖∞ (mean over inputs, per configuration): median {e['median']:.6g} (95% CI "
+              f"{e['median_ci'][0]:.6g}–{e['median_ci'][1]:.6g}), mean {e['mean']:.6g} (bootstrap 95% CI "
+              f"{e['ci'][0]:.6g}–{e['ci'][1]:.6g}){apart}")
     if result.target_width is not None:
         state = "met" if result.target_met else f"NOT met after {n} samples (raise --max-samples)"
         print(f"target interval width {result.target_width}: {state}; planned ≈{result.planned_samples} samples")
@@ -187,14 +205,14 @@ def register(sub: Any) -> None:
     add_data(p)
     p.add_argument("--epochs", type=positive_int, default=20, help="training epochs (default 20)")
     p.add_argument("--dropout", type=fraction, default=0.0, help="dropout rate while training (default 0)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="minibatch size (default 64)")
-    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (default 0)")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.0, help="L2 weight decay (default 0)")
     p.add_argument("--activation", choices=("relu", "sigmoid", "tanh"), default="relu",
                    help="MLP activation φ (default relu)")
-    p.add_argument("--k", type=float, default=1.0, help="activation slope: φ(s) = relu(k·s) or sigmoid(k·s)")
+    p.add_argument("--k", type=positive_float, default=1.0, help="activation slope: φ(s) = relu(k·s) or sigmoid(k·s)")
     p.add_argument("--no-bias", action="store_true", help="MLP without biases")
-    p.add_argument("--out", required=True, metavar="PATH", help="checkpoint file to write")
+    p.add_argument("--out", required=True, metavar="PATH", type=output_file, help="checkpoint file to write")
     add_common(p)
     p.set_defaults(run=_cmd_train)
 
@@ -209,7 +227,7 @@ def register(sub: Any) -> None:
     p.add_argument("--batch-size", type=positive_int, default=1000, help="inputs per forward pass")
     p.add_argument("--damage", action="append", metavar="SPEC",
                    help="damage to apply (repeatable; applied in order, random choices from --seed):\n" + damage_help)
-    p.add_argument("--save-outputs", metavar="FILE.npy",
+    p.add_argument("--save-outputs", metavar="FILE.npy", type=output_file,
                    help="write the (damaged) network's raw outputs on the test inputs as a float64 .npy array")
     add_common(p)
     p.set_defaults(run=_cmd_evaluate)
@@ -223,14 +241,15 @@ def register(sub: Any) -> None:
     p.add_argument("--damage", action="append", metavar="SPEC", help="damage per configuration (repeatable, "
                    "composed in order):\n" + damage_help)
     p.add_argument("--samples", type=positive_int, help="number of configurations")
-    p.add_argument("--ci-width", type=float, metavar="W",
+    p.add_argument("--ci-width", type=positive_float, metavar="W",
                    help="instead of --samples: stop once the 95%% interval of the mean accuracy (mean output "
                         "error without labels) is at most W wide (at least 30 samples)")
     p.add_argument("--max-samples", type=positive_int, default=10_000, help="cap for --ci-width (default 10000)")
-    p.add_argument("--tolerance", type=float, default=0.05,
+    p.add_argument("--tolerance", type=probability, default=0.05,
                    help="a configuration fails when its accuracy is more than this below clean (default 0.05)")
     p.add_argument("--inputs", type=positive_int, metavar="N", help="use the first N test inputs (default all)")
-    p.add_argument("--save-faults", metavar="FILE", help="save the fault list (seeds and faults) as JSON")
+    p.add_argument("--save-faults", metavar="FILE", type=output_file,
+                   help="save the fault list (seeds and faults) as JSON")
     p.add_argument("--replay", metavar="FILE", help="re-run the configurations of a saved fault list")
     add_common(p)
     p.set_defaults(run=_cmd_campaign)

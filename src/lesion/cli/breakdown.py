@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lesion.cli.options import add_common, add_data, add_model, positive_int
+from lesion.cli.options import (
+    add_common,
+    add_data,
+    add_model,
+    nonnegative_int,
+    output_file,
+    positive_float,
+    positive_int,
+    share,
+)
 
 
 def _cmd_breakdown(args: argparse.Namespace) -> dict[str, Any]:
@@ -55,11 +64,11 @@ def register(sub: Any) -> None:
     p.add_argument("--order", choices=("random", "magnitude", "metric"), default="random",
                    help="deletion order (default random)")
     p.add_argument("--orders", type=positive_int, default=5, help="random orders averaged (default 5)")
-    p.add_argument("--paths", type=int, default=2, help="progressive deletion paths profiled (default 2)")
+    p.add_argument("--paths", type=nonnegative_int, default=2, help="progressive deletion paths profiled (default 2)")
     p.add_argument("--points", type=positive_int, default=21, help="fractions 0..1 sampled (default 21)")
-    p.add_argument("--share", type=float, default=0.9, help="break-down: accuracy below this share of clean")
-    p.add_argument("--factor", type=float, default=10.0, help="acceleration spike factor (default 10)")
+    p.add_argument("--share", type=share, default=0.9, help="break-down: accuracy below this share of clean")
+    p.add_argument("--factor", type=positive_float, default=10.0, help="acceleration spike factor (default 10)")
     p.add_argument("--inputs", type=positive_int, default=100, help="training inputs for the geometry (default 100)")
-    p.add_argument("--plot", metavar="PNG", help="write the curve and the acceleration profiles")
+    p.add_argument("--plot", metavar="PNG", type=output_file, help="write the curve and the acceleration profiles")
     add_common(p)
     p.set_defaults(run=_cmd_breakdown)

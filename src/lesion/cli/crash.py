@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lesion.cli.options import Formatter, add_common, add_data, add_device, positive_int
+from lesion.cli.options import (
+    Formatter,
+    add_common,
+    add_data,
+    add_device,
+    nonnegative_float,
+    output_file,
+    positive_float,
+    positive_int,
+)
 from lesion.errors import LesionError
 
 
@@ -178,7 +187,8 @@ def _cmd_tolerance(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_bound_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--K", type=float, help="Lipschitz constant of the activation (default: from the activation)")
+    p.add_argument("--K", type=positive_float,
+                   help="Lipschitz constant of the activation (default: from the activation)")
     p.add_argument("--C", help="bound on the units' outputs, one value or one per hidden layer (default: 1 for "
                                "bounded activations, else the maximum measured on --data, or --input-range)")
     p.add_argument("--input-range", metavar="LO,HI",
@@ -214,12 +224,14 @@ def register(sub: Any) -> None:
     p.add_argument("--norm", choices=("inf", "1", "2"), default="inf", help="norm of F − F_S (default inf)")
     p.add_argument("--output", choices=("raw", "softmax"), default="raw", help="raw outputs or softmax (default raw)")
     p.add_argument("--samples", type=positive_int, help="Monte Carlo: number of uniformly drawn crash sets")
-    p.add_argument("--ci-width", type=float, help="Monte Carlo: stop once the 95%% CI of Omega_av is this wide")
+    p.add_argument("--ci-width", type=positive_float,
+                   help="Monte Carlo: stop once the 95%% CI of Omega_av is this wide")
     p.add_argument("--engine", choices=("auto", "additive", "general"), default="auto",
                    help="exact engine (default auto: additive for one hidden layer and raw outputs)")
-    p.add_argument("--time-limit", type=float, default=600.0,
+    p.add_argument("--time-limit", type=positive_float, default=600.0,
                    help="refuse exact runs estimated above this many seconds (default 600)")
-    p.add_argument("--checkpoint", metavar="FILE", help="save progress here; rerun the same command to resume")
+    p.add_argument("--checkpoint", metavar="FILE", type=output_file,
+                   help="save progress here; rerun the same command to resume")
     p.add_argument("--split", choices=("test", "train"), default="test", help="inputs: test (default) or train")
     p.add_argument("--inputs", type=positive_int, metavar="N", help="only the first N inputs")
     add_common(p)
@@ -242,8 +254,8 @@ def register(sub: Any) -> None:
                                      "Omega_av (SPEC §2.3); several --model are ranked by Erf_av tolerance.")
     _add_model_only(p, many=True)
     add_data(p, required=False)
-    p.add_argument("--epsilon", type=float, required=True, help="error budget ε")
-    p.add_argument("--epsilon-own", type=float, default=0.0, help="the network's own error ε' (default 0)")
+    p.add_argument("--epsilon", type=positive_float, required=True, help="error budget ε")
+    p.add_argument("--epsilon-own", type=nonnegative_float, default=0.0, help="the network's own error ε' (default 0)")
     p.add_argument("--layer", default="1", help="hidden layer(s) of the crashes")
     p.add_argument("--max-faults", type=positive_int, help="largest crash count examined")
     _add_bound_options(p)

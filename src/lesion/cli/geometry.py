@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from lesion.cli.options import add_common, add_data, add_model, positive_int
+from lesion.cli.options import (
+    add_common,
+    add_data,
+    add_model,
+    nonnegative_float,
+    output_file,
+    positive_float,
+    positive_int,
+)
 from lesion.errors import LesionError
 
 
@@ -97,8 +105,8 @@ def register(sub: Any) -> None:
     p.add_argument("--top-only", action="store_true", help="only the top K eigenvalues, even on the Gram route")
     p.add_argument("--output", choices=("raw", "softmax"), default="raw", help="outputs differentiated")
     p.add_argument("--method", choices=("auto", "gram", "lanczos"), default="auto", help="route (default auto)")
-    p.add_argument("--tau", type=float, default=1e-3, help="threshold of rho (default 1e-3, [G] §3)")
-    p.add_argument("--plot", metavar="PNG", help="write a spectrum plot ([G] Fig. 2A style)")
+    p.add_argument("--tau", type=positive_float, default=1e-3, help="threshold of rho (default 1e-3, [G] §3)")
+    p.add_argument("--plot", metavar="PNG", type=output_file, help="write a spectrum plot ([G] Fig. 2A style)")
     add_common(p)
     p.set_defaults(run=_cmd_spectrum)
 
@@ -110,7 +118,7 @@ def register(sub: Any) -> None:
     add_model(p)
     add_data(p)
     _add_inputs(p)
-    p.add_argument("--sigma", type=float, default=1.0, help="perturbation norm ‖du‖ (default 1)")
+    p.add_argument("--sigma", type=nonnegative_float, default=1.0, help="perturbation norm ‖du‖ (default 1)")
     p.add_argument("--directions", type=positive_int, default=1000, help="random directions (default 1000)")
     p.add_argument("--top", type=positive_int, default=20, help="eigenvectors spanning the attack (default 20)")
     p.add_argument("--no-bitflips", action="store_true", help="skip the greedy bit-flip search")

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 
@@ -31,23 +35,89 @@ def add_data(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def add_common(p: argparse.ArgumentParser, seed: bool = True) -> None:
-    p.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
+    p.add_argument("--json", metavar="PATH", type=output_file, help="write the results as JSON to PATH")
     if seed:
-        p.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
+        p.add_argument("--seed", type=seed_value, default=0, help="seed for every random choice (≥ 0, default 0)")
 
 
-def fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in [0, 1), got {text}")
+def _number(text: str, kind: type) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _ranged(low: float | None, high: float | None, kind: type = float, low_open: bool = False,
+            high_open: bool = False) -> Callable[[str], float]:
+    """An argparse type for numbers in a range (issue 14: every numeric option's range checked at parse time)."""
+    lo = "(" if low_open else "["
+    hi = ")" if high_open else "]"
+    def show(v: float) -> str:
+        return f"{v}" if kind is int else f"{v:g}"
+
+    where = (f"lie in {lo}{show(low)}, {show(high)}{hi}" if low is not None and high is not None
+             else f"be {'>' if low_open else '≥'} {show(low)}" if low is not None else f"be ≤ {show(high)}")
+
+    def check(text: str) -> float:
+        value = _number(text, kind)
+        if low is not None and (value < low or (low_open and value == low)):
+            raise argparse.ArgumentTypeError(f"must {where}, got {text}")
+        if high is not None and (value > high or (high_open and value == high)):
+            raise argparse.ArgumentTypeError(f"must {where}, got {text}")
+        return value
+
+    return check
+
+
+fraction = _ranged(0.0, 1.0, high_open=True)  # [0, 1)
+probability = _ranged(0.0, 1.0)  # [0, 1]
+share = _ranged(0.0, 1.0, low_open=True)  # (0, 1]
+positive_int = _ranged(1, None, int)
+nonnegative_int = _ranged(0, None, int)
+seed_value = _ranged(0, 2**63 - 1, int)
+positive_float = _ranged(0.0, None, low_open=True)
+nonnegative_float = _ranged(0.0, None)
+def finite_float(text: str) -> float:
+    """Any finite number."""
+    return _number(text, float)
+
+
+def _writable_folder(folder: Path, what: str) -> None:
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".lesion-write-check-"):
+            pass
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"cannot write {what} in {folder} ({err.strerror or err})") from None
+
+
+def output_file(text: str) -> str:
+    """A file lesion will write: its folder must exist and be writable, and it must not be a folder."""
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"the folder {folder} does not exist; create it first")
+    _writable_folder(folder, path.name)
+    return text
+
+
+def output_dir(text: str) -> str:
+    """A folder lesion will write into (created if needed): not an existing file, inside a writable folder."""
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is an existing file; give a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{existing} is a file; {path} cannot be created")
+    _writable_folder(existing, str(path))
+    return text
 
 
 class Formatter(argparse.RawTextHelpFormatter):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
-from lesion.cli.options import add_common, add_data, add_model
+from lesion.cli.options import add_common, add_data, add_model, output_file, positive_float, positive_int
 from lesion.errors import LesionError
 
 
@@ -14,7 +15,7 @@ def _cmd_recover(args: argparse.Namespace) -> dict[str, Any]:
 
     from lesion.cli.options import load_model_and_data
     from lesion.geometry.damage_set import parse_delete, union
-    from lesion.geometry.recovery import METHODS, RecoveryProblem, recover
+    from lesion.geometry.recovery import METHODS, RecoveryProblem, estimate_seconds, recover
     from lesion.report.plots import Series, line_plot
 
     loaded, data = load_model_and_data(args)
@@ -28,7 +29,18 @@ def _cmd_recover(args: argparse.Namespace) -> dict[str, Any]:
     print(f"{damage.describe()}; clean test accuracy {clean:.4f}")
     options = {"radius": args.radius, "batch": args.batch, "max_steps": args.max_steps}
     if args.beta:
-        options["betas"] = tuple(float(b) for b in args.beta.split(","))
+        try:
+            options["betas"] = tuple(float(b) for b in args.beta.split(","))
+        except ValueError:
+            raise LesionError(f"bad --beta {args.beta!r}: give positive numbers like 0.1,1,10") from None
+        if not all(math.isfinite(b) and b > 0 for b in options["betas"]):
+            raise LesionError(f"bad --beta {args.beta!r}: every β must be a positive finite number")
+    seconds = estimate_seconds(problem, methods, args.budget, args.batch, args.max_steps,
+                               len(options.get("betas", (0.1, 1.0, 10.0))))
+    print(f"estimated time: at most about {seconds:,.1f} s ({', '.join(methods)}; budget {args.budget:g} epochs)")
+    if seconds > args.time_limit:
+        raise LesionError(f"the recovery would take about {seconds:,.0f} s, above --time-limit {args.time_limit:g}; "
+                          "lower --budget or --max-steps, or raise --time-limit")
     results, weights = recover(problem, methods, args.budget, args.seed, options)
     for name, r in results.items():
         print(f"{name:14s} accuracy {r.accuracy:.4f}  loss {r.loss:.4f}  {r.epoch_equivalents:7.2f} epoch-equivalents  "
@@ -67,13 +79,16 @@ def register(sub: Any) -> None:
                         "count=K); filters:MODULE:UNITS for conv filters; repeat to delete in several layers")
     p.add_argument("--method", default="all", choices=("all", "geodesic", "naive", "finetune", "prune-retrain", "obs"),
                    help="recovery method (default all)")
-    p.add_argument("--budget", type=float, default=10.0,
+    p.add_argument("--budget", type=positive_float, default=10.0,
                    help="epochs for fine-tuning and for prune-retrain in total (default 10)")
     p.add_argument("--beta", help="β values of the geodesic paths, comma list (default 0.1,1,10; shortest kept)")
-    p.add_argument("--radius", type=float, default=1.0, help="trust-region radius r per step (default 1)")
-    p.add_argument("--batch", type=int, default=32, help="minibatch of the metric per step (default 32)")
-    p.add_argument("--max-steps", type=int, default=400, help="largest number of geodesic steps (default 400)")
-    p.add_argument("--plot", metavar="PNG", help="accuracy against compute")
-    p.add_argument("--out", metavar="FILE", help="write the recovered network (geodesic, else the best method)")
+    p.add_argument("--radius", type=positive_float, default=1.0, help="trust-region radius r per step (default 1)")
+    p.add_argument("--batch", type=positive_int, default=32, help="minibatch of the metric per step (default 32)")
+    p.add_argument("--max-steps", type=positive_int, default=400, help="largest number of geodesic steps (default 400)")
+    p.add_argument("--plot", metavar="PNG", type=output_file, help="accuracy against compute")
+    p.add_argument("--out", metavar="FILE", type=output_file,
+                   help="write the recovered network (geodesic, else the best method)")
+    p.add_argument("--time-limit", type=positive_float, default=600.0,
+                   help="refuse a run estimated above this many seconds (default 600)")
     add_common(p)
     p.set_defaults(run=_cmd_recover)

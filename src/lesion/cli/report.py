@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from lesion.cli.options import add_common, add_device
+from lesion.cli.options import add_common, add_device, output_dir
 from lesion.errors import LesionError
 
 DEFAULT_NET, DEFAULT_DATA = "mlp2", "mnist5k"
@@ -70,7 +70,7 @@ def register(sub: Any) -> None:
     p.add_argument("--weights", metavar="FILE", help="state-dict file for --model package.module:factory")
     add_device(p)
     p.add_argument("--data", metavar="D", help="data set (required with --model)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", required=True, metavar="DIR", type=output_dir, help="output folder (created if needed)")
     p.add_argument("--quick", action="store_true", help="a smaller, faster report")
     p.add_argument("--stages", help="comma list of stages to run (default all): network,crash,geometry,breakdown,"
                                     "recovery,bitflips")

@@ -12,6 +12,7 @@ list (descriptions, seeds and fault records) can be saved and replayed.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,13 @@ from lesion.functional import forward_with
 from lesion.nets.loading import model_digest
 from lesion.nets.outputs import flat_labels
 from lesion.report.jsonio import to_jsonable, write_json
-from lesion.stats import RunningMean, sample_size_for_mean, wilson_interval
+from lesion.stats import (
+    RunningMean,
+    clipped_interval,
+    heavy_tailed_summary,
+    sample_size_for_mean,
+    wilson_interval,
+)
 
 FAULT_LIST_FORMAT = "lesion-fault-list"
 
@@ -149,20 +156,26 @@ class Campaign:
     def _watched(self) -> RunningMean:
         running = RunningMean()
         for s in self.samples:
-            running.add(s.accuracy if self.y is not None else s.output_error)
+            value = s.accuracy if self.y is not None else s.output_error
+            if math.isfinite(value):  # non-finite output errors are counted apart (heavy_tailed_summary)
+                running.add(value)
         return running
 
     def result(self, ci_width: float | None = None, planned: int | None = None) -> CampaignResult:
         """Summaries of the samples drawn so far."""
-        stats = {name: RunningMean() for name in ("accuracy", "loss", "output_error")}
+        accuracy = RunningMean()
         failures = 0
         for s in self.samples:
-            stats["output_error"].add(s.output_error)
             if self.y is not None:
-                stats["accuracy"].add(s.accuracy)
-                stats["loss"].add(s.loss)
+                accuracy.add(s.accuracy)
                 failures += s.accuracy < self.clean_accuracy - self.tolerance
         n = len(self.samples)
+        accuracy_summary = None
+        if self.y is not None and n:
+            accuracy_summary = accuracy.to_dict()
+            accuracy_summary["ci"] = list(clipped_interval([s.accuracy for s in self.samples]))
+        loss = heavy_tailed_summary([s.loss for s in self.samples]) if self.y is not None and n else None
+        output_error = heavy_tailed_summary([s.output_error for s in self.samples])
         failure = None
         if self.y is not None and n:
             lo, hi = wilson_interval(failures, n)
@@ -171,8 +184,7 @@ class Campaign:
         labelled = self.y is not None
         met = None if ci_width is None else self._watched().width() <= ci_width
         return CampaignResult(tuple(d.spec() for d in self.damages), self.seed, len(self.x), self.clean_accuracy,
-                              tuple(self.samples), stats["accuracy"].to_dict() if labelled else None,
-                              stats["loss"].to_dict() if labelled else None, stats["output_error"].to_dict(),
+                              tuple(self.samples), accuracy_summary if labelled else None, loss, output_error,
                               failure, ci_width, met, planned, model_digest(self.model))
 
 

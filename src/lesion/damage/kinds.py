@@ -248,6 +248,10 @@ class Direction:
         names = target.match(self.params)
         flat = _flat(target, state, names)
         du = load_direction(self.path, names, target).double().to(flat.device)
+        bad = int((~torch.isfinite(du)).sum())
+        if bad:
+            raise LesionError(f"direction {self.path} holds {bad} non-finite values (NaN/inf) of {du.numel()}; "
+                              "a direction must be finite")
         if du.numel() != flat.numel():
             raise LesionError(f"direction {self.path} has {du.numel()} values; the parameters {self.params} "
                               f"have {flat.numel()}")

@@ -39,6 +39,11 @@ class Dataset:
             if x.dtype not in (torch.float32, torch.int64):
                 raise LesionError(f"{where}: x_{split} must be float32 (or int64 token ids), got {x.dtype}; "
                                   "convert it with .float()")
+            if x.dim() == 0 or x.shape[0] == 0:
+                raise LesionError(f"{where}: x_{split} is empty; give at least one input")
+            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                bad = int((~torch.isfinite(x)).sum())
+                raise LesionError(f"{where}: x_{split} holds {bad} NaN/inf values; clean the data first")
             if x.dim() < 2:
                 raise LesionError(f"{where}: x_{split} has shape {tuple(x.shape)}; inputs must be (N, ...) "
                                   "with at least 2 dimensions (reshape a vector of scalars to (N, 1))")

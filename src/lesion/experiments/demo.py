@@ -11,7 +11,7 @@ import torch
 from lesion.damage import RandomCount, Target, UnitCrash, batched_damaged_outputs, realise
 from lesion.data import load
 from lesion.nets import build_net
-from lesion.stats import mean_interval
+from lesion.stats import clipped_interval
 from lesion.train import TrainSettings, evaluate_outputs, train
 
 
@@ -69,6 +69,6 @@ def run_demo(net: str = "mlp2", epochs: int = 10, fractions: tuple[float, ...] =
             outputs = batched_damaged_outputs(model, configs, data.x_test)
             accuracies = [evaluate_outputs(out, data.y_test).accuracy for out in outputs]
             layer = site.index
-            points.append(CrashPoint(layer, crashed, width, sum(accuracies) / sets, mean_interval(accuracies),
+            points.append(CrashPoint(layer, crashed, width, sum(accuracies) / sets, clipped_interval(accuracies),
                                      min(accuracies), max(accuracies), sets, len(data.y_test)))
     return DemoResult(net, data.to_dict(), history.test.accuracy, history.test.accuracy_ci, points)

@@ -21,7 +21,7 @@ from lesion.errors import LesionError
 from lesion.geometry.damage_set import unit_damage_set
 from lesion.geometry.metric import MetricOperator
 from lesion.sites.modules import unit_rows
-from lesion.stats import mean_interval
+from lesion.stats import clipped_interval
 from lesion.train import evaluate_outputs
 
 ORDERS = ("random", "magnitude", "metric")
@@ -99,7 +99,7 @@ def deletion_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: st
         per_order.append([evaluate_outputs(o, y).accuracy for o in outputs])
     table = np.asarray(per_order)
     means = table.mean(axis=0).tolist()
-    cis = [list(mean_interval(list(col))) for col in table.T]
+    cis = [list(clipped_interval(list(col))) for col in table.T]
     below = [f for f, a in zip(fractions, means, strict=True) if a < share * clean.accuracy]
     return DeletionCurve(site.name, order, [float(f) for f in fractions], means, cis, clean.accuracy,
                          float(below[0]) if below else None, share, runs, site.width, len(x), table.tolist())

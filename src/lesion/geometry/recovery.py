@@ -253,6 +253,39 @@ def obs(problem: RecoveryProblem, batch: int = 64, damping: float = 1.0,
 METHODS = ("geodesic", "naive", "finetune", "prune-retrain", "obs")
 
 
+OVERHEAD = 1.5  # masks, shuffling and evaluations on top of the timed optimiser steps
+
+
+def estimate_seconds(problem: RecoveryProblem, methods: Sequence[str], budget: float, batch: int = 32,
+                     max_steps: int = 400, betas: int = 3) -> float:
+    """A cost estimate before the work (issue 14): three Adam steps on 64-input minibatches of a private copy
+    of the model are timed; fine-tuning and prune-retrain cost `budget` epochs of such steps each; the
+    geodesic at most `max_steps` steps per β, each about `batch`·m backward passes (its Jacobian rows)."""
+    import copy
+    import time
+
+    import torch.nn.functional as F
+
+    x, y = problem.x_train[:64], flat_labels(problem.y_train[:64])
+    model = copy.deepcopy(problem.model).train()
+    optimiser = torch.optim.Adam(model.parameters())
+    times = []
+    with torch.enable_grad():
+        for _ in range(3):
+            started = time.perf_counter()
+            optimiser.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            optimiser.step()
+            times.append(time.perf_counter() - started)
+    step = OVERHEAD * sorted(times)[1]
+    per_example = step / len(x)
+    epoch = step * math.ceil(len(problem.x_train) / len(x))
+    seconds = sum(budget * epoch for m in methods if m in ("finetune", "prune-retrain"))
+    if "geodesic" in methods:
+        seconds += betas * max_steps * batch * problem.m * per_example
+    return seconds
+
+
 def recover(problem: RecoveryProblem, methods: Sequence[str], budget: float = 10.0, seed: int = 0,
             geodesic_options: dict[str, Any] | None = None) -> tuple[dict[str, MethodResult], dict[str, torch.Tensor]]:
     """Run the chosen methods at the same damage; returns their results and final weights."""

@@ -19,6 +19,10 @@ def non_finite_parameters(module: nn.Module) -> dict[str, int]:
     return bad
 
 
+CHECK_BATCH = 4096  # the input batch of `damaged_outputs` and `forward_with`: a model that fails only on large
+                   # batches is refused before the work, not in the middle of it
+
+
 def validate_model(module: nn.Module, inputs: torch.Tensor, num_classes: int | None = None,
                    data_name: str = "the data") -> int:
     """Raise a LesionError unless `module` has finite weights and maps `inputs` to finite (rows, m) outputs.
@@ -33,9 +37,10 @@ def prepare_model(module: nn.Module, inputs: torch.Tensor, num_classes: int | No
                   data_name: str = "the data", output_key: str | None = None) -> tuple[nn.Module, int]:
     """The module to analyse and its output count m, or a LesionError saying why `module` cannot be analysed.
 
-    Checks finite weights; runs `inputs[:2]`; when the output is not a (batch, m) tensor (or `output_key` is
-    given) the module is read through `lesion.nets.outputs.logits_view` (tuples, dicts, ModelOutputs, token
-    sequences as (batch·tokens, m) rows); the outputs must be finite and m ≥ `num_classes`.
+    Checks finite weights; runs a full batch (`inputs[:CHECK_BATCH]`, the size the engines use); when the
+    output is not a (batch, m) tensor (or `output_key` is given) the module is read through
+    `lesion.nets.outputs.logits_view` (tuples, dicts, ModelOutputs, token sequences as (batch·tokens, m) rows);
+    the outputs must be finite and m ≥ `num_classes`.
     """
     from lesion.nets.outputs import logits_view, needs_view
 
@@ -44,7 +49,7 @@ def prepare_model(module: nn.Module, inputs: torch.Tensor, num_classes: int | No
         listed = ", ".join(f"{name} ({count})" for name, count in list(bad.items())[:5])
         raise LesionError(f"the model has NaN/inf weights in {listed}{' …' if len(bad) > 5 else ''}; "
                           "repair or retrain it before analysing it")
-    batch = inputs[:2]
+    batch = inputs[:CHECK_BATCH]
     out = _run(module, batch, data_name)
     if needs_view(out) or output_key is not None:
         module = logits_view(module, output_key)
