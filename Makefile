@@ -55,7 +55,7 @@ browser:
 	  || echo "note: could not install chromium; the browser test will be skipped"; }
 
 test-all: install browser
-	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not gpu"
+	$(TEST_ENV) LESION_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q -m "not gpu"
 
 # Benchmark-only dependencies, without their own dependencies so that torch stays at 2.13.0.
 BENCH_DEPS := curvlinops-for-pytorch backpack-for-pytorch einops einconv linear_operator opt-einsum

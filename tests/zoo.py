@@ -138,3 +138,16 @@ def _settled(model: nn.Module, x: torch.Tensor) -> nn.Module:
         for _ in range(3):
             model(x)
     return model.eval()
+
+
+class FailsOnLargeBatches(nn.Module):
+    """Runs on a few inputs, fails on batches above 100 (a model that a 2-input check would pass)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(x) > 100:
+            raise RuntimeError("out of memory on a large batch")
+        return self.fc(x.flatten(1))
