@@ -169,3 +169,11 @@ def test_cli_fuzz_never_a_traceback(ckpt, capsys, tmp_path, argv):
         lines = [line for line in captured.err.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("lesion"), (argv, captured.err)
     out.unlink(missing_ok=True)
+
+
+def test_spectrum_prints_its_estimate_and_refuses_above_the_time_limit(ckpt, capsys):
+    code = main(["--quiet", "spectrum", "--model", ckpt, "--data", "digits", "--inputs", "20", "--top", "3",
+                 "--method", "lanczos", "--time-limit", "1e-9"])
+    captured = capsys.readouterr()
+    assert code == 2 and "above --time-limit" in captured.err
+    assert "one g·v product" in captured.out and "top eigenvalues" not in captured.out

@@ -26,14 +26,23 @@ def _analysis_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     return loaded, data, x[: args.inputs], (None if y is None else y[: args.inputs])
 
 
-def announce_cost(op: Any, k: int) -> None:
-    """Print what one g·v costs and what Lanczos for the top k will take (SPEC §3.2), before the work."""
+def announce_cost(op: Any, k: int, time_limit: float, method: str = "auto") -> None:
+    """When the operator route (Lanczos) will run: print what one g·v costs and what Lanczos for the top k will
+    take (SPEC §3.2), before the work, and refuse when even the low end is above `time_limit` (issue 14)."""
+    from lesion.geometry.spectrum import route_for
+
+    if route_for(op, method) == "gram":
+        print(f"Gram route: K of {op.inputs * op.m:,}² from {op.inputs:,} rows", flush=True)
+        return
     seconds = op.time_matvec()
     products = max(2 * k + 1, 20)
     print(f"one g·v product on {op.inputs:,} rows and {op.n:,} weights takes {seconds:.2g} s; Lanczos for the top "
-          f"{k} needs some {2 * products}–{4 * products} products: about {2 * products * seconds:.0f}–"
-          f"{4 * products * seconds:.0f} s for the eigenvalues (the Gram route, when it applies, is usually faster)",
+          f"{k} needs some {2 * products}–{4 * products} products: about {2 * products * seconds:.1f}–"
+          f"{4 * products * seconds:.1f} s for the eigenvalues (the Gram route, when it applies, is usually faster)",
           flush=True)
+    if 2 * products * seconds > time_limit:
+        raise LesionError(f"the spectrum would take at least about {2 * products * seconds:,.0f} s, above --time-limit "
+                          f"{time_limit:g}; use fewer --inputs or a smaller --top, or raise --time-limit")
 
 
 def _cmd_spectrum(args: argparse.Namespace) -> dict[str, Any]:
@@ -43,7 +52,7 @@ def _cmd_spectrum(args: argparse.Namespace) -> dict[str, Any]:
 
     loaded, data, x, _ = _analysis_inputs(args)
     op = MetricOperator(loaded.module, x, args.output)
-    announce_cost(op, args.top)
+    announce_cost(op, args.top, args.time_limit, args.method)
     result = spectrum(op, args.top, args.tau, full=False if args.top_only else None, method=args.method)
     shown = ", ".join(f"{v:.4g}" for v in result.eigenvalues[:min(args.top, 8)])
     rows = f" ({result.inputs:,} (input, token) rows)" if result.inputs != len(x) else ""
@@ -70,7 +79,7 @@ def _cmd_attack(args: argparse.Namespace) -> dict[str, Any]:
         raise LesionError(f"{args.data} has no labels: attacks maximise the loss and report accuracy")
     from lesion.geometry.metric import MetricOperator
 
-    announce_cost(MetricOperator(loaded.module, x), args.top)
+    announce_cost(MetricOperator(loaded.module, x), args.top, args.time_limit)
     result = attack(loaded.module, x, y, data.x_test, data.y_test, args.sigma, args.directions, args.top, args.seed,
                     bitflips=not args.no_bitflips)
     r = result.random_accuracy
@@ -87,6 +96,8 @@ def _cmd_attack(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_inputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--time-limit", type=positive_float, default=600.0,
+                   help="refuse when the estimated time of the eigenvalues is above this many seconds (default 600)")
     p.add_argument("--inputs", type=positive_int, default=1000, help="number of analysis inputs |X| (default 1000)")
     p.add_argument("--split", choices=("train", "test"), default="train",
                    help="take the analysis inputs from the training split (default) or the test split")

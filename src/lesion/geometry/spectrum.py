@@ -53,7 +53,7 @@ class Spectrum:
         return {**out, **self.extra}
 
 
-def _route(op: MetricOperator, method: str) -> str:
+def route_for(op: MetricOperator, method: str) -> str:
     """`gram` when K is small enough and can be built (MLP factors, or stacked Jacobians within memory)."""
     rows = op.inputs * op.m
     if method == "auto":
@@ -120,7 +120,7 @@ def top_eigenpairs(op: MetricOperator, k: int, method: str = "auto") -> tuple[np
     other models; eigenvectors of g follow as Aᵀu/√(|X|λ)."""
     if not 1 <= k < op.n:
         raise LesionError(f"ask for between 1 and {op.n - 1} eigenpairs, not {k}")
-    route = _route(op, method)
+    route = route_for(op, method)
     if route == "gram":
         found = _mlp_gram_top(op, k)
         values, vectors = found if found is not None else gram_eigen(op, k)
@@ -159,7 +159,7 @@ def spectrum(op: MetricOperator, top: int = 20, tau: float = 1e-3, full: bool | 
     """The spectrum of g: all nonzero eigenvalues on the Gram route (when `full`, default when it is chosen),
     else the top eigenvalues by Lanczos; trace exact on the Gram route, Hutchinson otherwise."""
     started = time.perf_counter()
-    route = _route(op, method)
+    route = route_for(op, method)
     rows = op.inputs * op.m
     full = route == "gram" if full is None else full
     if full:
