@@ -177,3 +177,11 @@ def test_spectrum_prints_its_estimate_and_refuses_above_the_time_limit(ckpt, cap
     captured = capsys.readouterr()
     assert code == 2 and "above --time-limit" in captured.err
     assert "one g·v product" in captured.out and "top eigenvalues" not in captured.out
+
+
+def test_breakdown_paths_print_their_estimate_and_refuse_above_the_time_limit(ckpt, capsys):
+    code = main(["--quiet", "breakdown", "--model", ckpt, "--data", "digits", "--paths", "2", "--inputs", "10",
+                 "--time-limit", "1e-9"])
+    captured = capsys.readouterr()
+    assert code == 2 and "above --time-limit" in captured.err and "estimated time of 2" in captured.out
+    assert "break-down" not in captured.out

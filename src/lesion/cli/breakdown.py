@@ -15,17 +15,25 @@ from lesion.cli.options import (
     positive_int,
     share,
 )
+from lesion.errors import LesionError
 
 
 def _cmd_breakdown(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
     from lesion.cli.options import load_model_and_data
-    from lesion.geometry.breakdown import breakdown_plot, deletion_curve, progressive_path, unit_order
+    from lesion.geometry.breakdown import breakdown_plot, deletion_curve, path_seconds, progressive_path, unit_order
 
     loaded, data = load_model_and_data(args)
     fractions = tuple(float(f) for f in np.round(np.linspace(0, 1, args.points), 6))
     x_an = data.x_train[: args.inputs]
+    if args.paths:
+        seconds = args.paths * path_seconds(loaded.module, x_an, len(fractions))
+        print(f"estimated time of {args.paths} deletion path(s) on {len(x_an)} analysis inputs: about {seconds:,.1f} s",
+              flush=True)
+        if seconds > args.time_limit:
+            raise LesionError(f"the deletion paths would take about {seconds:,.0f} s, above --time-limit "
+                              f"{args.time_limit:g}; use fewer --paths, --points or --inputs, or raise --time-limit")
     curve = deletion_curve(loaded.module, data.x_test, data.y_test, args.layer, fractions, args.order, args.orders,
                            args.share, args.seed, x_an)
     profiles = []
@@ -69,6 +77,8 @@ def register(sub: Any) -> None:
     p.add_argument("--share", type=share, default=0.9, help="break-down: accuracy below this share of clean")
     p.add_argument("--factor", type=positive_float, default=10.0, help="acceleration spike factor (default 10)")
     p.add_argument("--inputs", type=positive_int, default=100, help="training inputs for the geometry (default 100)")
+    p.add_argument("--time-limit", type=positive_float, default=600.0,
+                   help="refuse deletion paths estimated above this many seconds (default 600)")
     p.add_argument("--plot", metavar="PNG", type=output_file, help="write the curve and the acceleration profiles")
     add_common(p)
     p.set_defaults(run=_cmd_breakdown)

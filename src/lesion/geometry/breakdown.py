@@ -70,7 +70,7 @@ def unit_order(model: nn.Module, layer: str, order: str, rng: np.random.Generato
         harm = []
         for unit in range(site.width):
             d = torch.zeros_like(op.weights)
-            idx = unit_damage_set(model, layer, Explicit((unit,)), torch.Generator(), x_analysis).indices
+            idx = unit_damage_set(model, layer, Explicit((unit,)), torch.Generator(), target=target).indices
             d[idx] = -op.weights[idx]
             harm.append(op.quadratic(d))
         return np.argsort(harm)[::-1].tolist()
@@ -124,6 +124,23 @@ class PathProfileResult:
         return asdict(self)
 
 
+def path_seconds(model: nn.Module, x_analysis: torch.Tensor, points: int, units_per_point: int = 3) -> float:
+    """An estimate of one `progressive_path` (issue 14: cost before long work): one path point (jvp of jvp and the
+    range projection on the analysis inputs) is timed, warm, and multiplied by the points the path evaluates."""
+    import time
+
+    from lesion.geometry.paths import path_point
+
+    op = MetricOperator(model, x_analysis)
+    d = torch.randn(op.n, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(op.weights)
+    times = []
+    for _ in range(2):
+        started = time.perf_counter()
+        path_point(op, 0.0, lambda _t: op.weights, lambda _t: d, lambda _t: torch.zeros_like(d))
+        times.append(time.perf_counter() - started)
+    return times[-1] * points * units_per_point
+
+
 def progressive_path(model: nn.Module, layer: str, sequence: Sequence[int], x_analysis: torch.Tensor,
                      x: torch.Tensor, y: torch.Tensor, fractions: Sequence[float], units_per_point: int = 3,
                      factor: float = 10.0, order_seed: int = 0) -> PathProfileResult:
@@ -132,9 +149,10 @@ def progressive_path(model: nn.Module, layer: str, sequence: Sequence[int], x_an
     from lesion.geometry.paths import path_point, predicted_breakdown
 
     op = MetricOperator(model, x_analysis)
-    site = Target(model, example=x_analysis).site(layer)
+    target = Target(model, example=x_analysis)
+    site = target.site(layer)
     width = site.width
-    unit_indices = {u: unit_damage_set(model, layer, Explicit((u,)), torch.Generator(), x_analysis).indices
+    unit_indices = {u: unit_damage_set(model, layer, Explicit((u,)), torch.Generator(), target=target).indices
                     for u in sequence}
     keep = torch.ones_like(op.weights)
     rows: dict[str, list[float]] = {"speed": [], "acceleration": [], "cov": [], "accuracy": [], "loss": []}
@@ -158,7 +176,7 @@ def progressive_path(model: nn.Module, layer: str, sequence: Sequence[int], x_an
         rows["acceleration"].append(float(np.mean([p.speed_derivative for p in values])))
         rows["cov"].append(float(np.mean([p.covariant_acceleration for p in values])))
         damage = [UnitCrash(layer, Explicit(tuple(sequence[:deleted])))] if deleted else []
-        config = realise(Target(model, example=x), damage, torch.Generator())
+        config = realise(target, damage, torch.Generator())
         evaluation = evaluate_outputs(batched_damaged_outputs(model, [config], x)[0], y)
         rows["accuracy"].append(evaluation.accuracy)
         rows["loss"].append(evaluation.loss)

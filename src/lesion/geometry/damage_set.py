@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from lesion.damage.selectors import Selector, parse_selector
+from lesion.damage.target import Target
 from lesion.errors import LesionError
 from lesion.geometry.params import ParameterLayout
 
@@ -46,16 +47,16 @@ class DamageSet:
 
 
 def unit_damage_set(model: nn.Module, layer: str, selector: Selector, generator: torch.Generator,
-                    example: torch.Tensor | None = None) -> DamageSet:
+                    example: torch.Tensor | None = None, target: Target | None = None) -> DamageSet:
     """D for deleting the units chosen by `selector` among those of site `layer` (SPEC §6.1 address): every
     parameter that only feeds a deleted unit (the layer's rows and bias, the BN/LN scale and shift between the
-    layer and the site) and the weights of the next layer that read it."""
+    layer and the site) and the weights of the next layer that read it. `target`: a `Target` of the model
+    already built (its site table is reused: many single-unit sets need one recording forward, not one each)."""
     from lesion.damage.kinds import unit_parameters
-    from lesion.damage.target import Target
     from lesion.sites.modules import reader_columns
     from lesion.sites.table import reader_of
 
-    target = Target(model, example=example)
+    target = target or Target(model, example=example)
     site = target.site(layer, None)
     if site.kind == "attention-head":
         raise LesionError(f"{site.name} is an attention module: recovery deletes units, not heads (yet)")

@@ -214,11 +214,13 @@ def prune_retrain(problem: RecoveryProblem, rounds: int, epochs_per_round: float
 def _unit_masks(problem: RecoveryProblem) -> dict[tuple[str, int], torch.Tensor]:
     """Per deleted (layer, unit), the 0/1 mask of its own weights (a unit's share of D)."""
     from lesion.damage.selectors import Explicit
+    from lesion.damage.target import Target
     from lesion.geometry.damage_set import unit_damage_set
 
     out = {}
+    target = Target(problem.model, example=problem.x_eval[:2])
     for layer, unit in problem.damage.unit_list():
-        single = unit_damage_set(problem.model, layer, Explicit((unit,)), torch.Generator(), problem.x_eval[:2])
+        single = unit_damage_set(problem.model, layer, Explicit((unit,)), torch.Generator(), target=target)
         m = torch.ones_like(problem.w0)
         m[single.indices] = 0.0
         out[(layer, unit)] = m
