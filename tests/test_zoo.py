@@ -263,4 +263,68 @@ def test_cli_omega_and_report_stages_on_a_transformer(tmp_path):
                  "--stages", "network,breakdown"]) == 0
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert any(s["kind"] == "attention-head" for s in results["network"]["sites"])
-    assert results["breakdown"]["curves"] and "skipped" in results["breakdown"]["path"]
+    # the path runs through linear1's units: their reader, linear2, is found through the functional ReLU
+    path = results["breakdown"]["path"]
+    assert results["breakdown"]["curves"] and "skipped" not in path and len(path["t"]) == len(path["speed"]) > 2
+
+
+class _FunctionalRelu(nn.Module):
+    """An MLP written as a class with its activation as a function (the common `F.relu(self.fc1(x))`)."""
+
+    def __init__(self, mix: bool = False) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.mix = nn.Linear(6, 5), nn.Linear(5, 3), mix
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(x))
+        return self.fc2(h * h.sum(1, keepdim=True) if self.mix else h)  # mix: every unit reaches every column
+
+
+def test_recovery_damage_set_through_an_activation_written_as_a_function():
+    from lesion.geometry.damage_set import parse_delete
+
+    torch.manual_seed(3)
+    model = _FunctionalRelu().eval()
+    x = torch.randn(4, 6)
+    damage = parse_delete(model, "units:fc1:1,3", torch.Generator(), x)
+    # by hand: fc1's rows 1 and 3 and their biases, fc2's columns 1 and 3 (named_parameters order)
+    flat = torch.zeros(6 * 5 + 5 + 5 * 3 + 3, dtype=torch.bool)
+    flat[:30].view(5, 6)[[1, 3]] = True
+    flat[30:35][[1, 3]] = True
+    flat[35:50].view(3, 5)[:, [1, 3]] = True
+    assert torch.equal(damage.indices, torch.nonzero(flat).reshape(-1))
+    mixed = _FunctionalRelu(mix=True).eval()
+    with pytest.raises(LesionError, match="cannot tell which weights read"):
+        parse_delete(mixed, "units:fc1:1", torch.Generator(), x)
+
+
+def test_transformer_encoder_mlp_units_are_recoverable():
+    from lesion.geometry.damage_set import parse_delete
+    from lesion.geometry.recovery import RecoveryProblem, recover
+
+    model = zoo.encoder()
+    damage = parse_delete(model, "units:encoder.layers.0.linear1:0,5", torch.Generator(), TOKENS)
+    assert damage.layer == "encoder.layers.0.linear1"
+    layer = model.encoder.layers[0]
+    names = [n for n, _ in model.named_parameters()]
+    sizes = [p.numel() for _, p in model.named_parameters()]
+    start = dict(zip(names, [sum(sizes[:i]) for i in range(len(sizes))], strict=True))
+    expected = set()
+    for unit in (0, 5):
+        expected.update(start["encoder.layers.0.linear1.weight"] + unit * 16 + j for j in range(16))
+        expected.add(start["encoder.layers.0.linear1.bias"] + unit)
+        expected.update(start["encoder.layers.0.linear2.weight"] + i * 32 + unit for i in range(16))
+    assert set(damage.indices.tolist()) == expected
+    # the naive deletion equals the forward with the units removed by hand
+    y = torch.randint(0, 6, (3,), generator=torch.Generator().manual_seed(1))
+    problem = RecoveryProblem(model, TOKENS, y, TOKENS, y, damage)
+    naive_w = recover(problem, ["naive"])[1]["naive"]
+    hand = copy.deepcopy(model)
+    with torch.no_grad():
+        layer_h = hand.encoder.layers[0]
+        layer_h.linear1.weight[[0, 5]] = 0.0
+        layer_h.linear1.bias[[0, 5]] = 0.0
+        layer_h.linear2.weight[:, [0, 5]] = 0.0
+    flat_hand = torch.cat([p.detach().reshape(-1) for p in hand.parameters()])
+    torch.testing.assert_close(naive_w, flat_hand)
+    assert layer.linear1.weight.abs().sum() > 0  # the user's model untouched

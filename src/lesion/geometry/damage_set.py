@@ -35,12 +35,6 @@ class DamageSet:
             return [pair for part in self.parts for pair in part.unit_list()]
         return [(self.layer, u) for u in self.units]
 
-    def mask(self, layout: ParameterLayout) -> dict[str, torch.Tensor]:
-        """Parameter name → 0/1 mask that keeps D at zero."""
-        flat = torch.ones(layout.n)
-        flat[self.indices] = 0.0
-        return {name: m.clone() for name, m in layout.unflatten(flat).items()}
-
     def describe(self) -> str:
         """Human text."""
         return f"{len(self.units)} of the {self.width} units of {self.layer} ({len(self.indices):,} weights)"

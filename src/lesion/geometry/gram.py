@@ -42,7 +42,7 @@ def mlp_factors(structure: MLPStructure, x: torch.Tensor, output: str = "raw"
             p = torch.softmax(a, dim=1)
             delta = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)  # ∂softmax_k/∂z_j, (B, m, m)
         else:
-            delta = torch.eye(m, dtype=dtype).expand(len(x), m, m)
+            delta = torch.eye(m, dtype=dtype, device=a.device).expand(len(x), m, m)
         sensitivities = [delta]
         for layer in range(structure.depth, 0, -1):  # δ_{l} from δ_{l+1}
             back = delta @ structure.weights[layer].to(dtype)  # (B, m, N_l)

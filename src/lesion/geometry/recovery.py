@@ -240,7 +240,7 @@ def obs(problem: RecoveryProblem, batch: int = 64, damping: float = 1.0,
     damaged = 1.0 - problem.mask.double()
     K = A.gram()
     lam = damping * float(torch.trace(K)) / batch / len(w)
-    eye = torch.eye(K.shape[0], dtype=torch.float64)
+    eye = torch.eye(K.shape[0], dtype=torch.float64, device=K.device)
     wD = w * damaged  # E_Dᵀ w_D
     inner = torch.linalg.solve(batch * lam * eye + K - A.masked_gram(damaged), A.apply(wD))
     e = lam * (wD + A.apply_t(inner) * damaged)  # E_Dᵀ (E_D g⁻¹ E_Dᵀ)⁻¹ w_D

@@ -78,7 +78,7 @@ class MLPRows:
 
     def masked_gram(self, mask: torch.Tensor) -> torch.Tensor:
         """A diag(mask) Aᵀ, one row at a time through the factors."""
-        eye = torch.eye(self.rows, dtype=torch.float64)
+        eye = torch.eye(self.rows, dtype=torch.float64, device=mask.device)
         return torch.stack([self.apply(self.apply_t(e) * mask.double()) for e in eye], dim=1)
 
 

@@ -132,8 +132,10 @@ def _axis(layer: nn.Module | None, output: torch.Tensor, conv_context: bool) -> 
     return output.dim() - 1, "token-feature"
 
 
-def _probe(model: nn.Module, example: torch.Tensor, site: Call, reader: Call) -> str:
-    """How `reader`'s input responds when `site`'s output is zeroed: "same", "zero", "additive" or "other"."""
+def _reader_input_with_zeroed(model: nn.Module, example: torch.Tensor, site: Call, reader: Call,
+                              unit: tuple[int, int] | None = None) -> torch.Tensor | None:
+    """`reader`'s input in one more forward where `site`'s output is zeroed (only unit `unit` = (axis, index)
+    of it, when given)."""
     from lesion.functional import eval_mode
 
     seen: dict[str, torch.Tensor] = {}
@@ -141,7 +143,11 @@ def _probe(model: nn.Module, example: torch.Tensor, site: Call, reader: Call) ->
 
     def zero(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor | None:
         counts["site"] += 1
-        return torch.zeros_like(output) if counts["site"] - 1 == site.call else None
+        if counts["site"] - 1 != site.call:
+            return None
+        if unit is None:
+            return torch.zeros_like(output)
+        return output.index_fill(unit[0], torch.tensor([unit[1]], device=output.device), 0.0)
 
     def look(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         counts["reader"] += 1
@@ -156,10 +162,19 @@ def _probe(model: nn.Module, example: torch.Tensor, site: Call, reader: Call) ->
     finally:
         for handle in handles:
             handle.remove()
-    before, after = reader.input_copy, seen.get("x")
+    return seen.get("x")
+
+
+def _tolerance(x: torch.Tensor) -> float:
+    return 1e-5 * float(x.abs().max().clamp(min=1.0))
+
+
+def _probe(model: nn.Module, example: torch.Tensor, site: Call, reader: Call) -> str:
+    """How `reader`'s input responds when `site`'s output is zeroed: "same", "zero", "additive" or "other"."""
+    before, after = reader.input_copy, _reader_input_with_zeroed(model, example, site, reader)
     if before is None or after is None or before.shape != after.shape:
         return "other"
-    tol = 1e-5 * float(before.abs().max().clamp(min=1.0))
+    tol = _tolerance(before)
     if torch.allclose(after, before, rtol=0, atol=tol):
         return "same"
     if not bool(after.abs().gt(tol).any()):
@@ -233,8 +248,11 @@ def _placed_by_probe(model: nn.Module, example: torch.Tensor, site: Site, produc
     if verdict == "same":
         return replace(site, note=f"read by code that is not a module; a crash zeroes {site.path}'s output")
     if verdict == "zero":
-        return replace(site, note="followed by a function that maps 0 to 0 (e.g. an activation written as a "
+        site = replace(site, note="followed by a function that maps 0 to 0 (e.g. an activation written as a "
                                   "function): a crash here silences the unit")
+        if _elementwise(model, example, site, producer, reader):
+            site = replace(site, read_through=(reader.path, reader.call))
+        return site
     if verdict == "additive":
         return replace(site, note="added to other values before the next module (a residual add): a crash "
                                   "zeroes this layer's contribution")
@@ -248,3 +266,17 @@ def _placed_by_probe(model: nn.Module, example: torch.Tensor, site: Site, produc
     return replace(site, refused=f"the output of {site.layer} goes through code that is not a module (an "
                                  "activation written as a function?) and changes shape before the next module; "
                                  "write the activation as a module (nn.ReLU(), nn.Sigmoid(), ...) to crash its units")
+
+
+def _elementwise(model: nn.Module, example: torch.Tensor, site: Site, producer: Call, reader: Call) -> bool:
+    """Whether `reader` reads the site's units one to one (an elementwise function between): with the site's
+    first unit zeroed, the reader's input (of the site's shape) changes in that unit's slice only."""
+    before = reader.input_copy
+    if before is None or tuple(before.shape[1:]) != site.shape:
+        return False
+    after = _reader_input_with_zeroed(model, example, producer, reader, (site.axis, 0))
+    if after is None or after.shape != before.shape:
+        return False
+    rest = [slice(None)] * before.dim()
+    rest[site.axis] = slice(1, None)
+    return torch.allclose(after[tuple(rest)], before[tuple(rest)], rtol=0, atol=_tolerance(before))

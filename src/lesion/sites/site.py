@@ -54,6 +54,7 @@ class Site:
     note: str = ""
     refused: str = ""
     heads: HeadLayout | None = None
+    read_through: tuple[str, int] | None = None
 
     @property
     def name(self) -> str:

@@ -110,18 +110,31 @@ _SHAPE_ONLY = (nn.Flatten, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1
 
 def reader_of(table: SiteTable, site: Site) -> str | None:
     """The unit layer that reads the site's units directly (through pass-through, pooling and flatten modules
-    only), or None when code that is not a module comes between (SPEC §3.6: the weights that read a unit)."""
+    only, after an elementwise function written as code where the site records one), or None when other code
+    comes between (SPEC §3.6: the weights that read a unit)."""
     from lesion.sites.discover import _reads_directly
     from lesion.sites.modules import is_pass_through
 
     leaves = [c for c in table.recording.leaves]
-    position = next((i for i, c in enumerate(leaves) if c.path == site.path and c.call == site.call), None)
+
+    def find(path: str, call: int) -> int | None:
+        return next((i for i, c in enumerate(leaves) if c.path == path and c.call == call), None)
+
+    position = find(site.path, site.call)
     if position is None:
         return None
     if site.hook == "input":
         return site.path if is_unit_layer(leaves[position].module) else None
+    steps = []
+    if site.read_through is not None:  # an elementwise function written as code, then this module
+        position = find(*site.read_through)
+        if position is None:
+            return None
+        steps.append(position)
     while position + 1 < len(leaves) and _reads_directly(leaves[position + 1], leaves[position]):
         position += 1
+        steps.append(position)
+    for position in steps:
         module = leaves[position].module
         if is_unit_layer(module):
             return leaves[position].path
