@@ -59,14 +59,14 @@ def test_directions_are_unit_and_raise_the_loss(trained):
     op = MetricOperator(model, x)
     u, info = adversarial_direction(op, x, y, sigma=1.0, k=5, steps=20)
     assert float(u.norm()) == pytest.approx(1.0, rel=1e-5)
-    g = gradient_direction(op, x, y)
+    g = gradient_direction(op.flat, x, y)
     assert float(g.norm()) == pytest.approx(1.0, rel=1e-5)
     loss = torch.nn.functional.cross_entropy
     with torch.no_grad():
         clean = float(loss(op.outputs_fn(x)(op.weights), y))
         adv = float(loss(op.outputs_fn(x)(op.weights + u), y))
     assert adv > clean and info["analysis_loss"] == pytest.approx(adv, rel=1e-4)
-    flipped, flips = greedy_bitflips(op, x, y, sigma=0.5, max_flips=3)
+    flipped, flips = greedy_bitflips(op.flat, x, y, sigma=0.5, max_flips=3)
     assert len(flips) <= 3 and float((flipped - op.weights).norm()) <= 0.5 + 1e-6
 
 

@@ -11,7 +11,7 @@ from scipy.optimize import brentq, minimize
 from lesion.data import load
 from lesion.geometry.damage_set import parse_delete
 from lesion.geometry.recovery import RecoveryProblem, finetune, geodesic, naive, obs, prune_retrain, transitions
-from lesion.geometry.rows import ExplicitRows, jacobian_rows
+from lesion.geometry.rows import ExplicitRows
 from lesion.geometry.trust_region import trust_region_step
 from lesion.nets import MLP, build_net
 from lesion.train import TrainSettings, train
@@ -75,10 +75,10 @@ def test_obs_matches_its_dense_formula():
     problem = RecoveryProblem(model, x, y, x, y, damage)
     _, new = obs(problem, batch=8, damping=0.5, seed=0)
     idx = torch.randint(0, 40, (8,), generator=torch.Generator().manual_seed(0))
-    A = torch.func.jacrev(problem.op.outputs_fn(x[idx]))(problem.w0).reshape(-1, problem.op.n)
-    lam = 0.5 * float(torch.trace(A @ A.T)) / 8 / problem.op.n
-    g_inv = torch.linalg.inv(A.T @ A / 8 + lam * torch.eye(problem.op.n, dtype=torch.float64))
-    E = torch.eye(problem.op.n, dtype=torch.float64)[damage.indices]
+    A = torch.func.jacrev(problem.flat.outputs_fn(x[idx]))(problem.w0).reshape(-1, problem.flat.n)
+    lam = 0.5 * float(torch.trace(A @ A.T)) / 8 / problem.flat.n
+    g_inv = torch.linalg.inv(A.T @ A / 8 + lam * torch.eye(problem.flat.n, dtype=torch.float64))
+    E = torch.eye(problem.flat.n, dtype=torch.float64)[damage.indices]
     expected = problem.w0 - g_inv @ E.T @ torch.linalg.solve(E @ g_inv @ E.T, problem.w0[damage.indices])
     torch.testing.assert_close(new.double(), expected, atol=1e-12, rtol=1e-10)
 
@@ -89,10 +89,10 @@ def test_mlp_rows_equal_the_explicit_jacobian():
     x = torch.rand(7, 5, dtype=torch.float64)
     problem = RecoveryProblem(model, x, torch.zeros(7, dtype=torch.long), x, torch.zeros(7, dtype=torch.long),
                               parse_delete(model, "units:1:0", torch.Generator()))
-    rows = jacobian_rows(model, problem.op, problem.w0, x)
-    explicit = ExplicitRows(torch.func.jacrev(problem.op.outputs_fn(x))(problem.w0).reshape(-1, problem.op.n))
-    v, u = torch.randn(problem.op.n, dtype=torch.float64), torch.randn(21, dtype=torch.float64)
-    mask = (torch.rand(problem.op.n) > 0.5).double()
+    rows = problem.flat.jacobian_rows(problem.w0, x)
+    explicit = ExplicitRows(torch.func.jacrev(problem.flat.outputs_fn(x))(problem.w0).reshape(-1, problem.flat.n))
+    v, u = torch.randn(problem.flat.n, dtype=torch.float64), torch.randn(21, dtype=torch.float64)
+    mask = (torch.rand(problem.flat.n) > 0.5).double()
     torch.testing.assert_close(rows.gram(), explicit.gram())
     torch.testing.assert_close(rows.apply(v), explicit.apply(v))
     torch.testing.assert_close(rows.apply_t(u), explicit.apply_t(u))

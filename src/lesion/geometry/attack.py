@@ -17,42 +17,38 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from lesion.damage import Perturbation, Realised, batched_damaged_outputs
 from lesion.damage.bits import flip_bits
 from lesion.damage.campaign import Campaign
 from lesion.errors import LesionError
-from lesion.functional import traceable
+from lesion.geometry.flat import FlatModel
 from lesion.geometry.metric import MetricOperator
 from lesion.geometry.response import small_perturbation_response
 from lesion.geometry.spectrum import top_eigenpairs
 from lesion.nets.outputs import flat_labels
 
 
-def _loss_fn(op: MetricOperator, x: torch.Tensor, y: torch.Tensor):  # noqa: ANN202
-    def loss(flat: torch.Tensor) -> torch.Tensor:
-        out = functional_call(op.model, (op.layout.unflatten(flat), op.buffers), (x,))
-        return F.cross_entropy(out, flat_labels(y))
+def _loss_fn(view: FlatModel, x: torch.Tensor, y: torch.Tensor):  # noqa: ANN202
+    def loss(w: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(view(x, w), flat_labels(y))
 
     return loss
 
 
-def _accuracy(op: MetricOperator, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[float, list[int]]:
-    """Accuracy of the network with weights `flat` on (x, y), and its prediction counts per class."""
-    with torch.no_grad(), traceable(op.model):
-        out = torch.cat([functional_call(op.model, (op.layout.unflatten(flat), op.buffers), (x[i:i + 4096],))
-                         for i in range(0, len(x), 4096)])
+def _accuracy(view: FlatModel, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[float, list[int]]:
+    """Accuracy of the network with weights w on (x, y), and its prediction counts per class."""
+    with torch.no_grad():
+        out = torch.cat([view(x[i:i + 4096], w) for i in range(0, len(x), 4096)])
     pred = out.argmax(1)
     finite = torch.isfinite(out).all(1)
     counts = torch.bincount(pred[finite], minlength=out.shape[1]).tolist()
     return float(((pred == flat_labels(y)) & finite).double().mean()), counts
 
 
-def gradient_direction(op: MetricOperator, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """∇_w L / ‖∇_w L‖ on (x, y): the first-order direction of steepest loss increase."""
-    with traceable(op.model):
-        grad = torch.func.grad(_loss_fn(op, x, y))(op.weights)
+def gradient_direction(view: FlatModel, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """∇_w L / ‖∇_w L‖ on (x, y) at the view's weights: the first-order direction of steepest loss increase."""
+    grad = torch.func.grad(_loss_fn(view, x, y))(view.weights)
     norm = grad.norm()
     if norm == 0:
         raise LesionError("the loss gradient is zero on the analysis inputs")
@@ -65,8 +61,8 @@ def adversarial_direction(op: MetricOperator, x: torch.Tensor, y: torch.Tensor, 
     `eigenpairs` (values, vectors, route) from `top_eigenpairs` avoids computing them again."""
     values, vectors, route = eigenpairs if eigenpairs is not None else top_eigenpairs(op, k)
     vectors = vectors.to(op.weights)
-    loss = _loss_fn(op, x, y)
-    with torch.no_grad(), traceable(op.model):
+    loss = _loss_fn(op.flat, x, y)
+    with torch.no_grad():
         trials = [(float(loss(op.weights + sign * sigma * vectors[:, i])), i, sign)
                   for i in range(vectors.shape[1]) for sign in (1.0, -1.0)]
     best_loss, best_i, best_sign = max(trials)
@@ -78,21 +74,20 @@ def adversarial_direction(op: MetricOperator, x: torch.Tensor, y: torch.Tensor, 
         return loss(op.weights + sigma * vectors @ (coef / coef.norm()))
 
     step = 0.5
-    with traceable(op.model):
-        for _ in range(steps):  # projected (normalised) gradient ascent on the unit sphere of the span
-            grad = torch.func.grad(objective)(c)
-            if grad.norm() == 0:
+    for _ in range(steps):  # projected (normalised) gradient ascent on the unit sphere of the span
+        grad = torch.func.grad(objective)(c)
+        if grad.norm() == 0:
+            break
+        trial = c + step * grad / grad.norm()
+        trial = trial / trial.norm()
+        with torch.no_grad():
+            value = float(objective(trial))
+        if value > best_loss:
+            best_loss, best_c, c = value, trial.clone(), trial
+        else:
+            step /= 2
+            if step < 1e-3:
                 break
-            trial = c + step * grad / grad.norm()
-            trial = trial / trial.norm()
-            with torch.no_grad():
-                value = float(objective(trial))
-            if value > best_loss:
-                best_loss, best_c, c = value, trial.clone(), trial
-            else:
-                step /= 2
-                if step < 1e-3:
-                    break
     u = vectors @ best_c
     info = {"eigenvalues": [float(v) for v in values], "route": route, "k": int(vectors.shape[1]),
             "best_single": {"index": best_i, "sign": best_sign}, "coefficients": best_c.tolist(),
@@ -100,22 +95,21 @@ def adversarial_direction(op: MetricOperator, x: torch.Tensor, y: torch.Tensor, 
     return u / u.norm(), info
 
 
-def greedy_bitflips(op: MetricOperator, x: torch.Tensor, y: torch.Tensor, sigma: float, max_flips: int = 20,
+def greedy_bitflips(view: FlatModel, x: torch.Tensor, y: torch.Tensor, sigma: float, max_flips: int = 20,
                     candidates: int = 256, exact_checks: int = 64) -> tuple[torch.Tensor, list[dict[str, Any]]]:
     """Greedy float32 bit flips raising the loss on (x, y) while ‖Δw‖ ≤ σ in total: at each step the flips of
     the bits of the `candidates` weights with the largest loss gradient are ranked by their first-order gain,
     the best `exact_checks` are evaluated exactly (in one batched pass) and the best is applied."""
-    flat = op.weights.clone()
-    loss = _loss_fn(op, x, y)
+    flat = view.weights.clone()
+    loss = _loss_fn(view, x, y)
     spent = 0.0
     flips: list[dict[str, Any]] = []
-    base = op.layout.unflatten(op.weights)
+    base = view.unflatten(view.weights)
     for _ in range(max_flips):
-        with traceable(op.model):
-            grad = torch.func.grad(loss)(flat)
-        top = torch.topk(grad.abs(), min(candidates, op.n)).indices
+        grad = torch.func.grad(loss)(flat)
+        top = torch.topk(grad.abs(), min(candidates, view.n)).indices
         idx = top.repeat_interleave(32)
-        bits = torch.arange(32).repeat(len(top))
+        bits = torch.arange(32, device=view.device).repeat(len(top))
         flipped = flip_bits(flat[idx].float(), torch.arange(len(idx)), bits).to(flat.dtype)
         delta = flipped - flat[idx]
         room = sigma**2 - spent
@@ -128,9 +122,9 @@ def greedy_bitflips(op: MetricOperator, x: torch.Tensor, y: torch.Tensor, sigma:
         for j in order.tolist():
             trial = flat.clone()
             trial[idx[j]] = flipped[j]
-            changed = {n: t for n, t in op.layout.unflatten(trial).items() if not torch.equal(t, base[n])}
+            changed = {n: t for n, t in view.unflatten(trial).items() if not torch.equal(t, base[n])}
             configs.append(Realised(changed))
-        outs = batched_damaged_outputs(op.model, configs, x, desc="bit flips")
+        outs = batched_damaged_outputs(view.model, configs, x, desc="bit flips")
         losses = torch.stack([F.cross_entropy(o, flat_labels(y)) for o in outs])
         best = int(torch.argmax(torch.nan_to_num(losses, nan=-math.inf)))
         with torch.no_grad():
@@ -174,20 +168,21 @@ def attack(model: nn.Module, x_analysis: torch.Tensor, y_analysis: torch.Tensor,
     if not sigma > 0:
         raise LesionError(f"σ must be positive, got {sigma}")
     op = MetricOperator(model, x_analysis)
-    clean, _ = _accuracy(op, op.weights, x_eval, y_eval)
+    view = op.flat
+    clean, _ = _accuracy(view, view.weights, x_eval, y_eval)
     campaign = Campaign(model, x_eval, y_eval, [Perturbation("sphere", sigma)], seed=seed)
     random = campaign.run(samples=directions).accuracy
     eigenpairs = top_eigenpairs(op, k)
     u_adv, info = adversarial_direction(op, x_analysis, y_analysis, sigma, k, eigenpairs=eigenpairs)
-    adv, counts = _accuracy(op, op.weights + sigma * u_adv, x_eval, y_eval)
-    u_grad = gradient_direction(op, x_analysis, y_analysis)
-    grad_acc, _ = _accuracy(op, op.weights + sigma * u_grad, x_eval, y_eval)
-    v1 = eigenpairs[1][:, 0].to(op.weights.dtype)
-    eig_acc = min(_accuracy(op, op.weights + s * sigma * v1, x_eval, y_eval)[0] for s in (1.0, -1.0))
+    adv, counts = _accuracy(view, view.weights + sigma * u_adv, x_eval, y_eval)
+    u_grad = gradient_direction(view, x_analysis, y_analysis)
+    grad_acc, _ = _accuracy(view, view.weights + sigma * u_grad, x_eval, y_eval)
+    v1 = eigenpairs[1][:, 0].to(view.dtype)
+    eig_acc = min(_accuracy(view, view.weights + s * sigma * v1, x_eval, y_eval)[0] for s in (1.0, -1.0))
     bit_acc, flips = float("nan"), []
     if bitflips:
-        flipped, flips = greedy_bitflips(op, x_analysis, y_analysis, sigma)
-        bit_acc, _ = _accuracy(op, flipped, x_eval, y_eval)
+        flipped, flips = greedy_bitflips(view, x_analysis, y_analysis, sigma)
+        bit_acc, _ = _accuracy(view, flipped, x_eval, y_eval)
     response = small_perturbation_response(op, sigmas=(sigma * 1e-3, sigma * 1e-2, sigma * 1e-1, sigma),
                                            directions=10, seed=seed)
     dominant = int(np.argmax(counts))

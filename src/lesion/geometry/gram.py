@@ -9,12 +9,16 @@ Other models (CNNs) stack per-input Jacobians (vmap of jacrev) in chunks, within
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from lesion.crash.structure import MLPStructure, mlp_structure
+from lesion.crash.structure import MLPStructure
 from lesion.errors import LesionError
-from lesion.geometry.metric import MetricOperator
+
+if TYPE_CHECKING:
+    from lesion.geometry.metric import MetricOperator
 
 JACOBIAN_MEMORY = 2 << 30  # bytes allowed for stacked Jacobians on the generic route
 
@@ -52,27 +56,12 @@ def mlp_factors(structure: MLPStructure, x: torch.Tensor, output: str = "raw"
     return [(inputs[l], sensitivities[l], structure.biases[l] is not None) for l in range(len(structure.weights))]
 
 
-def mlp_structure_at(op: MetricOperator, weights: torch.Tensor | None = None) -> MLPStructure:
-    """The MLP structure of the operator's model carrying the weights `weights` (default: the operator's own,
-    which may differ from the model's), or a LesionError when the model is not an MLP."""
-    structure = mlp_structure(op.model)
-    params = op.layout.unflatten(op.weights if weights is None else weights)
-    expected = [f"{n}.{p}" for n, b in zip(structure.linear_names, structure.biases, strict=True)
-                for p in (("weight",) if b is None else ("weight", "bias"))]
-    if list(op.layout.names) != expected:
-        raise LesionError("the MLP's parameters are not in weight/bias order per layer")
-    return MLPStructure(tuple(params[f"{n}.weight"] for n in structure.linear_names),
-                        tuple(params.get(f"{n}.bias") for n in structure.linear_names),
-                        structure.activations, structure.linear_names, structure.activation_names)
-
-
 def gram_matrix(op: MetricOperator) -> torch.Tensor:
-    """K = A Aᵀ of size (m|X|)², rows ordered (input, output), at the operator's weights."""
-    try:
-        structure = mlp_structure_at(op)
-    except LesionError:
+    """K = A Aᵀ of size (m|X|)², rows ordered (input, output), at the operator's weights: from the layer factors
+    for an MLP, from stacked Jacobians otherwise (the route its `FlatModel` chose)."""
+    if op.flat.mlp is None:
         return _gram_from_jacobians(op)
-    return gram_from_factors(mlp_factors(structure, op.x, op.output))
+    return gram_from_factors(mlp_factors(op.flat.mlp, op.x, op.output))
 
 
 def gram_from_factors(factors: list[tuple[torch.Tensor, torch.Tensor, bool]]) -> torch.Tensor:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 from torch.func import jvp
 
-from lesion.functional import traceable
 from lesion.geometry.gram import gram_matrix
 from lesion.geometry.metric import MetricOperator
 
@@ -50,17 +49,15 @@ def output_derivatives(op: MetricOperator, w: torch.Tensor, velocity: torch.Tens
     def first(weights: torch.Tensor) -> torch.Tensor:
         return jvp(f, (weights,), (velocity,))[1]
 
-    with traceable(op.model):
-        dF, d2F = jvp(first, (w,), (velocity,))
-        if acceleration is not None and bool(acceleration.any()):
-            d2F = d2F + jvp(f, (w,), (acceleration,))[1]
+    dF, d2F = jvp(first, (w,), (velocity,))
+    if acceleration is not None and bool(acceleration.any()):
+        d2F = d2F + jvp(f, (w,), (acceleration,))[1]
     return dF, d2F
 
 
 def range_projection(op: MetricOperator, w: torch.Tensor, vectors: torch.Tensor, rtol: float = 1e-10) -> torch.Tensor:
     """P_range(J) applied to output-space vectors (|X|, m) at weights w, through the Gram matrix K = JJᵀ."""
-    at_w = MetricOperator(op.model, op.x, op.output, weights=w)
-    K = gram_matrix(at_w).double()
+    K = gram_matrix(op.at(w)).double()
     lam, U = torch.linalg.eigh(K)
     keep = lam > lam.max() * rtol
     U = U[:, keep]

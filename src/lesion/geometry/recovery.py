@@ -15,7 +15,6 @@ the Jacobian costs one backward pass, so a geodesic step on b inputs with m outp
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Sequence
@@ -28,10 +27,9 @@ from torch import nn
 
 from lesion import progress
 from lesion.errors import LesionError
-from lesion.functional import traceable
 from lesion.geometry.damage_set import DamageSet
-from lesion.geometry.metric import MetricOperator
-from lesion.geometry.rows import ExplicitRows, MLPRows, jacobian_rows
+from lesion.geometry.flat import FlatModel
+from lesion.geometry.rows import ExplicitRows, MLPRows
 from lesion.geometry.trust_region import trust_region_step
 from lesion.nets.outputs import flat_labels
 from lesion.train import TrainSettings, train
@@ -58,36 +56,33 @@ class MethodResult:
 
 
 class RecoveryProblem:
-    """A trained model, its data, and a damage set D; weights are handled as flat vectors."""
+    """A trained model, its data, and a damage set D; weights are flat vectors of its `FlatModel` (SPEC §0,
+    §3.6)."""
 
     def __init__(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_eval: torch.Tensor,
                  y_eval: torch.Tensor, damage: DamageSet) -> None:
         self.model, self.damage = model, damage
         self.x_train, self.y_train, self.x_eval, self.y_eval = x_train, y_train, x_eval, y_eval
-        self.op = MetricOperator(model, x_eval[:1])
-        self.w0 = self.op.weights.clone()
+        self.flat = FlatModel(model, x_eval[:1])
+        self.w0 = self.flat.weights.clone()
         self.mask = torch.ones_like(self.w0)
         self.mask[damage.indices] = 0.0
-        self.m = self.op.m
+        self.m = self.flat.m
 
     def evaluate(self, w: torch.Tensor) -> tuple[float, float]:
         """(accuracy, loss) on the evaluation inputs."""
-        with torch.no_grad(), traceable(self.model):
-            out = torch.cat([self.op.outputs_fn(self.x_eval[i:i + 4096])(w) for i in range(0, len(self.x_eval), 4096)])
+        with torch.no_grad():
+            out = torch.cat([self.flat(self.x_eval[i:i + 4096], w) for i in range(0, len(self.x_eval), 4096)])
         y = flat_labels(self.y_eval)
         return float((out.argmax(1) == y).double().mean()), float(F.cross_entropy(out.double(), y))
 
     def jacobian(self, w: torch.Tensor, x: torch.Tensor) -> ExplicitRows | MLPRows:
         """Jacobian rows of the outputs on x with respect to w (len(x)·m rows; MLPs: through layer factors)."""
-        return jacobian_rows(self.model, self.op, w, x)
+        return self.flat.jacobian_rows(w, x)
 
     def load(self, w: torch.Tensor) -> nn.Module:
         """A private copy of the model carrying weights w (the user's model is untouched)."""
-        copy_ = copy.deepcopy(self.model)
-        with torch.no_grad():
-            for name, value in self.op.layout.unflatten(w).items():
-                copy_.get_parameter(name).copy_(value)
-        return copy_.eval()
+        return self.flat.load(w)
 
     def epochs(self, examples: float) -> float:
         """Examples passed forward and backward → epoch-equivalents."""
@@ -176,7 +171,7 @@ def finetune(problem: RecoveryProblem, epochs: float, seed: int = 0,
 def _retrain(problem: RecoveryProblem, w: torch.Tensor, mask: torch.Tensor, epochs: float, seed: int,
              lr: float) -> torch.Tensor:
     model = problem.load(w)
-    masks = {n: m for n, m in problem.op.layout.unflatten(mask).items()}
+    masks = problem.flat.unflatten(mask)
     whole = int(math.floor(epochs))
     if whole:
         train(model, problem.x_train, problem.y_train, TrainSettings(epochs=whole, seed=seed, lr=lr), masks=masks)
@@ -185,7 +180,7 @@ def _retrain(problem: RecoveryProblem, w: torch.Tensor, mask: torch.Tensor, epoc
         n = max(1, int(round(part * len(problem.x_train))))
         train(model, problem.x_train[:n], problem.y_train[:n], TrainSettings(epochs=1, seed=seed + 1, lr=lr),
               masks=masks)
-    return problem.op.layout.flatten({n: p.detach() for n, p in model.named_parameters()}).to(w.dtype)
+    return problem.flat.weights_of(model).to(w.dtype)
 
 
 def prune_retrain(problem: RecoveryProblem, rounds: int, epochs_per_round: float, seed: int = 0,

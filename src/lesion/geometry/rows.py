@@ -3,18 +3,15 @@ geodesic recovery needs: K = AAᵀ, A v, Aᵀ u and A diag(mask) Aᵀ (SPEC §3.
 
 `ExplicitRows` holds A (any model: stacked per-input Jacobians). `MLPRows` never forms A: for an MLP, the row
 (x, k) of Linear layer l is δ_{x,k,l} ⊗ a_{x,l} (and δ_{x,k,l} for the bias), so the products are a few matrix
-products per layer (`gram.mlp_factors`).
+products per layer (`gram.mlp_factors`). `FlatModel.jacobian_rows` chooses between them, once per model.
 """
 
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from lesion.crash.structure import MLPStructure
-from lesion.errors import LesionError
-from lesion.geometry.gram import MLPGramProduct, gram_from_factors, mlp_structure_at
-from lesion.geometry.metric import MetricOperator
+from lesion.geometry.gram import MLPGramProduct, gram_from_factors
 
 
 class ExplicitRows:
@@ -80,13 +77,3 @@ class MLPRows:
         """A diag(mask) Aᵀ, one row at a time through the factors."""
         eye = torch.eye(self.rows, dtype=torch.float64, device=mask.device)
         return torch.stack([self.apply(self.apply_t(e) * mask.double()) for e in eye], dim=1)
-
-
-def jacobian_rows(model: nn.Module, op: MetricOperator, weights: torch.Tensor,
-                  x: torch.Tensor) -> ExplicitRows | MLPRows:
-    """The Jacobian rows of `model` at `weights` on inputs x: factors for MLPs, stacked Jacobians otherwise."""
-    try:
-        structure = mlp_structure_at(op, weights)
-    except LesionError:
-        return ExplicitRows(op.jacobian_rows(x, weights))
-    return MLPRows(structure, list(op.layout.names), x, op.output)

@@ -17,9 +17,8 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 
-from lesion.crash.structure import mlp_structure
 from lesion.errors import LesionError
-from lesion.geometry.gram import JACOBIAN_MEMORY, MLPGramProduct, gram_matrix, mlp_structure_at
+from lesion.geometry.gram import JACOBIAN_MEMORY, MLPGramProduct, gram_matrix
 from lesion.geometry.metric import MetricOperator
 from lesion.stats import RunningMean
 
@@ -53,16 +52,19 @@ class Spectrum:
         return {**out, **self.extra}
 
 
+def automatic_route(is_mlp: bool, rows: int, n: int, element_size: int) -> str:
+    """The route `auto` picks for m|X| = `rows` Jacobian rows of n weights: `gram` when K is small enough and can
+    be built (MLP factors; for other models stacked Jacobians, slow row by row: small problems only)."""
+    if is_mlp:
+        return "gram" if rows <= GRAM_LIMIT else "lanczos"
+    small = rows <= GENERIC_GRAM_ROWS and rows * n * element_size <= JACOBIAN_MEMORY
+    return "gram" if small else "lanczos"
+
+
 def route_for(op: MetricOperator, method: str) -> str:
     """`gram` when K is small enough and can be built (MLP factors, or stacked Jacobians within memory)."""
-    rows = op.inputs * op.m
     if method == "auto":
-        try:
-            mlp_structure(op.model)
-            return "gram" if rows <= GRAM_LIMIT else "lanczos"
-        except LesionError:  # stacking Jacobians row by row is slow: only for small problems
-            small = rows <= GENERIC_GRAM_ROWS and rows * op.n * op.weights.element_size() <= JACOBIAN_MEMORY
-            return "gram" if small else "lanczos"
+        return automatic_route(op.flat.mlp is not None, op.inputs * op.m, op.n, op.weights.element_size())
     if method not in ("gram", "lanczos"):
         raise LesionError(f"unknown spectrum method {method!r}: gram, lanczos or auto")
     return method
@@ -97,11 +99,9 @@ def eigenvectors_from_gram(op: MetricOperator, values: np.ndarray, gram_vectors:
 
 def _mlp_gram_top(op: MetricOperator, k: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Top-k eigenpairs of K by Lanczos on the factor product K u (MLPs only; None for other models)."""
-    try:
-        structure = mlp_structure_at(op)
-    except LesionError:
+    if op.flat.mlp is None:
         return None
-    product = MLPGramProduct(structure, op.x, op.output)
+    product = MLPGramProduct(op.flat.mlp, op.x, op.output)
     if k >= product.size - 1:
         return None
     def mv(u: np.ndarray) -> np.ndarray:

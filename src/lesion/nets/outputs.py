@@ -15,6 +15,7 @@ modules, parameters and buffers, so parameter names and sites are unchanged) who
 from __future__ import annotations
 
 import copy
+import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -77,14 +78,14 @@ def logits_view(model: nn.Module, key: str | None = None) -> nn.Module:
     if isinstance(model, torch.jit.ScriptModule):
         raise LesionError("a TorchScript model must return a (batch, outputs) tensor")
     view = copy.copy(model)
-    forward = type(model).forward
-
-    def reduced(*args: Any, **kwargs: Any) -> torch.Tensor:
-        return as_rows(select_output(forward(view, *args, **kwargs), key))
-
-    object.__setattr__(view, "forward", reduced)
+    # a bound method, not a closure: a deep copy of the view then runs its own modules (copy binds it anew)
+    object.__setattr__(view, "forward", types.MethodType(_reduced_forward, view))
     object.__setattr__(view, "lesion_output_key", key)
     return view
+
+
+def _reduced_forward(view: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return as_rows(select_output(type(view).forward(view, *args, **kwargs), view.lesion_output_key))
 
 
 def is_view(model: nn.Module) -> bool:
