@@ -93,3 +93,65 @@ def test_report_renders_in_headless_chromium(user_report, tmp_path):
     for section in SECTIONS:
         assert f'<section id="{section}">' in dom
     assert dom.count("<img ") >= 6 and "data:image/png;base64," in dom
+
+
+def test_report_records_each_stage_estimate(user_report):
+    out, _ = user_report
+    results = json.loads((out / "results.json").read_text())
+    for section in SECTIONS:
+        plan = results[section]["plan"]
+        assert plan["estimate_seconds"] >= 0 and plan["sized_down"] is None  # the default limit fits this model
+    assert results["geometry"]["plan"]["sizes"] == {"inputs": 100}
+    assert results["geometry"]["spectrum"]["inputs"] == 100
+
+
+def _fake_estimators(monkeypatch, table):
+    from lesion.report import costs
+
+    fakes = {name: (lambda ctx, probe, opts=opts: [costs.StageOption({"size": i}, s) for i, s in enumerate(opts)])
+             for name, opts in table.items()}
+    monkeypatch.setattr(costs, "ESTIMATORS", fakes)
+    return costs
+
+
+def test_plan_shrinks_the_largest_stage_first_and_refuses_what_cannot_fit(monkeypatch):
+    costs = _fake_estimators(monkeypatch, {"a": [100.0, 40.0, 10.0], "b": [30.0, 20.0], "c": [5.0]})
+    stages = ("a", "b", "c")
+    assert {n: o.sizes["size"] for n, o in costs.plan_report(None, stages, None).chosen.items()} == \
+        {"a": 0, "b": 0, "c": 0}
+    assert {n: o.sizes["size"] for n, o in costs.plan_report(None, stages, 135.0).chosen.items()} == \
+        {"a": 0, "b": 0, "c": 0}
+    # 135 → a shrinks (largest) to 40: 75 fits 80
+    plan = costs.plan_report(None, stages, 80.0)
+    assert {n: o.sizes["size"] for n, o in plan.chosen.items()} == {"a": 1, "b": 0, "c": 0}
+    assert plan.seconds == 75.0 and set(plan.downsized) == {"a"}
+    # 75 → a is still the largest (40): 10, total 45; then b (30) → 20: total 35
+    plan = costs.plan_report(None, stages, 35.0)
+    assert {n: o.sizes["size"] for n, o in plan.chosen.items()} == {"a": 2, "b": 1, "c": 0}
+    refusal = r"at least about 35 s \(a 10 s, b 20 s, c 5 s\), above --time-limit 30"
+    with pytest.raises(costs.LesionError, match=refusal):
+        costs.plan_report(None, stages, 30.0)
+
+
+def test_report_above_the_time_limit_is_refused_before_any_stage(user_report, tmp_path, capsys):
+    _, argv = user_report
+    out = tmp_path / "refused"
+    argv = [a if a != str(user_report[0]) else str(out) for a in argv] + ["--time-limit", "1e-6"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "above --time-limit 1e-06" in err[0] and "geometry" in err[0]
+    assert not (out / "stages").exists() and not (out / "report.html").exists()
+
+
+def test_a_downsized_stage_runs_at_its_chosen_size(user_report):
+    from lesion.nets import load_model
+    from lesion.report.builder import ReportContext, stage_bitflips, stage_geometry
+
+    out, argv = user_report
+    loaded = load_model(argv[argv.index("--model") + 1], argv[argv.index("--weights") + 1])
+    ctx = ReportContext(loaded.module, loaded.to_dict(), load(argv[argv.index("--data") + 1]), out / "x", True,
+                        sizes={"geometry": {"inputs": 12}, "bitflips": {"samples": 3, "weights": 2}})
+    ctx.out.mkdir()
+    assert stage_geometry(ctx)["spectrum"]["inputs"] == 12
+    flips = stage_bitflips(ctx)
+    assert flips["rates"][0]["n"] == 3 and flips["candidates"] == 2 * 5

@@ -328,3 +328,17 @@ def test_transformer_encoder_mlp_units_are_recoverable():
     flat_hand = torch.cat([p.detach().reshape(-1) for p in hand.parameters()])
     torch.testing.assert_close(naive_w, flat_hand)
     assert layer.linear1.weight.abs().sum() > 0  # the user's model untouched
+
+
+def test_resnet_deletion_configs_at_every_site_match_the_loop():
+    """The break-down stage's configurations (no damage beside growing crashes) on every site of resnet18, some
+    of which vmap reports as a broadcast error at the in-place residual add."""
+    model = zoo.resnet18()
+    target = Target(model, example=IMAGES)
+    for site in [s for s in target.sites if s.kind == "conv-channel"][::3]:
+        configs = [realise(target, [], torch.Generator())] + [
+            realise(target, [parse_damage(f"crash:{site.index}:count={k}")], torch.Generator().manual_seed(k))
+            for k in (1, site.width // 2)]
+        batched = batched_damaged_outputs(model, configs, IMAGES)
+        loop = torch.stack([damaged_outputs(model, c, IMAGES) for c in configs])
+        torch.testing.assert_close(batched, loop, atol=1e-4, rtol=1e-4, msg=site.name)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from lesion.cli.options import add_common, add_device, output_dir
+from lesion.cli.options import add_common, add_device, output_dir, positive_float
 from lesion.errors import LesionError
 
 DEFAULT_NET, DEFAULT_DATA = "mlp2", "mnist5k"
@@ -53,7 +53,7 @@ def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:
     if unknown:
         raise LesionError(f"unknown stage(s) {', '.join(sorted(unknown))}: {', '.join(STAGES)}")
     ctx = ReportContext(loaded.module, loaded.to_dict(), data, out, args.quick, args.seed)
-    html = run_report(ctx, stages)
+    html = run_report(ctx, stages, time_limit=args.time_limit)
     print(f"report written to {html} (results in {out / 'results.json'})")
     return {"report": str(html), "results": str(out / "results.json")}
 
@@ -72,6 +72,10 @@ def register(sub: Any) -> None:
     p.add_argument("--data", metavar="D", help="data set (required with --model)")
     p.add_argument("--out", required=True, metavar="DIR", type=output_dir, help="output folder (created if needed)")
     p.add_argument("--quick", action="store_true", help="a smaller, faster report")
+    p.add_argument("--time-limit", type=positive_float, default=600.0, metavar="SECONDS",
+                   help="before any stage runs, each is estimated; stages are sized down (fewer analysis inputs, "
+                        "sites, fault patterns, steps) until the total fits, or the report is refused when even the "
+                        "smallest sizes do not fit (default 600)")
     p.add_argument("--stages", help="comma list of stages to run (default all): network,crash,geometry,breakdown,"
                                     "recovery,bitflips")
     add_common(p)

@@ -170,11 +170,6 @@ def _suffix_runner(model: nn.Module, leaves: list[tuple[str, nn.Module]] | None,
     return run
 
 
-def _in_place_under_vmap(err: RuntimeError) -> bool:
-    text = str(err)
-    return "vmap" in text and ("inplace" in text or "in-place" in text or "in place" in text)
-
-
 @torch.no_grad()
 def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: torch.Tensor,
                             chunk_size: int | None = None, input_batch: int = 4096,
@@ -218,6 +213,7 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
             runner = _suffix_runner(model, leaves, hooks)
             shared_input = vmap(runner, in_dims=(0, 0, None))
             own_input = vmap(runner, in_dims=(0, 0, 0))
+            per_config_inputs, first_error = False, None
             for start in range(0, len(configs), chunk_size):
                 chunk = configs[start:start + chunk_size]
                 params = {n: torch.stack([c.param(n, base) for c in chunk]) for n in names}
@@ -229,14 +225,22 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
                 parts = []
                 for i in range(0, len(x), input_batch):
                     part = x[i:i + input_batch]
+                    if not per_config_inputs:
+                        try:
+                            parts.append(shared_input(params, units, part))
+                            continue
+                        except RuntimeError as err:
+                            # an in-place op (timm's `x += shortcut`) mixing damaged and undamaged tensors, which
+                            # vmap reports as an in-place or a broadcast error: give every configuration its own
+                            # copy of the inputs, so every tensor carries the vmapped dimension; from then on for
+                            # every chunk. A failure of the model itself fails there too and is raised as it was.
+                            first_error, per_config_inputs = err, True
                     try:
-                        parts.append(shared_input(params, units, part))
-                    except RuntimeError as err:
-                        # an in-place op (timm's `x += shortcut`) mixing damaged and undamaged tensors: give every
-                        # configuration its own copy of the inputs, so every tensor carries the vmapped dimension
-                        if not _in_place_under_vmap(err):
-                            raise
                         parts.append(own_input(params, units, part.unsqueeze(0).expand(len(chunk), *part.shape)))
+                    except RuntimeError:
+                        if first_error is not None:
+                            raise first_error from None
+                        raise
                 outputs.append(torch.cat(parts, dim=1))
                 bar.update(len(chunk))
     return torch.cat(outputs)

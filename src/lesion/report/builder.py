@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +36,16 @@ class ReportContext:
     out: Path
     quick: bool
     seed: int = 0
+    sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def size(self, quick: int, full: int) -> int:
         """A sample size for this run."""
         return quick if self.quick else full
+
+    def chosen(self, stage: str, key: str, default: Any) -> Any:
+        """The size `key` of `stage` that the plan chose to fit --time-limit (`lesion.report.costs`), else
+        `default`."""
+        return self.sizes.get(stage, {}).get(key, default)
 
     @property
     def x_eval(self) -> torch.Tensor:
@@ -68,41 +74,30 @@ def stage_network(ctx: ReportContext) -> dict[str, Any]:
 
 def stage_crash(ctx: ReportContext) -> dict[str, Any]:
     """Section 2: Erf_av against measured Omega_av for f = 1..5 in each hidden layer, tolerated crashes."""
-    from lesion.crash import (
-        CrashBudget,
-        budget_bound,
-        exact_omega,
-        mlp_structure,
-        monte_carlo_omega,
-        output_bounds,
-        plan,
-    )
-    from lesion.crash.structure import hidden_activations
+    from lesion.crash import CrashBudget, budget_bound, exact_omega, mlp_structure, monte_carlo_omega, output_bounds
+    from lesion.report.costs import crash_inputs, crash_points
     from lesion.report.plots import Series, line_plot
 
     try:
         structure = mlp_structure(ctx.model)
     except LesionError as err:
         return {"skipped": f"the crash bound of [R] is defined for MLPs only: {err}"}
-    x = ctx.data.x_test[: ctx.size(300, 1000)]
+    x = crash_inputs(ctx)
     C = output_bounds(structure, x)
-    hidden = hidden_activations(structure, x)[0].numpy()  # for the plans: the silent units the engine skips
-    limit = ctx.size(5.0, 30.0)
     rows, series = [], []
+    for point in crash_points(ctx, structure, x):
+        layer, f = point.layer, point.faults
+        budget = CrashBudget((layer,), (point.width,), f)
+        bound = budget_bound(structure, f, (layer,), C)
+        if point.exact:
+            omega = exact_omega(structure, x, budget, time_limit=None)
+        else:
+            omega = monte_carlo_omega(structure, x, budget, samples=ctx.size(200, 1000), seed=ctx.seed)
+        rows.append({"layer": layer, "faults": f, "erf": bound.erf, "erf_av": bound.erf_av,
+                     "omega_av": omega.omega_av, "omega_av_ci": omega.omega_av_ci, "omega_max": omega.omega_max,
+                     "exact": omega.exact, "sets": omega.sets, "samples": omega.samples})
     for layer in range(1, structure.depth + 1):
-        width = structure.widths[layer - 1]
-        points = []
-        for f in range(1, min(5, width) + 1):
-            budget = CrashBudget((layer,), (width,), f)
-            bound = budget_bound(structure, f, (layer,), C)
-            if plan(structure, budget, len(x), hidden=hidden).affordable(limit):
-                omega = exact_omega(structure, x, budget, time_limit=None)
-            else:
-                omega = monte_carlo_omega(structure, x, budget, samples=ctx.size(200, 1000), seed=ctx.seed)
-            points.append({"layer": layer, "faults": f, "erf": bound.erf, "erf_av": bound.erf_av,
-                           "omega_av": omega.omega_av, "omega_av_ci": omega.omega_av_ci, "omega_max": omega.omega_max,
-                           "exact": omega.exact, "sets": omega.sets, "samples": omega.samples})
-        rows += points
+        points = [p for p in rows if p["layer"] == layer]
         fs = [p["faults"] for p in points]
         color = {"color": f"C{layer - 1}"}
         series.append(Series(f"Omega_av, layer {layer}", fs, [p["omega_av"] for p in points], extra=color))
@@ -136,7 +131,7 @@ def stage_geometry(ctx: ReportContext) -> dict[str, Any]:
     from lesion.geometry.spectrum import spectrum
     from lesion.report.plots import attack_plot, spectrum_plot
 
-    inputs = ctx.size(100, 500)
+    inputs = ctx.chosen("geometry", "inputs", ctx.size(100, 500))
     x_an = ctx.data.x_train[:inputs]
     spec = spectrum(MetricOperator(ctx.model, x_an), top=20)
     figures = [spectrum_plot(ctx.out / "spectrum.png", {"g": spec.eigenvalues}, spec.threshold,
@@ -155,57 +150,55 @@ def stage_geometry(ctx: ReportContext) -> dict[str, Any]:
 
 def stage_breakdown(ctx: ReportContext) -> dict[str, Any]:
     """Section 4: deletion curves per hidden layer, measured and predicted break-down points."""
-    from lesion.damage import Target
     from lesion.geometry.breakdown import breakdown_plot, deletion_curve, progressive_path, unit_order
+    from lesion.report.costs import FRACTIONS, unit_sites
 
     if ctx.y_eval is None:
         return {"skipped": "the data have no test labels: deletion curves need accuracy"}
-    fractions = tuple(float(f) for f in np.round(np.linspace(0, 1, 11), 6))
-    sites = [s for s in Target(ctx.model, example=ctx.x_eval).sites if s.kind != "attention-head" and s.layer]
+    fractions = tuple(float(f) for f in np.round(np.linspace(0, 1, FRACTIONS), 6))
+    every = unit_sites(ctx)
+    sites = every[: ctx.chosen("breakdown", "sites", len(every))]
     # layers are addressed by their 1-based index: module names may themselves be digits (nn.Sequential)
     curves = [deletion_curve(ctx.model, ctx.x_eval, ctx.y_eval, str(site.index), fractions, "random",
                              ctx.size(2, 5), 0.9, ctx.seed) for site in sites]
     if not sites:
         return {"skipped": "the model has no unit sites with a layer of their own"}
     first = str(sites[0].index)
-    try:
-        sequence = unit_order(ctx.model, first, "random", np.random.default_rng(ctx.seed + 1000), ctx.x_eval)
-        profiles = [progressive_path(ctx.model, first, sequence, ctx.data.x_train[: ctx.size(30, 100)], ctx.x_eval,
-                                     ctx.y_eval, fractions)]
-        path: dict[str, Any] = profiles[0].to_dict()
-    except LesionError as err:  # e.g. no layer reads the first site's units directly
-        profiles, path = [], {"skipped": str(err), "predicted_breakdown": None}
+    profiles: list[Any] = []
+    path: dict[str, Any]
+    if not ctx.chosen("breakdown", "path", True):
+        path = {"skipped": "left out to fit --time-limit", "predicted_breakdown": None}
+    else:
+        try:
+            sequence = unit_order(ctx.model, first, "random", np.random.default_rng(ctx.seed + 1000), ctx.x_eval)
+            profiles = [progressive_path(ctx.model, first, sequence, ctx.data.x_train[: ctx.size(30, 100)],
+                                         ctx.x_eval, ctx.y_eval, fractions)]
+            path = profiles[0].to_dict()
+        except LesionError as err:  # e.g. no layer reads the first site's units directly
+            path = {"skipped": str(err), "predicted_breakdown": None}
     breakdown_plot(str(ctx.out / "breakdown.png"), curves, profiles, "Break-down under unit deletion",
                    f"{len(ctx.x_eval)} test inputs; {ctx.size(2, 5)} random orders per layer (band: 95% CI); dotted: "
                    "measured break-down (below 90% of clean); right: covariant acceleration along a deletion path of "
                    f"{sites[0].name}")
-    return {"curves": [c.to_dict() for c in curves], "path": path, "figures": ["breakdown.png"]}
+    return {"curves": [c.to_dict() for c in curves], "path": path, "sites": len(every), "figures": ["breakdown.png"]}
 
 
 def stage_recovery(ctx: ReportContext) -> dict[str, Any]:
     """Section 5: geodesic recovery against naive deletion and fine-tuning for 80% of the units of the first site
     whose readers lesion can tell (the first hidden layer of an MLP; the first MLP block of a transformer)."""
-    from lesion.damage import Target
-    from lesion.geometry.damage_set import parse_delete
-    from lesion.geometry.recovery import RecoveryProblem, recover
+    from lesion.geometry.recovery import recover
+    from lesion.report.costs import recovery_problem
     from lesion.report.plots import Series, line_plot
 
-    if ctx.data.y_train is None or ctx.y_eval is None:
-        return {"skipped": "the data have no labels: recovery is judged by accuracy and fine-tuning needs labels"}
-    damage, reasons = None, []
-    for site in Target(ctx.model, example=ctx.x_eval).table.unit_sites():
-        spec = f"units:{site.index}:frac=0.8"
-        try:
-            damage = parse_delete(ctx.model, spec, torch.Generator().manual_seed(ctx.seed), ctx.x_eval[:2])
-            break
-        except LesionError as err:
-            reasons.append(f"{site.name}: {err}")
-    if damage is None:
-        return {"skipped": "no site whose deletion lesion can repair: " + "; ".join(reasons[:3])}
-    x_train = ctx.data.x_train[: ctx.size(2000, 10000)]
-    problem = RecoveryProblem(ctx.model, x_train, ctx.data.y_train[: len(x_train)], ctx.x_eval, ctx.y_eval, damage)
-    results, _ = recover(problem, ["naive", "geodesic", "finetune"], ctx.size(1.0, 3.0), ctx.seed,
-                         {"betas": (1.0,), "radius": 1.0, "batch": 32, "max_steps": 200})
+    found = recovery_problem(ctx)
+    if isinstance(found, str):
+        return {"skipped": found}
+    problem, spec = found
+    damage, x_train = problem.damage, problem.x_train
+    epochs = ctx.chosen("recovery", "epochs", ctx.size(1.0, 3.0))
+    results, _ = recover(problem, ["naive", "geodesic", "finetune"], epochs, ctx.seed,
+                         {"betas": (1.0,), "radius": 1.0, "batch": 32,
+                          "max_steps": ctx.chosen("recovery", "max_steps", 200)})
     series = [Series(n, [r.epoch_equivalents], [r.accuracy], style="o") for n, r in results.items()]
     line_plot(ctx.out / "recovery.png", series, "epoch-equivalents", "test accuracy",
               f"Recovery after deleting {damage.describe()}",
@@ -220,33 +213,35 @@ def stage_bitflips(ctx: ReportContext) -> dict[str, Any]:
     from lesion.damage import BitFlip, Target, batched_damaged_outputs, realise
     from lesion.damage.bits import bit_name
     from lesion.damage.campaign import Campaign
+    from lesion.report.costs import BIT_RATES, SINGLE_BITS
     from lesion.report.plots import Series, line_plot
     from lesion.train import evaluate_outputs
 
     if ctx.y_eval is None:
         return {"skipped": "the data have no test labels"}
-    rates = [1e-6, 1e-5, 1e-4, 1e-3]
+    rates = list(BIT_RATES)
+    samples = ctx.chosen("bitflips", "samples", ctx.size(20, 100))
     rows = []
     for rate in rates:
         res = Campaign(ctx.model, ctx.x_eval, ctx.y_eval, [BitFlip("all", ber=rate)], seed=ctx.seed).run(
-            samples=ctx.size(20, 100))
+            samples=samples)
         rows.append({"ber": rate, **res.accuracy, "failure_rate": res.failure_rate})
     plot = line_plot(ctx.out / "bitflips.png",
                      [Series("mean accuracy", rates, [r["mean"] for r in rows], [r["ci"][0] for r in rows],
                              [r["ci"][1] for r in rows]),
                       Series("worst sample", rates, [r["min"] for r in rows], style="--")],
                      "bit-error rate (float32, all weights)", "test accuracy", "Bit-flip sensitivity",
-                     f"{ctx.size(20, 100)} random fault patterns per rate on {len(ctx.x_eval)} test inputs; band: "
+                     f"{samples} random fault patterns per rate on {len(ctx.x_eval)} test inputs; band: "
                      "95% CI of the mean", logx=True)
     target = Target(ctx.model)
     flat = torch.cat([v.reshape(-1) for v in target.base.values()])
     names = list(target.base)
     sizes = np.cumsum([0] + [v.numel() for v in target.base.values()])
-    top = torch.topk(flat.abs(), min(ctx.size(10, 30), len(flat))).indices.tolist()
+    top = torch.topk(flat.abs(), min(ctx.chosen("bitflips", "weights", ctx.size(10, 30)), len(flat))).indices.tolist()
     candidates = []
     for index in top:
         which = int(np.searchsorted(sizes, index, side="right") - 1)
-        for bit in (31, 30, 29, 28, 27):
+        for bit in SINGLE_BITS:
             candidates.append((names[which], index - int(sizes[which]), bit))
     configs = [realise(target, [BitFlip(n, index=str(i), bit=b)], torch.Generator()) for n, i, b in candidates]
     outputs = batched_damaged_outputs(ctx.model, configs, ctx.x_eval, desc="single bits")
@@ -265,26 +260,46 @@ RUNNERS: dict[str, Callable[[ReportContext], dict[str, Any]]] = {
     "recovery": stage_recovery, "bitflips": stage_bitflips}
 
 
-def run_report(ctx: ReportContext, stages: tuple[str, ...] = STAGES, log: Callable[[str], None] = print) -> Path:
-    """Run (or resume) the stages, then write report.html and results.json; returns the HTML path."""
+def run_report(ctx: ReportContext, stages: tuple[str, ...] = STAGES, log: Callable[[str], None] = print,
+               time_limit: float | None = None) -> Path:
+    """Run (or resume) the stages, then write report.html and results.json; returns the HTML path.
+
+    Before any stage runs, the stages still to run are estimated and sized to fit `time_limit` seconds
+    (`lesion.report.costs`; None: the full sizes, no estimate), or the report is refused (LesionError)."""
+    from lesion.report.costs import plan_report
+
     ctx.out.mkdir(parents=True, exist_ok=True)
     key = {"model": ctx.model_info.get("digest"), "data": ctx.data.name, "quick": ctx.quick, "seed": ctx.seed}
     results: dict[str, Any] = {}
-    for i, name in enumerate(stages, start=1):
+    for name in stages:
         path = ctx.out / "stages" / f"{name}.json"
         if path.exists():
             saved = json.loads(path.read_text())
             if saved.get("key") == key:
                 results[name] = saved["result"]
-                log(f"[{i}/{len(stages)}] {name}: finished earlier, reused")
-                continue
+    todo = tuple(name for name in stages if name not in results)
+    plan = None
+    if todo and time_limit is not None:
+        log("estimating the cost of each stage …")
+        plan = plan_report(ctx, todo, time_limit)
+        for line in plan.lines():
+            log(line)
+        ctx.sizes = {name: option.sizes for name, option in plan.chosen.items()}
+    for i, name in enumerate(stages, start=1):
+        path = ctx.out / "stages" / f"{name}.json"
+        if name in results:
+            log(f"[{i}/{len(stages)}] {name}: finished earlier, reused")
+            continue
         started = time.perf_counter()
         log(f"[{i}/{len(stages)}] {name} …")
         result = to_jsonable(RUNNERS[name](ctx))
         result["seconds"] = time.perf_counter() - started
+        if plan is not None:
+            result["plan"] = to_jsonable(plan.record(name))
         write_json(path, {"key": key, "result": result})
         results[name] = result
-        log(f"[{i}/{len(stages)}] {name}: done in {result['seconds']:.1f} s")
+        estimate = "" if plan is None else f" (estimated {plan.chosen[name].seconds:,.1f} s)"
+        log(f"[{i}/{len(stages)}] {name}: done in {result['seconds']:.1f} s{estimate}")
     write_json(ctx.out / "results.json", {"provenance": provenance(**key), **results})
     from lesion.report.html import render
     from lesion.report.sections import build_sections

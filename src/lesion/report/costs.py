@@ -1,0 +1,317 @@
+"""What each stage of `lesion report` will cost, before the work, and the sizes that fit `--time-limit`
+(issue 14: cost before long work; issue 21: a budget picks the work per section and says which).
+
+A few timed probes on the model (a forward pass per input; one g·v product on a few inputs; one path point on
+two inputs; three optimiser steps) are scaled by what each stage computes at each of its sizes. Every stage
+offers its sizes from the richest to the leanest; while the total is above the limit, the stage with the largest
+estimate that can shrink takes its next size. When even the leanest sizes are above the limit, the report is
+refused before any stage runs, with the estimate of each stage.
+
+The estimates are first-order (a forward or a product costs the same on every input); the report records, per
+stage, the estimate beside the seconds it took.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from lesion.errors import LesionError
+
+if TYPE_CHECKING:
+    from lesion.crash.structure import MLPStructure
+    from lesion.report.builder import ReportContext
+
+FRACTIONS = 11  # deletion levels 0, 0.1, …, 1 of the break-down stage
+LANCZOS_PRODUCTS = 3  # products per Lanczos vector (eigsh takes some 2–4 × max(2k + 1, 20))
+HUTCHINSON = 100  # Rademacher vectors of the trace on the Lanczos route, one jvp (half a product) each
+TOP = 20  # eigenvalues and eigenvectors the geometry stage asks for
+EIGH_FLOPS = 5e9  # dense symmetric eigen-decomposition speed assumed for the Gram route, flops per second
+
+
+@dataclass(frozen=True)
+class StageOption:
+    """One size of a stage: the sizes its runner reads, the estimated seconds, and what the size means."""
+
+    sizes: dict[str, Any]
+    seconds: float
+    note: str = ""
+
+
+@dataclass
+class ReportPlan:
+    """The size chosen for every stage to run, its estimate, and the stages sized down to fit the limit."""
+
+    chosen: dict[str, StageOption]
+    time_limit: float | None
+    downsized: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        """The estimated total."""
+        return sum(o.seconds for o in self.chosen.values())
+
+    def lines(self) -> list[str]:
+        """The estimate, one line per stage, for the log."""
+        out = [f"estimated time: about {self.seconds:,.0f} s"
+               + ("" if self.time_limit is None else f" (--time-limit {self.time_limit:g} s)")]
+        for name, option in self.chosen.items():
+            shrunk = f"; sized down to fit: {self.downsized[name]}" if name in self.downsized else ""
+            out.append(f"  {name}: about {option.seconds:,.1f} s" + (f" ({option.note})" if option.note else "")
+                       + shrunk)
+        return out
+
+    def record(self, name: str) -> dict[str, Any]:
+        """What the stage's result keeps of the plan."""
+        option = self.chosen[name]
+        return {"estimate_seconds": option.seconds, "sizes": option.sizes, "note": option.note,
+                "sized_down": self.downsized.get(name)}
+
+
+class Probe:
+    """Timings of the model that the estimates scale: each measured once, when a stage first needs it."""
+
+    def __init__(self, ctx: ReportContext) -> None:
+        self.ctx = ctx
+
+    @cached_property
+    def forward(self) -> float:
+        """Seconds of one evaluation forward pass per input (the second of two, on up to 256 inputs)."""
+        from lesion.functional import forward_with
+
+        x = self.ctx.x_eval[:256]
+        forward_with(self.ctx.model, {}, x[:2])
+        started = time.perf_counter()
+        forward_with(self.ctx.model, {}, x)
+        return (time.perf_counter() - started) / len(x)
+
+    @cached_property
+    def metric(self) -> tuple[float, int, int, int, int]:
+        """(seconds of one g·v product per analysis input, outputs m, rows per input, n, element size)."""
+        from lesion.geometry.metric import MetricOperator
+
+        x = self.ctx.data.x_train[:4]
+        op = MetricOperator(self.ctx.model, x)
+        return op.time_matvec() / len(x), op.m, op.rows_per_input, op.n, op.weights.element_size()
+
+    @cached_property
+    def jacobian(self) -> float:
+        """Seconds of the stacked Jacobian rows of one analysis input (the Gram route of a model that is not an
+        MLP; timed once, its set-up included)."""
+        from lesion.geometry.metric import MetricOperator
+
+        x = self.ctx.data.x_train[:1]
+        op = MetricOperator(self.ctx.model, x)
+        started = time.perf_counter()
+        op.jacobian_rows(x)
+        return time.perf_counter() - started
+
+    @cached_property
+    def path_point(self) -> float:
+        """Seconds of one path point of [G] §4 per analysis input (timed on two inputs)."""
+        from lesion.geometry.breakdown import path_seconds
+
+        return path_seconds(self.ctx.model, self.ctx.data.x_train[:2], 1, 1) / 2
+
+    @cached_property
+    def mlp(self) -> MLPStructure | None:
+        """The model as an MLP of [R], or None."""
+        from lesion.crash import mlp_structure
+
+        try:
+            return mlp_structure(self.ctx.model)
+        except LesionError:
+            return None
+
+
+def _network(ctx: ReportContext, probe: Probe) -> list[StageOption]:
+    n = len(ctx.data.x_test) if ctx.data.y_test is not None else 0
+    return [StageOption({}, (n + 2) * probe.forward)]
+
+
+@dataclass(frozen=True)
+class CrashPoint:
+    """One (layer, f) of the crash stage: exact over every crash set when its plan fits the stage's per-point
+    limit, Monte Carlo otherwise (SPEC §2.1)."""
+
+    layer: int
+    faults: int
+    width: int
+    exact: bool
+    seconds: float
+
+
+def crash_points(ctx: ReportContext, structure: MLPStructure, x: torch.Tensor,
+                 forward_per_input: float | None = None) -> list[CrashPoint]:
+    """f = 1..5 in each hidden layer, each exact or sampled by its plan (`forward_per_input` prices a Monte
+    Carlo point; without it, its seconds are 0)."""
+    from lesion.crash import CrashBudget, plan
+    from lesion.crash.structure import hidden_activations
+
+    hidden = hidden_activations(structure, x)[0].cpu().numpy()  # the plans count the silent units skipped
+    limit = ctx.size(5.0, 30.0)
+    points = []
+    for layer in range(1, structure.depth + 1):
+        width = structure.widths[layer - 1]
+        for f in range(1, min(5, width) + 1):
+            p = plan(structure, CrashBudget((layer,), (width,), f), len(x), hidden=hidden)
+            exact = p.affordable(limit)
+            sampled = ctx.size(200, 1000) * len(x) * (forward_per_input or 0.0)
+            points.append(CrashPoint(layer, f, width, exact, p.estimated_seconds if exact else sampled))
+    return points
+
+
+def crash_inputs(ctx: ReportContext) -> torch.Tensor:
+    """The test inputs of the crash stage."""
+    return ctx.data.x_test[: ctx.size(300, 1000)]
+
+
+def _crash(ctx: ReportContext, probe: Probe) -> list[StageOption]:
+    if probe.mlp is None:
+        return [StageOption({}, 0.0, "left out: the bound of [R] needs an MLP")]
+    points = crash_points(ctx, probe.mlp, crash_inputs(ctx), probe.forward)
+    exact = sum(p.exact for p in points)
+    return [StageOption({}, sum(p.seconds for p in points),
+                        f"{exact} of {len(points)} (layer, f) points exact, the others Monte Carlo")]
+
+
+def _geometry(ctx: ReportContext, probe: Probe) -> list[StageOption]:
+    from lesion.geometry.spectrum import automatic_route
+
+    per_input, m, rows_per_input, n, element = probe.metric
+    labelled = ctx.data.y_train is not None and ctx.y_eval is not None
+    directions = ctx.size(50, 300)
+    attack_forwards = (directions + 60) * len(ctx.x_eval) * probe.forward if labelled else 0.0
+    options = []
+    inputs = min(ctx.size(100, 500), len(ctx.data.x_train))
+    while True:
+        rows = inputs * rows_per_input * m
+        product = per_input * inputs
+        route = automatic_route(probe.mlp is not None, rows, n, element)
+        if route == "gram":  # K from the layer factors of an MLP, else from stacked per-input Jacobians
+            build = 2 * product if probe.mlp is not None else probe.jacobian * inputs
+            vectors = TOP * product  # eigenvectors of g from those of K, one vjp each
+            seconds = build + rows**3 / EIGH_FLOPS + ((build + vectors) if labelled else 0.0)
+        else:
+            lanczos = LANCZOS_PRODUCTS * max(2 * TOP + 1, 20) * product
+            seconds = lanczos + HUTCHINSON / 2 * product + (lanczos if labelled else 0.0)
+        options.append(StageOption({"inputs": inputs}, seconds + attack_forwards,
+                                   f"{route} route on {inputs} inputs" + (f", attack with {directions} random "
+                                                                          "directions" if labelled else "")))
+        if inputs <= 2:
+            return options
+        inputs = max(2, inputs // 2)
+
+
+def unit_sites(ctx: ReportContext) -> list[Any]:
+    """The sites of the break-down stage: unit sites with a layer of their own, in forward order."""
+    from lesion.damage import Target
+
+    return [s for s in Target(ctx.model, example=ctx.x_eval).sites if s.kind != "attention-head" and s.layer]
+
+
+def _breakdown(ctx: ReportContext, probe: Probe) -> list[StageOption]:
+    if ctx.y_eval is None:
+        return [StageOption({}, 0.0, "left out: no test labels")]
+    sites = len(unit_sites(ctx))
+    orders = ctx.size(2, 5)
+    per_curve = orders * FRACTIONS * len(ctx.x_eval) * probe.forward
+    path_inputs = ctx.size(30, 100)
+    path = FRACTIONS * 3 * path_inputs * probe.path_point + FRACTIONS * len(ctx.x_eval) * probe.forward
+    options = [StageOption({"sites": sites, "path": True}, sites * per_curve + path,
+                           f"{sites} sites × {orders} orders, and a deletion path on {path_inputs} inputs")]
+    for k in sorted({sites, min(sites, 4), min(sites, 1)}, reverse=True):
+        options.append(StageOption({"sites": k, "path": False}, k * per_curve,
+                                   f"{k} of {sites} sites × {orders} orders, no deletion path"))
+    return options
+
+
+def _recovery(ctx: ReportContext, probe: Probe) -> list[StageOption]:
+    from lesion.geometry.recovery import estimate_seconds
+
+    found = recovery_problem(ctx)
+    if isinstance(found, str):
+        return [StageOption({}, 0.0, f"left out: {found}")]
+    problem, _ = found
+    epoch = estimate_seconds(problem, ["finetune"], 1.0)
+    step = estimate_seconds(problem, ["geodesic"], 0.0, max_steps=1, betas=1)
+    options = []
+    for epochs, steps in ((ctx.size(1.0, 3.0), 200), (0.5, 50), (0.1, 20)):
+        evaluations = (steps + 4) * len(ctx.x_eval) * probe.forward
+        options.append(StageOption({"epochs": epochs, "max_steps": steps}, epochs * epoch + steps * step + evaluations,
+                                   f"fine-tuning {epochs:g} epochs, geodesic up to {steps} steps"))
+    return options
+
+
+def recovery_problem(ctx: ReportContext) -> tuple[Any, str] | str:
+    """The recovery stage's problem (80% of the units of the first site lesion can repair) and its damage
+    spec, or the reason there is none."""
+    from lesion.damage import Target
+    from lesion.geometry.damage_set import parse_delete
+    from lesion.geometry.recovery import RecoveryProblem
+
+    if ctx.data.y_train is None or ctx.y_eval is None:
+        return "the data have no labels: recovery is judged by accuracy and fine-tuning needs labels"
+    reasons = []
+    for site in Target(ctx.model, example=ctx.x_eval).table.unit_sites():
+        spec = f"units:{site.index}:frac=0.8"
+        try:
+            damage = parse_delete(ctx.model, spec, torch.Generator().manual_seed(ctx.seed), ctx.x_eval[:2])
+        except LesionError as err:
+            reasons.append(f"{site.name}: {err}")
+            continue
+        x_train = ctx.data.x_train[: ctx.size(2000, 10000)]
+        problem = RecoveryProblem(ctx.model, x_train, ctx.data.y_train[: len(x_train)], ctx.x_eval, ctx.y_eval,
+                                  damage)
+        return problem, spec
+    return "no site whose deletion lesion can repair: " + "; ".join(reasons[:3])
+
+
+BIT_RATES = (1e-6, 1e-5, 1e-4, 1e-3)
+SINGLE_BITS = (31, 30, 29, 28, 27)
+
+
+def _bitflips(ctx: ReportContext, probe: Probe) -> list[StageOption]:
+    if ctx.y_eval is None:
+        return [StageOption({}, 0.0, "left out: no test labels")]
+    per_config = len(ctx.x_eval) * probe.forward
+    options = []
+    for samples, weights in ((ctx.size(20, 100), ctx.size(10, 30)), (10, 5), (4, 2)):
+        configs = len(BIT_RATES) * samples + weights * len(SINGLE_BITS)
+        options.append(StageOption({"samples": samples, "weights": weights}, configs * per_config,
+                                   f"{samples} fault patterns per rate, the top {weights} weights' single bits"))
+    return options
+
+
+ESTIMATORS: dict[str, Callable[[ReportContext, Probe], list[StageOption]]] = {
+    "network": _network, "crash": _crash, "geometry": _geometry, "breakdown": _breakdown,
+    "recovery": _recovery, "bitflips": _bitflips}
+
+
+def plan_report(ctx: ReportContext, stages: tuple[str, ...], time_limit: float | None) -> ReportPlan:
+    """The size of every stage in `stages`, the largest that keep the estimated total within `time_limit`
+    (None: the richest); a LesionError when even the leanest sizes are above it."""
+    probe = Probe(ctx)
+    options = {name: ESTIMATORS[name](ctx, probe) for name in stages}
+    at = dict.fromkeys(stages, 0)
+
+    def total() -> float:
+        return sum(options[name][at[name]].seconds for name in stages)
+
+    while time_limit is not None and total() > time_limit:
+        shrinkable = [name for name in stages if at[name] + 1 < len(options[name])]
+        if not shrinkable:
+            each = ", ".join(f"{name} {options[name][at[name]].seconds:,.0f} s" for name in stages)
+            raise LesionError(f"the report would take at least about {total():,.0f} s ({each}), above --time-limit "
+                              f"{time_limit:g}; leave stages out with --stages, use --quick, or raise --time-limit")
+        largest = max(shrinkable, key=lambda name: options[name][at[name]].seconds)
+        at[largest] += 1
+    chosen = {name: options[name][at[name]] for name in stages}
+    downsized = {name: f"{options[name][0].note} would take about {options[name][0].seconds:,.0f} s"
+                 for name in stages if at[name] > 0}
+    return ReportPlan(chosen, time_limit, downsized)
