@@ -81,3 +81,21 @@ def test_recovery_on_cuda_matches_cpu(kind):
         assert w_gpu[method].device.type == "cuda", method
         tol = 1e-3 if method == "finetune" else 1e-8  # Adam on cuda sums in another order
         torch.testing.assert_close(w_gpu[method].cpu(), w_cpu[method], rtol=tol, atol=tol)
+
+
+def test_report_on_cuda_runs_every_stage_and_matches_the_cpu_accuracy(tmp_path):
+    import json
+
+    from lesion.cli import main
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 24), torch.nn.ReLU(), torch.nn.Linear(24, 10))
+    torch.save(model, tmp_path / "m.pt")
+    for device in ("cpu", "cuda"):
+        assert main(["report", "--quick", "--model", str(tmp_path / "m.pt"), "--data", "digits", "--device", device,
+                     "--out", str(tmp_path / device)]) == 0
+    cpu, gpu = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("cpu", "cuda"))
+    assert gpu["network"]["clean"]["accuracy"] == pytest.approx(cpu["network"]["clean"]["accuracy"], abs=1e-9)
+    for stage in ("crash", "geometry", "breakdown", "recovery", "bitflips"):
+        assert "skipped" not in gpu[stage], stage
+    assert gpu["crash"]["rows"][0]["omega_av"] == pytest.approx(cpu["crash"]["rows"][0]["omega_av"], rel=1e-5)

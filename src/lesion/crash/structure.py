@@ -8,7 +8,7 @@ after Linear layer l; the output layer is Linear layer L+1.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -54,6 +54,11 @@ class MLPStructure:
         if len(constants) > 1:
             return float(max(constants))  # the bound holds with the largest K of the layers
         return float(constants.pop())
+
+    def on_cpu(self) -> MLPStructure:
+        """The same MLP with its weights on the CPU, where the exact engines (numba) and the bounds run."""
+        return replace(self, weights=tuple(w.cpu() for w in self.weights),
+                       biases=tuple(None if b is None else b.cpu() for b in self.biases))
 
     def bounded_outputs(self) -> list[float | None]:
         """C_l when the activation bounds it (sigmoid, tanh: 1), None for unbounded activations (ReLU)."""

@@ -70,9 +70,11 @@ def route_for(op: MetricOperator, method: str) -> str:
     return method
 
 
-def gram_eigen(op: MetricOperator, k: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Eigenvalues of K/|X| (descending) and, when `k` is given, the top-k eigenvectors u of K (columns)."""
-    K = gram_matrix(op).double()
+def gram_eigen(op: MetricOperator, k: int | None = None, K: torch.Tensor | None = None
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Eigenvalues of K/|X| (descending) and, when `k` is given, the top-k eigenvectors u of K (columns); `K`,
+    the Gram matrix when the caller has it. The eigen-decomposition runs on the CPU in float64."""
+    K = (gram_matrix(op) if K is None else K).double().cpu()
     size = K.shape[0]
     if k is None:
         values = torch.linalg.eigvalsh(K).numpy()[::-1] / op.inputs
@@ -130,9 +132,9 @@ def top_eigenpairs(op: MetricOperator, k: int, method: str = "auto") -> tuple[np
     return values[order], torch.from_numpy(vectors[:, order].copy()).to(op.weights), route
 
 
-def trace_exact(op: MetricOperator) -> float:
-    """tr g = ‖A‖_F²/|X| (SPEC §3.2), from the Gram diagonal."""
-    return float(torch.diagonal(gram_matrix(op)).double().sum() / op.inputs)
+def trace_exact(op: MetricOperator, K: torch.Tensor | None = None) -> float:
+    """tr g = ‖A‖_F²/|X| (SPEC §3.2), from the Gram diagonal (of `K` when the caller has it)."""
+    return float(torch.diagonal(gram_matrix(op) if K is None else K).double().sum() / op.inputs)
 
 
 def trace_hutchinson(op: MetricOperator, samples: int = 100, seed: int = 0) -> tuple[float, tuple[float, float]]:
@@ -165,10 +167,11 @@ def spectrum(op: MetricOperator, top: int = 20, tau: float = 1e-3, full: bool | 
     if full:
         if route != "gram":
             raise LesionError("all nonzero eigenvalues need the Gram route; use fewer inputs")
-        values, _ = gram_eigen(op)
+        K = gram_matrix(op)  # once, for the eigenvalues and the trace
+        values, _ = gram_eigen(op, K=K)
         rank, rho, vulnerable = rank_and_rho(values, op.n, rows, tau)
         values = values[:max(rank, 1)]
-        trace = trace_exact(op)
+        trace = trace_exact(op, K)
         positive = values[values > 0]
         counts, edges = np.histogram(np.log10(positive), bins=40) if len(positive) else (np.zeros(0), np.zeros(0))
         extra: dict[str, Any] = {"density": {"log10_eigenvalue_edges": edges.tolist(), "counts": counts.tolist()}}

@@ -79,7 +79,7 @@ def stage_crash(ctx: ReportContext) -> dict[str, Any]:
     from lesion.report.plots import Series, line_plot
 
     try:
-        structure = mlp_structure(ctx.model)
+        structure = mlp_structure(ctx.model).on_cpu()
     except LesionError as err:
         return {"skipped": f"the crash bound of [R] is defined for MLPs only: {err}"}
     x = crash_inputs(ctx)

@@ -167,14 +167,14 @@ def crash_points(ctx: ReportContext, structure: MLPStructure, x: torch.Tensor,
 
 
 def crash_inputs(ctx: ReportContext) -> torch.Tensor:
-    """The test inputs of the crash stage."""
-    return ctx.data.x_test[: ctx.size(300, 1000)]
+    """The test inputs of the crash stage, on the CPU (where the exact engines run)."""
+    return ctx.data.x_test[: ctx.size(300, 1000)].cpu()
 
 
 def _crash(ctx: ReportContext, probe: Probe) -> list[StageOption]:
     if probe.mlp is None:
         return [StageOption({}, 0.0, "left out: the bound of [R] needs an MLP")]
-    points = crash_points(ctx, probe.mlp, crash_inputs(ctx), probe.forward)
+    points = crash_points(ctx, probe.mlp.on_cpu(), crash_inputs(ctx), probe.forward)
     exact = sum(p.exact for p in points)
     return [StageOption({}, sum(p.seconds for p in points),
                         f"{exact} of {len(points)} (layer, f) points exact, the others Monte Carlo")]
