@@ -342,3 +342,28 @@ def test_resnet_deletion_configs_at_every_site_match_the_loop():
         batched = batched_damaged_outputs(model, configs, IMAGES)
         loop = torch.stack([damaged_outputs(model, c, IMAGES) for c in configs])
         torch.testing.assert_close(batched, loop, atol=1e-4, rtol=1e-4, msg=site.name)
+
+
+def test_trained_char_gpt2_damage_costs_accuracy_as_a_hand_edit_does():
+    """A zoo transformer trained briefly on real text: well above the majority character, and a crash of its
+    heads or MLP neurons costs what the same units removed by hand cost."""
+    from lesion.train import evaluate, evaluate_outputs
+
+    model, x, y = zoo.trained_gpt2()
+    clean = evaluate(model, x, y).accuracy
+    majority = float(torch.bincount(y.reshape(-1)).max() / y.numel())
+    assert clean > majority + 0.1
+    target = Target(model, example=x)
+    heads = realise(target, [parse_damage("head:transformer.h.0.attn:0,1,2,3")], torch.Generator())
+    neurons = realise(target, [parse_damage("crash:transformer.h.0.mlp.act:frac=1.0")], torch.Generator())
+    by_heads = evaluate_outputs(damaged_outputs(model, heads, x), y).accuracy
+    by_neurons = evaluate_outputs(damaged_outputs(model, neurons, x), y).accuracy
+    hand = copy.deepcopy(model)
+    with torch.no_grad():
+        hand.transformer.h[0].attn.c_proj.weight.zero_()  # Conv1D: rows read the attention output (all heads)
+    assert by_heads == pytest.approx(evaluate(hand, x, y).accuracy, abs=1e-12)
+    hand = copy.deepcopy(model)
+    with torch.no_grad():
+        hand.transformer.h[0].mlp.c_proj.weight.zero_()  # every MLP neuron of block 0 silent
+    assert by_neurons == pytest.approx(evaluate(hand, x, y).accuracy, abs=1e-12)
+    assert clean - by_heads > 0.03 and clean - by_neurons > 0.1

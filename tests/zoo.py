@@ -151,3 +151,18 @@ class FailsOnLargeBatches(nn.Module):
         if len(x) > 100:
             raise RuntimeError("out of memory on a large batch")
         return self.fc(x.flatten(1))
+
+
+def trained_gpt2(epochs: int = 10) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The tiny GPT-2 trained briefly as a character model on the licence texts (1,024 windows of 32
+    characters, Adam): a zoo model whose accuracies mean something. Returns (the model's logits view, test
+    inputs, test labels), 128 test windows."""
+    from lesion.data import load
+    from lesion.nets.outputs import logits_view
+    from lesion.train import TrainSettings, train
+
+    data = load("text")
+    model = logits_view(gpt2())
+    train(model, data.x_train[:1024, :32], data.y_train[:1024, :32],
+          TrainSettings(epochs=epochs, seed=0, lr=3e-3, batch_size=32))
+    return model, data.x_test[:128, :32], data.y_test[:128, :32]

@@ -23,7 +23,7 @@ from lesion.crash.structure import MLPStructure, mlp_structure
 from lesion.errors import LesionError
 from lesion.functional import parameters_of, traceable
 from lesion.geometry.params import ParameterLayout
-from lesion.geometry.rows import ExplicitRows, MLPRows
+from lesion.geometry.rows import ExplicitRows, JacobianRows, MLPRows
 
 
 class FlatModel:
@@ -138,7 +138,7 @@ class FlatModel:
 
         return torch.func.vmap(torch.func.jacrev(one), in_dims=(None, 0))(w, x).reshape(-1, len(w))
 
-    def jacobian_rows(self, w: torch.Tensor, x: torch.Tensor, output: str = "raw") -> MLPRows | ExplicitRows:
+    def jacobian_rows(self, w: torch.Tensor, x: torch.Tensor, output: str = "raw") -> JacobianRows:
         """The Jacobian rows A on inputs x at weights w (SPEC §3.6: g = AᵀA/b on a minibatch): through the layer
         factors for an MLP, stacked autograd Jacobians otherwise (the route of `mlp`)."""
         if self.mlp is None:

@@ -29,7 +29,7 @@ from lesion import progress
 from lesion.errors import LesionError
 from lesion.geometry.damage_set import DamageSet
 from lesion.geometry.flat import FlatModel
-from lesion.geometry.rows import ExplicitRows, MLPRows
+from lesion.geometry.rows import JacobianRows
 from lesion.geometry.trust_region import trust_region_step
 from lesion.nets.outputs import flat_labels
 from lesion.train import TrainSettings, train
@@ -76,7 +76,7 @@ class RecoveryProblem:
         y = flat_labels(self.y_eval)
         return float((out.argmax(1) == y).double().mean()), float(F.cross_entropy(out.double(), y))
 
-    def jacobian(self, w: torch.Tensor, x: torch.Tensor) -> ExplicitRows | MLPRows:
+    def jacobian(self, w: torch.Tensor, x: torch.Tensor) -> JacobianRows:
         """Jacobian rows of the outputs on x with respect to w (len(x)·m rows; MLPs: through layer factors)."""
         return self.flat.jacobian_rows(w, x)
 

@@ -3,15 +3,41 @@ geodesic recovery needs: K = AAᵀ, A v, Aᵀ u and A diag(mask) Aᵀ (SPEC §3.
 
 `ExplicitRows` holds A (any model: stacked per-input Jacobians). `MLPRows` never forms A: for an MLP, the row
 (x, k) of Linear layer l is δ_{x,k,l} ⊗ a_{x,l} (and δ_{x,k,l} for the bias), so the products are a few matrix
-products per layer (`gram.mlp_factors`). `FlatModel.jacobian_rows` chooses between them, once per model.
+products per layer (`gram.mlp_factors`). `FlatModel.jacobian_rows` chooses between them, once per model;
+callers see only the `JacobianRows` protocol.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 
 from lesion.crash.structure import MLPStructure
 from lesion.geometry.gram import MLPGramProduct, gram_from_factors
+
+
+class JacobianRows(Protocol):
+    """The products of the Jacobian rows A (b·m rows, n columns) that recovery and the trust region need
+    (SPEC §3.6), returned in float64."""
+
+    rows: int
+
+    def gram(self) -> torch.Tensor:
+        """K = A Aᵀ."""
+        ...
+
+    def apply(self, v: torch.Tensor) -> torch.Tensor:
+        """A v."""
+        ...
+
+    def apply_t(self, u: torch.Tensor) -> torch.Tensor:
+        """Aᵀ u."""
+        ...
+
+    def masked_gram(self, mask: torch.Tensor) -> torch.Tensor:
+        """A diag(mask) Aᵀ."""
+        ...
 
 
 class ExplicitRows:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lesion.geometry.rows import ExplicitRows, MLPRows
+from lesion.geometry.rows import ExplicitRows, JacobianRows
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class TrustRegionStep:
     metric_length: float
 
 
-def trust_region_step(A: torch.Tensor | ExplicitRows | MLPRows, batch: int, v: torch.Tensor, beta: float,
+def trust_region_step(A: torch.Tensor | JacobianRows, batch: int, v: torch.Tensor, beta: float,
                       radius: float, rtol: float = 1e-10) -> TrustRegionStep:
     """Solve the subproblem for g = AᵀA/batch (A: a (rows, n) matrix or a rows object from `rows`),
     direction v (n,), β > 0 and radius r."""
@@ -79,6 +79,6 @@ def trust_region_step(A: torch.Tensor | ExplicitRows | MLPRows, batch: int, v: t
     return TrustRegionStep(step, hi, True, _metric_length(rows, batch, step))
 
 
-def _metric_length(rows: ExplicitRows | MLPRows, batch: int, theta: torch.Tensor) -> float:
+def _metric_length(rows: JacobianRows, batch: int, theta: torch.Tensor) -> float:
     """θᵀ g θ = ‖Aθ‖² / b ([G] Eq. 6, one step of the path length)."""
     return float((rows.apply(theta) ** 2).sum() / batch)
