@@ -188,3 +188,31 @@ def test_everything_the_layer_makes_is_on_the_models_device():
         assert next(view.load(w).parameters()).device.type == "cuda"
         op = MetricOperator.over(view, x)
         assert op.time_matvec() > 0 and op.dense().device.type == "cuda"
+
+
+def test_jacobian_rows_beyond_the_memory_limit_are_refused_with_the_batch_that_fits(monkeypatch):
+    from lesion.errors import LesionError
+    from lesion.geometry.damage_set import parse_delete
+    from lesion.geometry.recovery import RecoveryProblem, check_jacobian_batch, obs_batch
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3))
+    model.forward = lambda x: model[2](torch.tanh(model[0](x)))  # a class-like model: the autograd route
+    x = torch.randn(8, 6)
+    flat = FlatModel(model, x)
+    row = 3 * flat.n * 4  # one input: m rows of n float32 weights
+    assert flat.jacobian_bytes(2) == 2 * row
+    monkeypatch.setattr(flat_module, "JACOBIAN_MEMORY", 3 * row)
+    assert flat.largest_jacobian_batch() == 3
+    assert flat.stacked_jacobians(flat.weights, x[:3]).shape == (9, flat.n)
+    with pytest.raises(LesionError, match="use a batch of at most 3 inputs"):
+        flat.stacked_jacobians(flat.weights, x[:4])
+    y = torch.randint(0, 3, (8,))
+    problem = RecoveryProblem(model, x, y, x, y, parse_delete(model, "units:1:0", torch.Generator(), x))
+    assert problem.flat.mlp is None and obs_batch(problem) == 3
+    check_jacobian_batch(problem, ["geodesic", "obs"], 3)
+    with pytest.raises(LesionError, match="use --batch 3 or less"):
+        check_jacobian_batch(problem, ["geodesic"], 4)
+    monkeypatch.setattr(flat_module, "JACOBIAN_MEMORY", row - 1)
+    with pytest.raises(LesionError, match="too large for Jacobian rows"):
+        check_jacobian_batch(problem, ["obs"], 1)

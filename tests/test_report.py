@@ -114,23 +114,26 @@ def _fake_estimators(monkeypatch, table):
     return costs
 
 
-def test_plan_shrinks_the_largest_stage_first_and_refuses_what_cannot_fit(monkeypatch):
-    costs = _fake_estimators(monkeypatch, {"a": [100.0, 40.0, 10.0], "b": [30.0, 20.0], "c": [5.0]})
-    stages = ("a", "b", "c")
-    assert {n: o.sizes["size"] for n, o in costs.plan_report(None, stages, None).chosen.items()} == \
-        {"a": 0, "b": 0, "c": 0}
-    assert {n: o.sizes["size"] for n, o in costs.plan_report(None, stages, 135.0).chosen.items()} == \
-        {"a": 0, "b": 0, "c": 0}
-    # 135 → a shrinks (largest) to 40: 75 fits 80
-    plan = costs.plan_report(None, stages, 80.0)
-    assert {n: o.sizes["size"] for n, o in plan.chosen.items()} == {"a": 1, "b": 0, "c": 0}
+def test_plan_shrinks_the_largest_stage_first_then_leaves_stages_out_and_refuses_what_cannot_fit(monkeypatch):
+    costs = _fake_estimators(monkeypatch, {"network": [5.0], "a": [100.0, 40.0, 10.0], "b": [30.0, 20.0]})
+    stages = ("network", "a", "b")
+
+    def sizes(limit):
+        return {n: o.sizes.get("size", "skip") for n, o in costs.plan_report(None, stages, limit).chosen.items()}
+
+    assert sizes(None) == sizes(135.0) == {"network": 0, "a": 0, "b": 0}
+    plan = costs.plan_report(None, stages, 80.0)  # 135 → a, the largest, shrinks to 40: 75
+    assert {n: o.sizes["size"] for n, o in plan.chosen.items()} == {"network": 0, "a": 1, "b": 0}
     assert plan.seconds == 75.0 and set(plan.downsized) == {"a"}
-    # 75 → a is still the largest (40): 10, total 45; then b (30) → 20: total 35
-    plan = costs.plan_report(None, stages, 35.0)
-    assert {n: o.sizes["size"] for n, o in plan.chosen.items()} == {"a": 2, "b": 1, "c": 0}
-    refusal = r"at least about 35 s \(a 10 s, b 20 s, c 5 s\), above --time-limit 30"
+    assert sizes(35.0) == {"network": 0, "a": 2, "b": 1}  # a → 10 (45), then b → 20: 35
+    assert sizes(30.0) == {"network": 0, "a": 2, "b": "skip"}  # then b, the largest, is left out: 15
+    plan = costs.plan_report(None, stages, 30.0)
+    assert plan.chosen["b"].seconds == 0 and "left out to fit --time-limit (it would take about 30 s" in \
+        plan.chosen["b"].note
+    assert sizes(5.0) == {"network": 0, "a": "skip", "b": "skip"}
+    refusal = r"at least about 5 s \(network 5 s, a 0 s, b 0 s\), above --time-limit 4"
     with pytest.raises(costs.LesionError, match=refusal):
-        costs.plan_report(None, stages, 30.0)
+        costs.plan_report(None, stages, 4.0)
 
 
 def test_report_above_the_time_limit_is_refused_before_any_stage(user_report, tmp_path, capsys):
@@ -139,7 +142,7 @@ def test_report_above_the_time_limit_is_refused_before_any_stage(user_report, tm
     argv = [a if a != str(user_report[0]) else str(out) for a in argv] + ["--time-limit", "1e-6"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "above --time-limit 1e-06" in err[0] and "geometry" in err[0]
+    assert len(err) == 1 and "above --time-limit 1e-06" in err[0] and "network" in err[0]
     assert not (out / "stages").exists() and not (out / "report.html").exists()
 
 

@@ -15,7 +15,7 @@ def _cmd_recover(args: argparse.Namespace) -> dict[str, Any]:
 
     from lesion.cli.options import load_model_and_data
     from lesion.geometry.damage_set import parse_delete, union
-    from lesion.geometry.recovery import METHODS, RecoveryProblem, estimate_seconds, recover
+    from lesion.geometry.recovery import METHODS, RecoveryProblem, check_jacobian_batch, estimate_seconds, recover
     from lesion.report.plots import Series, line_plot
 
     loaded, data = load_model_and_data(args)
@@ -35,6 +35,7 @@ def _cmd_recover(args: argparse.Namespace) -> dict[str, Any]:
             raise LesionError(f"bad --beta {args.beta!r}: give positive numbers like 0.1,1,10") from None
         if not all(math.isfinite(b) and b > 0 for b in options["betas"]):
             raise LesionError(f"bad --beta {args.beta!r}: every β must be a positive finite number")
+    check_jacobian_batch(problem, methods, args.batch)
     seconds = estimate_seconds(problem, methods, args.budget, args.batch, args.max_steps,
                                len(options.get("betas", (0.1, 1.0, 10.0))))
     print(f"estimated time: at most about {seconds:,.1f} s ({', '.join(methods)}; budget {args.budget:g} epochs)")

@@ -22,6 +22,7 @@ from torch.func import functional_call
 from lesion.crash.structure import MLPStructure, mlp_structure
 from lesion.errors import LesionError
 from lesion.functional import parameters_of, traceable
+from lesion.geometry.gram import JACOBIAN_MEMORY
 from lesion.geometry.params import ParameterLayout
 from lesion.geometry.rows import ExplicitRows, JacobianRows, MLPRows
 
@@ -129,9 +130,25 @@ class FlatModel:
                             tuple(params.get(f"{n}.bias") for n in template.linear_names),
                             template.activations, template.linear_names, template.activation_names)
 
+    def jacobian_bytes(self, inputs: int) -> int:
+        """Memory of the stacked Jacobian rows of `inputs` inputs (the autograd route)."""
+        return inputs * self.rows_per_input * self.m * self.n * self.weights.element_size()
+
+    def largest_jacobian_batch(self) -> int:
+        """The most inputs whose stacked Jacobian rows fit in JACOBIAN_MEMORY (0 when one input does not)."""
+        return int(JACOBIAN_MEMORY // max(self.jacobian_bytes(1), 1))
+
     def stacked_jacobians(self, w: torch.Tensor, x: torch.Tensor, output: str = "raw") -> torch.Tensor:
         """The per-input Jacobians ∂f(x; w)/∂w stacked: (len(x)·rows_per_input·m, n), rows ordered (input,
-        [token,] output) — jacrev of one input's outputs, vmapped over the inputs (SPEC §3.1)."""
+        [token,] output) — jacrev of one input's outputs, vmapped over the inputs (SPEC §3.1). Refused (a
+        LesionError naming the largest batch that fits) above JACOBIAN_MEMORY."""
+        need = self.jacobian_bytes(len(x))
+        if need > JACOBIAN_MEMORY:
+            fits = self.largest_jacobian_batch()
+            raise LesionError(f"the Jacobian rows of {len(x)} inputs would take {need / 2**30:.1f} GiB (limit "
+                              f"{JACOBIAN_MEMORY / 2**30:.0f} GiB, {self.m} outputs × {self.n:,} weights per row): "
+                              + (f"use a batch of at most {fits} inputs" if fits else
+                                 "the model is too large for Jacobian rows even on one input"))
 
         def one(flat: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
             return self.outputs_fn(xi.unsqueeze(0), output)(flat).reshape(-1)

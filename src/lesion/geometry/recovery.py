@@ -222,12 +222,13 @@ def _unit_masks(problem: RecoveryProblem) -> dict[tuple[str, int], torch.Tensor]
     return out
 
 
-def obs(problem: RecoveryProblem, batch: int = 64, damping: float = 1.0,
+def obs(problem: RecoveryProblem, batch: int | None = None, damping: float = 1.0,
         seed: int = 0) -> tuple[MethodResult, torch.Tensor]:
     """One-shot OBS compensation δw = −g⁻¹E_Dᵀ(E_D g⁻¹E_Dᵀ)⁻¹w_D with g = AᵀA/b + λI (λ = damping·tr(g)/n),
     all in the Gram space through Woodbury: with K = AAᵀ and A_D the damaged columns,
     (E_D g⁻¹E_Dᵀ)⁻¹ = λ(I + A_Dᵀ(bλI + K − A_D A_Dᵀ)⁻¹A_D)."""
     start = time.perf_counter()
+    batch = obs_batch(problem) if batch is None else batch
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, len(problem.x_train), (batch,), generator=gen)
     A = problem.jacobian(problem.w0, problem.x_train[idx])
@@ -253,34 +254,80 @@ METHODS = ("geodesic", "naive", "finetune", "prune-retrain", "obs")
 OVERHEAD = 1.5  # masks, shuffling and evaluations on top of the timed optimiser steps
 
 
+@dataclass(frozen=True)
+class StepTimes:
+    """What recovery's work costs here, timed before it (issue 14): an Adam step per training example (of a
+    64-input minibatch), and the Jacobian rows of one input (one geodesic or OBS input)."""
+
+    adam_per_example: float
+    jacobian_per_input: float
+
+    @staticmethod
+    def of(problem: RecoveryProblem, jacobian_per_input: float | None = None) -> StepTimes:
+        """Three Adam steps on a private copy of the model (the median, times OVERHEAD for masks, shuffling and
+        evaluations); the Jacobian rows of one training input (MLPs: through their factors) timed once, unless
+        the caller has timed them (`jacobian_per_input`)."""
+        import copy
+
+        x, y = problem.x_train[:64], flat_labels(problem.y_train[:64])
+        model = copy.deepcopy(problem.model).train()
+        optimiser = torch.optim.Adam(model.parameters())
+        times = []
+        with torch.enable_grad():
+            for _ in range(3):
+                started = time.perf_counter()
+                optimiser.zero_grad()
+                F.cross_entropy(model(x), y).backward()
+                optimiser.step()
+                times.append(time.perf_counter() - started)
+        adam = OVERHEAD * sorted(times)[1] / len(x)
+        if problem.flat.mlp is not None:  # the factors: about a forward and a backward pass per output row
+            return StepTimes(adam, adam * problem.m)
+        if jacobian_per_input is not None:
+            return StepTimes(adam, jacobian_per_input)
+        started = time.perf_counter()
+        problem.jacobian(problem.w0, problem.x_train[:1])
+        return StepTimes(adam, time.perf_counter() - started)
+
+
 def estimate_seconds(problem: RecoveryProblem, methods: Sequence[str], budget: float, batch: int = 32,
-                     max_steps: int = 400, betas: int = 3) -> float:
-    """A cost estimate before the work (issue 14): three Adam steps on 64-input minibatches of a private copy
-    of the model are timed; fine-tuning and prune-retrain cost `budget` epochs of such steps each; the
-    geodesic at most `max_steps` steps per β, each about `batch`·m backward passes (its Jacobian rows)."""
-    import copy
-    import time
-
-    import torch.nn.functional as F
-
-    x, y = problem.x_train[:64], flat_labels(problem.y_train[:64])
-    model = copy.deepcopy(problem.model).train()
-    optimiser = torch.optim.Adam(model.parameters())
-    times = []
-    with torch.enable_grad():
-        for _ in range(3):
-            started = time.perf_counter()
-            optimiser.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            optimiser.step()
-            times.append(time.perf_counter() - started)
-    step = OVERHEAD * sorted(times)[1]
-    per_example = step / len(x)
-    epoch = step * math.ceil(len(problem.x_train) / len(x))
+                     max_steps: int = 400, betas: int = 3, times: StepTimes | None = None) -> float:
+    """A cost estimate before the work (issue 14), from `StepTimes` (timed here unless given): fine-tuning and
+    prune-retrain cost `budget` epochs of Adam steps each; the geodesic at most `max_steps` steps per β, each
+    the Jacobian rows of `batch` inputs; OBS the rows of its batch once."""
+    times = times or StepTimes.of(problem)
+    epoch = times.adam_per_example * len(problem.x_train)
     seconds = sum(budget * epoch for m in methods if m in ("finetune", "prune-retrain"))
     if "geodesic" in methods:
-        seconds += betas * max_steps * batch * problem.m * per_example
+        seconds += betas * max_steps * batch * times.jacobian_per_input
+    if "obs" in methods:
+        seconds += obs_batch(problem) * times.jacobian_per_input
     return seconds
+
+
+def check_jacobian_batch(problem: RecoveryProblem, methods: Sequence[str], batch: int) -> None:
+    """Refuse before the work (a LesionError) a geodesic `batch`, or an OBS, whose Jacobian rows would not fit
+    in memory (autograd route; an MLP's factors are small)."""
+    if problem.flat.mlp is not None:
+        return
+    fits = problem.flat.largest_jacobian_batch()
+    wanted = [n for n, b in (("geodesic", batch), ("obs", 1)) if n in methods and b > fits]
+    if wanted:
+        size = problem.flat.jacobian_bytes(batch if "geodesic" in wanted else 1) / 2**30
+        raise LesionError(f"{' and '.join(wanted)}: the Jacobian rows of {batch if 'geodesic' in wanted else 1} "
+                          f"input(s) would take {size:.1f} GiB of memory; "
+                          + (f"use --batch {fits} or less" if fits else
+                             "this model is too large for Jacobian rows: use --method finetune or prune-retrain"))
+
+
+OBS_BATCH = 64
+
+
+def obs_batch(problem: RecoveryProblem) -> int:
+    """OBS's minibatch: 64 inputs, or as many as their Jacobian rows fit in memory (autograd route)."""
+    if problem.flat.mlp is not None:
+        return OBS_BATCH
+    return max(1, min(OBS_BATCH, problem.flat.largest_jacobian_batch()))
 
 
 def recover(problem: RecoveryProblem, methods: Sequence[str], budget: float = 10.0, seed: int = 0,

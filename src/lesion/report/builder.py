@@ -196,14 +196,16 @@ def stage_recovery(ctx: ReportContext) -> dict[str, Any]:
     problem, spec = found
     damage, x_train = problem.damage, problem.x_train
     epochs = ctx.chosen("recovery", "epochs", ctx.size(1.0, 3.0))
-    results, _ = recover(problem, ["naive", "geodesic", "finetune"], epochs, ctx.seed,
-                         {"betas": (1.0,), "radius": 1.0, "batch": 32,
+    batch = ctx.chosen("recovery", "batch", 32)
+    methods = ["naive", "geodesic", "finetune"] if batch >= 1 else ["naive", "finetune"]
+    results, _ = recover(problem, methods, epochs, ctx.seed,
+                         {"betas": (1.0,), "radius": 1.0, "batch": batch,
                           "max_steps": ctx.chosen("recovery", "max_steps", 200)})
     series = [Series(n, [r.epoch_equivalents], [r.accuracy], style="o") for n, r in results.items()]
     line_plot(ctx.out / "recovery.png", series, "epoch-equivalents", "test accuracy",
               f"Recovery after deleting {damage.describe()}",
               f"{len(x_train)} training and {len(ctx.x_eval)} test inputs; geodesic: trust-region steps on "
-              "32-input minibatches; fine-tuning with the deleted weights held at zero")
+              f"{batch}-input minibatches; fine-tuning with the deleted weights held at zero")
     return {"damage": spec, "description": damage.describe(), "methods": {n: r.to_dict() for n, r in results.items()},
             "figures": ["recovery.png"]}
 
@@ -292,7 +294,8 @@ def run_report(ctx: ReportContext, stages: tuple[str, ...] = STAGES, log: Callab
             continue
         started = time.perf_counter()
         log(f"[{i}/{len(stages)}] {name} …")
-        result = to_jsonable(RUNNERS[name](ctx))
+        skip = ctx.sizes.get(name, {}).get("skip")
+        result = to_jsonable({"skipped": plan.chosen[name].note} if skip and plan else RUNNERS[name](ctx))
         result["seconds"] = time.perf_counter() - started
         if plan is not None:
             result["plan"] = to_jsonable(plan.record(name))

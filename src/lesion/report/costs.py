@@ -103,12 +103,14 @@ class Probe:
     def jacobian(self) -> float:
         """Seconds of the stacked Jacobian rows of one analysis input (the Gram route of a model that is not an
         MLP; timed once, its set-up included)."""
-        from lesion.geometry.metric import MetricOperator
+        from lesion.geometry.flat import FlatModel
 
         x = self.ctx.data.x_train[:1]
-        op = MetricOperator(self.ctx.model, x)
+        flat = FlatModel(self.ctx.model, x)
+        if flat.largest_jacobian_batch() < 1:
+            return float("inf")  # the rows of one input do not fit in memory
         started = time.perf_counter()
-        op.jacobian_rows(x)
+        flat.stacked_jacobians(flat.weights, x)
         return time.perf_counter() - started
 
     @cached_property
@@ -232,19 +234,25 @@ def _breakdown(ctx: ReportContext, probe: Probe) -> list[StageOption]:
 
 
 def _recovery(ctx: ReportContext, probe: Probe) -> list[StageOption]:
-    from lesion.geometry.recovery import estimate_seconds
+    from lesion.geometry.recovery import StepTimes, estimate_seconds
 
     found = recovery_problem(ctx)
     if isinstance(found, str):
         return [StageOption({}, 0.0, f"left out: {found}")]
     problem, _ = found
-    epoch = estimate_seconds(problem, ["finetune"], 1.0)
-    step = estimate_seconds(problem, ["geodesic"], 0.0, max_steps=1, betas=1)
+    explicit = problem.flat.mlp is None
+    times = StepTimes.of(problem, probe.jacobian if explicit else None)
+    fits = problem.flat.largest_jacobian_batch() if explicit else 32
+    batch = min(32, fits)
+    methods = ["finetune", "geodesic"] if batch >= 1 else ["finetune"]
     options = []
-    for epochs, steps in ((ctx.size(1.0, 3.0), 200), (0.5, 50), (0.1, 20)):
+    for epochs, steps in ((ctx.size(1.0, 3.0), 200), (0.5, 50), (0.1, 20), (0.1, 5)):
+        seconds = estimate_seconds(problem, methods, epochs, max(batch, 1), steps, 1, times)
         evaluations = (steps + 4) * len(ctx.x_eval) * probe.forward
-        options.append(StageOption({"epochs": epochs, "max_steps": steps}, epochs * epoch + steps * step + evaluations,
-                                   f"fine-tuning {epochs:g} epochs, geodesic up to {steps} steps"))
+        geodesic = f", geodesic up to {steps} steps on {batch} inputs" if batch >= 1 else \
+            ", no geodesic (the Jacobian rows of one input do not fit in memory)"
+        options.append(StageOption({"epochs": epochs, "max_steps": steps, "batch": batch},
+                                   seconds + evaluations, f"fine-tuning {epochs:g} epochs" + geodesic))
     return options
 
 
@@ -298,6 +306,11 @@ def plan_report(ctx: ReportContext, stages: tuple[str, ...], time_limit: float |
     (None: the richest); a LesionError when even the leanest sizes are above it."""
     probe = Probe(ctx)
     options = {name: ESTIMATORS[name](ctx, probe) for name in stages}
+    for name in stages:
+        full = options[name][0]
+        if name != "network" and full.seconds > 0:
+            options[name].append(StageOption({"skip": True}, 0.0, f"left out to fit --time-limit (it would take "
+                                                                 f"about {full.seconds:,.0f} s: {full.note})"))
     at = dict.fromkeys(stages, 0)
 
     def total() -> float:
