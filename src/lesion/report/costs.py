@@ -61,7 +61,8 @@ class ReportPlan:
         out = [f"estimated time: about {self.seconds:,.0f} s"
                + ("" if self.time_limit is None else f" (--time-limit {self.time_limit:g} s)")]
         for name, option in self.chosen.items():
-            shrunk = f"; sized down to fit: {self.downsized[name]}" if name in self.downsized else ""
+            shrunk = (f"; sized down to fit: {self.downsized[name]}"
+                      if name in self.downsized and not option.sizes.get("skip") else "")
             out.append(f"  {name}: about {option.seconds:,.1f} s" + (f" ({option.note})" if option.note else "")
                        + shrunk)
         return out
