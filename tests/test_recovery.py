@@ -154,7 +154,7 @@ def test_cli_recover(tmp_path, capsys):
                  "--method", "all", "--budget", "1", "--beta", "1", "--json", str(out), "--plot", str(plot),
                  "--out", str(fixed)]) == 0
     result = json.loads(out.read_text())
-    assert set(result["methods"]) == {"geodesic", "naive", "finetune", "prune-retrain", "obs"}
+    assert set(result["methods"]) == {"geodesic", "naive", "finetune", "prune-retrain", "obs", "compensate"}
     for r in result["methods"].values():
         assert {"accuracy", "epoch_equivalents", "wall_seconds"} <= r.keys()
     assert result["methods"]["geodesic"]["progress"][-1] == 1.0 and result["methods"]["geodesic"]["path_accuracy"]

@@ -37,12 +37,13 @@ def _cmd_recover(args: argparse.Namespace) -> dict[str, Any]:
             raise LesionError(f"bad --beta {args.beta!r}: every β must be a positive finite number")
     check_jacobian_batch(problem, methods, args.batch)
     seconds = estimate_seconds(problem, methods, args.budget, args.batch, args.max_steps,
-                               len(options.get("betas", (0.1, 1.0, 10.0))))
+                               len(options.get("betas", (0.1, 1.0, 10.0))), calibration=args.calibration)
     print(f"estimated time: at most about {seconds:,.1f} s ({', '.join(methods)}; budget {args.budget:g} epochs)")
     if seconds > args.time_limit:
         raise LesionError(f"the recovery would take about {seconds:,.0f} s, above --time-limit {args.time_limit:g}; "
                           "lower --budget or --max-steps, or raise --time-limit")
-    results, weights = recover(problem, methods, args.budget, args.seed, options)
+    results, weights = recover(problem, methods, args.budget, args.seed, options,
+                               {"calibration": args.calibration, "ridge": args.ridge})
     for name, r in results.items():
         print(f"{name:14s} accuracy {r.accuracy:.4f}  loss {r.loss:.4f}  {r.epoch_equivalents:7.2f} epoch-equivalents  "
               f"{r.wall_seconds:6.1f} s" + (f"  path length {r.path_length:.4g}" if r.path_length is not None else ""))
@@ -71,15 +72,23 @@ def register(sub: Any) -> None:
     p = sub.add_parser("recover", help="recover a damaged network without retraining it (geodesic) and baselines",
                        description="Delete units or filters (--delete), then move the network to the damage "
                                    "hyperplane along a geodesic (trust-region steps with the metric tensor, SPEC "
-                                   "§3.6), and compare with naive deletion, fine-tuning, prune-then-retrain and OBS, "
+                                   "§3.6), and compare with naive deletion, fine-tuning, prune-then-retrain, OBS and "
+                                   "closed-form compensation, "
                                    "compute counted in epoch-equivalents.")
     add_model(p)
     add_data(p)
     p.add_argument("--delete", action="append", required=True, metavar="SPEC",
                    help="units:LAYER:UNITS (LAYER = hidden-layer index or module name; UNITS = 1,2,3 | frac=F | "
                         "count=K); filters:MODULE:UNITS for conv filters; repeat to delete in several layers")
-    p.add_argument("--method", default="all", choices=("all", "geodesic", "naive", "finetune", "prune-retrain", "obs"),
-                   help="recovery method (default all)")
+    p.add_argument("--method", default="all",
+                   choices=("all", "geodesic", "naive", "finetune", "prune-retrain", "obs", "compensate"),
+                   help="recovery method (default all); compensate: each deleted unit modelled as an affine function "
+                        "of the kept units of its site (ridge regression on unlabelled calibration inputs), folded "
+                        "into the layer that reads them")
+    p.add_argument("--calibration", type=positive_int, default=256,
+                   help="unlabelled training inputs for compensate's fit (default 256)")
+    p.add_argument("--ridge", type=positive_float, default=1e-3,
+                   help="compensate's ridge, relative to the mean variance of the kept units (default 1e-3)")
     p.add_argument("--budget", type=positive_float, default=10.0,
                    help="epochs for fine-tuning and for prune-retrain in total (default 10)")
     p.add_argument("--beta", help="β values of the geodesic paths, comma list (default 0.1,1,10; shortest kept)")

@@ -7,7 +7,8 @@ length is Σ θᵀgθ ([G] Eq. 6). Several β and minibatch seeds may be tried; 
 
 Baselines at the same damage: naive (w_D = 0, nothing else), fine-tuning (w_D = 0, then Adam for E epochs
 with D held at 0), iterative prune-then-retrain (the units deleted in R rounds, retraining after each), and
-one-shot OBS compensation with the damped metric: δw = −g⁻¹E_Dᵀ(E_D g⁻¹ E_Dᵀ)⁻¹ w_D.
+one-shot OBS compensation with the damped metric: δw = −g⁻¹E_Dᵀ(E_D g⁻¹ E_Dᵀ)⁻¹ w_D; and closed-form
+compensation of the deleted units by the kept ones (`lesion.geometry.compensate`, no labels, no gradients).
 
 Compute is counted in epoch-equivalents: examples passed forward and backward ÷ training-set size; a row of
 the Jacobian costs one backward pass, so a geodesic step on b inputs with m outputs costs b·(m + 1) examples.
@@ -248,7 +249,7 @@ def obs(problem: RecoveryProblem, batch: int | None = None, damping: float = 1.0
                         details={"batch": batch, "damping": lam}), new
 
 
-METHODS = ("geodesic", "naive", "finetune", "prune-retrain", "obs")
+METHODS = ("geodesic", "naive", "finetune", "prune-retrain", "obs", "compensate")
 
 
 OVERHEAD = 1.5  # masks, shuffling and evaluations on top of the timed optimiser steps
@@ -291,7 +292,8 @@ class StepTimes:
 
 
 def estimate_seconds(problem: RecoveryProblem, methods: Sequence[str], budget: float, batch: int = 32,
-                     max_steps: int = 400, betas: int = 3, times: StepTimes | None = None) -> float:
+                     max_steps: int = 400, betas: int = 3, times: StepTimes | None = None,
+                     calibration: int = 256) -> float:
     """A cost estimate before the work (issue 14), from `StepTimes` (timed here unless given): fine-tuning and
     prune-retrain cost `budget` epochs of Adam steps each; the geodesic at most `max_steps` steps per β, each
     the Jacobian rows of `batch` inputs; OBS the rows of its batch once."""
@@ -302,6 +304,9 @@ def estimate_seconds(problem: RecoveryProblem, methods: Sequence[str], budget: f
         seconds += betas * max_steps * batch * times.jacobian_per_input
     if "obs" in methods:
         seconds += obs_batch(problem) * times.jacobian_per_input
+    if "compensate" in methods:  # two forwards over the calibration inputs per damaged site
+        sites = len(problem.damage.parts) or 1
+        seconds += 2 * sites * min(calibration, len(problem.x_train)) * times.adam_per_example / 3
     return seconds
 
 
@@ -331,7 +336,8 @@ def obs_batch(problem: RecoveryProblem) -> int:
 
 
 def recover(problem: RecoveryProblem, methods: Sequence[str], budget: float = 10.0, seed: int = 0,
-            geodesic_options: dict[str, Any] | None = None) -> tuple[dict[str, MethodResult], dict[str, torch.Tensor]]:
+            geodesic_options: dict[str, Any] | None = None, compensate_options: dict[str, Any] | None = None
+            ) -> tuple[dict[str, MethodResult], dict[str, torch.Tensor]]:
     """Run the chosen methods at the same damage; returns their results and final weights."""
     unknown = set(methods) - set(METHODS)
     if unknown:
@@ -347,8 +353,12 @@ def recover(problem: RecoveryProblem, methods: Sequence[str], budget: float = 10
         elif method == "prune-retrain":
             rounds = min(10, len(problem.damage.units))
             results[method], weights[method] = prune_retrain(problem, rounds, budget / rounds, seed)
-        else:
+        elif method == "obs":
             results[method], weights[method] = obs(problem, seed=seed)
+        else:
+            from lesion.geometry.compensate import compensate
+
+            results[method], weights[method] = compensate(problem, **(compensate_options or {}))
     return results, weights
 
 

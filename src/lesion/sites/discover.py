@@ -219,9 +219,14 @@ def discover_sites(model: nn.Module, example: torch.Tensor, rec: Recording | Non
                     shape=tuple(output.shape[1:]))
         raw = end == position or all(is_pass_through(leaves[k].module) for k in chain[1:end - position + 1])
         reader_index = chain[-1] + 1
-        if raw and reader_index < len(leaves) and not _reads_directly(leaves[reader_index], leaves[chain[-1]]):
+        if reader_index < len(leaves) and not _reads_directly(leaves[reader_index], leaves[chain[-1]]):
             reader = leaves[reader_index]
-            site = _placed_by_probe(model, example[:2], site, leaves[chain[-1]], reader, rec.counts[reader.path])
+            if raw:
+                site = _placed_by_probe(model, example[:2], site, leaves[chain[-1]], reader, rec.counts[reader.path])
+            elif (is_norm(site_call.module) and _probe(model, example[:2], leaves[chain[-1]], reader) == "zero"
+                  and _elementwise(model, example[:2], site, leaves[chain[-1]], reader)):
+                # a norm, then an activation written as code (`F.relu(self.bn(x))`): the site stays at the norm
+                site = replace(site, read_through=(reader.path, reader.call))
         found.append((site_call.order, site))
     conv_seen = False
     for i, c in enumerate(leaves):
@@ -269,14 +274,16 @@ def _placed_by_probe(model: nn.Module, example: torch.Tensor, site: Site, produc
 
 
 def _elementwise(model: nn.Module, example: torch.Tensor, site: Site, producer: Call, reader: Call) -> bool:
-    """Whether `reader` reads the site's units one to one (an elementwise function between): with the site's
-    first unit zeroed, the reader's input (of the site's shape) changes in that unit's slice only."""
+    """Whether `reader` reads the site's units one to one (an elementwise function between, and perhaps a
+    flatten): with the site's first unit zeroed, the reader's input, seen in the site's shape, changes in that
+    unit's slice only."""
     before = reader.input_copy
-    if before is None or tuple(before.shape[1:]) != site.shape:
+    if before is None or before.shape[1:].numel() != torch.Size(site.shape).numel():
         return False
     after = _reader_input_with_zeroed(model, example, producer, reader, (site.axis, 0))
     if after is None or after.shape != before.shape:
         return False
+    before, after = (t.reshape(len(t), *site.shape) for t in (before, after))  # a flatten between: units again
     rest = [slice(None)] * before.dim()
     rest[site.axis] = slice(1, None)
     return torch.allclose(after[tuple(rest)], before[tuple(rest)], rtol=0, atol=_tolerance(before))

@@ -1,0 +1,160 @@
+"""Closed-form compensation (issue 15, item 1): exact where a deleted unit is an affine function of kept ones
+(a duplicated unit, a constant unit), on Linear, conv+BN, conv→flatten→dense, a transformer MLP and GPT-2's
+Conv1D; the folded weights against a dense float64 least-squares reference; better than naive deletion on a
+trained network."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import zoo
+from lesion.geometry.compensate import compensate
+from lesion.geometry.damage_set import parse_delete
+from lesion.geometry.recovery import RecoveryProblem, naive, recover
+
+
+def _problem(model, x, spec, y=None):
+    y = torch.zeros(len(x), dtype=torch.long) if y is None else y
+    damage = parse_delete(model, spec, torch.Generator().manual_seed(0), x[:2])
+    return RecoveryProblem(model, x, y, x, y, damage)
+
+
+def _outputs(problem, w):
+    with torch.no_grad():
+        return problem.flat(problem.x_eval, w)
+
+
+def _duplicate_rows(weight, bias, source, copy_to, axis=0):
+    with torch.no_grad():
+        weight.index_copy_(axis, torch.tensor([copy_to]), weight.index_select(axis, torch.tensor([source])))
+        if bias is not None:
+            bias[copy_to] = bias[source]
+
+
+def test_a_duplicated_and_a_constant_unit_are_compensated_exactly():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    _duplicate_rows(model[0].weight, model[0].bias, 1, 3)
+    with torch.no_grad():  # unit 5: no input weights, a positive bias: the constant relu(0.7)
+        model[0].weight[5] = 0.0
+        model[0].bias[5] = 0.7
+    x = torch.randn(200, 6, dtype=torch.float64)
+    problem = _problem(model, x, "units:1:3,5")
+    result, w = compensate(problem, calibration=200, ridge=1e-12)
+    torch.testing.assert_close(_outputs(problem, w), model(x), atol=1e-8, rtol=1e-8)
+    assert bool((w[problem.damage.indices] == 0).all())
+    assert _outputs(problem, problem.w0 * problem.mask).sub(model(x)).abs().max() > 0.05  # naive is not exact
+    assert result.details["sites"][0] == {"site": "1#0", "reader": "2", "deleted": 2, "kept": 6, "rows": 200}
+
+
+def test_folded_weights_equal_a_dense_least_squares_reference():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 4)).double()
+    x = torch.randn(120, 5, dtype=torch.float64)
+    problem = _problem(model, x, "units:1:0,2,6")
+    ridge = 0.1
+    _, w = compensate(problem, calibration=120, ridge=ridge)
+    # reference in numpy: centred ridge of the deleted units on the kept ones, folded into fc2 by hand
+    h = np.tanh(x.numpy() @ model[0].weight.detach().numpy().T + model[0].bias.detach().numpy())
+    S, K = [0, 2, 6], [1, 3, 4, 5]
+    hk, hs = h[:, K] - h[:, K].mean(0), h[:, S] - h[:, S].mean(0)
+    cov = hk.T @ hk / len(h)
+    lam = ridge * np.trace(cov) / len(K)
+    M = np.linalg.solve(cov + lam * np.eye(len(K)), hk.T @ hs / len(h))
+    c = h[:, S].mean(0) - h[:, K].mean(0) @ M
+    W2, b2 = model[2].weight.detach().numpy().copy(), model[2].bias.detach().numpy().copy()
+    expected_w = W2.copy()
+    expected_w[:, K] += W2[:, S] @ M.T
+    expected_w[:, S] = 0.0
+    expected_b = b2 + W2[:, S] @ c
+    params = problem.flat.unflatten(w)
+    np.testing.assert_allclose(params["2.weight"].numpy(), expected_w, rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(params["2.bias"].numpy(), expected_b, rtol=1e-9, atol=1e-10)
+
+
+class _ConvNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 5, 3)
+        self.fc = nn.Linear(5 * 4 * 4, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.bn1(self.conv1(x)))
+        return self.fc(torch.relu(self.conv2(h)).flatten(1))
+
+
+def test_conv_channels_with_batchnorm_and_a_flattened_dense_reader_are_compensated_exactly():
+    torch.manual_seed(2)
+    model = _ConvNet().double().eval()
+    with torch.no_grad():
+        model.bn1.running_mean.uniform_(-0.2, 0.2)
+        model.bn1.running_var.uniform_(0.5, 2.0)
+        model.bn1.weight.uniform_(0.5, 1.5)
+    _duplicate_rows(model.conv1.weight, model.conv1.bias, 0, 4)  # channel 4 = channel 0, through BN too
+    for p in (model.bn1.weight, model.bn1.bias, model.bn1.running_mean, model.bn1.running_var):
+        with torch.no_grad():
+            p[4] = p[0]
+    _duplicate_rows(model.conv2.weight, model.conv2.bias, 1, 3)  # channel 3 of conv2 = channel 1 (into fc)
+    x = torch.randn(40, 1, 6, 6, dtype=torch.float64)
+    for spec in ("units:conv1:4", "units:conv2:3"):
+        problem = _problem(model, x, spec)
+        _, w = compensate(problem, calibration=40, ridge=1e-12)
+        torch.testing.assert_close(_outputs(problem, w), model(x), atol=1e-8, rtol=1e-8, msg=spec)
+
+
+def test_transformer_mlp_neuron_and_gpt2_conv1d_neuron_are_compensated_exactly():
+    encoder = zoo.encoder().double()
+    layer = encoder.encoder.layers[0]
+    _duplicate_rows(layer.linear1.weight, layer.linear1.bias, 2, 9)
+    tokens = torch.randint(0, 97, (6, 12), generator=torch.Generator().manual_seed(3))
+    problem = _problem(encoder, tokens, "units:encoder.layers.0.linear1:9")
+    _, w = compensate(problem, calibration=6, ridge=1e-12)
+    torch.testing.assert_close(_outputs(problem, w), encoder(tokens), atol=1e-8, rtol=1e-8)
+
+    from lesion.nets.outputs import logits_view
+
+    gpt = logits_view(zoo.gpt2().double())
+    mlp = gpt.transformer.h[1].mlp
+    _duplicate_rows(mlp.c_fc.weight, mlp.c_fc.bias, 5, 17, axis=1)  # Conv1D: units are weight columns
+    problem = _problem(gpt, tokens, "units:transformer.h.1.mlp.c_fc:17", torch.zeros_like(tokens))
+    _, w = compensate(problem, calibration=6, ridge=1e-12)
+    torch.testing.assert_close(_outputs(problem, w), gpt(tokens), atol=1e-7, rtol=1e-7)
+
+
+def test_compensation_beats_naive_deletion_on_a_trained_network():
+    from lesion.data import load
+    from lesion.train import TrainSettings, train
+
+    data = load("digits")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
+    train(model, data.x_train, data.y_train, TrainSettings(epochs=15, seed=0))
+    before = copy.deepcopy(model.state_dict())
+    damage = parse_delete(model, "units:1:frac=0.75", torch.Generator().manual_seed(0), data.x_test[:2])
+    problem = RecoveryProblem(model, data.x_train, data.y_train, data.x_test, data.y_test, damage)
+    results, _ = recover(problem, ["naive", "compensate"], compensate_options={"calibration": 256})
+    assert results["compensate"].accuracy > results["naive"].accuracy + 0.1
+    assert results["compensate"].epoch_equivalents < 0.5
+    assert naive(problem).accuracy == results["naive"].accuracy
+    for name, value in model.state_dict().items():  # the user's model is untouched
+        assert torch.equal(value, before[name])
+
+
+@pytest.mark.parametrize("ridge", [1e-6, 1.0])
+def test_compensated_weights_stay_on_the_damage_hyperplane(ridge):
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2))
+    x = torch.randn(50, 4)
+    damage_a = parse_delete(model, "units:1:0,1", torch.Generator(), x[:2])
+    damage_b = parse_delete(model, "units:2:4", torch.Generator(), x[:2])
+    from lesion.geometry.damage_set import union
+
+    y = torch.zeros(50, dtype=torch.long)
+    problem = RecoveryProblem(model, x, y, x, y, union([damage_b, damage_a]))
+    result, w = compensate(problem, calibration=50, ridge=ridge)
+    assert bool((w[problem.damage.indices] == 0).all())
+    assert [s["site"] for s in result.details["sites"]] == ["1#0", "3#0"]  # forward order
