@@ -158,3 +158,46 @@ def test_compensated_weights_stay_on_the_damage_hyperplane(ridge):
     result, w = compensate(problem, calibration=50, ridge=ridge)
     assert bool((w[problem.damage.indices] == 0).all())
     assert [s["site"] for s in result.details["sites"]] == ["1#0", "3#0"]  # forward order
+
+
+def test_methods_and_combinations_are_parsed_and_a_combination_counts_both_parts(tmp_path):
+    from lesion.errors import LesionError
+    from lesion.geometry.recovery import METHODS, parse_methods
+
+    assert parse_methods("all") == list(METHODS)
+    assert parse_methods("naive, compensate+finetune:0.5") == ["naive", "compensate+finetune:0.5"]
+    for bad in ("bogus", "compensate+geodesic", "finetune+finetune:1", "compensate+finetune:-1",
+                "compensate+finetune:x", ","):
+        with pytest.raises(LesionError):
+            parse_methods(bad)
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3))
+    x = torch.randn(64, 6)
+    y = torch.randint(0, 3, (64,), generator=torch.Generator().manual_seed(1))
+    problem = _problem(model, x, "units:1:frac=0.5", y)
+    results, weights = recover(problem, ["compensate", "compensate+finetune:0.25"],
+                               compensate_options={"calibration": 64})
+    alone, both = results["compensate"], results["compensate+finetune:0.25"]
+    assert both.epoch_equivalents == pytest.approx(alone.epoch_equivalents + 0.25)
+    assert both.details["finetune"]["epochs"] == 0.25 and both.details["compensate"]["method"] == "compensate"
+    assert bool((weights["compensate+finetune:0.25"][problem.damage.indices] == 0).all())
+    assert not torch.equal(weights["compensate+finetune:0.25"], weights["compensate"])
+
+
+def test_cli_recover_with_compensation_and_a_combination(tmp_path, capsys):
+    from lesion.cli import main
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 24), nn.ReLU(), nn.Linear(24, 10))
+    torch.save(model, tmp_path / "m.pt")
+    argv = ["recover", "--model", str(tmp_path / "m.pt"), "--data", "digits", "--delete", "units:1:frac=0.5",
+            "--json", str(tmp_path / "r.json")]
+    assert main(argv + ["--method", "naive,compensate,compensate+finetune:0.1", "--calibration", "64"]) == 0
+    import json
+
+    methods = json.loads((tmp_path / "r.json").read_text())["methods"]
+    assert set(methods) == {"naive", "compensate", "compensate+finetune:0.1"}
+    assert methods["compensate"]["details"]["calibration"] == 64
+    capsys.readouterr()
+    assert main(argv + ["--method", "compensate+geodesic"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

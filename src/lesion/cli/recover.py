@@ -15,7 +15,13 @@ def _cmd_recover(args: argparse.Namespace) -> dict[str, Any]:
 
     from lesion.cli.options import load_model_and_data
     from lesion.geometry.damage_set import parse_delete, union
-    from lesion.geometry.recovery import METHODS, RecoveryProblem, check_jacobian_batch, estimate_seconds, recover
+    from lesion.geometry.recovery import (
+        RecoveryProblem,
+        check_jacobian_batch,
+        estimate_seconds,
+        parse_methods,
+        recover,
+    )
     from lesion.report.plots import Series, line_plot
 
     loaded, data = load_model_and_data(args)
@@ -23,7 +29,7 @@ def _cmd_recover(args: argparse.Namespace) -> dict[str, Any]:
         raise LesionError(f"{args.data} has no labels: recovery is judged by accuracy")
     gen = torch.Generator().manual_seed(args.seed)
     damage = union([parse_delete(loaded.module, spec, gen, data.x_test[:2]) for spec in args.delete])
-    methods = list(METHODS) if args.method == "all" else [args.method]
+    methods = parse_methods(args.method)
     problem = RecoveryProblem(loaded.module, data.x_train, data.y_train, data.x_test, data.y_test, damage)
     clean, _ = problem.evaluate(problem.w0)
     print(f"{damage.describe()}; clean test accuracy {clean:.4f}")
@@ -80,11 +86,12 @@ def register(sub: Any) -> None:
     p.add_argument("--delete", action="append", required=True, metavar="SPEC",
                    help="units:LAYER:UNITS (LAYER = hidden-layer index or module name; UNITS = 1,2,3 | frac=F | "
                         "count=K); filters:MODULE:UNITS for conv filters; repeat to delete in several layers")
-    p.add_argument("--method", default="all",
-                   choices=("all", "geodesic", "naive", "finetune", "prune-retrain", "obs", "compensate"),
-                   help="recovery method (default all); compensate: each deleted unit modelled as an affine function "
-                        "of the kept units of its site (ridge regression on unlabelled calibration inputs), folded "
-                        "into the layer that reads them")
+    p.add_argument("--method", default="all", metavar="M[,M...]",
+                   help="recovery methods, comma list (default all): geodesic, naive, finetune, prune-retrain, obs, "
+                        "compensate (each deleted unit modelled as an affine function of the kept units of its site, "
+                        "ridge regression on unlabelled calibration inputs, folded into the layer that reads them), "
+                        "or M+finetune[:EPOCHS] (M, then a short fine-tune from its weights; default --budget "
+                        "epochs), e.g. compensate+finetune:0.5")
     p.add_argument("--calibration", type=positive_int, default=256,
                    help="unlabelled training inputs for compensate's fit (default 256)")
     p.add_argument("--ridge", type=positive_float, default=1e-3,

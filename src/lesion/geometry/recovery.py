@@ -159,11 +159,13 @@ def geodesic_best(problem: RecoveryProblem, betas: Sequence[float] = (0.1, 1.0, 
                         best.path_length, best.path_loss, {**best.details, "paths": tried}), w
 
 
-def finetune(problem: RecoveryProblem, epochs: float, seed: int = 0,
-             lr: float = 1e-3) -> tuple[MethodResult, torch.Tensor]:
-    """Delete, then train with Adam for `epochs` epochs holding D at zero."""
+def finetune(problem: RecoveryProblem, epochs: float, seed: int = 0, lr: float = 1e-3,
+             start_weights: torch.Tensor | None = None) -> tuple[MethodResult, torch.Tensor]:
+    """Delete, then train with Adam for `epochs` epochs holding D at zero (from `start_weights` on the damage
+    hyperplane, e.g. a compensated network, when given)."""
     start = time.perf_counter()
-    w = _retrain(problem, problem.w0 * problem.mask, problem.mask, epochs, seed, lr)
+    w0 = problem.w0 * problem.mask if start_weights is None else start_weights
+    w = _retrain(problem, w0, problem.mask, epochs, seed, lr)
     acc, loss = problem.evaluate(w)
     return MethodResult("finetune", acc, loss, float(epochs), time.perf_counter() - start,
                         details={"epochs": epochs, "lr": lr}), w
@@ -296,17 +298,24 @@ def estimate_seconds(problem: RecoveryProblem, methods: Sequence[str], budget: f
                      calibration: int = 256) -> float:
     """A cost estimate before the work (issue 14), from `StepTimes` (timed here unless given): fine-tuning and
     prune-retrain cost `budget` epochs of Adam steps each; the geodesic at most `max_steps` steps per β, each
-    the Jacobian rows of `batch` inputs; OBS the rows of its batch once."""
+    the Jacobian rows of `batch` inputs; OBS the rows of its batch once; compensation two forwards over the
+    `calibration` inputs per site; a `+finetune:E` after a method E epochs more."""
     times = times or StepTimes.of(problem)
     epoch = times.adam_per_example * len(problem.x_train)
-    seconds = sum(budget * epoch for m in methods if m in ("finetune", "prune-retrain"))
-    if "geodesic" in methods:
-        seconds += betas * max_steps * batch * times.jacobian_per_input
-    if "obs" in methods:
-        seconds += obs_batch(problem) * times.jacobian_per_input
-    if "compensate" in methods:  # two forwards over the calibration inputs per damaged site
-        sites = len(problem.damage.parts) or 1
-        seconds += 2 * sites * min(calibration, len(problem.x_train)) * times.adam_per_example / 3
+    seconds = 0.0
+    for method in methods:
+        first, _, then = method.partition("+")
+        if then:  # a fine-tune after the method
+            seconds += float(then.partition(":")[2] or budget) * epoch
+        if first in ("finetune", "prune-retrain"):
+            seconds += budget * epoch
+        elif first == "geodesic":
+            seconds += betas * max_steps * batch * times.jacobian_per_input
+        elif first == "obs":
+            seconds += obs_batch(problem) * times.jacobian_per_input
+        elif first == "compensate":  # two forwards over the calibration inputs per damaged site
+            sites = len(problem.damage.parts) or 1
+            seconds += 2 * sites * min(calibration, len(problem.x_train)) * times.adam_per_example / 3
     return seconds
 
 
@@ -316,7 +325,8 @@ def check_jacobian_batch(problem: RecoveryProblem, methods: Sequence[str], batch
     if problem.flat.mlp is not None:
         return
     fits = problem.flat.largest_jacobian_batch()
-    wanted = [n for n, b in (("geodesic", batch), ("obs", 1)) if n in methods and b > fits]
+    bases = {m.partition("+")[0] for m in methods}
+    wanted = [n for n, b in (("geodesic", batch), ("obs", 1)) if n in bases and b > fits]
     if wanted:
         size = problem.flat.jacobian_bytes(batch if "geodesic" in wanted else 1) / 2**30
         raise LesionError(f"{' and '.join(wanted)}: the Jacobian rows of {batch if 'geodesic' in wanted else 1} "
@@ -335,31 +345,70 @@ def obs_batch(problem: RecoveryProblem) -> int:
     return max(1, min(OBS_BATCH, problem.flat.largest_jacobian_batch()))
 
 
+FOLLOW_UPS = ("naive", "geodesic", "obs", "compensate")  # methods a short fine-tune may follow
+
+
+def parse_methods(text: str) -> list[str]:
+    """`all` (every method of METHODS), or a comma list of METHODS and combinations `M+finetune[:EPOCHS]` (M in
+    FOLLOW_UPS: the method, then a fine-tune of EPOCHS epochs, default the budget, from its weights)."""
+    if text.strip() == "all":
+        return list(METHODS)
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    for method in methods:
+        first, plus, then = method.partition("+")
+        name, _, epochs = then.partition(":")
+        bad = first not in METHODS or (plus and (first not in FOLLOW_UPS or name != "finetune"))
+        if not bad and epochs:
+            try:
+                bad = not 0 < float(epochs) < float("inf")
+            except ValueError:
+                bad = True
+        if bad:
+            raise LesionError(f"unknown recovery method {method!r}: {', '.join(METHODS)}, all, or "
+                              f"M+finetune[:EPOCHS] with M in {', '.join(FOLLOW_UPS)} (e.g. compensate+finetune:0.5)")
+    if not methods:
+        raise LesionError("give at least one recovery method")
+    return methods
+
+
 def recover(problem: RecoveryProblem, methods: Sequence[str], budget: float = 10.0, seed: int = 0,
             geodesic_options: dict[str, Any] | None = None, compensate_options: dict[str, Any] | None = None
             ) -> tuple[dict[str, MethodResult], dict[str, torch.Tensor]]:
-    """Run the chosen methods at the same damage; returns their results and final weights."""
-    unknown = set(methods) - set(METHODS)
-    if unknown:
-        raise LesionError(f"unknown recovery method(s) {', '.join(sorted(unknown))}: {', '.join(METHODS)} or all")
+    """Run the chosen methods (`parse_methods`) at the same damage; returns their results and final weights. A
+    combination's compute is the sum of its parts'."""
+    parse_methods(",".join(methods))
     results, weights = {}, {}
     for method in methods:
-        if method == "naive":
-            results[method], weights[method] = naive(problem), problem.w0 * problem.mask
-        elif method == "geodesic":
-            results[method], weights[method] = geodesic_best(problem, seeds=(seed,), **(geodesic_options or {}))
-        elif method == "finetune":
-            results[method], weights[method] = finetune(problem, budget, seed)
-        elif method == "prune-retrain":
-            rounds = min(10, len(problem.damage.units))
-            results[method], weights[method] = prune_retrain(problem, rounds, budget / rounds, seed)
-        elif method == "obs":
-            results[method], weights[method] = obs(problem, seed=seed)
-        else:
-            from lesion.geometry.compensate import compensate
-
-            results[method], weights[method] = compensate(problem, **(compensate_options or {}))
+        first, _, then = method.partition("+")
+        result, w = _run_method(problem, first, budget, seed, geodesic_options, compensate_options)
+        if then:
+            epochs = float(then.partition(":")[2] or budget)
+            tuned, w = finetune(problem, epochs, seed, start_weights=w)
+            result = MethodResult(method, tuned.accuracy, tuned.loss,
+                                  result.epoch_equivalents + tuned.epoch_equivalents,
+                                  result.wall_seconds + tuned.wall_seconds,
+                                  details={first: result.to_dict(), "finetune": tuned.details})
+        results[method], weights[method] = result, w
     return results, weights
+
+
+def _run_method(problem: RecoveryProblem, method: str, budget: float, seed: int,
+                geodesic_options: dict[str, Any] | None, compensate_options: dict[str, Any] | None
+                ) -> tuple[MethodResult, torch.Tensor]:
+    if method == "naive":
+        return naive(problem), problem.w0 * problem.mask
+    if method == "geodesic":
+        return geodesic_best(problem, seeds=(seed,), **(geodesic_options or {}))
+    if method == "finetune":
+        return finetune(problem, budget, seed)
+    if method == "prune-retrain":
+        rounds = min(10, len(problem.damage.units))
+        return prune_retrain(problem, rounds, budget / rounds, seed)
+    if method == "obs":
+        return obs(problem, seed=seed)
+    from lesion.geometry.compensate import compensate
+
+    return compensate(problem, **(compensate_options or {}))
 
 
 def transitions(problem: RecoveryProblem, stages: Sequence[tuple[str, torch.Tensor]], **options: Any

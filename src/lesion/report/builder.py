@@ -187,7 +187,7 @@ def stage_recovery(ctx: ReportContext) -> dict[str, Any]:
     """Section 5: geodesic recovery against naive deletion and fine-tuning for 80% of the units of the first site
     whose readers lesion can tell (the first hidden layer of an MLP; the first MLP block of a transformer)."""
     from lesion.geometry.recovery import recover
-    from lesion.report.costs import recovery_problem
+    from lesion.report.costs import recovery_methods, recovery_problem
     from lesion.report.plots import Series, line_plot
 
     found = recovery_problem(ctx)
@@ -197,7 +197,7 @@ def stage_recovery(ctx: ReportContext) -> dict[str, Any]:
     damage, x_train = problem.damage, problem.x_train
     epochs = ctx.chosen("recovery", "epochs", ctx.size(1.0, 3.0))
     batch = ctx.chosen("recovery", "batch", 32)
-    methods = ["naive", "geodesic", "finetune"] if batch >= 1 else ["naive", "finetune"]
+    methods = recovery_methods(batch, epochs)
     results, _ = recover(problem, methods, epochs, ctx.seed,
                          {"betas": (1.0,), "radius": 1.0, "batch": batch,
                           "max_steps": ctx.chosen("recovery", "max_steps", 200)})
@@ -205,7 +205,8 @@ def stage_recovery(ctx: ReportContext) -> dict[str, Any]:
     line_plot(ctx.out / "recovery.png", series, "epoch-equivalents", "test accuracy",
               f"Recovery after deleting {damage.describe()}",
               f"{len(x_train)} training and {len(ctx.x_eval)} test inputs; geodesic: trust-region steps on "
-              f"{batch}-input minibatches; fine-tuning with the deleted weights held at zero")
+              f"{batch}-input minibatches; fine-tuning with the deleted weights held at zero; compensate: the "
+              "deleted units fitted from the kept ones on unlabelled inputs, folded into the next layer")
     return {"damage": spec, "description": damage.describe(), "methods": {n: r.to_dict() for n, r in results.items()},
             "figures": ["recovery.png"]}
 

@@ -245,9 +245,9 @@ def _recovery(ctx: ReportContext, probe: Probe) -> list[StageOption]:
     times = StepTimes.of(problem, probe.jacobian if explicit else None)
     fits = problem.flat.largest_jacobian_batch() if explicit else 32
     batch = min(32, fits)
-    methods = ["finetune", "geodesic"] if batch >= 1 else ["finetune"]
     options = []
     for epochs, steps in ((ctx.size(1.0, 3.0), 200), (0.5, 50), (0.1, 20), (0.1, 5)):
+        methods = recovery_methods(batch, epochs)
         seconds = estimate_seconds(problem, methods, epochs, max(batch, 1), steps, 1, times)
         evaluations = (steps + 4) * len(ctx.x_eval) * probe.forward
         geodesic = f", geodesic up to {steps} steps on {batch} inputs" if batch >= 1 else \
@@ -255,6 +255,13 @@ def _recovery(ctx: ReportContext, probe: Probe) -> list[StageOption]:
         options.append(StageOption({"epochs": epochs, "max_steps": steps, "batch": batch},
                                    seconds + evaluations, f"fine-tuning {epochs:g} epochs" + geodesic))
     return options
+
+
+def recovery_methods(batch: int, epochs: float) -> list[str]:
+    """The recovery stage's methods: naive deletion, compensation alone and followed by a fine-tune of a fifth
+    of the budget, the geodesic (when a Jacobian batch fits), and fine-tuning for the whole budget."""
+    return (["naive", "compensate", f"compensate+finetune:{epochs / 5:g}"] + (["geodesic"] if batch >= 1 else [])
+            + ["finetune"])
 
 
 def recovery_problem(ctx: ReportContext) -> tuple[Any, str] | str:

@@ -119,6 +119,9 @@ def build_sections(results: dict[str, Any], out: Path) -> list[Section]:
         s.tables.append((["method", "test accuracy", "epoch-equivalents", "seconds"],
                          [[n, fmt(r["accuracy"]), fmt(r["epoch_equivalents"], 3), fmt(r["wall_seconds"], 3)]
                           for n, r in rec["methods"].items()]))
+        best = max(rec["methods"].items(), key=lambda item: (item[1]["accuracy"], -item[1]["epoch_equivalents"]))
+        s.paragraphs.append(f"Best: {best[0]}, test accuracy {fmt(best[1]['accuracy'])} at "
+                            f"{fmt(best[1]['epoch_equivalents'], 3)} epoch-equivalents.")
         s.figures += _figures(rec, out, {"recovery.png": "accuracy against compute"})
     sections.append(s)
 
