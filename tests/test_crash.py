@@ -318,6 +318,15 @@ def test_cli_crash_commands(tmp_path, capsys):
     budget = CrashBudget((1,), (6,), 2)
     d = brute_force(model.double(), x.astype(np.float64), budget)
     assert results[1]["omega_av"] == pytest.approx(d.mean(), rel=1e-9)
+    for address in ("act1", "act1#0", "fc1"):  # the site addresses of hidden layer 1 (SPEC §6.1)
+        named = tmp_path / f"{address}.json"
+        assert main(["crash", "omega", "--model", str(ckpt), "--data", f"npz:{tmp_path / 'x.npz'}", "--faults", "2",
+                     "--layer", address, "--json", str(named)]) == 0
+        assert json.loads(named.read_text())["results"][0]["omega_av"] == results[1]["omega_av"]
+    capsys.readouterr()
+    assert main(["crash", "omega", "--model", str(ckpt), "--data", f"npz:{tmp_path / 'x.npz'}", "--layer", "out",
+                 "--faults", "1"]) == 2
+    assert "or their sites act1" in capsys.readouterr().err
     bound = tmp_path / "b.json"
     assert main(["crash", "bound", "--model", str(ckpt), "--faults", "1,2", "--data", f"npz:{tmp_path / 'x.npz'}",
                  "--json", str(bound)]) == 0

@@ -33,15 +33,26 @@ def parse_faults(text: str) -> list[int]:
     return values
 
 
-def parse_layers(text: str) -> tuple[int, ...]:
-    """`1` or `1,2` → 1-based hidden-layer indices."""
-    try:
-        layers = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        layers = ()
+def parse_layers(text: str, structure: Any = None) -> tuple[int, ...]:
+    """`1` or `1,2` → 1-based hidden-layer indices; with the MLP's `structure`, also the site addresses of its
+    hidden layers (SPEC §6.1: the activation's path, `path#0`, or the Linear layer's name)."""
+    layers = []
+    for item in (v.strip() for v in text.split(",")):
+        if item.isdigit():
+            layers.append(int(item))
+            continue
+        name = item[:-2] if item.endswith("#0") else item
+        hidden = list(structure.activation_names) if structure is not None else []
+        linear = list(structure.linear_names[:-1]) if structure is not None else []
+        if name in hidden or name in linear:
+            layers.append((hidden.index(name) if name in hidden else linear.index(name)) + 1)
+        else:
+            layers = []
+            break
     if not layers or min(layers) < 1:
-        raise LesionError(f"bad --layer {text!r}: give 1-based hidden-layer indices like 1 or 1,2")
-    return layers
+        names = "" if structure is None else f", or their sites {', '.join(structure.activation_names)}"
+        raise LesionError(f"bad --layer {text!r}: give 1-based hidden-layer indices like 1 or 1,2{names}")
+    return tuple(layers)
 
 
 def _model_structure(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -86,7 +97,7 @@ def _cmd_omega(args: argparse.Namespace) -> dict[str, Any]:
     except LesionError as not_mlp:
         return _site_omega(args, not_mlp)
     data, x = _inputs(args, loaded)
-    layers = parse_layers(args.layer)
+    layers = parse_layers(args.layer, structure)
     if max(layers) > structure.depth:
         raise LesionError(f"hidden layer {max(layers)} does not exist: the model has {structure.depth}")
     widths = tuple(structure.widths[layer - 1] for layer in layers)
@@ -148,7 +159,7 @@ def _cmd_bound(args: argparse.Namespace) -> dict[str, Any]:
     if args.data:
         data, x = _inputs(args, loaded)
     C = _output_bounds(args, structure, x)
-    layers = parse_layers(args.layer)
+    layers = parse_layers(args.layer, structure)
     results = [budget_bound(structure, f, layers, C, args.K) for f in parse_faults(args.faults)]
     note = " (C measured on the data: the bound holds on these inputs)" if C.data_dependent else ""
     print(f"K = {results[0].K:g}; C = {', '.join(f'{c:.4g}' for c in C.values)} from {C.source}{note}")
@@ -164,11 +175,11 @@ def _cmd_bound(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_tolerance(args: argparse.Namespace) -> dict[str, Any]:
     from lesion.crash import tolerance
 
-    layers = parse_layers(args.layer)
     rows = []
     for reference in args.model:
         one = argparse.Namespace(**{**vars(args), "model": reference})
         loaded, structure = _model_structure(one)
+        layers = parse_layers(args.layer, structure)
         x = _inputs(one, loaded)[1] if args.data else None
         if args.input_range is None and x is None and args.C is None:
             one.input_range = "0,1"  # without data, C of ReLU layers from inputs in [0, 1]^d (stated in output)
