@@ -30,6 +30,10 @@ CASES = {
 }
 
 
+# the paper's methods, and closed-form compensation alone and followed by one epoch of fine-tuning (issue 15)
+RECOVERY_METHODS = ("naive", "geodesic", "finetune", "prune-retrain", "obs", "compensate", "compensate+finetune:1")
+
+
 def case_problem(name: str, quick: bool = False, seed: int = 0) -> tuple[RecoveryProblem, dict[str, Any]]:
     """Train the case's network and build its recovery problem."""
     case = CASES[name]
@@ -52,8 +56,7 @@ def run_case(name: str, quick: bool = False, seed: int = 0) -> dict[str, Any]:
     """All methods on one case; the geodesic tries β = 0.1, 1, 10 and keeps the shortest path."""
     problem, info = case_problem(name, quick, seed)
     budget = CASES[name]["budget"] if not quick else 1.0
-    results, _ = recover(problem, ["naive", "geodesic", "finetune", "prune-retrain", "obs"], budget, seed,
-                         {"radius": 1.0, "batch": 32, "max_steps": 400})
+    results, _ = recover(problem, list(RECOVERY_METHODS), budget, seed, {"radius": 1.0, "batch": 32, "max_steps": 400})
     return {**info, "budget_epochs": budget, "methods": {k: v.to_dict() for k, v in results.items()}}
 
 
