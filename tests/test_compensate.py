@@ -201,3 +201,38 @@ def test_cli_recover_with_compensation_and_a_combination(tmp_path, capsys):
     capsys.readouterr()
     assert main(argv + ["--method", "compensate+geodesic"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_layerwise_obs_equals_the_dense_least_squares_reconstruction_of_the_layer():
+    """OBS on the reader: W'_K and b' minimise ‖W h + b − W'_K h_K − b'‖² over the calibration inputs (damping
+    → 0), computed here by numpy's lstsq on the layer's inputs and outputs."""
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(5, 9), nn.Tanh(), nn.Linear(9, 4)).double()
+    x = torch.randn(150, 5, dtype=torch.float64)
+    problem = _problem(model, x, "units:1:1,4,7")
+    result, w = compensate(problem, calibration=150, ridge=1e-12, fit="obs")
+    assert result.method == "obs"
+    h = torch.tanh(model[0](x)).detach().numpy()
+    target = h @ model[2].weight.detach().numpy().T + model[2].bias.detach().numpy()
+    K = [0, 2, 3, 5, 6, 8]
+    design = np.hstack([h[:, K], np.ones((len(h), 1))])
+    solution = np.linalg.lstsq(design, target, rcond=None)[0]
+    params = problem.flat.unflatten(w)
+    np.testing.assert_allclose(params["2.weight"].numpy()[:, K], solution[:-1].T, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(params["2.bias"].numpy(), solution[-1], rtol=1e-6, atol=1e-8)
+    assert bool((params["2.weight"][:, [1, 4, 7]] == 0).all())
+
+
+def test_layerwise_obs_is_not_below_naive_deletion_on_a_trained_network():
+    from lesion.data import load
+    from lesion.train import TrainSettings, train
+
+    data = load("digits")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
+    train(model, data.x_train, data.y_train, TrainSettings(epochs=15, seed=0))
+    for spec in ("units:1:frac=0.25", "units:1:frac=0.5", "units:1:frac=0.9"):
+        damage = parse_delete(model, spec, torch.Generator().manual_seed(0), data.x_test[:2])
+        problem = RecoveryProblem(model, data.x_train, data.y_train, data.x_test, data.y_test, damage)
+        results, _ = recover(problem, ["naive", "obs", "obs-metric"], compensate_options={"calibration": 256})
+        assert results["obs"].accuracy >= results["naive"].accuracy, spec

@@ -10,7 +10,7 @@ from scipy.optimize import brentq, minimize
 
 from lesion.data import load
 from lesion.geometry.damage_set import parse_delete
-from lesion.geometry.recovery import RecoveryProblem, finetune, geodesic, naive, obs, prune_retrain, transitions
+from lesion.geometry.recovery import RecoveryProblem, finetune, geodesic, naive, obs_metric, prune_retrain, transitions
 from lesion.geometry.rows import ExplicitRows
 from lesion.geometry.trust_region import trust_region_step
 from lesion.nets import MLP, build_net
@@ -67,13 +67,13 @@ def test_inactive_constraint_in_the_range_of_g():
     np.testing.assert_allclose(step.theta.numpy(), 1e-3 / 2 * np.linalg.pinv(g) @ v, rtol=1e-8, atol=1e-12)
 
 
-def test_obs_matches_its_dense_formula():
+def test_metric_obs_matches_its_dense_formula():
     torch.manual_seed(0)
     model = MLP(5, [6], 3).double().eval()
     x, y = torch.rand(40, 5, dtype=torch.float64), torch.randint(0, 3, (40,))
     damage = parse_delete(model, "units:1:0,2", torch.Generator())
     problem = RecoveryProblem(model, x, y, x, y, damage)
-    _, new = obs(problem, batch=8, damping=0.5, seed=0)
+    _, new = obs_metric(problem, batch=8, damping=0.5, seed=0)
     idx = torch.randint(0, 40, (8,), generator=torch.Generator().manual_seed(0))
     A = torch.func.jacrev(problem.flat.outputs_fn(x[idx]))(problem.w0).reshape(-1, problem.flat.n)
     lam = 0.5 * float(torch.trace(A @ A.T)) / 8 / problem.flat.n
@@ -154,7 +154,8 @@ def test_cli_recover(tmp_path, capsys):
                  "--method", "all", "--budget", "1", "--beta", "1", "--json", str(out), "--plot", str(plot),
                  "--out", str(fixed)]) == 0
     result = json.loads(out.read_text())
-    assert set(result["methods"]) == {"geodesic", "naive", "finetune", "prune-retrain", "obs", "compensate"}
+    assert set(result["methods"]) == {"geodesic", "naive", "finetune", "prune-retrain", "obs", "compensate",
+                                      "obs-metric"}
     for r in result["methods"].values():
         assert {"accuracy", "epoch_equivalents", "wall_seconds"} <= r.keys()
     assert result["methods"]["geodesic"]["progress"][-1] == 1.0 and result["methods"]["geodesic"]["path_accuracy"]

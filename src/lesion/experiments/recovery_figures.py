@@ -31,7 +31,8 @@ CASES = {
 
 
 # the paper's methods, and closed-form compensation alone and followed by one epoch of fine-tuning (issue 15)
-RECOVERY_METHODS = ("naive", "geodesic", "finetune", "prune-retrain", "obs", "compensate", "compensate+finetune:1")
+RECOVERY_METHODS = ("naive", "geodesic", "finetune", "prune-retrain", "obs", "obs-metric", "compensate",
+                    "compensate+finetune:1")
 
 
 def case_problem(name: str, quick: bool = False, seed: int = 0) -> tuple[RecoveryProblem, dict[str, Any]]:

@@ -1,5 +1,5 @@
-"""Closed-form compensation of deleted units, without labels or gradients (issue 15, item 1; SPEC §3.6 damage
-sets).
+"""Closed-form compensation of deleted units, without labels or gradients (issue 15, items 1 and 2; SPEC §3.6
+damage sets): ridge regression of the deleted units on the kept ones (`compensate`), or layer-wise OBS (`obs`).
 
 For the deleted units S of a site, with kept units K, each removed unit's value is modelled as an affine function
 of the kept units of the same site, fitted by ridge regression on unlabelled calibration inputs,
@@ -123,6 +123,28 @@ def ridge_fit(h_kept: torch.Tensor, h_deleted: torch.Tensor, ridge: float, inter
     return M, mean_s - mean_k @ M
 
 
+def obs_fit(h_kept: torch.Tensor, h_deleted: torch.Tensor, damping: float, intercept: bool
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, c) of layer-wise OBS (OBC, issue 15 item 2) for removing the reader's inputs S: with the reader's
+    inputs z = [h_K, h_S, 1] (the 1 when it has a bias) and H = E[zzᵀ] + λI (λ = damping · mean diagonal), the
+    update that zeroes W[:, S] and least changes W z on the calibration inputs is δW = −W_S (H⁻¹_SS)⁻¹ H⁻¹_S·,
+    i.e. M = −H⁻¹_KS (H⁻¹_SS)⁻¹ and c = −(H⁻¹_SS)⁻¹ H⁻¹_S1 (float64)."""
+    rows, kept = h_kept.shape
+    deleted = h_deleted.shape[1]
+    parts = [h_kept, h_deleted] + ([torch.ones(rows, 1, dtype=h_kept.dtype, device=h_kept.device)] if intercept
+                                   else [])
+    z = torch.cat(parts, dim=1)
+    H = z.T @ z / rows
+    H += damping * float(torch.diagonal(H).mean()) * torch.eye(len(H), dtype=H.dtype, device=H.device)
+    inverse = torch.linalg.inv(H)
+    S = slice(kept, kept + deleted)
+    block = torch.linalg.inv(inverse[S, S])  # (H⁻¹_SS)⁻¹
+    M = -inverse[:kept, S] @ block
+    c = -(block @ inverse[S, kept + deleted]) if intercept else torch.zeros(deleted, dtype=H.dtype,
+                                                                           device=H.device)
+    return M, c
+
+
 def fold(params: dict[str, torch.Tensor], original: dict[str, torch.Tensor], reader: nn.Module, reader_path: str,
          deleted: DeletedUnits, M: torch.Tensor, c: torch.Tensor) -> dict[str, torch.Tensor]:
     """New reader weight and bias with the fitted map folded in (module docstring), the deleted inputs zeroed:
@@ -155,10 +177,12 @@ def fold(params: dict[str, torch.Tensor], original: dict[str, torch.Tensor], rea
     return out
 
 
-def compensate(problem: Any, calibration: int = 256, ridge: float = 1e-3) -> tuple[Any, torch.Tensor]:
+def compensate(problem: Any, calibration: int = 256, ridge: float = 1e-3, fit: str = "regression"
+               ) -> tuple[Any, torch.Tensor]:
     """Delete D and compensate every damaged site in forward order (module docstring); returns the method's
-    result and the weights (w_D = 0 exactly). Compute: two forwards over the calibration inputs per site, a
-    forward counted as 1/3 of a forward and backward pass."""
+    result and the weights (w_D = 0 exactly). `fit`: "regression" (`ridge_fit`, the method `compensate`) or
+    "obs" (`obs_fit`, layer-wise OBS with `ridge` as its damping, the method `obs`). Compute: two forwards over
+    the calibration inputs per site, a forward counted as 1/3 of a forward and backward pass."""
     from lesion.geometry.recovery import MethodResult
 
     started = time.perf_counter()
@@ -174,7 +198,8 @@ def compensate(problem: Any, calibration: int = 256, ridge: float = 1e-3) -> tup
         now = site_values(flat, w, part.site, x)
         reader = modules[part.reader]
         intercept = f"{part.reader}.bias" in flat.layout.names
-        M, c = ridge_fit(now[:, list(part.kept)], clean[:, list(part.units)], ridge, intercept)
+        fitter = obs_fit if fit == "obs" else ridge_fit
+        M, c = fitter(now[:, list(part.kept)], clean[:, list(part.units)], ridge, intercept)
         params = flat.unflatten(w.clone())
         params.update(fold(params, original, reader, part.reader, part, M, c))
         w = flat.layout.flatten(params) * problem.mask
@@ -182,5 +207,7 @@ def compensate(problem: Any, calibration: int = 256, ridge: float = 1e-3) -> tup
                      "kept": len(part.kept), "rows": len(now)})
     acc, loss = problem.evaluate(w)
     examples = 2 * len(parts) * len(x) / 3
-    return MethodResult("compensate", acc, loss, problem.epochs(examples), time.perf_counter() - started,
-                        details={"calibration": len(x), "ridge": ridge, "sites": fits}), w
+    name = "obs" if fit == "obs" else "compensate"
+    return MethodResult(name, acc, loss, problem.epochs(examples), time.perf_counter() - started,
+                        details={"calibration": len(x), "damping" if fit == "obs" else "ridge": ridge, "fit": fit,
+                                 "sites": fits}), w

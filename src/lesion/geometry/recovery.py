@@ -6,9 +6,11 @@ v = −P_D w/‖P_D w‖ that brings the damaged weights to 0, the trust-region 
 length is Σ θᵀgθ ([G] Eq. 6). Several β and minibatch seeds may be tried; the shortest path is kept.
 
 Baselines at the same damage: naive (w_D = 0, nothing else), fine-tuning (w_D = 0, then Adam for E epochs
-with D held at 0), iterative prune-then-retrain (the units deleted in R rounds, retraining after each), and
-one-shot OBS compensation with the damped metric: δw = −g⁻¹E_Dᵀ(E_D g⁻¹ E_Dᵀ)⁻¹ w_D; and closed-form
-compensation of the deleted units by the kept ones (`lesion.geometry.compensate`, no labels, no gradients).
+with D held at 0), iterative prune-then-retrain (the units deleted in R rounds, retraining after each),
+one-shot OBS with the whole network's damped metric (`obs-metric`: δw = −g⁻¹E_Dᵀ(E_D g⁻¹ E_Dᵀ)⁻¹ w_D), and
+closed-form compensation on the layer that reads the deleted units, without labels or gradients
+(`lesion.geometry.compensate`): ridge regression of the deleted units on the kept ones (`compensate`) and
+layer-wise OBS from the reader's input Hessian (`obs`).
 
 Compute is counted in epoch-equivalents: examples passed forward and backward ÷ training-set size; a row of
 the Jacobian costs one backward pass, so a geodesic step on b inputs with m outputs costs b·(m + 1) examples.
@@ -225,9 +227,10 @@ def _unit_masks(problem: RecoveryProblem) -> dict[tuple[str, int], torch.Tensor]
     return out
 
 
-def obs(problem: RecoveryProblem, batch: int | None = None, damping: float = 1.0,
-        seed: int = 0) -> tuple[MethodResult, torch.Tensor]:
-    """One-shot OBS compensation δw = −g⁻¹E_Dᵀ(E_D g⁻¹E_Dᵀ)⁻¹w_D with g = AᵀA/b + λI (λ = damping·tr(g)/n),
+def obs_metric(problem: RecoveryProblem, batch: int | None = None, damping: float = 1.0,
+               seed: int = 0) -> tuple[MethodResult, torch.Tensor]:
+    """One-shot OBS compensation with the whole network's metric (the baseline of the first version; `obs` is
+    layer-wise): δw = −g⁻¹E_Dᵀ(E_D g⁻¹E_Dᵀ)⁻¹w_D with g = AᵀA/b + λI (λ = damping·tr(g)/n),
     all in the Gram space through Woodbury: with K = AAᵀ and A_D the damaged columns,
     (E_D g⁻¹E_Dᵀ)⁻¹ = λ(I + A_Dᵀ(bλI + K − A_D A_Dᵀ)⁻¹A_D)."""
     start = time.perf_counter()
@@ -247,11 +250,11 @@ def obs(problem: RecoveryProblem, batch: int | None = None, damping: float = 1.0
     g_inv_e = (e - A.apply_t(torch.linalg.solve(batch * lam * eye + K, A.apply(e)))) / lam
     new = (w - g_inv_e).to(problem.w0.dtype) * problem.mask
     acc, loss = problem.evaluate(new)
-    return MethodResult("obs", acc, loss, problem.epochs(batch * (problem.m + 1)), time.perf_counter() - start,
-                        details={"batch": batch, "damping": lam}), new
+    return MethodResult("obs-metric", acc, loss, problem.epochs(batch * (problem.m + 1)),
+                        time.perf_counter() - start, details={"batch": batch, "damping": lam}), new
 
 
-METHODS = ("geodesic", "naive", "finetune", "prune-retrain", "obs", "compensate")
+METHODS = ("geodesic", "naive", "finetune", "prune-retrain", "obs", "compensate", "obs-metric")
 
 
 OVERHEAD = 1.5  # masks, shuffling and evaluations on top of the timed optimiser steps
@@ -311,9 +314,9 @@ def estimate_seconds(problem: RecoveryProblem, methods: Sequence[str], budget: f
             seconds += budget * epoch
         elif first == "geodesic":
             seconds += betas * max_steps * batch * times.jacobian_per_input
-        elif first == "obs":
+        elif first == "obs-metric":
             seconds += obs_batch(problem) * times.jacobian_per_input
-        elif first == "compensate":  # two forwards over the calibration inputs per damaged site
+        elif first in ("compensate", "obs"):  # two forwards over the calibration inputs per damaged site
             sites = len(problem.damage.parts) or 1
             seconds += 2 * sites * min(calibration, len(problem.x_train)) * times.adam_per_example / 3
     return seconds
@@ -326,7 +329,7 @@ def check_jacobian_batch(problem: RecoveryProblem, methods: Sequence[str], batch
         return
     fits = problem.flat.largest_jacobian_batch()
     bases = {m.partition("+")[0] for m in methods}
-    wanted = [n for n, b in (("geodesic", batch), ("obs", 1)) if n in bases and b > fits]
+    wanted = [n for n, b in (("geodesic", batch), ("obs-metric", 1)) if n in bases and b > fits]
     if wanted:
         size = problem.flat.jacobian_bytes(batch if "geodesic" in wanted else 1) / 2**30
         raise LesionError(f"{' and '.join(wanted)}: the Jacobian rows of {batch if 'geodesic' in wanted else 1} "
@@ -336,6 +339,7 @@ def check_jacobian_batch(problem: RecoveryProblem, methods: Sequence[str], batch
 
 
 OBS_BATCH = 64
+OBS_DAMPING = 0.01  # layer-wise OBS: λ as a share of the mean diagonal of the reader's input Hessian
 
 
 def obs_batch(problem: RecoveryProblem) -> int:
@@ -345,7 +349,7 @@ def obs_batch(problem: RecoveryProblem) -> int:
     return max(1, min(OBS_BATCH, problem.flat.largest_jacobian_batch()))
 
 
-FOLLOW_UPS = ("naive", "geodesic", "obs", "compensate")  # methods a short fine-tune may follow
+FOLLOW_UPS = ("naive", "geodesic", "obs", "compensate", "obs-metric")  # methods a short fine-tune may follow
 
 
 def parse_methods(text: str) -> list[str]:
@@ -404,11 +408,14 @@ def _run_method(problem: RecoveryProblem, method: str, budget: float, seed: int,
     if method == "prune-retrain":
         rounds = min(10, len(problem.damage.units))
         return prune_retrain(problem, rounds, budget / rounds, seed)
-    if method == "obs":
-        return obs(problem, seed=seed)
+    if method == "obs-metric":
+        return obs_metric(problem, seed=seed)
     from lesion.geometry.compensate import compensate
 
-    return compensate(problem, **(compensate_options or {}))
+    options = dict(compensate_options or {})
+    if method == "obs":  # layer-wise OBS: its own damping, the calibration inputs of compensation
+        options = {"calibration": options.get("calibration", 256), "ridge": OBS_DAMPING, "fit": "obs"}
+    return compensate(problem, **options)
 
 
 def transitions(problem: RecoveryProblem, stages: Sequence[tuple[str, torch.Tensor]], **options: Any
