@@ -7,6 +7,7 @@ stand-in in its place that gives placeholders for those names (calling one raise
 
 from __future__ import annotations
 
+import functools
 import importlib.abc
 import importlib.machinery
 import importlib.util
@@ -153,10 +154,11 @@ class FailsOnLargeBatches(nn.Module):
         return self.fc(x.flatten(1))
 
 
+@functools.lru_cache(maxsize=1)
 def trained_gpt2(epochs: int = 10) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """The tiny GPT-2 trained briefly as a character model on the licence texts (1,024 windows of 32
     characters, Adam): a zoo model whose accuracies mean something. Returns (the model's logits view, test
-    inputs, test labels), 128 test windows."""
+    inputs, test labels), 128 test windows; trained once per test session (do not modify it)."""
     from lesion.data import load
     from lesion.nets.outputs import logits_view
     from lesion.train import TrainSettings, train

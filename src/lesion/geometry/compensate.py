@@ -53,11 +53,33 @@ def deleted_units(model: nn.Module, damage: Any, example: torch.Tensor) -> list[
     out = []
     for part in parts:
         site = target.site(part.layer, None)
+        if site.kind == "attention-head":
+            out.append(_head_units(target, site, part.units))
+            continue
         reader = reader_of(target.table, site)
         if reader is None:
             raise LesionError(f"cannot compensate {site.name}: no layer reads its units directly")
         out.append(DeletedUnits(site, reader, tuple(sorted(part.units))))
     return sorted(out, key=lambda d: d.site.index)
+
+
+def _head_units(target: Any, site: Site, heads: tuple[int, ...]) -> DeletedUnits:
+    """Deleted heads as deleted units of the output projection's input (SPEC §6.1: a head is its slice of the
+    attention output), read by the projection."""
+    from dataclasses import replace
+
+    layout = site.heads
+    reader = layout.param[: -len(".weight")]
+    calls = [c for c in target.table.recording.calls if c.path == reader]
+    if not calls or calls[0].input is None:
+        raise LesionError(f"cannot compensate the heads of {site.name}: its output projection {reader} is not called "
+                          "as a module (nn.MultiheadAttention applies it inside a function)")
+    x = calls[0].input
+    width = layout.heads * layout.head_dim
+    unit_site = replace(site, path=reader, call=0, calls=len(calls), kind="token-feature", axis=x.dim() - 1,
+                        width=width, hook="input", shape=tuple(x.shape[1:]), heads=None, read_through=None)
+    dims = tuple(h * layout.head_dim + d for h in sorted(heads) for d in range(layout.head_dim))
+    return DeletedUnits(unit_site, reader, dims)
 
 
 def site_values(flat: Any, w: torch.Tensor, site: Site, x: torch.Tensor, batch: int = 512) -> torch.Tensor:

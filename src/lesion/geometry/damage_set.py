@@ -9,6 +9,7 @@ is H_D = {w : w_D = 0}.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -53,7 +54,7 @@ def unit_damage_set(model: nn.Module, layer: str, selector: Selector, generator:
     target = target or Target(model, example=example)
     site = target.site(layer, None)
     if site.kind == "attention-head":
-        raise LesionError(f"{site.name} is an attention module: recovery deletes units, not heads (yet)")
+        return _head_damage_set(model, site, selector, generator)
     owned = unit_parameters(target, site)
     reader = reader_of(target.table, site)
     if reader is None:
@@ -86,14 +87,37 @@ def unit_damage_set(model: nn.Module, layer: str, selector: Selector, generator:
     return DamageSet(torch.nonzero(flat).reshape(-1), site.name, tuple(units.tolist()), site.width)
 
 
+def _head_damage_set(model: nn.Module, site: Any, selector: Selector, generator: torch.Generator) -> DamageSet:
+    """D for deleting attention heads (SPEC §6.1): the output projection's weights that read the heads' slices
+    of the attention output (which silences them; the query, key and value weights that feed only those heads
+    are left as they are, since nothing reads them any more)."""
+    layout = site.heads
+    heads = selector.select(layout.heads, None, generator)
+    if len(heads) == 0:
+        raise LesionError("the damage deletes no head")
+    layout_params = ParameterLayout.of(model)
+    start, stop = layout_params.offsets()[layout.param]
+    flat = torch.zeros(layout_params.n, dtype=torch.bool)
+    view = flat[start:stop].view(layout_params.shapes[layout_params.names.index(layout.param)])
+    columns = (heads.unsqueeze(1) * layout.head_dim + torch.arange(layout.head_dim)).reshape(-1)
+    view.index_fill_(layout.axis, columns, True)
+    return DamageSet(torch.nonzero(flat).reshape(-1), site.name, tuple(heads.tolist()), layout.heads)
+
+
 def parse_delete(model: nn.Module, text: str, generator: torch.Generator,
                  example: torch.Tensor | None = None) -> DamageSet:
-    """`units:SITE:UNITS` (SITE = site index or name, SPEC §6.1; UNITS = 1,2,3 | frac=F | count=K)."""
+    """`units:SITE:UNITS` (SITE = site index or name, SPEC §6.1; UNITS = 1,2,3 | frac=F | count=K), or
+    `heads:SITE:HEADS` for the heads of an attention site."""
     kind, _, rest = text.partition(":")
     layer, _, units = rest.partition(":")
-    if kind not in ("units", "filters") or not layer or not units:
-        raise LesionError(f"bad --delete {text!r}: give units:LAYER:UNITS or filters:MODULE:UNITS, "
-                          "e.g. units:1:frac=0.9")
+    if kind not in ("units", "filters", "heads") or not layer or not units:
+        raise LesionError(f"bad --delete {text!r}: give units:LAYER:UNITS, filters:MODULE:UNITS or "
+                          "heads:SITE:HEADS, e.g. units:1:frac=0.9")
+    if kind == "heads":
+        from lesion.damage.target import Target
+
+        site = Target(model, example=example).site(layer, "head")
+        return _head_damage_set(model, site, parse_selector(units, allow_smallest=False), generator)
     return unit_damage_set(model, layer, parse_selector(units, allow_smallest=False), generator, example)
 
 
