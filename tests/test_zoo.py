@@ -259,6 +259,9 @@ def test_cli_omega_and_report_stages_on_a_transformer(tmp_path):
                  "--faults", "1", "--inputs", "8", "--json", str(tmp_path / "o.json")]) == 0
     result = json.loads((tmp_path / "o.json").read_text())["results"][0]
     assert result["exact"] and result["sets"] == 32 and result["engine"] == "sites"
+    # a deletion path on a model whose input shape lesion cannot guess (token ids): the data's inputs are used
+    assert main(["breakdown", "--model", str(path), "--data", "text-cls", "--layer", "encoder.layers.0.linear1",
+                 "--orders", "1", "--paths", "1", "--points", "3", "--inputs", "4"]) == 0
     assert main(["report", "--quick", "--model", str(path), "--data", "text-cls", "--out", str(tmp_path / "r"),
                  "--stages", "network,breakdown"]) == 0
     results = json.loads((tmp_path / "r" / "results.json").read_text())

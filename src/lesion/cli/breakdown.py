@@ -38,7 +38,7 @@ def _cmd_breakdown(args: argparse.Namespace) -> dict[str, Any]:
                            args.share, args.seed, x_an)
     profiles = []
     for p in range(args.paths):
-        sequence = unit_order(loaded.module, args.layer, "random", np.random.default_rng(args.seed + 1000 + p))
+        sequence = unit_order(loaded.module, args.layer, "random", np.random.default_rng(args.seed + 1000 + p), x_an)
         profiles.append(progressive_path(loaded.module, args.layer, sequence, x_an, data.x_test, data.y_test,
                                          fractions, factor=args.factor, order_seed=args.seed + 1000 + p))
     predicted = [p.predicted_breakdown for p in profiles if p.predicted_breakdown is not None]

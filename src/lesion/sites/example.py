@@ -24,8 +24,8 @@ def example_input(model: nn.Module, device: torch.device | None = None, dtype: t
         if isinstance(first, nn.Linear):
             shape = (first.in_features,)
     if shape is None:
-        raise LesionError(f"cannot tell the input shape of {type(model).__name__}: give example inputs "
-                          "(Target(model, example=x))")
+        raise LesionError(f"cannot tell the input shape of {type(model).__name__}: sites are found by a forward "
+                          "on example inputs, and none were given (API: Target(model, example=x))")
     param = next(model.parameters(), None)
     device = device or (param.device if param is not None else torch.device("cpu"))
     dtype = dtype or (param.dtype if param is not None and param.is_floating_point() else torch.float32)
