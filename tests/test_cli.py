@@ -118,3 +118,17 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 def test_nets_lists_presets(capsys):
     assert main(["nets"]) == 0
     assert "266,610" in capsys.readouterr().out
+
+
+def test_the_cli_starts_without_importing_torch_and_names_every_figure():
+    """`lesion --help` and every sub-command's --help build without torch (issue 16: start-up), and the
+    figure list that `reproduce --help` shows is the experiments' own."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom lesion.cli import build_parser\nparser = build_parser()\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('lesion'))\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from lesion.cli.reproduce import FIGURE_NAMES, _figures
+
+    assert sorted(FIGURE_NAMES) == sorted(_figures())

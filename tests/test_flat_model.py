@@ -210,9 +210,10 @@ def test_jacobian_rows_beyond_the_memory_limit_are_refused_with_the_batch_that_f
     y = torch.randint(0, 3, (8,))
     problem = RecoveryProblem(model, x, y, x, y, parse_delete(model, "units:1:0", torch.Generator(), x))
     assert problem.flat.mlp is None and obs_batch(problem) == 3
-    check_jacobian_batch(problem, ["geodesic", "obs"], 3)
+    check_jacobian_batch(problem, ["geodesic", "obs-metric", "obs"], 3)
     with pytest.raises(LesionError, match="use --batch 3 or less"):
         check_jacobian_batch(problem, ["geodesic"], 4)
     monkeypatch.setattr(flat_module, "JACOBIAN_MEMORY", row - 1)
     with pytest.raises(LesionError, match="too large for Jacobian rows"):
-        check_jacobian_batch(problem, ["obs"], 1)
+        check_jacobian_batch(problem, ["obs-metric"], 1)
+    check_jacobian_batch(problem, ["obs", "compensate"], 1)  # layer-wise: no Jacobian rows

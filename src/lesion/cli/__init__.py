@@ -13,8 +13,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import torch
-
 import lesion
 from lesion import progress
 from lesion.cli import basic, breakdown, crash, geometry, recover, report, reproduce
@@ -59,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quiet:
         progress.set_enabled(False)
     if args.threads:
+        import torch
+
         torch.set_num_threads(args.threads)
     run: Callable[[argparse.Namespace], dict[str, Any]] = args.run
     try:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import torch
-
 from lesion.cli.options import (
     Formatter,
     add_common,
@@ -68,6 +66,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"model": loaded.to_dict(), "data": data.to_dict()}
     if damages:
         target = Target(loaded.module, example=data.x_test[:2])
+        import torch
+
         realised = realise(target, damages, torch.Generator().manual_seed(args.seed))
         outputs = damaged_outputs(loaded.module, realised, data.x_test, batch_size=args.batch_size)
         error, _, _ = per_sample_metrics(outputs, clean, None)
@@ -195,8 +195,8 @@ def _cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 def register(sub: Any) -> None:
     """Add the sub-commands of this module to the `lesion` parser."""
-    from lesion.damage.spec import SPEC_HELP
-    from lesion.nets import describe_presets
+    from lesion.damage.grammar import SPEC_HELP
+    from lesion.nets.catalog import describe_presets
 
     p = sub.add_parser("train", help="train a reference network and write a checkpoint",
                        description="Train a reference network with Adam on cross-entropy and write a lesion "

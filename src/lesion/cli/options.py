@@ -27,7 +27,7 @@ def add_device(p: argparse.ArgumentParser) -> None:
 
 
 def add_data(p: argparse.ArgumentParser, required: bool = True) -> None:
-    from lesion.data import available
+    from lesion.data.catalog import available
 
     forms = "; ".join(f"{name}: {text}" for name, text in available()).replace("%", "%%")
     p.add_argument("--data", required=required, metavar="D",

@@ -4,23 +4,41 @@ where × what: selectors choose indices, kinds say what happens there, `realise`
 concrete damaged network (`Realised`), and `apply` runs it, one configuration or many in one vmapped pass.
 """
 
-from lesion.damage.apply import batched_damaged_outputs, damaged_outputs
-from lesion.damage.kinds import (
-    BitFlip,
-    Damage,
-    Direction,
-    FilterDeletion,
-    HeadCrash,
-    Perturbation,
-    StuckAt,
-    UnitCrash,
-    WeightDeletion,
-    realise,
-)
-from lesion.damage.realised import Realised, UnitOverride
-from lesion.damage.selectors import Explicit, RandomCount, RandomFraction, SmallestMagnitude
-from lesion.damage.spec import SPEC_HELP, parse_damage
-from lesion.damage.target import Target
+import importlib
+from typing import Any
+
+# where each public name lives; loaded on first use, so that `import lesion.damage.grammar` (the CLI's --help)
+# does not import torch
+_EXPORTS = {
+    "batched_damaged_outputs": "lesion.damage.apply",
+    "damaged_outputs": "lesion.damage.apply",
+    "BitFlip": "lesion.damage.kinds",
+    "Damage": "lesion.damage.kinds",
+    "Direction": "lesion.damage.kinds",
+    "FilterDeletion": "lesion.damage.kinds",
+    "HeadCrash": "lesion.damage.kinds",
+    "Perturbation": "lesion.damage.kinds",
+    "StuckAt": "lesion.damage.kinds",
+    "UnitCrash": "lesion.damage.kinds",
+    "WeightDeletion": "lesion.damage.kinds",
+    "realise": "lesion.damage.kinds",
+    "Realised": "lesion.damage.realised",
+    "UnitOverride": "lesion.damage.realised",
+    "Explicit": "lesion.damage.selectors",
+    "RandomCount": "lesion.damage.selectors",
+    "RandomFraction": "lesion.damage.selectors",
+    "SmallestMagnitude": "lesion.damage.selectors",
+    "SPEC_HELP": "lesion.damage.grammar",
+    "parse_damage": "lesion.damage.spec",
+    "Target": "lesion.damage.target",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lesion.damage' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
 
 __all__ = [
     "SPEC_HELP",

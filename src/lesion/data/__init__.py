@@ -3,7 +3,19 @@
 `load(name, seed)` returns a `Dataset`; `available()` lists the names and forms it accepts (SPEC §5).
 """
 
-from lesion.data.dataset import Dataset
-from lesion.data.sources import available, load
+import importlib
+from typing import Any
+
+from lesion.data.catalog import available
+
+# loaded on first use, so that the CLI's --help (which lists the data sets) does not import torch
+_EXPORTS = {"Dataset": "lesion.data.dataset", "load": "lesion.data.sources"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lesion.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
 
 __all__ = ["Dataset", "available", "load"]

@@ -1,18 +1,37 @@
 """Reference architectures and loading of a user's model (ARCHITECTURE.md: nets/)."""
 
-from lesion.nets.activations import (
-    ScaledReLU,
-    ScaledSigmoid,
-    lipschitz_constant,
-    make_activation,
-    output_bound,
-)
-from lesion.nets.checkpoint import save_checkpoint
-from lesion.nets.cnn import ConvNet
-from lesion.nets.loading import LoadedModel, load_model, model_digest
-from lesion.nets.mlp import MLP
-from lesion.nets.presets import PRESETS, build_from_config, build_net, describe_presets, preset_config
-from lesion.nets.validate import non_finite_parameters, prepare_model, validate_model
+import importlib
+from typing import Any
+
+# where each public name lives; loaded on first use, so that the CLI's --help does not import torch
+_EXPORTS = {
+    "ScaledReLU": "lesion.nets.activations",
+    "ScaledSigmoid": "lesion.nets.activations",
+    "lipschitz_constant": "lesion.nets.activations",
+    "make_activation": "lesion.nets.activations",
+    "output_bound": "lesion.nets.activations",
+    "save_checkpoint": "lesion.nets.checkpoint",
+    "ConvNet": "lesion.nets.cnn",
+    "LoadedModel": "lesion.nets.loading",
+    "load_model": "lesion.nets.loading",
+    "model_digest": "lesion.nets.loading",
+    "MLP": "lesion.nets.mlp",
+    "PRESETS": "lesion.nets.catalog",
+    "describe_presets": "lesion.nets.catalog",
+    "build_from_config": "lesion.nets.presets",
+    "build_net": "lesion.nets.presets",
+    "preset_config": "lesion.nets.presets",
+    "non_finite_parameters": "lesion.nets.validate",
+    "prepare_model": "lesion.nets.validate",
+    "validate_model": "lesion.nets.validate",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lesion.nets' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
 
 __all__ = [
     "MLP",

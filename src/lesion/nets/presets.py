@@ -21,25 +21,13 @@ import torch
 from torch import nn
 
 from lesion.errors import LesionError
+from lesion.nets.catalog import PRESETS
 from lesion.nets.cnn import SMALL_CNN_HIDDEN, SMALL_CNN_LAYOUT, VGG11_HIDDEN, VGG11_LAYOUT, ConvNet
 from lesion.nets.mlp import MLP, init_random_normal
 
 RANDOM_NET_MEAN, RANDOM_NET_STD = 1.0, 5.0
 RANDOM_NET_WIDTHS = (4, 4, 4, 4)
 
-PRESETS: dict[str, str] = {
-    "mlp1-W": "784-W-10 MLP, one hidden layer of W units (e.g. mlp1-400, mlp1-48)",
-    "mlp2": "LeNet-300-100: 784-300-100-10 MLP",
-    "mlp:W1,W2,...": "MLP with the given hidden widths",
-    "random-R": "[R]'s random net 4-4-4-4-1, weights N(1, 5²), no biases, seed R",
-    "cnn": "small VGG-style CNN for 28×28 images (conv 16-16-32-32, dense 128)",
-    "vgg11": "VGG-11 for CIFAR-10 (8 conv layers, 512-512 classifier)",
-}
-
-
-def describe_presets() -> str:
-    """One line per preset, for `--help` texts."""
-    return "; ".join(f"{name}: {text}" for name, text in PRESETS.items())
 
 
 def _parse_widths(text: str) -> list[int]:
