@@ -82,7 +82,8 @@ def _gram_from_jacobians(op: MetricOperator) -> torch.Tensor:
     need = rows * op.n * op.weights.element_size()
     if need > JACOBIAN_MEMORY:
         raise LesionError(f"the Gram route for this model would stack {rows:,} Jacobian rows of {op.n:,} weights "
-                          f"({need / 2**30:.1f} GiB); use fewer inputs or the operator route (Lanczos)")
+                          f"({need / 2**30:.1f} GiB); use fewer inputs (--inputs; for the spectrum, also the "
+                          "operator route: --method lanczos)")
     A = torch.cat([op.jacobian_rows(op.x[i:i + 64]) for i in range(0, len(op.x), 64)])
     return A @ A.T
 
