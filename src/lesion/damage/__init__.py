@@ -4,8 +4,7 @@ where × what: selectors choose indices, kinds say what happens there, `realise`
 concrete damaged network (`Realised`), and `apply` runs it, one configuration or many in one vmapped pass.
 """
 
-import importlib
-from typing import Any
+from lesion.lazy import lazy_exports
 
 # where each public name lives; loaded on first use, so that `import lesion.damage.grammar` (the CLI's --help)
 # does not import torch
@@ -34,10 +33,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'lesion.damage' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = [

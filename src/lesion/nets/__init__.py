@@ -1,7 +1,6 @@
 """Reference architectures and loading of a user's model (ARCHITECTURE.md: nets/)."""
 
-import importlib
-from typing import Any
+from lesion.lazy import lazy_exports
 
 # where each public name lives; loaded on first use, so that the CLI's --help does not import torch
 _EXPORTS = {
@@ -27,10 +26,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'lesion.nets' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 __all__ = [
