@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,9 +75,14 @@ def test_cli_spectrum_and_attack(trained, tmp_path, capsys):
     model, config, _ = trained
     ckpt = save_checkpoint(tmp_path / "m.pt", model, "mlp:32", config)
     out, plot = tmp_path / "s.json", tmp_path / "s.png"
+    top = tmp_path / "top.json"
     assert main(["spectrum", "--model", str(ckpt), "--data", "digits", "--inputs", "50", "--top", "5",
+                 "--json", str(top)]) == 0
+    assert main(["spectrum", "--model", str(ckpt), "--data", "digits", "--inputs", "50", "--top", "5", "--all",
                  "--json", str(out), "--plot", str(plot)]) == 0
-    s = json.loads(out.read_text())
+    t, s = json.loads(top.read_text()), json.loads(out.read_text())
+    assert len(t["eigenvalues"]) == 5 and t["rank"] is None and not t["all_nonzero"]  # only the top K computed
+    np.testing.assert_allclose(t["eigenvalues"], s["eigenvalues"][:5], rtol=1e-6)
     for key in ("eigenvalues", "trace", "rank", "rho", "threshold", "inputs", "parameters"):
         assert key in s
     assert s["inputs"] == 50 and s["rank"] <= 500 and s["eigenvalues"] == sorted(s["eigenvalues"], reverse=True)

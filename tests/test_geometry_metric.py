@@ -107,3 +107,17 @@ def test_response_helpers_follow_the_metric():
     assert check["ci"][0] <= check["predicted"] <= check["ci"][1]
     rows = small_perturbation_response(op, sigmas=(1e-4, 1e-1), directions=5)
     assert rows[0]["relative_gap"] < 1e-3 and rows[0]["relative_gap"] < rows[1]["relative_gap"]
+
+
+def test_top_only_spectrum_of_an_mlp_has_the_exact_trace_from_the_factor_diagonal():
+    from lesion.geometry.gram import MLPGramProduct, gram_matrix
+
+    torch.manual_seed(3)
+    model = MLP(6, [7, 5], 3, activation="tanh").double().eval()
+    x = torch.rand(20, 6, dtype=torch.float64)
+    op = MetricOperator(model, x)
+    K = gram_matrix(op)
+    torch.testing.assert_close(MLPGramProduct(op.flat.mlp, x).diagonal(), torch.diagonal(K), rtol=1e-12, atol=1e-12)
+    top = spectrum(op, top=4, full=False)
+    assert top.trace == pytest.approx(trace_exact(op), rel=1e-12) and top.extra["trace_method"].startswith("exact")
+    assert top.eigenvalues == pytest.approx(spectrum(op, full=True).eigenvalues[:4], rel=1e-8)

@@ -53,7 +53,7 @@ def _cmd_spectrum(args: argparse.Namespace) -> dict[str, Any]:
     loaded, data, x, _ = _analysis_inputs(args)
     op = MetricOperator(loaded.module, x, args.output)
     announce_cost(op, args.top, args.time_limit, args.method)
-    result = spectrum(op, args.top, args.tau, full=False if args.top_only else None, method=args.method)
+    result = spectrum(op, args.top, args.tau, full=args.all, method=args.method)
     shown = ", ".join(f"{v:.4g}" for v in result.eigenvalues[:min(args.top, 8)])
     rows = f" ({result.inputs:,} (input, token) rows)" if result.inputs != len(x) else ""
     print(f"g on {len(x)} {args.split} inputs{rows} of {data.name} ({args.output} outputs), "
@@ -106,14 +106,18 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
 def register(sub: Any) -> None:
     """Add `lesion spectrum` and `lesion attack` to the `lesion` parser."""
     p = sub.add_parser("spectrum", help="spectrum of the metric tensor g",
-                       description="Eigenvalues of g = mean_x J_xᵀJ_x (SPEC §3.1–3.2): all nonzero ones by the "
-                                   "Gram route when m·|X| is small enough, else the top K by Lanczos; trace, rank, "
-                                   "rho(tau) = fraction of the n directions with eigenvalue above tau.")
+                       description="Eigenvalues of g = mean_x J_xᵀJ_x (SPEC §3.1–3.2): the top K by Lanczos (through "
+                                   "the layer factors of an MLP, on K = AAᵀ or on the operator g·v) and the trace; "
+                                   "with --all, every nonzero eigenvalue by the Gram route (when m·|X| is small "
+                                   "enough), the rank and rho(tau) = fraction of the n directions with eigenvalue "
+                                   "above tau.")
     add_model(p)
     add_data(p)
     _add_inputs(p)
-    p.add_argument("--top", type=positive_int, default=20, help="number of top eigenvalues (default 20)")
-    p.add_argument("--top-only", action="store_true", help="only the top K eigenvalues, even on the Gram route")
+    p.add_argument("--top", type=positive_int, default=20,
+                   help="number of top eigenvalues (default 20), by Lanczos through the MLP factors or on the operator")
+    p.add_argument("--all", action="store_true",
+                   help="all nonzero eigenvalues (Gram route), with the rank and rho(tau); default: only the top K")
     p.add_argument("--output", choices=("raw", "softmax"), default="raw", help="outputs differentiated")
     p.add_argument("--method", choices=("auto", "gram", "lanczos"), default="auto", help="route (default auto)")
     p.add_argument("--tau", type=positive_float, default=1e-3, help="threshold of rho (default 1e-3, [G] §3)")

@@ -123,6 +123,25 @@ class MLPGramProduct:
             total = term if total is None else total + term
         return total
 
+    def diagonal(self) -> torch.Tensor:
+        """diag K = Σ_l ‖δ_{x,k,l}‖² (‖a_{x,l}‖² + [bias]) in (input, output) order, without forming K; its sum
+        is ‖A‖_F² = |X| tr g (SPEC §3.2)."""
+        total = None
+        for a, delta, has_bias in self.factors:
+            term = (delta**2).sum(-1) * ((a**2).sum(-1, keepdim=True) + (1.0 if has_bias else 0.0))
+            total = term if total is None else total + term
+        return total.reshape(-1)
+
     def matvec(self, u: torch.Tensor) -> torch.Tensor:
-        """K u for u of shape (m|X|,) in (input, output) order."""
-        return self.apply(self.transpose_apply(u.reshape(self.inputs, self.m))).reshape(-1)
+        """K u for u of shape (m|X|,) in (input, output) order: per layer, e = Σ_k u_{·,k} δ_{·,k}, then
+        Σ_x' (a_x·a_x' + [bias]) e_x' and back through δ — with the input Gram matrices a aᵀ formed once (|X|²
+        each), never the weight gradient."""
+        if not hasattr(self, "_input_grams"):
+            self._input_grams = [a @ a.T + (1.0 if has_bias else 0.0) for a, _, has_bias in self.factors]
+        U = u.reshape(self.inputs, self.m)
+        total = None
+        for (_, delta, _), S in zip(self.factors, self._input_grams, strict=True):
+            e = torch.einsum("xk,xki->xi", U.to(delta.dtype), delta)
+            term = torch.einsum("xki,xi->xk", delta, S @ e)
+            total = term if total is None else total + term
+        return total.reshape(-1)

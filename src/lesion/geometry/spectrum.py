@@ -92,9 +92,11 @@ def eigenvectors_from_gram(op: MetricOperator, values: np.ndarray, gram_vectors:
     """Unit eigenvectors of g, v = Aᵀu/√(|X|λ), one vjp each: (n, k)."""
     m = len(gram_vectors) // op.inputs
     columns = []
+    rows = None if op.flat.mlp is None else op.flat.jacobian_rows(op.weights, op.x, op.output)  # Aᵀu by factors
     for lam, u in zip(values, gram_vectors.T, strict=True):
         cot = torch.from_numpy(np.ascontiguousarray(u)).to(op.weights).reshape(op.inputs, m)
-        v = op.vjp(cot) / math.sqrt(op.inputs * max(float(lam), 1e-300))
+        atu = op.vjp(cot) if rows is None else rows.apply_t(cot.reshape(-1)).to(op.weights)
+        v = atu / math.sqrt(op.inputs * max(float(lam), 1e-300))
         columns.append(v / v.norm())
     return torch.stack(columns, dim=1)
 
@@ -178,7 +180,11 @@ def spectrum(op: MetricOperator, top: int = 20, tau: float = 1e-3, full: bool | 
     else:
         values, _, route = top_eigenpairs(op, top, route)
         rank = rho = vulnerable = None
-        trace, ci = trace_hutchinson(op)
-        extra = {"trace_ci": list(ci), "trace_method": "hutchinson, 100 Rademacher vectors"}
+        if op.flat.mlp is not None and rows <= GRAM_LIMIT:  # exact, from the diagonal of K through the factors
+            trace = float(MLPGramProduct(op.flat.mlp, op.x, op.output).diagonal().double().sum() / op.inputs)
+            extra = {"trace_method": "exact, diag K from the layer factors"}
+        else:
+            trace, ci = trace_hutchinson(op)
+            extra = {"trace_ci": list(ci), "trace_method": "hutchinson, 100 Rademacher vectors"}
     return Spectrum([float(v) for v in values], trace, rank, rho, tau, op.inputs, op.n, op.output, route, full,
                     time.perf_counter() - started, vulnerable, extra)
