@@ -32,6 +32,7 @@ LANCZOS_PRODUCTS = 3  # products per Lanczos vector (eigsh takes some 2–4 × m
 HUTCHINSON = 100  # Rademacher vectors of the trace on the Lanczos route, one jvp (half a product) each
 TOP = 20  # eigenvalues and eigenvectors the geometry stage asks for
 EIGH_FLOPS = 5e9  # dense symmetric eigen-decomposition speed assumed for the Gram route, flops per second
+JACOBIAN_ROWS = 2048  # stacked Jacobian rows of one input above which they are not timed (nor used) here
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,8 @@ class Probe:
 
         x = self.ctx.data.x_train[:1]
         flat = FlatModel(self.ctx.model, x)
-        if flat.largest_jacobian_batch() < 1:
-            return float("inf")  # the rows of one input do not fit in memory
+        if flat.largest_jacobian_batch() < 1 or flat.rows_per_input * flat.m > JACOBIAN_ROWS:
+            return float("inf")  # the rows of one input do not fit in memory, or are too many to time
         started = time.perf_counter()
         flat.stacked_jacobians(flat.weights, x)
         return time.perf_counter() - started
@@ -225,9 +226,13 @@ def _breakdown(ctx: ReportContext, probe: Probe) -> list[StageOption]:
     orders = ctx.size(2, 5)
     per_curve = orders * FRACTIONS * len(ctx.x_eval) * probe.forward
     path_inputs = ctx.size(30, 100)
-    path = FRACTIONS * 3 * path_inputs * probe.path_point + FRACTIONS * len(ctx.x_eval) * probe.forward
-    options = [StageOption({"sites": sites, "path": True}, sites * per_curve + path,
-                           f"{sites} sites × {orders} orders, and a deletion path on {path_inputs} inputs")]
+    options = []
+    try:
+        path = FRACTIONS * 3 * path_inputs * probe.path_point + FRACTIONS * len(ctx.x_eval) * probe.forward
+        options.append(StageOption({"sites": sites, "path": True}, sites * per_curve + path,
+                                   f"{sites} sites × {orders} orders, and a deletion path on {path_inputs} inputs"))
+    except LesionError:  # no path on this model (e.g. its metric does not fit): the curves alone
+        pass
     for k in sorted({sites, min(sites, 4), min(sites, 1)}, reverse=True):
         options.append(StageOption({"sites": k, "path": False}, k * per_curve,
                                    f"{k} of {sites} sites × {orders} orders, no deletion path"))
@@ -244,7 +249,7 @@ def _recovery(ctx: ReportContext, probe: Probe) -> list[StageOption]:
     explicit = problem.flat.mlp is None
     times = StepTimes.of(problem, probe.jacobian if explicit else None)
     fits = problem.flat.largest_jacobian_batch() if explicit else 32
-    batch = min(32, fits)
+    batch = 0 if times.jacobian_per_input == float("inf") else min(32, fits)
     options = []
     for epochs, steps in ((ctx.size(1.0, 3.0), 200), (0.5, 50), (0.1, 20), (0.1, 5)):
         methods = recovery_methods(batch, epochs)
