@@ -70,3 +70,28 @@ def test_predicted_breakdown_reads_the_first_spike():
     t = [0.0, 0.25, 0.5, 0.75, 1.0]
     assert predicted_breakdown(t, [1.0, 2.0, 5.0, 30.0, 50.0], factor=10) == 0.75
     assert predicted_breakdown(t, [1.0, 1.0, 1.0, 1.0, 1.0]) is None
+
+
+def test_range_projection_is_refused_before_forming_a_gram_matrix_too_large_to_decompose():
+    from torch import nn
+
+    from lesion.errors import LesionError
+    from lesion.geometry.metric import MetricOperator
+    from lesion.geometry.paths import range_projection
+
+    class Net(nn.Module):  # not an MLP of SPEC §2.2: the autograd route, at most 500 rows
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1, self.fc2 = nn.Linear(3, 4), nn.Linear(4, 5)
+
+        def forward(self, x):
+            return self.fc2(torch.relu(self.fc1(x)))
+
+    torch.manual_seed(0)
+    model = Net()
+    small, large = MetricOperator(model, torch.randn(100, 3)), MetricOperator(model, torch.randn(101, 3))
+    vectors = torch.randn(100, 5)
+    projected = range_projection(small, small.weights, vectors)
+    assert projected.shape == vectors.shape
+    with pytest.raises(LesionError, match="505 output rows"):
+        range_projection(large, large.weights, torch.randn(101, 5))

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import jvp
 
+from lesion.errors import LesionError
 from lesion.geometry.gram import gram_matrix
 from lesion.geometry.metric import MetricOperator
 
@@ -56,7 +57,15 @@ def output_derivatives(op: MetricOperator, w: torch.Tensor, velocity: torch.Tens
 
 
 def range_projection(op: MetricOperator, w: torch.Tensor, vectors: torch.Tensor, rtol: float = 1e-10) -> torch.Tensor:
-    """P_range(J) applied to output-space vectors (|X|, m) at weights w, through the Gram matrix K = JJᵀ."""
+    """P_range(J) applied to output-space vectors (|X|, m) at weights w, through the Gram matrix K = JJᵀ (formed
+    and decomposed: refused, before the work, where the spectrum's automatic route would not form it)."""
+    from lesion.geometry.spectrum import automatic_route
+
+    rows = op.inputs * op.m
+    if automatic_route(op.flat.mlp is not None, rows, op.n, op.weights.element_size()) != "gram":
+        raise LesionError(f"the covariant acceleration needs the range of J on {rows:,} output rows ({op.inputs:,} "
+                          f"rows of {op.m} outputs), too many to form and decompose K = JJᵀ here; use fewer "
+                          "analysis inputs (--inputs)")
     K = gram_matrix(op.at(w)).double()
     lam, U = torch.linalg.eigh(K)
     keep = lam > lam.max() * rtol
