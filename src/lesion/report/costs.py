@@ -256,7 +256,7 @@ def _recovery(ctx: ReportContext, probe: Probe) -> list[StageOption]:
         seconds = estimate_seconds(problem, methods, epochs, max(batch, 1), steps, 1, times)
         evaluations = (steps + 4) * len(ctx.x_eval) * probe.forward
         geodesic = f", geodesic up to {steps} steps on {batch} inputs" if batch >= 1 else \
-            ", no geodesic (the Jacobian rows of one input do not fit in memory)"
+            ", no geodesic (the Jacobian rows of one input are too many to stack here)"
         options.append(StageOption({"epochs": epochs, "max_steps": steps, "batch": batch},
                                    seconds + evaluations, f"fine-tuning {epochs:g} epochs" + geodesic))
     return options
