@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,13 @@ class ReportContext:
         `default`."""
         return self.sizes.get(stage, {}).get(key, default)
 
+    @cached_property
+    def target(self) -> Any:
+        """The model's `Target` on the evaluation inputs: its site table, recorded once for every stage."""
+        from lesion.damage import Target
+
+        return Target(self.model, example=self.x_eval)
+
     @property
     def x_eval(self) -> torch.Tensor:
         """Test inputs for accuracies."""
@@ -60,13 +68,12 @@ class ReportContext:
 
 def stage_network(ctx: ReportContext) -> dict[str, Any]:
     """Section 1: architecture, parameters, data, clean accuracy with its Wilson interval."""
-    from lesion.damage import Target
     from lesion.train import evaluate
 
     result: dict[str, Any] = {"model": ctx.model_info, "data": ctx.data.to_dict(),
                               "parameters": sum(p.numel() for p in ctx.model.parameters()),
                               "architecture": str(ctx.model),
-                              "sites": [s.to_dict() for s in Target(ctx.model, example=ctx.x_eval).sites]}
+                              "sites": [s.to_dict() for s in ctx.target.sites]}
     if ctx.data.y_test is not None:
         result["clean"] = evaluate(ctx.model, ctx.data.x_test, ctx.data.y_test).to_dict()
     return result
@@ -213,7 +220,7 @@ def stage_recovery(ctx: ReportContext) -> dict[str, Any]:
 
 def stage_bitflips(ctx: ReportContext) -> dict[str, Any]:
     """Section 6: accuracy under random float32 bit errors at several rates; the most damaging single bits."""
-    from lesion.damage import BitFlip, Target, batched_damaged_outputs, realise
+    from lesion.damage import BitFlip, batched_damaged_outputs, realise
     from lesion.damage.bits import bit_name
     from lesion.damage.campaign import Campaign
     from lesion.report.costs import BIT_RATES, SINGLE_BITS
@@ -236,7 +243,7 @@ def stage_bitflips(ctx: ReportContext) -> dict[str, Any]:
                      "bit-error rate (float32, all weights)", "test accuracy", "Bit-flip sensitivity",
                      f"{samples} random fault patterns per rate on {len(ctx.x_eval)} test inputs; band: "
                      "95% CI of the mean", logx=True)
-    target = Target(ctx.model)
+    target = ctx.target
     flat = torch.cat([v.reshape(-1) for v in target.base.values()])
     names = list(target.base)
     sizes = np.cumsum([0] + [v.numel() for v in target.base.values()])

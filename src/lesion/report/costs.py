@@ -214,9 +214,8 @@ def _geometry(ctx: ReportContext, probe: Probe) -> list[StageOption]:
 
 def unit_sites(ctx: ReportContext) -> list[Any]:
     """The sites of the break-down stage: unit sites with a layer of their own, in forward order."""
-    from lesion.damage import Target
 
-    return [s for s in Target(ctx.model, example=ctx.x_eval).sites if s.kind != "attention-head" and s.layer]
+    return [s for s in ctx.target.sites if s.kind != "attention-head" and s.layer]
 
 
 def _breakdown(ctx: ReportContext, probe: Probe) -> list[StageOption]:
@@ -271,15 +270,20 @@ def recovery_methods(batch: int, epochs: float) -> list[str]:
 
 def recovery_problem(ctx: ReportContext) -> tuple[Any, str] | str:
     """The recovery stage's problem (80% of the units of the first site lesion can repair) and its damage
-    spec, or the reason there is none."""
-    from lesion.damage import Target
+    spec, or the reason there is none; built once per report (the plan and the stage share it)."""
+    if "_recovery_problem" not in ctx.__dict__:
+        ctx.__dict__["_recovery_problem"] = _new_recovery_problem(ctx)
+    return ctx.__dict__["_recovery_problem"]
+
+
+def _new_recovery_problem(ctx: ReportContext) -> tuple[Any, str] | str:
     from lesion.geometry.damage_set import parse_delete
     from lesion.geometry.recovery import RecoveryProblem
 
     if ctx.data.y_train is None or ctx.y_eval is None:
         return "the data have no labels: recovery is judged by accuracy and fine-tuning needs labels"
     reasons = []
-    for site in Target(ctx.model, example=ctx.x_eval).table.unit_sites():
+    for site in ctx.target.table.unit_sites():
         spec = f"units:{site.index}:frac=0.8"
         try:
             damage = parse_delete(ctx.model, spec, torch.Generator().manual_seed(ctx.seed), ctx.x_eval[:2])
