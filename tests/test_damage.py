@@ -222,7 +222,7 @@ def test_damages_compose_in_order(mlp):
     target = Target(mlp)
     realised = realise(target, [parse_damage("stuck:fc1.weight:0:5.0"), parse_damage("delete:fc1.weight:idx=0")],
                        seeded(0))
-    assert float(realised.params["fc1.weight"].view(-1)[0]) == 0.0
+    assert float(realised.param("fc1.weight", target.base).view(-1)[0]) == 0.0
     assert len(realised.faults) == 2
 
 

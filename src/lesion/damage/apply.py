@@ -18,7 +18,9 @@ from torch.func import functional_call, vmap
 
 from lesion import progress
 from lesion.damage.chain import chain_leaves, first_touched
+from lesion.damage.clean_chain import CleanChain
 from lesion.damage.realised import Realised, UnitOverride
+from lesion.damage.sparse import CHUNK_BYTES, SparseChain
 from lesion.errors import LesionError
 from lesion.functional import eval_mode, parameters_of, traceable
 from lesion.nets.outputs import as_rows, select_output
@@ -118,11 +120,12 @@ def damaged_outputs(model: nn.Module, realised: Realised, x: torch.Tensor, batch
     if isinstance(model, torch.jit.ScriptModule) and not realised.units:
         from lesion.functional import forward_with
 
-        return forward_with(model, realised.params, x, batch_size)
+        return forward_with(model, realised.changed_params(parameters_of(model)), x, batch_size)
     units = {name: (o.keep, o.value) for name, o in realised.units.items()}
     sites = [o.site for o in realised.units.values()]
     with eval_mode(model), SiteHooks(model, sites) as hooks:
-        return torch.cat([hooks.run(model, dict(realised.params), units, x[i:i + batch_size])
+        params = realised.changed_params(parameters_of(model))
+        return torch.cat([hooks.run(model, params, units, x[i:i + batch_size])
                           for i in range(0, len(x), batch_size)])
 
 
@@ -170,46 +173,98 @@ def _suffix_runner(model: nn.Module, leaves: list[tuple[str, nn.Module]] | None,
     return run
 
 
+def chunk_memory(device: torch.device) -> int:
+    """Working set of one chunk of configurations: cache-sized on a CPU; on a GPU an eighth of its free memory
+    (at most 4 GiB), so that a chunk fills the device without crowding the model."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(min(free // 8, 4 << 30))
+    return DEFAULT_MEMORY_BYTES
+
+
 @torch.no_grad()
 def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: torch.Tensor,
                             chunk_size: int | None = None, input_batch: int = 4096,
-                            memory_bytes: int = DEFAULT_MEMORY_BYTES, desc: str = "damaged forward") -> torch.Tensor:
+                            memory_bytes: int | None = None, desc: str = "damaged forward",
+                            chain: CleanChain | None = None, sparse: bool = True) -> torch.Tensor:
     """Outputs of every damaged network on `x`, shape (configs, inputs, outputs), in vectorised chunks.
 
     Parameters that any configuration changes are stacked along a new leading dimension (the trained value
     fills in where a configuration leaves one unchanged), likewise unit overrides, and `vmap` runs the model
-    once per chunk of configurations. When the model is a chain (`lesion.damage.chain`), the layers before
-    the first damaged one run once for all configurations. The result equals looping `damaged_outputs`
-    over the configurations, up to floating-point summation order.
+    once per chunk of configurations. When the model is a chain (`lesion.damage.chain`), the clean activations
+    of its leaves are computed once (`chain`, built here unless the caller keeps one for many calls on the same
+    `x`); the layers before a chunk's first damaged one are read from them, and a configuration that changes
+    few values is evaluated as a difference from them (`lesion.damage.sparse`; `sparse=False` turns this off).
+    The result equals looping `damaged_outputs` over the configurations, up to floating-point summation order.
     """
     if not configs:
         raise LesionError("no damage configurations to evaluate")
     if isinstance(model, torch.jit.ScriptModule):
         return torch.stack([damaged_outputs(model, c, x, input_batch) for c in progress.track(configs, desc)])
     base = parameters_of(model)
-    names = sorted({name for c in configs for name in c.params}, key=list(base).index)
+    names = {name for c in configs for name in c.changed}
     sites = {name: o.site for c in configs for name, o in c.units.items()}
-    device = next(iter(base.values())).device if base else x.device
     if not names and not sites:  # no configuration damages anything: one clean forward serves them all
         clean = damaged_outputs(model, Realised(), x, input_batch)
         return clean.unsqueeze(0).expand(len(configs), *clean.shape).clone()
+    if chain is None and not any(s.calls > 1 for s in sites.values()):
+        chain = CleanChain.of(model, x, input_batch)
+    results: list[torch.Tensor | None] = [None] * len(configs)
+    with progress.bar(len(configs), desc, "config") as bar:
+        dense = list(range(len(configs)))
+        if chain is not None and sparse:
+            engine, dense, planned = SparseChain(chain, base), [], []
+            for k, config in enumerate(configs):
+                plan = engine.plan(config)
+                if plan is None:
+                    dense.append(k)
+                else:
+                    planned.append((k, plan))
+            planned.sort(key=lambda item: item[1].size)  # chunks of alike configurations: little padding
+            budget = max(chunk_memory(chain.output.device), CHUNK_BYTES) if memory_bytes is None else memory_bytes
+            step = chunk_size or max(1, budget // (3 * chain.output.element_size() * chain.largest_boundary))
+            for start in range(0, len(planned), step):
+                part = planned[start:start + step]
+                outputs = engine.outputs([configs[k] for k, _ in part], [plan for _, plan in part])
+                for (k, _), out in zip(part, outputs, strict=True):
+                    results[k] = out
+                bar.update(len(part))
+        if dense:
+            outputs = _vectorised(model, [configs[k] for k in dense], x, base, chain, chunk_size, input_batch,
+                                  memory_bytes, bar)
+            for k, out in zip(dense, outputs, strict=True):
+                results[k] = out
+    return torch.stack(results)  # type: ignore[arg-type]
+
+
+def _vectorised(model: nn.Module, configs: list[Realised], x: torch.Tensor, base: dict[str, torch.Tensor],
+                chain: CleanChain | None, chunk_size: int | None, input_batch: int, memory_bytes: int | None,
+                bar: Any) -> list[torch.Tensor]:
+    """The dense path of `batched_damaged_outputs`: vmap over chunks of configurations."""
+    names = sorted({name for c in configs for name in c.changed}, key=list(base).index)
+    sites = {name: o.site for c in configs for name, o in c.units.items()}
+    device = next(iter(base.values())).device if base else x.device
     leaves = chain_leaves(model)
     if any(s.calls > 1 for s in sites.values()):
         leaves = None  # a module run more than once: calls are counted over the whole forward
     with traceable(model):
         if leaves is not None:
             first = first_touched(leaves, set(names), {s.path for s in sites.values()})
-            for _, module in leaves[:first]:
-                x = torch.cat([module(x[i:i + input_batch]) for i in range(0, len(x), input_batch)])
+            if chain is not None:
+                x = chain.values[first]
+            else:
+                for _, module in leaves[:first]:
+                    x = torch.cat([module(x[i:i + input_batch]) for i in range(0, len(x), input_batch)])
             leaves = leaves[first:]
         input_batch = min(input_batch, len(x))
         if chunk_size is None:
             changed = sum(base[n].numel() for n in names)
             per_config = x.element_size() * (changed + 2 * input_batch * _activation_numel(model, leaves, x))
-            chunk_size = max(1, memory_bytes // max(per_config, 1))
+            budget = chunk_memory(device) if memory_bytes is None else memory_bytes
+            chunk_size = max(1, budget // max(per_config, 1))
         chunk_size = min(chunk_size, len(configs))
-        outputs = []
-        with SiteHooks(model, list(sites.values())) as hooks, progress.bar(len(configs), desc, "config") as bar:
+        outputs: list[torch.Tensor] = []
+        with SiteHooks(model, list(sites.values())) as hooks:
             runner = _suffix_runner(model, leaves, hooks)
             shared_input = vmap(runner, in_dims=(0, 0, None))
             own_input = vmap(runner, in_dims=(0, 0, 0))
@@ -241,6 +296,6 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
                         if first_error is not None:
                             raise first_error from None
                         raise
-                outputs.append(torch.cat(parts, dim=1))
+                outputs.extend(torch.cat(parts, dim=1))
                 bar.update(len(chunk))
-    return torch.cat(outputs)
+    return outputs

@@ -136,25 +136,36 @@ def flip_bits(w: torch.Tensor, flat_indices: torch.Tensor, bits: torch.Tensor, f
     float32 value exactly: the quantisation error of untouched weights is not part of the fault. For int8 the
     scale defaults to `int8_scale(w)` over the whole of `w`. `w` is never modified.
     """
+    touched, values = flipped_entries(w, flat_indices, bits, fmt, scale)
+    out = w.detach().to(torch.float32).clone()
+    out.view(-1)[touched] = values
+    return out
+
+
+def flipped_entries(w: torch.Tensor, flat_indices: torch.Tensor, bits: torch.Tensor, fmt: str = "float32",
+                    scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The entries `flip_bits` changes, without copying `w`: (sorted distinct flat indices on w's device, their
+    float32 values after the flips)."""
     width = _width(fmt)
     if not isinstance(w, torch.Tensor):
         raise LesionError(f"flip_bits needs a torch.Tensor of weights, got {type(w).__name__}")
     if scale is not None:
         scale = _check_scale(scale)
-    out = w.detach().to(torch.float32).clone()
     idx = _as_index_tensor(flat_indices, "flat_indices")
     bit = _as_index_tensor(bits, "bits")
     if idx.numel() != bit.numel():
         raise LesionError(f"flat_indices and bits must pair up: got {idx.numel()} indices and {bit.numel()} bits")
+    none = (torch.zeros(0, dtype=torch.int64, device=w.device), torch.zeros(0, dtype=torch.float32, device=w.device))
     if idx.numel() == 0:
-        return out
-    numel = out.numel()
+        return none
+    numel = w.numel()
     if int(idx.min()) < 0 or int(idx.max()) >= numel:
         raise LesionError(f"flat indices must lie in 0..{numel - 1} for a tensor of {numel} elements")
     if int(bit.min()) < 0 or int(bit.max()) >= width:
         raise LesionError(f"bit positions must lie in 0..{width - 1} for {fmt}")
+    flat = w.detach().reshape(-1).to(torch.float32)
     if fmt == "int8" and scale is None:
-        scale = int8_scale(out)
+        scale = int8_scale(flat)
 
     # XOR semantics: a pair flipped an even number of times is a no-op; the remaining bits of an element are
     # distinct, so their XOR is their sum.
@@ -166,15 +177,24 @@ def flip_bits(w: torch.Tensor, flat_indices: torch.Tensor, bits: torch.Tensor, f
     touched = elements[masks != 0]
     masks = masks[masks != 0]
     if touched.numel() == 0:
-        return out
+        return none
     # Re-express the unsigned mask as the signed word of the same bits (e.g. bit 31 alone is -2**31 in int32).
     masks = torch.where(masks >= (1 << (width - 1)), masks - (1 << width), masks).to(_WORD_DTYPES[fmt])
 
-    flat = out.view(-1)
     touched = touched.to(flat.device)
     words = encode(flat[touched], fmt, scale)
-    flat[touched] = decode(torch.bitwise_xor(words, masks.to(words.device)), fmt, scale)
-    return out
+    return touched, decode(torch.bitwise_xor(words, masks.to(words.device)), fmt, scale)
+
+
+def flip_words(w: torch.Tensor, flat_indices: torch.Tensor, masks: torch.Tensor, fmt: str) -> torch.Tensor:
+    """float32 values of the entries `flat_indices` of `w` after XOR of their stored words with `masks` (int64,
+    the unsigned bit patterns to flip; SPEC §1, bit flip), on the CPU; for int8 with the scale of the whole `w`."""
+    width = _width(fmt)
+    flat = w.detach().reshape(-1).to(torch.float32).cpu()
+    scale = int8_scale(flat) if fmt == "int8" else None
+    signed = torch.where(masks >= (1 << (width - 1)), masks - (1 << width), masks).to(_WORD_DTYPES[fmt])
+    words = encode(flat[flat_indices], fmt, scale)
+    return decode(torch.bitwise_xor(words, signed), fmt, scale)
 
 
 def _bit_positions(fmt: str, bits: Sequence[int] | None) -> list[int]:

@@ -24,7 +24,8 @@ from torch import nn
 
 from lesion import progress
 from lesion.damage.apply import batched_damaged_outputs
-from lesion.damage.kinds import Damage, realise
+from lesion.damage.clean_chain import CleanChain
+from lesion.damage.kinds import Damage, realise_each
 from lesion.damage.spec import parse_damage
 from lesion.damage.target import Target
 from lesion.errors import LesionError
@@ -63,16 +64,28 @@ class SampleResult:
 def per_sample_metrics(outputs: torch.Tensor, clean: torch.Tensor, y: torch.Tensor | None
                        ) -> tuple[float, float | None, float | None]:
     """(mean over inputs of ‖F_damaged − F‖_∞ (SPEC §2.1 default norm), accuracy, cross-entropy) of one
-    configuration; an input whose damaged outputs are not finite counts as misclassified."""
-    diff = (outputs.double() - clean.double()).abs().amax(dim=1)
-    error = float(diff.mean())
+    configuration (`batch_metrics` of one)."""
+    error, accuracy, loss = batch_metrics(outputs.unsqueeze(0), clean, y)
+    return float(error[0]), None if accuracy is None else float(accuracy[0]), None if loss is None else float(loss[0])
+
+
+def batch_metrics(outputs: torch.Tensor, clean: torch.Tensor, y: torch.Tensor | None
+                  ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Per configuration of `outputs` (configurations, inputs, classes): mean over inputs of ‖F_damaged − F‖_∞
+    (SPEC §2.1 default norm), accuracy and cross-entropy. Differences and log-probabilities are computed in the
+    model's dtype, means accumulated in float64; an input whose damaged outputs are not finite counts as
+    misclassified and makes the loss non-finite (inf for an infinite logit of a wrong class, else NaN)."""
+    per_input = (outputs - clean).abs().amax(dim=2)
+    error = per_input.double().mean(dim=1).cpu().numpy()
     if y is None:
         return error, None, None
-    y = flat_labels(y)
-    finite = torch.isfinite(outputs).all(dim=1)
-    correct = (outputs.argmax(dim=1) == y) & finite
-    loss = float(torch.nn.functional.cross_entropy(outputs.double(), y))
-    return error, float(correct.double().mean()), loss
+    y = flat_labels(y).to(outputs.device)
+    # with finite clean outputs, the largest difference is NaN or inf exactly where an output is not finite
+    finite = torch.isfinite(per_input) if bool(torch.isfinite(clean).all()) else torch.isfinite(outputs).all(dim=2)
+    correct = (outputs.argmax(dim=2) == y) & finite
+    picked = outputs.gather(2, y.view(1, -1, 1).expand(len(outputs), -1, 1)).squeeze(2)
+    loss = (torch.logsumexp(outputs, dim=2) - picked).double().mean(dim=1)  # cross-entropy, input by input
+    return error, correct.double().mean(dim=1).cpu().numpy(), loss.cpu().numpy()
 
 
 @dataclass(frozen=True)
@@ -114,22 +127,25 @@ class Campaign:
         self.damages = list(damages)
         self.seed, self.tolerance = seed, tolerance
         self.target = Target(model, example=x[:2])
-        self.clean = forward_with(model, self.target.base, x)
+        self.chain = CleanChain.of(model, x)  # the clean activations, once for the whole campaign
+        self.clean = self.chain.output if self.chain is not None else forward_with(model, self.target.base, x)
         self.clean_accuracy = None if y is None else float((self.clean.argmax(1) == flat_labels(y)).double().mean())
         self.samples: list[SampleResult] = []
 
     def _evaluate(self, indices: Sequence[int], seeds: Sequence[int]) -> list[SampleResult]:
-        configs = [realise(self.target, self.damages, torch.Generator().manual_seed(s)) for s in seeds]
-        outputs = batched_damaged_outputs(self.model, configs, self.x, desc="configurations")
-        results = []
-        for index, seed, config, out in zip(indices, seeds, configs, outputs, strict=True):
-            error, accuracy, loss = per_sample_metrics(out, self.clean, self.y)
-            results.append(SampleResult(index, seed, config.faults, error, accuracy, loss))
-        return results
+        configs = realise_each(self.target, self.damages, seeds)
+        outputs = batched_damaged_outputs(self.model, configs, self.x, desc="configurations", chain=self.chain)
+        errors, accuracies, losses = batch_metrics(outputs, self.clean, self.y)
+        return [SampleResult(index, seed, config.faults, float(errors[k]),
+                             None if accuracies is None else float(accuracies[k]),
+                             None if losses is None else float(losses[k]))
+                for k, (index, seed, config) in enumerate(zip(indices, seeds, configs, strict=True))]
 
-    def run(self, samples: int | None = None, ci_width: float | None = None, batch: int = 64,
+    def run(self, samples: int | None = None, ci_width: float | None = None, batch: int | None = None,
             max_samples: int = 10_000, min_samples: int = 30) -> CampaignResult:
-        """`samples` configurations, or as many as it takes for a `ci_width` interval (at most `max_samples`)."""
+        """`samples` configurations, or as many as it takes for a `ci_width` interval (at most `max_samples`),
+        drawn and evaluated `batch` at a time (default 64)."""
+        batch = batch or 64
         if (samples is None) == (ci_width is None):
             raise LesionError("give either a number of samples or a target interval width")
         if samples is not None and samples < 1:

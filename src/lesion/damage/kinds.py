@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from lesion.sites import Site
 from lesion.sites.modules import unit_rows
 
 RECORD_LIMIT = 1000
+PATCH_FRACTION = 0.05  # a deletion of at most this share of the weights is kept as a patch (entries)
 
 
 def index_record(indices: torch.Tensor) -> dict[str, Any]:
@@ -49,6 +51,18 @@ def _unflat(target: Target, names: list[str], flat: torch.Tensor) -> dict[str, t
         out[n] = flat[offset:offset + size].reshape(shape).to(target.base[n].dtype)
         offset += size
     return out
+
+
+def _patched(target: Target, state: Realised, patches: list[tuple[str, torch.Tensor, torch.Tensor]],
+             record: dict[str, Any]) -> Realised:
+    """`state` with every (parameter, flat indices, values) patch applied and `record` as one fault."""
+    if not patches:
+        return state.with_params({}, record)
+    for k, (name, indices, values) in enumerate(patches):
+        state = state.with_patch(target.base, name, indices, values, record)
+        if k:  # one fault, however many parameters it touches
+            state = Realised(state.params, state.units, state.faults[:-1], state.patches)
+    return state
 
 
 def _check_sigma(sigma: float) -> None:
@@ -170,11 +184,22 @@ class WeightDeletion:
     def realise(self, target: Target, state: Realised, generator: torch.Generator) -> Realised:
         """Zero the chosen entries of the concatenated matched parameters."""
         names = target.match(self.params)
-        flat = _flat(target, state, names).clone()
-        chosen = self.selector.select(flat.numel(), flat, generator)
-        flat[chosen.to(flat.device)] = 0.0
-        return state.with_params(_unflat(target, names, flat),
-                                 {"kind": "delete", "params": names, **index_record(chosen)})
+        sizes = [target.base[n].numel() for n in names]
+        current = _flat(target, state, names) if self.selector.reads_values else None
+        chosen = self.selector.select(sum(sizes), current, generator)
+        record = {"kind": "delete", "params": names, **index_record(chosen)}
+        if chosen.numel() > PATCH_FRACTION * sum(sizes):
+            flat = current.clone() if current is not None else _flat(target, state, names).clone()
+            flat[chosen.to(flat.device)] = 0.0
+            return state.with_params(_unflat(target, names, flat), record)
+        chosen = torch.unique(chosen.to(target.device))
+        patches, offset = [], 0
+        for name, size in zip(names, sizes, strict=True):
+            mine = chosen[(chosen >= offset) & (chosen < offset + size)] - offset
+            if mine.numel():
+                patches.append((name, mine, torch.zeros(mine.numel(), device=target.device)))
+            offset += size
+        return _patched(target, state, patches, record)
 
     def spec(self) -> str:
         """SPEC string."""
@@ -193,10 +218,10 @@ class StuckAt:
         """Set the weight to the value."""
         name = target.match(self.param)[0] if self.param not in target.base else self.param
         flat_index = target.flat_index(name, self.index)
-        weight = state.param(name, target.base).clone()
-        weight.view(-1)[flat_index] = self.value
-        return state.with_params({name: weight}, {"kind": "stuck", "param": name, "index": flat_index,
-                                                  "value": self.value})
+        index = torch.tensor([flat_index], device=target.device)
+        value = torch.tensor([self.value], dtype=target.base[name].dtype, device=target.device)
+        return state.with_patch(target.base, name, index, value, {"kind": "stuck", "param": name,
+                                                                  "index": flat_index, "value": self.value})
 
     def spec(self) -> str:
         """SPEC string."""
@@ -320,27 +345,79 @@ class BitFlip:
             name = self.params if self.params in target.base else target.match(self.params)[0]
             flat_index = target.flat_index(name, self.index or "0")
             weight = state.param(name, target.base)
-            flipped = bitlib.flip_bits(weight, torch.tensor([flat_index]), torch.tensor([self.bit]),
-                                       self.fmt).to(weight.dtype)
+            touched, values = bitlib.flipped_entries(weight, torch.tensor([flat_index]), torch.tensor([self.bit]),
+                                                     self.fmt)
+            after = float(values[0].to(weight.dtype)) if touched.numel() else float(weight.flatten()[flat_index])
             record = {"kind": "bitflip", "format": self.fmt, "param": name, "index": flat_index, "bit": self.bit,
                       "bit_name": bitlib.bit_name(self.fmt, self.bit),
-                      "before": float(weight.flatten()[flat_index]), "after": float(flipped.flatten()[flat_index])}
-            return state.with_params({name: flipped}, record)
+                      "before": float(weight.flatten()[flat_index]), "after": after}
+            return state.with_patch(target.base, name, touched, values, record)
         names = target.match(self.params)
         sizes = [target.base[n].numel() for n in names]
         flat_idx, flat_bits = bitlib.random_bit_positions(sum(sizes), float(self.ber), self.fmt, generator,
                                                           self.positions)
-        changed, offset = {}, 0
+        record = {"kind": "bitflip", "format": self.fmt, "params": names, "ber": self.ber,
+                  "flips": int(flat_idx.numel()), **index_record(flat_idx * 64 + flat_bits)}
+        patches, offset = [], 0
         for name, size in zip(names, sizes, strict=True):
             mine = (flat_idx >= offset) & (flat_idx < offset + size)
             if bool(mine.any()):
                 weight = state.param(name, target.base)
-                changed[name] = bitlib.flip_bits(weight, flat_idx[mine] - offset, flat_bits[mine],
-                                                 self.fmt).to(weight.dtype)
+                patches.append((name, *bitlib.flipped_entries(weight, flat_idx[mine] - offset, flat_bits[mine],
+                                                              self.fmt)))
             offset += size
-        record = {"kind": "bitflip", "format": self.fmt, "params": names, "ber": self.ber,
-                  "flips": int(flat_idx.numel()), **index_record(flat_idx * 64 + flat_bits)}
-        return state.with_params(changed, record)
+        return _patched(target, state, patches, record)
+
+    def realise_each(self, target: Target, seeds: Sequence[int]) -> list[Realised]:
+        """`realise(target, [self], Generator(seed))` for every seed, the same numbers and records, with the
+        decoding of the flipped words done once for all seeds (random flips at a rate, on the trained network)."""
+        if self.ber is None:
+            raise LesionError("realise_each draws random flips: it needs ber=RATE")
+        names = target.match(self.params)
+        sizes = [target.base[n].numel() for n in names]
+        offsets = torch.tensor([0, *np.cumsum(sizes)], dtype=torch.int64)
+        total = int(offsets[-1])
+        generator = torch.Generator()
+        drawn = [bitlib.random_bit_positions(total, float(self.ber), self.fmt, generator.manual_seed(s), self.positions)
+                 for s in seeds]
+        records = [{"kind": "bitflip", "format": self.fmt, "params": names, "ber": self.ber, "flips": int(i.numel()),
+                    **index_record(i * 64 + b)} for i, b in drawn]
+        counts = torch.tensor([i.numel() for i, _ in drawn], dtype=torch.int64)
+        if not int(counts.sum()):
+            return [Realised().with_params({}, r) for r in records]
+        sample = torch.repeat_interleave(torch.arange(len(seeds)), counts)
+        element = torch.cat([i for i, _ in drawn])
+        bits = torch.cat([b for _, b in drawn])
+        # the (element, bit) pairs of one sample are distinct, so the bits flipped in one word combine by a sum
+        keys, inverse = torch.unique(sample * total + element, return_inverse=True)
+        masks = torch.zeros(keys.numel(), dtype=torch.int64).index_add_(0, inverse, torch.ones_like(bits) << bits)
+        element = keys % total
+        param = torch.searchsorted(offsets, element, right=True) - 1
+        values = torch.empty(keys.numel(), dtype=torch.float32)
+        for p, name in enumerate(names):
+            (chosen,) = torch.nonzero(param == p, as_tuple=True)
+            if chosen.numel():
+                local = element[chosen] - offsets[p]
+                values[chosen] = bitlib.flip_words(target.base[name], local, masks[chosen], self.fmt)
+        device = target.device
+        per_sample = counts.new_zeros(len(seeds)).index_add_(0, keys // total, torch.ones_like(keys))
+        out, start = [], 0
+        params, locals_ = param.tolist(), (element - offsets[param]).to(device)
+        values = values.to(device)
+        for k, record in enumerate(records):
+            stop = start + int(per_sample[k])
+            patches = {}
+            at = start
+            while at < stop:
+                p, end = params[at], at
+                while end < stop and params[end] == p:
+                    end += 1
+                name = names[p]
+                patches[name] = (locals_[at:end], values[at:end].to(target.base[name].dtype))
+                at = end
+            out.append(Realised({}, {}, (record,), patches))
+            start = stop
+        return out
 
     def spec(self) -> str:
         """SPEC string."""
@@ -353,6 +430,15 @@ class BitFlip:
 
 
 Damage = UnitCrash | HeadCrash | FilterDeletion | WeightDeletion | StuckAt | Perturbation | Direction | BitFlip
+
+
+def realise_each(target: Target, damages: Sequence[Damage], seeds: Sequence[int]) -> list[Realised]:
+    """`realise(target, damages, torch.Generator().manual_seed(seed))` for every seed (a campaign's batch); a lone
+    random bit flip is realised for all seeds at once (`BitFlip.realise_each`)."""
+    if len(damages) == 1 and isinstance(damages[0], BitFlip) and damages[0].ber is not None:
+        return damages[0].realise_each(target, seeds)
+    generator = torch.Generator()
+    return [realise(target, list(damages), generator.manual_seed(s)) for s in seeds]
 
 
 def realise(target: Target, damages: list[Damage] | tuple[Damage, ...], generator: torch.Generator) -> Realised:

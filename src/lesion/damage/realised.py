@@ -1,6 +1,8 @@
 """A realised damage: the concrete damaged network, as data (SPEC §0: damage is a mask, never a mutation).
 
-`Realised` holds the parameters that differ from the trained network (full tensors), the unit overrides per
+`Realised` holds the parameters that differ from the trained network (full tensors), the parameters that
+differ in a few entries (patches: flat indices and new values, so that a bit flip neither copies its tensor
+nor hides which entries it changed from the sparse engine, `lesion.damage.sparse`), the unit overrides per
 site (a unit's value becomes value·keep + stuck: keep 0 and stuck 0 is a crash), and a JSON-able record of
 the concrete faults (indices, bits, values), which is what a fault list saves and replays.
 """
@@ -38,27 +40,68 @@ class UnitOverride:
         return UnitOverride(self.site, keep, new)
 
 
+Patch = tuple[torch.Tensor, torch.Tensor]  # (sorted distinct flat indices, new values there)
+
+
 @dataclass(frozen=True)
 class Realised:
-    """The changed parameters, the unit overrides and the fault record of one damage configuration."""
+    """The changed parameters (`params` whole, `patches` by entry), the unit overrides and the fault record of
+    one damage configuration."""
 
     params: dict[str, torch.Tensor] = field(default_factory=dict)
     units: dict[str, UnitOverride] = field(default_factory=dict)
     faults: tuple[dict[str, Any], ...] = ()
+    patches: dict[str, Patch] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> list[str]:
+        """Names of the parameters this configuration changes."""
+        return [*self.params, *(n for n in self.patches if n not in self.params)]
 
     def param(self, name: str, base: dict[str, torch.Tensor]) -> torch.Tensor:
         """The current value of parameter `name` (changed or trained)."""
-        return self.params.get(name, base[name])
+        if name in self.params:
+            return self.params[name]
+        if name in self.patches:
+            indices, values = self.patches[name]
+            out = base[name].clone()
+            out.view(-1)[indices] = values.to(out.dtype)
+            return out
+        return base[name]
 
     def with_params(self, changed: dict[str, torch.Tensor], fault: dict[str, Any]) -> Realised:
         """A copy with parameters replaced and one more fault recorded."""
-        return Realised({**self.params, **changed}, self.units, (*self.faults, fault))
+        patches = {n: p for n, p in self.patches.items() if n not in changed}
+        return Realised({**self.params, **changed}, self.units, (*self.faults, fault), patches)
+
+    def with_patch(self, base: dict[str, torch.Tensor], name: str, indices: torch.Tensor, values: torch.Tensor,
+                   fault: dict[str, Any]) -> Realised:
+        """A copy in which the entries `indices` (distinct flat indices) of parameter `name` are `values`, and one
+        more fault recorded."""
+        if name in self.params:
+            tensor = self.params[name].clone()
+            tensor.view(-1)[indices] = values.to(tensor.dtype)
+            return self.with_params({name: tensor}, fault)
+        if name in self.patches:
+            old, old_values = self.patches[name]
+            merged = torch.unique(torch.cat([old, indices]))
+            merged_values = base[name].reshape(-1)[merged].clone()
+            merged_values[torch.searchsorted(merged, old)] = old_values
+            merged_values[torch.searchsorted(merged, indices)] = values.to(merged_values.dtype)
+            indices, values = merged, merged_values
+        order = torch.argsort(indices)
+        patches = {**self.patches, name: (indices[order], values[order].to(base[name].dtype))}
+        return Realised(self.params, self.units, (*self.faults, fault), patches)
 
     def with_units(self, override: UnitOverride, fault: dict[str, Any] | None) -> Realised:
         """A copy with the unit override of its site replaced and (unless None) one more fault recorded."""
         faults = self.faults if fault is None else (*self.faults, fault)
-        return Realised(self.params, {**self.units, override.site.name: override}, faults)
+        return Realised(self.params, {**self.units, override.site.name: override}, faults, self.patches)
+
+    def changed_params(self, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The changed parameters, whole."""
+        return {n: self.param(n, base) for n in self.changed}
 
     def full_params(self, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Every parameter of the damaged network."""
-        return {**base, **self.params}
+        return {**base, **self.changed_params(base)}

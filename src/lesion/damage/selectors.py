@@ -7,6 +7,7 @@ given their current values when it needs them and a torch generator when it is r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -22,6 +23,8 @@ def _check_fraction(fraction: float) -> float:
 @dataclass(frozen=True)
 class Explicit:
     """Exactly these flat indices."""
+
+    reads_values: ClassVar[bool] = False  # whether `select` needs the current values
 
     indices: tuple[int, ...]
 
@@ -40,6 +43,8 @@ class Explicit:
 @dataclass(frozen=True)
 class RandomFraction:
     """round(fraction·n) distinct indices drawn uniformly."""
+
+    reads_values: ClassVar[bool] = False  # whether `select` needs the current values
 
     fraction: float
 
@@ -60,6 +65,8 @@ class RandomFraction:
 class RandomCount:
     """`count` distinct indices drawn uniformly."""
 
+    reads_values: ClassVar[bool] = False  # whether `select` needs the current values
+
     count: int
 
     def select(self, n: int, values: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
@@ -76,6 +83,8 @@ class RandomCount:
 @dataclass(frozen=True)
 class SmallestMagnitude:
     """The round(fraction·n) entries of smallest |value| (ties broken by index: a stable sort)."""
+
+    reads_values: ClassVar[bool] = True  # whether `select` needs the current values
 
     fraction: float
 

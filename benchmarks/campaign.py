@@ -1,0 +1,306 @@
+"""Benchmark: a fault campaign in lesion against pytorchfi, mrfi and hand-written loops, on the same faults.
+
+LeNet-300-100 (mlp2) trained 3 epochs on mnist5k, evaluated on the first 1,000 test inputs; per configuration,
+the accuracy. Two scenarios:
+- A, float32 weight bit flips at bit-error rate 1e-6 over all parameters (about 8.5 flips per configuration),
+  500 configurations by default;
+- B, crashes (output 0) of 30% of the units of hidden layer 2 (after act2), 1,000 configurations by default.
+lesion runs a `Campaign` (construction and run timed: what a user runs). Each configuration is then realised
+again from its seed (`sample_seed(0, i)`, as the campaign does) and that fault list, already converted to each
+tool's own input format, is handed to the others; realising and converting it is NOT in their timings.
+- copy loop (A): per configuration, copy.deepcopy the model, write the damaged entries, forward all inputs;
+- hidden-layer loop (B): the activations after act2 once, then per configuration zero the crashed columns and
+  apply `out`;
+- pytorchfi (A): `fault_injection(..., layer_types=[Linear])` once, then per configuration `declare_weight_fi`
+  with layer_num/k/dim1 and a `value=` list (it deep-copies the model on every declaration; that is its cost).
+  pytorchfi only addresses `.weight`: flips that land in a bias are written into the corrupted model it returns
+  (the count of such configurations is printed);
+- pytorchfi (B): per configuration `declare_neuron_fi` with one entry per crashed neuron of fc2's output and a
+  custom `function=` hook that zeroes those neurons for every input (the `value=` route would need one entry per
+  input and neuron, 30,000 a configuration); ReLU(0) = 0, so this equals a crash after act2;
+- mrfi (A): one `MRFI` wrapper (on a copy of the model) with a weight fault injector on `weight` and `bias` of
+  every Linear, selector `FixPositions` (flat indices) and error mode `SetValue` (a value list); per
+  configuration the positions and values are set in its config tree (mrfi restores the weights from its own
+  copy before every forward, then injects);
+- mrfi (B): an `activation_out` injector on act2 with error mode `SetZero` and a small selector registered with
+  `mrfi.add_function` that selects the crashed neurons in every input (mrfi's fixed selectors take flat
+  positions, 30,000 a configuration).
+Prints, per scenario, seconds, the ratio (tool time / lesion time) and the number of configurations whose
+accuracy differs from lesion's (expected 0). pytorchfi and mrfi are benchmark-only dependencies (`make bench`
+installs them without their dependencies).
+
+Run: `.venv/bin/python benchmarks/campaign.py [--configs-bitflip 500] [--configs-crash 1000] [--threads 1]
+[--skip-peers]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import time
+from collections.abc import Callable
+
+os.environ.setdefault("LESION_NO_PROGRESS", "1")
+
+import torch  # noqa: E402
+
+from lesion.damage import Target, parse_damage, realise  # noqa: E402
+from lesion.damage.campaign import Campaign, sample_seed  # noqa: E402
+from lesion.data import load  # noqa: E402
+from lesion.nets import build_net  # noqa: E402
+from lesion.train import TrainSettings, train  # noqa: E402
+
+BITFLIP, CRASH = "bitflip:ber=1e-6", "crash:2:frac=0.3"
+CRASH_SITE, CRASH_LINEAR = "act2", "fc2"  # the crashed units: act2's output = ReLU(fc2's output)
+SEED, WARM_UP = 0, 2
+PEERS_MISSING = "not importable; `make bench` installs it (pytorchfi==0.6.0, mrfi==2.1.0, pip --no-deps)"
+
+
+def accuracy(outputs: torch.Tensor, y: torch.Tensor) -> float:
+    """Share of inputs classified correctly; non-finite outputs count as wrong (as in lesion's campaigns)."""
+    return float(((outputs.argmax(1) == y) & torch.isfinite(outputs).all(1)).double().mean())
+
+
+def entries(config, base: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """The damaged entries of each changed parameter: flat indices and new values."""
+    out = dict(config.patches)
+    for name, tensor in config.params.items():
+        index = torch.ne(tensor, base[name]).reshape(-1).nonzero().flatten()
+        out[name] = (index, tensor.reshape(-1)[index])
+    return out
+
+
+def timed(run: Callable[[], list[float]]) -> tuple[float, list[float]]:
+    start = time.perf_counter()
+    accuracies = run()
+    return time.perf_counter() - start, accuracies
+
+
+def lesion_campaign(model, x, y, spec: str, samples: int) -> tuple[list[float], float]:
+    result = Campaign(model, x, y, [parse_damage(spec)], seed=SEED).run(samples=samples)
+    return [s.accuracy for s in result.samples], result.clean_accuracy
+
+
+# ---- scenario A: weight bit flips -------------------------------------------------------------------------
+
+def copy_loop(model, x, y, faults: list[dict]) -> list[float]:
+    accuracies = []
+    for config in faults:
+        damaged = copy.deepcopy(model)
+        with torch.no_grad():
+            params = dict(damaged.named_parameters())
+            for name, (index, values) in config.items():
+                params[name].view(-1)[index] = values
+            accuracies.append(accuracy(damaged(x), y))
+    return accuracies
+
+
+def pytorchfi_faults(model, faults: list[dict]) -> list[tuple[dict, list]]:
+    """Per configuration: declare_weight_fi keyword arguments (weights) and (module, flat index, value) (biases)."""
+    linears = {name: n for n, (name, _) in enumerate(
+        (name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear))}
+    out = []
+    for config in faults:
+        layer, k, dim1, value, biases = [], [], [], [], []
+        for name, (index, values) in config.items():
+            module, kind = name.rsplit(".", 1)
+            if kind == "weight":
+                columns = model.get_submodule(module).weight.shape[1]
+                for i, v in zip(index.tolist(), values.tolist(), strict=True):
+                    layer.append(linears[module])
+                    k.append(i // columns)
+                    dim1.append(i % columns)
+                    value.append(v)
+            else:
+                biases.extend((module, i, v) for i, v in zip(index.tolist(), values.tolist(), strict=True))
+        none = [None] * len(layer)
+        out.append((dict(layer_num=layer, k=k, dim1=dim1, dim2=none, dim3=list(none), value=value), biases))
+    return out
+
+
+def pytorchfi_weights(model, x, y, faults: list[tuple[dict, list]]) -> list[float]:
+    from pytorchfi.core import fault_injection
+
+    pfi = fault_injection(model, len(x), input_shape=list(x.shape[1:]), layer_types=[torch.nn.Linear])
+    accuracies = []
+    for declared, biases in faults:
+        corrupted = pfi.declare_weight_fi(**declared)
+        with torch.no_grad():
+            for module, i, v in biases:  # pytorchfi injects into `.weight` only
+                corrupted.get_submodule(module).bias[i] = v
+            accuracies.append(accuracy(corrupted(x), y))
+    return accuracies
+
+
+def mrfi_faults(model, faults: list[dict]) -> list[dict]:
+    """Per configuration: (module, weight id) -> (flat positions, values) for every Linear weight and bias."""
+    out = []
+    for config in faults:
+        per = {}
+        for module, m in model.named_modules():
+            if isinstance(m, torch.nn.Linear):
+                for weight_id, kind in enumerate(("weight", "bias")):
+                    index, values = config.get(f"{module}.{kind}", (torch.zeros(0, dtype=torch.long), torch.zeros(0)))
+                    per[module, weight_id] = (index.tolist(), values.tolist())
+        out.append(per)
+    return out
+
+
+def mrfi_weights(model, x, y, faults: list[dict]) -> list[float]:
+    from mrfi import MRFI, EasyConfig
+
+    config = EasyConfig({"faultinject": [{
+        "type": "weight", "name": ["weight", "bias"], "module_type": "Linear",
+        "selector": {"method": "FixPositions", "positions": []},
+        "error_mode": {"method": "SetValue", "value": []}}]})
+    fi_model = MRFI(copy.deepcopy(model), config)
+    nodes = {key: (fi_model.get_weights_configs("selector.args", weight_id=key[1], module_fullname=key[0])[0],
+                   fi_model.get_weights_configs("error_mode.args", weight_id=key[1], module_fullname=key[0])[0])
+             for key in faults[0]}
+    accuracies = []
+    for per in faults:
+        for key, (positions, values) in per.items():
+            selector, error_mode = nodes[key]
+            selector["positions"] = positions
+            error_mode["value"] = values
+        accuracies.append(accuracy(fi_model(x), y))
+    return accuracies
+
+
+# ---- scenario B: unit crashes -----------------------------------------------------------------------------
+
+def hidden_loop(model, x, y, keeps: list[torch.Tensor]) -> list[float]:
+    with torch.no_grad():
+        h2 = model.act2(model.fc2(model.act1(model.fc1(model.flatten(x)))))
+        return [accuracy(model.out(h2 * keep), y) for keep in keeps]
+
+
+def pytorchfi_crashes(model, x, y, crashed: list[list[int]]) -> list[float]:
+    from pytorchfi.core import fault_injection
+
+    pfi = fault_injection(model, len(x), input_shape=list(x.shape[1:]), layer_types=[torch.nn.Linear])
+    layer = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)].index(CRASH_LINEAR)
+
+    def crash(module, inputs, output):  # a custom neuron fault: the declared neurons output 0 for every input
+        if pfi.get_current_layer() == layer:
+            output[:, pfi.corrupt_dim1] = 0.0
+        pfi.updateLayer()
+        if pfi.get_current_layer() >= pfi.get_total_layers():
+            pfi.reset_current_layer()
+
+    accuracies = []
+    for units in crashed:
+        none = [None] * len(units)
+        corrupted = pfi.declare_neuron_fi(batch=[0] * len(units), layer_num=[layer] * len(units), dim1=units,
+                                          dim2=none, dim3=list(none), function=crash)
+        with torch.no_grad():
+            accuracies.append(accuracy(corrupted(x), y))
+    return accuracies
+
+
+def fixed_neurons(shape: torch.Size, neurons: list[int]) -> torch.Tensor:
+    """mrfi selector: the given neurons (dim 1) of every instance (dim 0) of a (instances, neurons) tensor."""
+    return (torch.arange(shape[0]).unsqueeze(1) * shape[1] + torch.as_tensor(neurons, dtype=torch.long)).reshape(-1)
+
+
+def mrfi_crashes(model, x, y, crashed: list[list[int]]) -> list[float]:
+    import mrfi
+
+    mrfi.add_function("FixedNeurons", fixed_neurons)
+    config = mrfi.EasyConfig({"faultinject": [{
+        "type": "activation_out", "module_fullname": CRASH_SITE,
+        "selector": {"method": "FixedNeurons", "neurons": []}, "error_mode": {"method": "SetZero"}}]})
+    fi_model = mrfi.MRFI(copy.deepcopy(model), config)
+    selector = fi_model.get_activation_configs("selector.args", is_out=True, module_fullname=CRASH_SITE)[0]
+    accuracies = []
+    for units in crashed:
+        selector["neurons"] = units
+        accuracies.append(accuracy(fi_model(x), y))
+    return accuracies
+
+
+# ---- driver -----------------------------------------------------------------------------------------------
+
+def peer_available(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        print(f"{module} {PEERS_MISSING}: skipped")
+        return False
+    return True
+
+
+def scenario(title: str, spec: str, samples: int, model, x, y, tools: list[tuple[str, Callable, Callable]]) -> list:
+    """Time lesion's campaign, realise its fault list again, hand it to each tool, print the table; returns the
+    realised configurations."""
+    lesion_campaign(model, x, y, spec, WARM_UP)
+    start = time.perf_counter()
+    reference, clean = lesion_campaign(model, x, y, spec, samples)
+    t_lesion = time.perf_counter() - start
+    start = time.perf_counter()
+    target = Target(model, example=x[:2])
+    configs = [realise(target, [parse_damage(spec)], torch.Generator().manual_seed(sample_seed(SEED, i)))
+               for i in range(samples)]
+    t_realise = time.perf_counter() - start
+    changed = sum(a != clean for a in reference)
+    print(f"\n{title}: {spec}, {samples} configurations x {len(x)} inputs\nlesion mean accuracy "
+          f"{sum(reference) / len(reference):.4f} (clean {clean:.4f}; {changed} configurations change it); "
+          f"realising the fault list for the others (not timed): {t_realise:.2f} s")
+    rows = [("lesion Campaign", t_lesion, 0)]
+    for name, convert, run in tools:
+        faults = convert(configs)
+        run(model, x, y, faults[:WARM_UP])
+        seconds, accuracies = timed(lambda run=run, faults=faults: run(model, x, y, faults))
+        rows.append((name, seconds, sum(a != b for a, b in zip(accuracies, reference, strict=True))))
+    print("{:18s} {:>9s} {:>7s} {:>14s}".format("tool", "seconds", "ratio", "differing acc."))
+    for name, seconds, differing in rows:
+        print(f"{name:18s} {seconds:9.3f} {seconds / t_lesion:6.1f}x {differing:14d}")
+    return configs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs-bitflip", type=int, default=500)
+    parser.add_argument("--configs-crash", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--skip-peers", action="store_true", help="only lesion and the hand-written loops")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    has_pytorchfi = not args.skip_peers and peer_available("pytorchfi.core")
+    has_mrfi = not args.skip_peers and peer_available("mrfi")
+
+    data = load("mnist5k")
+    model, _ = build_net("mlp2", data.input_shape, 10, seed=0)
+    train(model, data.x_train, data.y_train, TrainSettings(epochs=3, seed=0))
+    model.eval()
+    x, y = data.x_test[:1000], data.y_test[:1000]
+    base = {name: p.detach() for name, p in model.named_parameters()}
+    print(f"mlp2 (LeNet-300-100) trained 3 epochs on mnist5k; {len(x)} test inputs; {args.threads} threads")
+
+    def bitflip_faults(configs):
+        return [entries(c, base) for c in configs]
+
+    tools = [("copy loop", bitflip_faults, copy_loop)]
+    if has_pytorchfi:
+        tools.append(("pytorchfi", lambda cs: pytorchfi_faults(model, bitflip_faults(cs)), pytorchfi_weights))
+    if has_mrfi:
+        tools.append(("mrfi", lambda cs: mrfi_faults(model, bitflip_faults(cs)), mrfi_weights))
+    configs = scenario("A, weight bit flips", BITFLIP, args.configs_bitflip, model, x, y, tools)
+    if has_pytorchfi:
+        in_bias = sum(any(n.endswith(".bias") for n in c.changed) for c in configs)
+        print(f"(pytorchfi: {in_bias} configurations with a flip in a bias, written outside its API)")
+
+    def crashed_units(configs):
+        return [(c.units[CRASH_SITE].keep == 0).nonzero().flatten().tolist() for c in configs]
+
+    tools = [("hidden-layer loop", lambda cs: [c.units[CRASH_SITE].keep for c in cs], hidden_loop)]
+    if has_pytorchfi:
+        tools.append(("pytorchfi", crashed_units, pytorchfi_crashes))
+    if has_mrfi:
+        tools.append(("mrfi", crashed_units, mrfi_crashes))
+    scenario("B, unit crashes", CRASH, args.configs_crash, model, x, y, tools)
+
+
+if __name__ == "__main__":
+    main()

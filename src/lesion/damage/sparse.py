@@ -1,0 +1,387 @@
+"""Faults that change few values, evaluated as a difference from the clean network (issue 16, item 1).
+
+A bit flip, a stuck-at weight, a small deletion or a crash of some units changes a handful of numbers; the
+dense path recomputes every layer after them. Here a configuration of a chain model (`CleanChain`) is
+evaluated as the clean activations plus a difference carried through the layers:
+
+- a Linear layer whose weights change in a few entries ΔW adds ΔW·h, column by column, to its clean output:
+  only the rows of the changed entries differ (the difference stays *sparse*, a few unit columns);
+- an elementwise activation (and dropout, identity, a flatten of a 2-D tensor) keeps the same columns;
+- a unit override (crash, stuck unit) at a leaf's output or input sets the values of its columns;
+- a Linear layer reading a sparse difference Δh on columns U outputs W·h + ΔW·h + W'[:, U]·Δh_U: a *dense*
+  difference from then on, and the remaining layers run on the full values.
+
+Configurations are evaluated a chunk at a time with a constant number of tensor operations per layer (not
+per configuration): a sparse difference is a set of (configuration, column) pairs with one column of values
+each; a dense one is the (configurations, inputs, features) values. The result equals the dense path up to
+float32 rounding (the same products, summed in another order); NaN and
+±inf follow the same arithmetic (inf − w = inf, inf·0 = NaN in both). Configurations this does not apply to
+(changed parameters outside a Linear layer, a change over `SPARSE_FRACTION` of a layer, a layer that is not a
+Linear, elementwise or identity leaf after the first damaged one, unit sites inside a leaf or off the feature
+axis) go through the vectorised dense engine (`lesion.damage.apply`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lesion.damage.clean_chain import CleanChain
+from lesion.damage.realised import Realised, UnitOverride
+from lesion.nets.activations import ScaledReLU, ScaledSigmoid
+
+SPARSE_FRACTION = 0.05  # a layer whose weights change in more than this share of entries takes the dense path
+GEMM_RATIO = 16  # changed rows × layer inputs ≤ this × changed entries: one matrix product beats gathers
+CHUNK_BYTES = 256 << 20  # working set of one chunk of configurations
+FOLD_BYTES = 64 << 20  # unit overrides are folded into a Linear layer's weights while the copies fit in this
+
+_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
+                nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign, nn.Tanhshrink,
+                nn.LogSigmoid, ScaledReLU, ScaledSigmoid)
+_IDENTITY = (nn.Identity, nn.Dropout, nn.AlphaDropout, nn.Flatten)  # in eval mode, on (N, F) values
+
+
+@dataclass(frozen=True)
+class _Leaf:
+    name: str
+    module: nn.Module
+    kind: str  # "linear", "elementwise", "identity" or "other"
+    weight: str = ""
+    bias: str = ""
+
+
+@dataclass(frozen=True)
+class _Entries:
+    """Changed entries of one Linear layer in one configuration: weight (rows, cols, ΔW), bias (rows, Δb)."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    delta: torch.Tensor
+    bias_rows: torch.Tensor
+    bias_delta: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one configuration runs in the sparse engine: its first damaged leaf, the changed entries of its
+    Linear layers, and its unit overrides at leaf inputs and outputs (by leaf index)."""
+
+    first: int
+    changes: dict[int, _Entries]
+    inputs: dict[int, UnitOverride]
+    outputs: dict[int, UnitOverride]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(first damaged leaf, changed entries): configurations alike in both pad alike in a chunk."""
+        return self.first, sum(e.rows.numel() + e.bias_rows.numel() for e in self.changes.values())
+
+
+@dataclass
+class _State:
+    """The difference from the clean values at one leaf boundary, for a chunk of C configurations: sparse
+    (`keys` = configuration·width + column, sorted; `delta` (inputs, pairs)), dense (`full` (C, inputs, width)),
+    or masked (unit overrides only: the values are clean·keep + value, `keep` and `value` (C, width))."""
+
+    width: int
+    keys: torch.Tensor
+    delta: torch.Tensor
+    full: torch.Tensor | None = None
+    keep: torch.Tensor | None = None
+    value: torch.Tensor | None = None
+
+    @property
+    def configs(self) -> torch.Tensor:
+        return self.keys // self.width
+
+    @property
+    def cols(self) -> torch.Tensor:
+        return self.keys % self.width
+
+
+def _kind(module: nn.Module, before: torch.Tensor, after: torch.Tensor) -> str:
+    flat = before.dim() == 2 and after.dim() == 2
+    if type(module).forward is nn.Linear.forward and isinstance(module, nn.Linear):
+        return "linear" if flat else "other"
+    if isinstance(module, _ELEMENTWISE) and not any(True for _ in module.parameters()):
+        return "elementwise" if flat else "other"
+    if isinstance(module, _IDENTITY) and flat and before.shape == after.shape:
+        return "identity"
+    return "other"
+
+
+class SparseChain:
+    """Evaluates configurations of a chain model as clean values plus a carried difference (module docstring)."""
+
+    def __init__(self, chain: CleanChain, base: dict[str, torch.Tensor], max_fraction: float = SPARSE_FRACTION
+                 ) -> None:
+        self.chain, self.base, self.max_fraction = chain, base, max_fraction
+        values = chain.values
+        self.leaves: list[_Leaf] = []
+        for i, (name, module) in enumerate(chain.leaves):
+            kind = _kind(module, values[i], values[i + 1])
+            prefix = f"{name}." if name else ""
+            weight = f"{prefix}weight" if kind == "linear" else ""
+            bias = f"{prefix}bias" if kind == "linear" and f"{prefix}bias" in base else ""
+            self.leaves.append(_Leaf(name, module, kind, weight, bias))
+        self.index = {leaf.name: i for i, leaf in enumerate(self.leaves)}
+        self.owner = {p: i for i, leaf in enumerate(self.leaves) for p in (leaf.weight, leaf.bias) if p}
+        self._buffers: dict[int, torch.Tensor] = {}
+        self.last_other = max((i + 1 for i, leaf in enumerate(self.leaves) if leaf.kind == "other"), default=0)
+        self._sample = {name: torch.linspace(0, t.numel() - 1, min(t.numel(), 997), device=t.device).long()
+                        for name, t in base.items()}
+
+    def _surely_dense(self, name: str, value: torch.Tensor) -> bool:
+        """Whether a whole-tensor change alters far more than `max_fraction` of the entries, judged on a fixed
+        sample of them (a perturbation of every weight), so that it goes the dense way without a full scan."""
+        sample = self._sample[name]
+        changed = (value.reshape(-1)[sample] != self.base[name].reshape(-1)[sample]).sum()
+        return bool(changed > 2 * self.max_fraction * sample.numel() + 8)
+
+    def _buffer(self, boundary: int, count: int) -> torch.Tensor:
+        """Working values of `count` configurations at a hidden leaf boundary, reused from chunk to chunk; the
+        output boundary gets a fresh tensor (it is returned)."""
+        clean = self.chain.values[boundary]
+        shape = (count, *clean.shape)
+        if boundary == len(self.leaves):
+            return clean.new_empty(shape)
+        held = self._buffers.get(boundary)
+        if held is None or len(held) < count:
+            held = self._buffers[boundary] = clean.new_empty(shape)
+        return held[:count]
+
+    def plan(self, config: Realised) -> Plan | None:
+        """How `config` runs here, or None when it must take the dense path (module docstring)."""
+        inputs: dict[int, UnitOverride] = {}
+        outputs: dict[int, UnitOverride] = {}
+        for override in config.units.values():
+            site = override.site
+            i = self.index.get(site.path)
+            if i is None or site.calls != 1:
+                return None
+            value = self.chain.values[i if site.hook == "input" else i + 1]
+            if value.dim() != 2 or site.axis not in (1, -1):
+                return None
+            (inputs if site.hook == "input" else outputs)[i] = override
+        touched = set()
+        for name in config.changed:
+            if name not in self.owner or (name in config.params and self._surely_dense(name, config.params[name])):
+                return None
+            touched.add(self.owner[name])
+        first = min([*touched, *inputs, *outputs], default=len(self.leaves))
+        if first < self.last_other:
+            return None
+        changes = {}
+        for i in touched:
+            entries = self._entries(self.leaves[i], config)
+            if entries is None:
+                return None
+            changes[i] = entries
+        return Plan(first, changes, inputs, outputs)
+
+    def _entries(self, leaf: _Leaf, config: Realised) -> _Entries | None:
+        weight = self.base[leaf.weight]
+        empty = torch.zeros(0, dtype=torch.long, device=weight.device)
+        rows, cols, delta = empty, empty, weight.new_zeros(0)
+        changed = _changed_entries(config, leaf.weight, weight)
+        if changed is not None:
+            flat, delta = changed
+            if flat.numel() > self.max_fraction * weight.numel():
+                return None
+            rows, cols = flat // weight.shape[1], flat % weight.shape[1]
+        bias_rows, bias_delta = empty, weight.new_zeros(0)
+        changed = _changed_entries(config, leaf.bias, self.base[leaf.bias]) if leaf.bias else None
+        if changed is not None:
+            bias_rows, bias_delta = changed
+        return _Entries(rows, cols, delta, bias_rows, bias_delta)
+
+    @torch.no_grad()
+    def outputs(self, configs: list[Realised], plans: list[Plan]) -> torch.Tensor:
+        """The damaged networks' outputs on the chain's inputs, shape (configs, inputs, outputs)."""
+        values = self.chain.values
+        first = min(p.first for p in plans)
+        h = values[first]
+        state = _State(h.shape[1], torch.zeros(0, dtype=torch.long, device=h.device), h.new_zeros(len(h), 0))
+        for i in range(first, len(self.leaves)):
+            leaf = self.leaves[i]
+            state = self._override(values[i], state, [p.inputs.get(i) for p in plans])
+            if leaf.kind == "linear":
+                state = self._linear(i, configs, [p.changes.get(i) for p in plans], state)
+            elif leaf.kind == "elementwise":
+                state = _unmasked(values[i], state)
+                if state.full is not None:
+                    state.full = _in_place(leaf.module, state.full)
+                elif state.keys.numel():
+                    cols = state.cols
+                    state.delta = leaf.module(values[i][:, cols] + state.delta) - values[i + 1][:, cols]
+            state = self._override(values[i + 1], state, [p.outputs.get(i) for p in plans])
+        if state.full is not None:  # a reused working tensor unless the last leaf made it
+            return state.full if self.leaves[-1].kind == "linear" else state.full.clone()
+        return _densify(values[-1], _unmasked(values[-1], state), len(plans))
+
+    def _override(self, clean: torch.Tensor, state: _State, overrides: list[UnitOverride | None]) -> _State:
+        """y ← y·keep + value (SPEC §6.1) for the configurations that override units at this boundary."""
+        chosen = [c for c, o in enumerate(overrides) if o is not None]
+        if not chosen:
+            return state
+        keep = clean.new_ones(len(overrides), state.width)
+        value = clean.new_zeros(len(overrides), state.width)
+        index = torch.tensor(chosen, device=clean.device)
+        keep[index] = torch.stack([overrides[c].keep for c in chosen]).to(clean.dtype)  # type: ignore[union-attr]
+        value[index] = torch.stack([overrides[c].value for c in chosen]).to(clean.dtype)  # type: ignore[union-attr]
+        if state.full is not None:
+            state.full.mul_(keep.unsqueeze(1)).add_(value.unsqueeze(1))
+            return state
+        if state.keep is not None:  # overrides after overrides
+            assert state.value is not None
+            return _State(state.width, state.keys, state.delta, None, state.keep * keep, state.value * keep + value)
+        if not state.keys.numel():  # the first difference: kept as masks until a layer reads it
+            return _State(state.width, state.keys, state.delta, None, keep, value)
+        configs, cols = torch.nonzero((keep != 1) | (value != 0), as_tuple=True)
+        keys = torch.unique(torch.cat([state.keys, configs * state.width + cols]))
+        carried = clean.new_zeros(len(clean), keys.numel())
+        carried[:, torch.searchsorted(keys, state.keys)] = state.delta
+        configs, cols = keys // state.width, keys % state.width
+        current = (clean[:, cols] + carried) * keep[configs, cols] + value[configs, cols]
+        return _State(state.width, keys, current - clean[:, cols])
+
+    def _linear(self, i: int, configs: list[Realised], changes: list[_Entries | None], state: _State) -> _State:
+        """A Linear layer: W'h' = Wh + ΔW·h' + W·Δh (module docstring), for the chunk."""
+        leaf, values = self.leaves[i], self.chain.values
+        weight = self.base[leaf.weight]
+        h, clean_out = values[i], values[i + 1]
+        width = clean_out.shape[1]
+        entries = _stack_entries(changes, weight)
+        if state.keep is not None and len(changes) * weight.numel() * weight.element_size() > FOLD_BYTES:
+            state = _unmasked(h, state)
+        if state.full is None and state.keep is None and not state.keys.numel():
+            # the difference starts here: it stays sparse
+            e_cfg, rows, cols, delta, b_cfg, b_rows, b_delta = entries
+            keys = torch.cat([e_cfg * width + rows, b_cfg * width + b_rows])
+            new_keys, where = torch.unique(keys, return_inverse=True)
+            out = h.new_zeros(len(h), new_keys.numel())
+            if new_keys.numel() * h.shape[1] <= GEMM_RATIO * rows.numel():
+                # many changed entries per row (a deleted filter): ΔW's changed rows as one dense product
+                rows_of_change = h.new_zeros(new_keys.numel(), h.shape[1])
+                rows_of_change.index_put_((where[:rows.numel()], cols), delta, accumulate=True)
+                out += h @ rows_of_change.T
+            else:
+                out.index_add_(1, where[:rows.numel()], h[:, cols] * delta)
+            out.index_add_(1, where[rows.numel():], b_delta.expand(len(h), -1))
+            return _State(width, new_keys, out)
+        if state.full is not None:  # dense already
+            full = state.full
+            out = self._buffer(i + 1, len(changes))
+            torch.mm(full.reshape(-1, full.shape[2]), weight.T, out=out.view(-1, width))
+            if leaf.bias:
+                out += self.base[leaf.bias]
+            e_cfg, rows, cols, delta, b_cfg, b_rows, b_delta = entries
+            contributions = full[e_cfg, :, cols] * delta.unsqueeze(1)
+        elif state.keep is not None:  # unit overrides at the input, folded into the weights: W(h·k + v) = (W·k)h + Wv
+            assert state.value is not None
+            count = len(changes)
+            folded = (weight.unsqueeze(0) * (state.keep - 1).unsqueeze(1)).transpose(1, 2)
+            out = self._buffer(i + 1, count)
+            out.copy_(clean_out.expand(count, -1, -1))
+            out.baddbmm_(h.expand(count, -1, -1), folded)
+            out += (state.value @ weight.T).unsqueeze(1)
+            e_cfg, rows, cols, delta, b_cfg, b_rows, b_delta = entries
+            reached = h[:, cols] * state.keep[e_cfg, cols] + state.value[e_cfg, cols]
+            contributions = (reached * delta).T
+        else:  # a sparse difference reaches the layer: dense from here
+            out = _pair_products(clean_out, state, weight, self._buffer(i + 1, len(changes)))
+            e_cfg, rows, cols, delta, b_cfg, b_rows, b_delta = entries
+            reached = h[:, cols] + _lookup(state, e_cfg * state.width + cols)
+            contributions = (reached * delta).T
+        by_row = out.transpose(1, 2)
+        by_row.index_put_((e_cfg, rows), contributions, accumulate=True)
+        by_row.index_put_((b_cfg, b_rows), b_delta.unsqueeze(1).expand(-1, out.shape[1]), accumulate=True)
+        return _State(width, state.keys[:0], state.delta[:, :0], out)
+
+
+def _stack_entries(changes: list[_Entries | None], weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(configuration, row, column, ΔW, bias configuration, bias row, Δb) over a chunk's changed entries."""
+    present = [(c, e) for c, e in enumerate(changes) if e is not None]
+    device = weight.device
+    if not present:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty, empty, weight.new_zeros(0), empty, empty, weight.new_zeros(0)
+    counts = torch.tensor([e.rows.numel() for _, e in present], device=device)
+    bias_counts = torch.tensor([e.bias_rows.numel() for _, e in present], device=device)
+    ids = torch.tensor([c for c, _ in present], device=device)
+    return (torch.repeat_interleave(ids, counts), torch.cat([e.rows for _, e in present]),
+            torch.cat([e.cols for _, e in present]), torch.cat([e.delta for _, e in present]),
+            torch.repeat_interleave(ids, bias_counts), torch.cat([e.bias_rows for _, e in present]),
+            torch.cat([e.bias_delta for _, e in present]))
+
+
+def _lookup(state: _State, keys: torch.Tensor) -> torch.Tensor:
+    """The sparse difference at `keys` (zero where a key has none), shape (inputs, len(keys))."""
+    if not state.keys.numel() or not keys.numel():
+        return state.delta.new_zeros(len(state.delta), keys.numel())
+    at = torch.searchsorted(state.keys, keys).clamp(max=state.keys.numel() - 1)
+    found = state.keys[at] == keys
+    return torch.where(found, state.delta[:, at], torch.zeros((), dtype=state.delta.dtype))
+
+
+def _in_place(module: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """module(t), overwriting t where the activation has an in-place form (a fresh tensor of a chunk's values
+    costs more in page faults than the activation itself)."""
+    slope = getattr(module, "k", 1.0) if isinstance(module, (ScaledReLU, ScaledSigmoid)) else 1.0
+    if isinstance(module, (nn.ReLU, ScaledReLU)):
+        return (t.mul_(slope) if slope != 1.0 else t).relu_()
+    if isinstance(module, (nn.Sigmoid, ScaledSigmoid)):
+        return t.mul_(slope).sigmoid_() if isinstance(module, ScaledSigmoid) else t.sigmoid_()
+    if isinstance(module, nn.Tanh):
+        return t.tanh_()
+    return module(t)
+
+
+def _pair_products(clean: torch.Tensor, state: _State, weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out ← clean + Σ over each configuration's pairs of Δh[:, col]·W[:, col]ᵀ (out: configurations, inputs,
+    outputs): one batched product over the pairs, padded per configuration."""
+    count = len(out)
+    configs = state.configs
+    per_config = torch.bincount(configs, minlength=count)
+    width = int(per_config.max())
+    if int(per_config.min()) == width:  # as many pairs in every configuration (a crash of k units): no padding
+        padded = state.delta.T.reshape(count, width, -1)
+        columns = weight[:, state.cols].T.reshape(count, width, -1)
+    else:
+        starts = torch.cumsum(per_config, 0) - per_config
+        slot = torch.arange(configs.numel(), device=configs.device) - starts[configs]
+        padded = state.delta.new_zeros(count, width, len(state.delta))
+        padded[configs, slot] = state.delta.T
+        columns = weight.new_zeros(count, width, weight.shape[0])
+        columns[configs, slot] = weight[:, state.cols].T
+    return torch.baddbmm(clean.expand(count, -1, -1), padded.transpose(1, 2), columns, out=out)
+
+
+def _unmasked(clean: torch.Tensor, state: _State) -> _State:
+    """A masked state as a sparse difference on the overridden columns (other states as they are)."""
+    if state.keep is None:
+        return state
+    assert state.value is not None
+    configs, cols = torch.nonzero((state.keep != 1) | (state.value != 0), as_tuple=True)
+    delta = clean[:, cols] * (state.keep[configs, cols] - 1) + state.value[configs, cols]
+    return _State(state.width, configs * state.width + cols, delta)
+
+
+def _densify(clean: torch.Tensor, state: _State, count: int) -> torch.Tensor:
+    """Clean values plus a sparse difference, shape (configurations, inputs, width)."""
+    out = clean.unsqueeze(0).repeat(count, 1, 1)
+    out.transpose(1, 2).index_put_((state.configs, state.cols), state.delta.T, accumulate=True)
+    return out
+
+
+def _changed_entries(config: Realised, name: str, trained: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(flat indices, new − trained) of the entries of parameter `name` that `config` changes, or None."""
+    if name in config.params:
+        (flat,) = torch.nonzero((config.params[name] != trained).reshape(-1), as_tuple=True)
+        return flat, config.params[name].reshape(-1)[flat] - trained.reshape(-1)[flat]
+    if name in config.patches:
+        flat, values = config.patches[name]
+        return flat, values - trained.reshape(-1)[flat]
+    return None

@@ -1,0 +1,183 @@
+"""The sparse-difference engine (issue 16, item 1) against the dense engine and a forward with the weights
+written in by hand, on every fault kind, and the campaign's vectorised metrics against float64 references."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lesion.damage import Realised, Target, batched_damaged_outputs, parse_damage, realise
+from lesion.damage.campaign import Campaign, batch_metrics
+from lesion.damage.clean_chain import CleanChain
+from lesion.damage.sparse import SparseChain
+from lesion.nets import MLP
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture(scope="module")
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 40), nn.GELU(), nn.Dropout(0.2), nn.Linear(40, 30),
+                          nn.Tanh(), nn.Identity(), nn.Linear(30, 5))
+    return model.eval()
+
+
+X = torch.rand(64, 3, 4, generator=seeded(1)) * 2 - 1
+
+KINDS = [
+    "bitflip:ber=0.0005",
+    "bitflip:ber=0.0005:fmt=float16",
+    "bitflip:ber=0.0005:fmt=bfloat16",
+    "bitflip:ber=0.001:fmt=int8",
+    "bitflip:1.weight:3,5:30",  # the exponent's top bit: a weight of about 1e38
+    "bitflip:4.weight:0:31",
+    "stuck:1.weight:7:inf",
+    "stuck:4.weight:2,9:-inf",
+    "stuck:7.weight:1,1:nan",
+    "stuck:4.bias:3:2.5",
+    "delete:weights:frac=0.01",
+    "delete:1.weight:count=3",
+    "crash:1:frac=0.3",
+    "crash:2:count=4:value=1.5",
+    "filter:2:count=1",
+]
+
+
+def hand_forward(model: nn.Module, config: Realised, x: torch.Tensor) -> torch.Tensor:
+    """The damaged network built by hand: a copy with the damaged weights written in and a hook that sets
+    the overridden units, run on x."""
+    copy_ = copy.deepcopy(model)
+    base = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in config.changed_params({k: v.detach() for k, v in base.items()}).items():
+            dict(copy_.named_parameters())[name].copy_(value)
+    modules = dict(copy_.named_modules())
+    for override in config.units.values():
+        modules[override.site.path].register_forward_hook(
+            lambda m, i, out, o=override: out * o.keep + o.value)
+    with torch.no_grad():
+        return copy_(x)
+
+
+def assert_same_numbers(sparse: torch.Tensor, reference: torch.Tensor) -> None:
+    """Equal up to float32 rounding of the values computed; NaN and ±inf at the same places."""
+    assert torch.equal(torch.isnan(sparse), torch.isnan(reference))
+    assert torch.equal(torch.isinf(sparse), torch.isinf(reference))
+    infinite = torch.isinf(reference)
+    assert torch.equal(sparse[infinite], reference[infinite])
+    finite = torch.isfinite(reference)
+    if finite.any():
+        err = (sparse[finite] - reference[finite]).abs()
+        assert float(err.max()) <= 1e-5 * max(float(reference[finite].abs().max()), 1.0)
+
+
+@pytest.mark.parametrize("text", KINDS)
+def test_every_fault_kind_equals_the_dense_path_and_the_hand_forward(net, text):
+    target = Target(net, example=X[:2])
+    configs = [realise(target, [parse_damage(text)], seeded(i)) for i in range(12)]
+    chain = CleanChain.of(net, X)
+    engine = SparseChain(chain, target.base)
+    assert all(engine.plan(c) is not None for c in configs), "the sparse engine must take these"
+    sparse = batched_damaged_outputs(net, configs, X, chain=chain)
+    dense = batched_damaged_outputs(net, configs, X, sparse=False)
+    hand = torch.stack([hand_forward(net, c, X) for c in configs])
+    assert_same_numbers(sparse, dense)
+    assert_same_numbers(sparse, hand)
+
+
+def test_composed_faults_and_chunks(net):
+    target = Target(net, example=X[:2])
+    damages = [parse_damage(t) for t in ("bitflip:ber=0.001", "crash:2:count=5", "stuck:7.bias:0:-3.0")]
+    configs = [realise(target, damages, seeded(i)) for i in range(9)]
+    dense = batched_damaged_outputs(net, configs, X, sparse=False)
+    for chunk in (1, 4, None):
+        assert_same_numbers(batched_damaged_outputs(net, configs, X, chunk_size=chunk), dense)
+
+
+def test_dense_changes_go_the_dense_way(net):
+    target = Target(net, example=X[:2])
+    engine = SparseChain(CleanChain.of(net, X), target.base)
+    assert engine.plan(realise(target, [parse_damage("gauss:0.1")], seeded(0))) is None
+    assert engine.plan(realise(target, [parse_damage("delete:weights:frac=0.5")], seeded(0))) is None
+    assert engine.plan(realise(target, [parse_damage("bitflip:ber=0.0005")], seeded(0))) is not None
+    # a mix of both in one call still equals the dense path, in the order given
+    configs = [realise(target, [parse_damage(t)], seeded(i))
+               for i, t in enumerate(["gauss:0.1", "bitflip:ber=0.001", "delete:weights:frac=0.5", "crash:1:count=2"])]
+    assert_same_numbers(batched_damaged_outputs(net, configs, X),
+                        torch.stack([hand_forward(net, c, X) for c in configs]))
+
+
+def test_convolutions_before_the_damage_are_read_from_the_cache():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 8), nn.ReLU(),
+                          nn.Linear(8, 4)).eval()
+    x = torch.rand(16, 1, 6, 6, generator=seeded(3))
+    target = Target(model, example=x[:2])
+    configs = [realise(target, [parse_damage("bitflip:3.weight:ber=0.001")], seeded(i)) for i in range(6)]
+    engine = SparseChain(CleanChain.of(model, x), target.base)
+    assert all(engine.plan(c) is not None for c in configs)
+    conv = realise(target, [parse_damage("bitflip:0.weight:0:30")], seeded(0))
+    assert engine.plan(conv) is None  # a conv layer after the damage: dense
+    configs.append(conv)
+    assert_same_numbers(batched_damaged_outputs(model, configs, x),
+                        torch.stack([hand_forward(model, c, x) for c in configs]))
+
+
+def test_patches_compose_like_whole_tensors(net):
+    target = Target(net, example=X[:2])
+    stuck_then_flip = realise(target, [parse_damage("stuck:1.weight:3:0.75"), parse_damage("bitflip:1.weight:3:31")],
+                              seeded(0))
+    assert "1.weight" in stuck_then_flip.patches and not stuck_then_flip.params
+    assert float(stuck_then_flip.param("1.weight", target.base).view(-1)[3]) == -0.75
+    whole_then_patch = realise(target, [parse_damage("gauss:1.weight:0.5"), parse_damage("stuck:1.weight:4:2.0")],
+                               seeded(0))
+    assert "1.weight" in whole_then_patch.params and "1.weight" not in whole_then_patch.patches
+    assert float(whole_then_patch.param("1.weight", target.base).view(-1)[4]) == 2.0
+    assert len(whole_then_patch.faults) == 2
+
+
+def test_batch_metrics_against_float64_cross_entropy():
+    outputs = torch.randn(4, 30, 6, generator=seeded(4)) * 3
+    outputs[2, 5, 1] = float("nan")
+    clean = torch.randn(30, 6, generator=seeded(5))
+    y = torch.randint(0, 6, (30,), generator=seeded(6))
+    error, accuracy, loss = batch_metrics(outputs, clean, y)
+    for k in range(4):
+        ref_error = float((outputs[k].double() - clean.double()).abs().amax(1).mean())
+        ref_loss = float(nn.functional.cross_entropy(outputs[k].double(), y))
+        finite = torch.isfinite(outputs[k]).all(1)
+        ref_acc = float(((outputs[k].argmax(1) == y) & finite).double().mean())
+        assert accuracy[k] == ref_acc
+        if k == 2:
+            assert np.isnan(loss[k]) and np.isnan(error[k])
+        else:
+            assert abs(error[k] - ref_error) <= 1e-6 * ref_error
+            assert abs(loss[k] - ref_loss) <= 1e-6 * ref_loss
+
+
+def test_campaign_figures_equal_the_dense_engine():
+    torch.manual_seed(1)
+    model = MLP(10, [16, 12], 4).eval()
+    x = torch.rand(50, 10, generator=seeded(7))
+    y = torch.randint(0, 4, (50,), generator=seeded(8))
+    damage = [parse_damage("bitflip:ber=0.002")]
+    result = Campaign(model, x, y, damage, seed=3).run(samples=20, batch=8)
+    target = Target(model)
+    from lesion.damage.campaign import sample_seed
+
+    configs = [realise(target, damage, seeded(sample_seed(3, i))) for i in range(20)]
+    dense = batched_damaged_outputs(model, configs, x, sparse=False)
+    clean = model(x).detach()
+    for s, out in zip(result.samples, dense, strict=True):
+        ok = torch.isfinite(out).all(1)
+        assert s.accuracy == float(((out.argmax(1) == y) & ok).double().mean())
+        if np.isfinite(s.output_error):
+            ref = float((out.double() - clean.double()).abs().amax(1).mean())
+            assert abs(s.output_error - ref) <= 1e-5 * max(ref, 1.0)
