@@ -57,8 +57,9 @@ browser:
 test-all: install browser
 	$(TEST_ENV) LESION_FUZZ_EXAMPLES=2000 $(BIN)/python -m pytest -q -m "not gpu"
 
-# Benchmark-only dependencies, without their own dependencies so that torch stays at 2.13.0.
-BENCH_DEPS := curvlinops-for-pytorch backpack-for-pytorch einops einconv linear_operator opt-einsum
+# Benchmark-only dependencies (the curvature peers, and pytorchfi and mrfi for benchmarks/campaign.py), without
+# their own dependencies so that torch stays at 2.13.0.
+BENCH_DEPS := curvlinops-for-pytorch backpack-for-pytorch einops einconv linear_operator opt-einsum pytorchfi==0.6.0 mrfi==2.1.0
 
 bench: install
 	$(BIN)/python -m pip install --quiet --no-deps $(BENCH_DEPS)

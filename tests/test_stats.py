@@ -45,3 +45,20 @@ def test_mean_interval_matches_scipy_t_interval():
     assert mean_interval([0.5]) == (0.5, 0.5)
     lo, hi = mean_interval([1.0, 1.0, 1.0])
     assert lo == hi == 1.0 and not math.isnan(lo)
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 7, 30, 499, 10_000])
+def test_student_t_quantile_matches_scipy(df):
+    from lesion.stats import student_t_quantile
+
+    for p in (0.5 + 1e-9, 0.6, 0.8, 0.95, 0.975, 0.995, 0.9999):
+        assert student_t_quantile(p, df) == pytest.approx(sps.t.ppf(p, df), rel=1e-9)
+
+
+def test_median_rank_matches_binomial_quantile():
+    # r is scipy's binom.ppf(α/2, n, 1/2): the exact integer search up to n = 1000, the beta bisection beyond.
+    from lesion.stats import _median_rank
+
+    for confidence in (0.9, 0.95, 0.99):
+        for n in list(range(1, 300)) + [999, 1000, 1001, 1500, 4000, 100_000]:
+            assert _median_rank(n, confidence) == int(sps.binom.ppf((1 - confidence) / 2, n, 0.5)), (n, confidence)

@@ -3,16 +3,72 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
+from statistics import NormalDist
 
-from scipy.stats import norm
-from scipy.stats import t as student_t
+import numpy as np
+
+# The quantiles below are computed here rather than with scipy.stats, whose import alone takes a second, more
+# than a 100-configuration campaign computes (issue 16: a command costs at most `import torch` + 0.5 s).
 
 
 def z_value(confidence: float = 0.95) -> float:
     """Two-sided standard-normal quantile: 1.959964… for 95%."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    return float(norm.ppf(0.5 + confidence / 2.0))
+    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
+
+
+def _incomplete_beta(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function I_x(a, b), by its continued fraction (modified Lentz), on the
+    side of x where it converges fast."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    if x > (a + 1.0) / (a + b + 2.0):
+        return 1.0 - _incomplete_beta(b, a, 1.0 - x)
+    log_front = a * math.log(x) + b * math.log1p(-x) - (math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b))
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    fraction = d
+    for m in range(1, 10_000):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            fraction *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return math.exp(log_front) * fraction / a
+
+
+def student_t_cdf(t: float, df: float) -> float:
+    """P(T ≤ t) for Student's t with `df` degrees of freedom, through the incomplete beta function:
+    P(|T| ≤ t) = I_{t²/(df+t²)}(1/2, df/2) near the centre, P(|T| > t) = I_{df/(df+t²)}(df/2, 1/2) in the tails
+    (each form where its argument keeps its digits)."""
+    t2 = t * t
+    if t2 < df:
+        central = 0.5 * _incomplete_beta(0.5, df / 2.0, t2 / (df + t2))
+        return 0.5 + central if t > 0 else 0.5 - central
+    tail = 0.5 * _incomplete_beta(df / 2.0, 0.5, df / (df + t2))
+    return 1.0 - tail if t > 0 else tail
+
+
+def student_t_quantile(p: float, df: float) -> float:
+    """The t with P(T ≤ t) = p (0.5 < p < 1), by bisection on `student_t_cdf` to the last bit of a double."""
+    lo, hi = 0.0, 1.0
+    while student_t_cdf(hi, df) < p:
+        lo, hi = hi, 2.0 * hi
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if mid in (lo, hi):
+            break
+        lo, hi = (mid, hi) if student_t_cdf(mid, df) < p else (lo, mid)
+    return hi
 
 
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -95,7 +151,7 @@ class RunningMean:
         """Student-t interval for the mean."""
         if self.n < 2 or not math.isfinite(self.mean):
             return self.mean, self.mean
-        half = float(student_t.ppf(0.5 + confidence / 2.0, self.n - 1)) * self.sd / math.sqrt(self.n)
+        half = student_t_quantile(0.5 + confidence / 2.0, self.n - 1) * self.sd / math.sqrt(self.n)
         return self.mean - half, self.mean + half
 
     def width(self, confidence: float = 0.95) -> float:
@@ -119,17 +175,39 @@ def clipped_interval(values: list[float], low: float = 0.0, high: float = 1.0,
     return max(low, lo), min(high, hi)
 
 
+def _median_rank(n: int, confidence: float) -> int:
+    """The smallest r with P(B ≤ r) ≥ α/2 for B ~ Binomial(n, 1/2) and α = 1 − confidence, so that
+    P(B ≤ r − 1) < α/2. Exact rational arithmetic up to n = 1000; beyond, bisection on the incomplete beta
+    function, P(B ≤ k) = I_{1/2}(n − k, k + 1), good to about 1e-14."""
+    alpha_half = Fraction(1.0 - confidence) / 2
+    if n <= 1000:
+        r, weight, total = 0, 1, 2**n  # weight = C(n, r)
+        cumulative = weight
+        while cumulative < alpha_half * total:
+            r += 1
+            weight = weight * (n - r + 1) // r
+            cumulative += weight
+        return r
+    target = float(alpha_half)
+    lo, hi = 0, n  # P(B ≤ lo − 1) < α/2 ≤ P(B ≤ hi)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _incomplete_beta(n - mid, mid + 1, 0.5) >= target:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
     """Distribution-free interval for the median from order statistics: [X_(r), X_(n−r+1)] with r the
     largest rank such that 2·P(B ≤ r−1) ≤ 1 − confidence, B ~ Binomial(n, 1/2) (the whole range when no rank
     qualifies, n < 6 at 95%)."""
-    from scipy.stats import binom
-
     ordered = sorted(values)
     n = len(ordered)
     if n == 0:
         raise ValueError("a median needs at least one value")
-    r = int(binom.ppf((1 - confidence) / 2, n, 0.5))  # smallest k with P(B ≤ k) ≥ α/2, so P(B ≤ k−1) < α/2
+    r = _median_rank(n, confidence)
     if r < 1:
         return ordered[0], ordered[-1]
     return ordered[r - 1], ordered[n - r]
@@ -139,7 +217,6 @@ def bootstrap_mean_interval(values: list[float], confidence: float = 0.95, resam
                             seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean (seeded, so reproducible): it stays within the values' range,
     which a Student-t interval on a heavy-tailed sample does not."""
-    import numpy as np
 
     data = np.asarray(values, dtype=np.float64)
     if data.size < 2:
