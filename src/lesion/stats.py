@@ -59,16 +59,24 @@ def student_t_cdf(t: float, df: float) -> float:
 
 
 def student_t_quantile(p: float, df: float) -> float:
-    """The t with P(T ≤ t) = p (0.5 < p < 1), by bisection on `student_t_cdf` to the last bit of a double."""
+    """The t with P(T ≤ t) = p (0.5 < p < 1): Newton steps on `student_t_cdf` with its density, kept inside a
+    bracket that bisection narrows whenever a step would leave it, to the last bits of a double."""
+    log_scale = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
     lo, hi = 0.0, 1.0
     while student_t_cdf(hi, df) < p:
         lo, hi = hi, 2.0 * hi
+    t = min(max(NormalDist().inv_cdf(p), lo), hi)
     for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if mid in (lo, hi):
+        gap = student_t_cdf(t, df) - p
+        if gap == 0.0:
+            return t
+        lo, hi = (t, hi) if gap < 0 else (lo, t)
+        density = math.exp(log_scale - (df + 1) / 2 * math.log1p(t * t / df))
+        step = t - gap / density
+        t = step if lo < step < hi else 0.5 * (lo + hi)
+        if hi - lo <= 4e-16 * hi or abs(gap) < 1e-17:
             break
-        lo, hi = (mid, hi) if student_t_cdf(mid, df) < p else (lo, mid)
-    return hi
+    return t
 
 
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -20,7 +20,7 @@ from lesion import progress
 from lesion.damage.chain import chain_leaves, first_touched
 from lesion.damage.clean_chain import CleanChain
 from lesion.damage.realised import Realised, UnitOverride
-from lesion.damage.sparse import CHUNK_BYTES, SparseChain
+from lesion.damage.sparse import CPU_CHUNK_BYTES, SparseChain
 from lesion.errors import LesionError
 from lesion.functional import eval_mode, parameters_of, traceable
 from lesion.nets.outputs import as_rows, select_output
@@ -209,7 +209,14 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
         return clean.unsqueeze(0).expand(len(configs), *clean.shape).clone()
     if chain is None and not any(s.calls > 1 for s in sites.values()):
         chain = CleanChain.of(model, x, input_batch)
-    results: list[torch.Tensor | None] = [None] * len(configs)
+    results: torch.Tensor | None = None
+
+    def place(indices: list[int], outputs: torch.Tensor) -> None:
+        nonlocal results
+        if results is None:
+            results = outputs.new_empty((len(configs), *outputs.shape[1:]))
+        results.index_copy_(0, torch.tensor(indices, device=outputs.device), outputs)
+
     with progress.bar(len(configs), desc, "config") as bar:
         dense = list(range(len(configs)))
         if chain is not None and sparse:
@@ -221,25 +228,28 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
                 else:
                     planned.append((k, plan))
             planned.sort(key=lambda item: item[1].size)  # chunks of alike configurations: little padding
-            budget = max(chunk_memory(chain.output.device), CHUNK_BYTES) if memory_bytes is None else memory_bytes
-            step = chunk_size or max(1, budget // (3 * chain.output.element_size() * chain.largest_boundary))
+            device = chain.output.device
+            if memory_bytes is not None:
+                budget = memory_bytes
+            else:
+                budget = chunk_memory(device) if device.type == "cuda" else CPU_CHUNK_BYTES
+            first = min((plan.first for _, plan in planned), default=0)
+            widest = max(v.numel() for v in chain.values[first + 1:])  # values a configuration holds at once
+            step = chunk_size or max(1, budget // (chain.output.element_size() * widest))
             for start in range(0, len(planned), step):
                 part = planned[start:start + step]
-                outputs = engine.outputs([configs[k] for k, _ in part], [plan for _, plan in part])
-                for (k, _), out in zip(part, outputs, strict=True):
-                    results[k] = out
+                place([k for k, _ in part], engine.outputs([configs[k] for k, _ in part], [p for _, p in part]))
                 bar.update(len(part))
         if dense:
-            outputs = _vectorised(model, [configs[k] for k in dense], x, base, chain, chunk_size, input_batch,
-                                  memory_bytes, bar)
-            for k, out in zip(dense, outputs, strict=True):
-                results[k] = out
-    return torch.stack(results)  # type: ignore[arg-type]
+            place(dense, _vectorised(model, [configs[k] for k in dense], x, base, chain, chunk_size, input_batch,
+                                     memory_bytes, bar))
+    assert results is not None
+    return results
 
 
 def _vectorised(model: nn.Module, configs: list[Realised], x: torch.Tensor, base: dict[str, torch.Tensor],
                 chain: CleanChain | None, chunk_size: int | None, input_batch: int, memory_bytes: int | None,
-                bar: Any) -> list[torch.Tensor]:
+                bar: Any) -> torch.Tensor:
     """The dense path of `batched_damaged_outputs`: vmap over chunks of configurations."""
     names = sorted({name for c in configs for name in c.changed}, key=list(base).index)
     sites = {name: o.site for c in configs for name, o in c.units.items()}
@@ -296,6 +306,6 @@ def _vectorised(model: nn.Module, configs: list[Realised], x: torch.Tensor, base
                         if first_error is not None:
                             raise first_error from None
                         raise
-                outputs.extend(torch.cat(parts, dim=1))
+                outputs.append(torch.cat(parts, dim=1))
                 bar.update(len(chunk))
-    return outputs
+    return torch.cat(outputs)

@@ -9,7 +9,7 @@ every leaf after it) read them instead of recomputing them per chunk.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -23,11 +23,14 @@ CACHE_BYTES = 1 << 30  # above this the boundaries are not kept (the engine reco
 @dataclass(frozen=True)
 class CleanChain:
     """`leaves` of a chain model and `values[i]`, the clean input of leaf i on the inputs x (`values[-1]` is the
-    model's output), all on the model's device."""
+    model's output), all on the model's device. `workspace` holds what an engine reading the cache keeps from
+    call to call on the same inputs (transposed copies, working tensors: a fresh tensor per call costs its page
+    faults again)."""
 
     model: nn.Module
     leaves: tuple[tuple[str, nn.Module], ...]
     values: tuple[torch.Tensor, ...]
+    workspace: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     @torch.no_grad()
@@ -50,11 +53,6 @@ class CleanChain:
                     return None
                 values.append(h)
         return CleanChain(model, tuple(leaves), tuple(values))
-
-    @property
-    def largest_boundary(self) -> int:
-        """The most values one configuration holds at a leaf boundary after the input (inputs × features)."""
-        return max(v.numel() for v in self.values[1:])
 
     @property
     def output(self) -> torch.Tensor:

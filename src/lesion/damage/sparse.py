@@ -34,7 +34,8 @@ from lesion.nets.activations import ScaledReLU, ScaledSigmoid
 
 SPARSE_FRACTION = 0.05  # a layer whose weights change in more than this share of entries takes the dense path
 GEMM_RATIO = 16  # changed rows × layer inputs ≤ this × changed entries: one matrix product beats gathers
-CHUNK_BYTES = 256 << 20  # working set of one chunk of configurations
+CPU_CHUNK_BYTES = 16 << 20  # a chunk's working set on a CPU: cache-sized (8 to 16 configurations of LeNet-300-100
+# on 1,000 inputs ran 20% faster than 28 or 64 in benchmarks/campaign.py; a GPU takes `chunk_memory`)
 FOLD_BYTES = 64 << 20  # unit overrides are folded into a Linear layer's weights while the copies fit in this
 
 _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
@@ -82,7 +83,8 @@ class Plan:
 @dataclass
 class _State:
     """The difference from the clean values at one leaf boundary, for a chunk of C configurations: sparse
-    (`keys` = configuration·width + column, sorted; `delta` (inputs, pairs)), dense (`full` (C, inputs, width)),
+    (`keys` = configuration·width + column, sorted; `delta` (pairs, inputs), one row per pair), dense (`full`
+    (C, inputs, width)),
     or masked (unit overrides only: the values are clean·keep + value, `keep` and `value` (C, width))."""
 
     width: int
@@ -128,7 +130,8 @@ class SparseChain:
             self.leaves.append(_Leaf(name, module, kind, weight, bias))
         self.index = {leaf.name: i for i, leaf in enumerate(self.leaves)}
         self.owner = {p: i for i, leaf in enumerate(self.leaves) for p in (leaf.weight, leaf.bias) if p}
-        self._buffers: dict[int, torch.Tensor] = {}
+        self._buffers = chain.workspace.setdefault("sparse working values", {})
+        self._transposed = chain.workspace.setdefault("transposed values", {})
         self.last_other = max((i + 1 for i, leaf in enumerate(self.leaves) if leaf.kind == "other"), default=0)
         self._sample = {name: torch.linspace(0, t.numel() - 1, min(t.numel(), 997), device=t.device).long()
                         for name, t in base.items()}
@@ -151,6 +154,15 @@ class SparseChain:
         if held is None or len(held) < count:
             held = self._buffers[boundary] = clean.new_empty(shape)
         return held[:count]
+
+    def _columns(self, boundary: int, cols: torch.Tensor) -> torch.Tensor:
+        """Clean values of the given feature columns at a leaf boundary as rows, shape (len(cols), inputs): read
+        from a transposed copy kept per boundary (a gather of rows, where columns of the (inputs, features)
+        values would be a strided gather)."""
+        held = self._transposed.get(boundary)
+        if held is None:
+            held = self._transposed[boundary] = self.chain.values[boundary].T.contiguous()
+        return held[cols]
 
     def plan(self, config: Realised) -> Plan | None:
         """How `config` runs here, or None when it must take the dense path (module docstring)."""
@@ -203,26 +215,40 @@ class SparseChain:
         values = self.chain.values
         first = min(p.first for p in plans)
         h = values[first]
-        state = _State(h.shape[1], torch.zeros(0, dtype=torch.long, device=h.device), h.new_zeros(len(h), 0))
+        state = _State(h.shape[1], torch.zeros(0, dtype=torch.long, device=h.device), h.new_zeros(0, len(h)))
         for i in range(first, len(self.leaves)):
             leaf = self.leaves[i]
-            state = self._override(values[i], state, [p.inputs.get(i) for p in plans])
+            state = self._override(i, state, [p.inputs.get(i) for p in plans])
             if leaf.kind == "linear":
                 state = self._linear(i, configs, [p.changes.get(i) for p in plans], state)
             elif leaf.kind == "elementwise":
-                state = _unmasked(values[i], state)
+                state = self._unmasked(i, state)
                 if state.full is not None:
                     state.full = _in_place(leaf.module, state.full)
                 elif state.keys.numel():
                     cols = state.cols
-                    state.delta = leaf.module(values[i][:, cols] + state.delta) - values[i + 1][:, cols]
-            state = self._override(values[i + 1], state, [p.outputs.get(i) for p in plans])
+                    state.delta = leaf.module(self._columns(i, cols) + state.delta) - self._columns(i + 1, cols)
+            state = self._override(i + 1, state, [p.outputs.get(i) for p in plans])
         if state.full is not None:  # a reused working tensor unless the last leaf made it
             return state.full if self.leaves[-1].kind == "linear" else state.full.clone()
-        return _densify(values[-1], _unmasked(values[-1], state), len(plans))
+        state = self._unmasked(len(self.leaves), state)
+        out = values[-1].unsqueeze(0).repeat(len(plans), 1, 1)
+        out.transpose(1, 2).index_put_((state.configs, state.cols), state.delta, accumulate=True)
+        return out
 
-    def _override(self, clean: torch.Tensor, state: _State, overrides: list[UnitOverride | None]) -> _State:
+    def _unmasked(self, boundary: int, state: _State) -> _State:
+        """A masked state as a sparse difference on the overridden columns (other states as they are)."""
+        if state.keep is None:
+            return state
+        assert state.value is not None
+        configs, cols = torch.nonzero((state.keep != 1) | (state.value != 0), as_tuple=True)
+        delta = (self._columns(boundary, cols) * (state.keep[configs, cols] - 1).unsqueeze(1)
+                 + state.value[configs, cols].unsqueeze(1))
+        return _State(state.width, configs * state.width + cols, delta)
+
+    def _override(self, boundary: int, state: _State, overrides: list[UnitOverride | None]) -> _State:
         """y ← y·keep + value (SPEC §6.1) for the configurations that override units at this boundary."""
+        clean = self.chain.values[boundary]
         chosen = [c for c, o in enumerate(overrides) if o is not None]
         if not chosen:
             return state
@@ -241,11 +267,12 @@ class SparseChain:
             return _State(state.width, state.keys, state.delta, None, keep, value)
         configs, cols = torch.nonzero((keep != 1) | (value != 0), as_tuple=True)
         keys = torch.unique(torch.cat([state.keys, configs * state.width + cols]))
-        carried = clean.new_zeros(len(clean), keys.numel())
-        carried[:, torch.searchsorted(keys, state.keys)] = state.delta
+        carried = clean.new_zeros(keys.numel(), len(clean))
+        carried[torch.searchsorted(keys, state.keys)] = state.delta
         configs, cols = keys // state.width, keys % state.width
-        current = (clean[:, cols] + carried) * keep[configs, cols] + value[configs, cols]
-        return _State(state.width, keys, current - clean[:, cols])
+        at = self._columns(boundary, cols)
+        current = (at + carried) * keep[configs, cols].unsqueeze(1) + value[configs, cols].unsqueeze(1)
+        return _State(state.width, keys, current - at)
 
     def _linear(self, i: int, configs: list[Realised], changes: list[_Entries | None], state: _State) -> _State:
         """A Linear layer: W'h' = Wh + ΔW·h' + W·Δh (module docstring), for the chunk."""
@@ -255,21 +282,21 @@ class SparseChain:
         width = clean_out.shape[1]
         entries = _stack_entries(changes, weight)
         if state.keep is not None and len(changes) * weight.numel() * weight.element_size() > FOLD_BYTES:
-            state = _unmasked(h, state)
+            state = self._unmasked(i, state)
         if state.full is None and state.keep is None and not state.keys.numel():
             # the difference starts here: it stays sparse
             e_cfg, rows, cols, delta, b_cfg, b_rows, b_delta = entries
             keys = torch.cat([e_cfg * width + rows, b_cfg * width + b_rows])
             new_keys, where = torch.unique(keys, return_inverse=True)
-            out = h.new_zeros(len(h), new_keys.numel())
+            out = h.new_zeros(new_keys.numel(), len(h))
             if new_keys.numel() * h.shape[1] <= GEMM_RATIO * rows.numel():
                 # many changed entries per row (a deleted filter): ΔW's changed rows as one dense product
                 rows_of_change = h.new_zeros(new_keys.numel(), h.shape[1])
                 rows_of_change.index_put_((where[:rows.numel()], cols), delta, accumulate=True)
-                out += h @ rows_of_change.T
+                out += rows_of_change @ h.T
             else:
-                out.index_add_(1, where[:rows.numel()], h[:, cols] * delta)
-            out.index_add_(1, where[rows.numel():], b_delta.expand(len(h), -1))
+                out.index_add_(0, where[:rows.numel()], self._columns(i, cols) * delta.unsqueeze(1))
+            out.index_add_(0, where[rows.numel():], b_delta.unsqueeze(1).expand(-1, len(h)))
             return _State(width, new_keys, out)
         if state.full is not None:  # dense already
             full = state.full
@@ -288,17 +315,18 @@ class SparseChain:
             out.baddbmm_(h.expand(count, -1, -1), folded)
             out += (state.value @ weight.T).unsqueeze(1)
             e_cfg, rows, cols, delta, b_cfg, b_rows, b_delta = entries
-            reached = h[:, cols] * state.keep[e_cfg, cols] + state.value[e_cfg, cols]
-            contributions = (reached * delta).T
+            reached = (self._columns(i, cols) * state.keep[e_cfg, cols].unsqueeze(1)
+                       + state.value[e_cfg, cols].unsqueeze(1))
+            contributions = reached * delta.unsqueeze(1)
         else:  # a sparse difference reaches the layer: dense from here
             out = _pair_products(clean_out, state, weight, self._buffer(i + 1, len(changes)))
             e_cfg, rows, cols, delta, b_cfg, b_rows, b_delta = entries
-            reached = h[:, cols] + _lookup(state, e_cfg * state.width + cols)
-            contributions = (reached * delta).T
+            reached = self._columns(i, cols) + _lookup(state, e_cfg * state.width + cols)
+            contributions = reached * delta.unsqueeze(1)
         by_row = out.transpose(1, 2)
         by_row.index_put_((e_cfg, rows), contributions, accumulate=True)
         by_row.index_put_((b_cfg, b_rows), b_delta.unsqueeze(1).expand(-1, out.shape[1]), accumulate=True)
-        return _State(width, state.keys[:0], state.delta[:, :0], out)
+        return _State(width, state.keys[:0], state.delta[:0], out)
 
 
 def _stack_entries(changes: list[_Entries | None], weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -318,12 +346,12 @@ def _stack_entries(changes: list[_Entries | None], weight: torch.Tensor) -> tupl
 
 
 def _lookup(state: _State, keys: torch.Tensor) -> torch.Tensor:
-    """The sparse difference at `keys` (zero where a key has none), shape (inputs, len(keys))."""
+    """The sparse difference at `keys` (zero where a key has none), shape (len(keys), inputs)."""
     if not state.keys.numel() or not keys.numel():
-        return state.delta.new_zeros(len(state.delta), keys.numel())
+        return state.delta.new_zeros(keys.numel(), state.delta.shape[1])
     at = torch.searchsorted(state.keys, keys).clamp(max=state.keys.numel() - 1)
     found = state.keys[at] == keys
-    return torch.where(found, state.delta[:, at], torch.zeros((), dtype=state.delta.dtype))
+    return torch.where(found.unsqueeze(1), state.delta[at], torch.zeros((), dtype=state.delta.dtype))
 
 
 def _in_place(module: nn.Module, t: torch.Tensor) -> torch.Tensor:
@@ -347,33 +375,16 @@ def _pair_products(clean: torch.Tensor, state: _State, weight: torch.Tensor, out
     per_config = torch.bincount(configs, minlength=count)
     width = int(per_config.max())
     if int(per_config.min()) == width:  # as many pairs in every configuration (a crash of k units): no padding
-        padded = state.delta.T.reshape(count, width, -1)
+        padded = state.delta.reshape(count, width, -1)
         columns = weight[:, state.cols].T.reshape(count, width, -1)
     else:
         starts = torch.cumsum(per_config, 0) - per_config
         slot = torch.arange(configs.numel(), device=configs.device) - starts[configs]
-        padded = state.delta.new_zeros(count, width, len(state.delta))
-        padded[configs, slot] = state.delta.T
+        padded = state.delta.new_zeros(count, width, state.delta.shape[1])
+        padded[configs, slot] = state.delta
         columns = weight.new_zeros(count, width, weight.shape[0])
         columns[configs, slot] = weight[:, state.cols].T
     return torch.baddbmm(clean.expand(count, -1, -1), padded.transpose(1, 2), columns, out=out)
-
-
-def _unmasked(clean: torch.Tensor, state: _State) -> _State:
-    """A masked state as a sparse difference on the overridden columns (other states as they are)."""
-    if state.keep is None:
-        return state
-    assert state.value is not None
-    configs, cols = torch.nonzero((state.keep != 1) | (state.value != 0), as_tuple=True)
-    delta = clean[:, cols] * (state.keep[configs, cols] - 1) + state.value[configs, cols]
-    return _State(state.width, configs * state.width + cols, delta)
-
-
-def _densify(clean: torch.Tensor, state: _State, count: int) -> torch.Tensor:
-    """Clean values plus a sparse difference, shape (configurations, inputs, width)."""
-    out = clean.unsqueeze(0).repeat(count, 1, 1)
-    out.transpose(1, 2).index_put_((state.configs, state.cols), state.delta.T, accumulate=True)
-    return out
 
 
 def _changed_entries(config: Realised, name: str, trained: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
