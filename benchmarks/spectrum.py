@@ -6,14 +6,19 @@ inputs the GGN is 2 Σ_x J_xᵀ J_x, so g = GGN / (2·|X|). Also: the time for a
 curvlinops-for-pytorch is a benchmark-only dependency (`make bench` installs it without its dependencies'
 torch pins; torch stays 2.13.0).
 
-Run: `.venv/bin/python benchmarks/spectrum.py [--inputs 1000] [--top 20]`
+Run: `.venv/bin/python benchmarks/spectrum.py [--inputs 1000] [--top 20] [--cli-inputs 500] [--threads 2]`
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("LESION_NO_PROGRESS", "1")
 
@@ -25,7 +30,50 @@ from lesion.data import load  # noqa: E402
 from lesion.geometry.metric import MetricOperator  # noqa: E402
 from lesion.geometry.spectrum import spectrum, top_eigenpairs  # noqa: E402
 from lesion.nets import build_net  # noqa: E402
+from lesion.nets.checkpoint import save_checkpoint  # noqa: E402
 from lesion.train import TrainSettings, train  # noqa: E402
+
+
+def curvlinops_top(model: torch.nn.Module, x: torch.Tensor, top: int) -> tuple[np.ndarray, float]:
+    """The top eigenvalues of g by curvlinops' GGN operator and scipy's eigsh, and the seconds they took."""
+    from curvlinops import GGNLinearOperator
+
+    params = [p for p in model.parameters()]
+    loss = torch.nn.MSELoss(reduction="sum")
+    start = time.perf_counter()
+    ggn = GGNLinearOperator(model, loss, params, [(x, torch.zeros(len(x), 10))], check_deterministic=False)
+    theirs = eigsh(ggn.to_scipy(), k=top, which="LA", return_eigenvectors=False)
+    return np.sort(theirs)[::-1] / (2 * len(x)), time.perf_counter() - start
+
+
+def fastest(command: list[str], env: dict[str, str], runs: int = 3) -> float:
+    """The shortest wall time of `runs` runs of a command (it must succeed)."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def cli_comparison(model: torch.nn.Module, config: dict, x: torch.Tensor, top: int, threads: int) -> None:
+    """`lesion spectrum --top K` as a user runs it, start-up subtracted, against curvlinops on the same inputs."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "LESION_NO_PROGRESS": "1"}
+    lesion = str(Path(sys.executable).with_name("lesion"))
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = save_checkpoint(Path(tmp) / "mlp2.pt", model, "mlp2", config)
+        out = Path(tmp) / "spectrum.json"
+        command = [lesion, "spectrum", "--model", str(checkpoint), "--data", "mnist5k", "--inputs", str(len(x)),
+                   "--top", str(top), "--json", str(out)]
+        t_command = fastest(command, env)
+        t_import = fastest([sys.executable, "-c", "import torch"], env)
+        ours = np.array(json.loads(out.read_text())["eigenvalues"][:top])
+    theirs, t_theirs = curvlinops_top(model, x, top)
+    rel = np.abs(ours - theirs) / np.abs(theirs)
+    work = t_command - t_import
+    print(f"\nwhole command `lesion spectrum --top {top} --inputs {len(x)}`: {t_command:.2f} s, `import torch` "
+          f"{t_import:.2f} s, so {work:.2f} s of work; curvlinops GGN + eigsh in-process: {t_theirs:.2f} s; "
+          f"ratio {t_theirs / work:.1f}x; largest relative difference {rel.max():.2e}")
 
 
 def main() -> None:
@@ -33,12 +81,11 @@ def main() -> None:
     parser.add_argument("--inputs", type=int, default=1000)
     parser.add_argument("--top", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cli-inputs", type=int, default=500, help="inputs of the whole-command comparison")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from curvlinops import GGNLinearOperator
-
     data = load("mnist5k")
-    model, _ = build_net("mlp2", data.input_shape, 10, seed=0)
+    model, config = build_net("mlp2", data.input_shape, 10, seed=0)
     train(model, data.x_train, data.y_train, TrainSettings(epochs=10, seed=0))
     model.eval()
     x = data.x_train[: args.inputs]
@@ -50,13 +97,7 @@ def main() -> None:
     ours, _, route = top_eigenpairs(op, args.top, "gram")
     t_ours = time.perf_counter() - start
 
-    params = [p for p in model.parameters()]
-    loss = torch.nn.MSELoss(reduction="sum")
-    start = time.perf_counter()
-    ggn = GGNLinearOperator(model, loss, params, [(x, torch.zeros(len(x), 10))], check_deterministic=False)
-    theirs = eigsh(ggn.to_scipy(), k=args.top, which="LA", return_eigenvectors=False)
-    theirs = np.sort(theirs)[::-1] / (2 * len(x))
-    t_theirs = time.perf_counter() - start
+    theirs, t_theirs = curvlinops_top(model, x, args.top)
 
     rel = np.abs(ours - theirs) / np.abs(theirs)
     print(f"lesion ({route} route): {t_ours:.2f} s; curvlinops GGN + eigsh: {t_theirs:.2f} s; "
@@ -70,6 +111,7 @@ def main() -> None:
     print(f"all nonzero eigenvalues (Gram route, {len(x) * 10}×{len(x) * 10} matrix): {t_full:.1f} s; "
           f"rank {full.rank}, trace {full.trace:.6g}, rho(1e-3) = {full.rho:.3e} "
           f"({full.vulnerable_directions} of {full.parameters:,} directions)")
+    cli_comparison(model, config, data.x_train[: args.cli_inputs], args.top, args.threads)
 
 
 if __name__ == "__main__":

@@ -121,3 +121,18 @@ def test_top_only_spectrum_of_an_mlp_has_the_exact_trace_from_the_factor_diagona
     top = spectrum(op, top=4, full=False)
     assert top.trace == pytest.approx(trace_exact(op), rel=1e-12) and top.extra["trace_method"].startswith("exact")
     assert top.eigenvalues == pytest.approx(spectrum(op, full=True).eigenvalues[:4], rel=1e-8)
+
+
+def test_activation_derivatives_in_closed_form_match_autograd():
+    # the closed forms used by the layer factors (ReLU's derivative at 0 is 0, as autograd takes it)
+    from lesion.geometry.gram import _activation_derivative
+    from lesion.nets.activations import ScaledReLU, ScaledSigmoid
+
+    z = torch.randn(200, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    z[0, :5] = 0.0
+    for act in [torch.nn.ReLU(), torch.nn.ReLU(inplace=True), ScaledReLU(2.0), torch.nn.Sigmoid(),
+                ScaledSigmoid(3.0), torch.nn.Tanh(), torch.nn.Identity(), torch.nn.GELU(), torch.nn.ELU()]:
+        leaf = z.clone().requires_grad_()
+        out = act(leaf + 0)
+        (reference,) = torch.autograd.grad(out, leaf, torch.ones_like(out))
+        torch.testing.assert_close(_activation_derivative(act, z), reference, rtol=1e-12, atol=1e-15)

@@ -48,7 +48,6 @@ def announce_cost(op: Any, k: int, time_limit: float, method: str = "auto") -> N
 def _cmd_spectrum(args: argparse.Namespace) -> dict[str, Any]:
     from lesion.geometry.metric import MetricOperator
     from lesion.geometry.spectrum import spectrum
-    from lesion.report.plots import spectrum_plot
 
     loaded, data, x, _ = _analysis_inputs(args)
     op = MetricOperator(loaded.module, x, args.output)
@@ -63,6 +62,8 @@ def _cmd_spectrum(args: argparse.Namespace) -> dict[str, Any]:
                                         f"({result.vulnerable_directions} of n directions; rank ≤ m·|X|)"
                                         if result.rank is not None else ""))
     if args.plot:
+        from lesion.report.plots import spectrum_plot  # matplotlib only when a plot is asked for
+
         spectrum_plot(args.plot, {loaded.source: result.eigenvalues}, args.tau, "Spectrum of the metric tensor g",
                       f"{data.name}, {result.inputs} inputs, {args.output} outputs, n = {result.parameters:,}, "
                       f"{'all nonzero eigenvalues' if result.all_nonzero else f'top {len(result.eigenvalues)}'}")

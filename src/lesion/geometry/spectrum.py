@@ -101,11 +101,12 @@ def eigenvectors_from_gram(op: MetricOperator, values: np.ndarray, gram_vectors:
     return torch.stack(columns, dim=1)
 
 
-def _mlp_gram_top(op: MetricOperator, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+def _mlp_gram_top(op: MetricOperator, k: int, product: MLPGramProduct | None = None
+                  ) -> tuple[np.ndarray, np.ndarray] | None:
     """Top-k eigenpairs of K by Lanczos on the factor product K u (MLPs only; None for other models)."""
     if op.flat.mlp is None:
         return None
-    product = MLPGramProduct(op.flat.mlp, op.x, op.output)
+    product = product or MLPGramProduct(op.flat.mlp, op.x, op.output)
     if k >= product.size - 1:
         return None
     def mv(u: np.ndarray) -> np.ndarray:
@@ -117,21 +118,25 @@ def _mlp_gram_top(op: MetricOperator, k: int) -> tuple[np.ndarray, np.ndarray] |
     return values[order] / op.inputs, vectors[:, order]
 
 
-def top_eigenpairs(op: MetricOperator, k: int, method: str = "auto") -> tuple[np.ndarray, torch.Tensor, str]:
-    """The k largest eigenvalues of g (descending) and unit eigenvectors (n, k), and the route used.
+def top_eigenpairs(op: MetricOperator, k: int, method: str = "auto", vectors: bool = True,
+                   product: MLPGramProduct | None = None) -> tuple[np.ndarray, torch.Tensor | None, str]:
+    """The k largest eigenvalues of g (descending) and unit eigenvectors (n, k) (None with `vectors=False`,
+    which skips their cost), and the route used.
 
-    Gram route: Lanczos on K through the layer factors for MLPs (K never formed), or on the formed K for
-    other models; eigenvectors of g follow as Aᵀu/√(|X|λ)."""
+    Gram route: Lanczos on K through the layer factors for MLPs (K never formed; `product` when the caller
+    holds them already), or on the formed K for other models; eigenvectors of g follow as Aᵀu/√(|X|λ)."""
     if not 1 <= k < op.n:
         raise LesionError(f"ask for between 1 and {op.n - 1} eigenpairs, not {k}")
     route = route_for(op, method)
     if route == "gram":
-        found = _mlp_gram_top(op, k)
-        values, vectors = found if found is not None else gram_eigen(op, k)
-        return values, eigenvectors_from_gram(op, values, vectors), route
-    values, vectors = eigsh(op.to_scipy(), k=k, which="LA")
+        found = _mlp_gram_top(op, k, product)
+        values, gram_vectors = found if found is not None else gram_eigen(op, k)
+        return values, eigenvectors_from_gram(op, values, gram_vectors) if vectors else None, route
+    if not vectors:
+        return np.sort(eigsh(op.to_scipy(), k=k, which="LA", return_eigenvectors=False))[::-1], None, route
+    values, found_vectors = eigsh(op.to_scipy(), k=k, which="LA")
     order = np.argsort(values)[::-1]
-    return values[order], torch.from_numpy(vectors[:, order].copy()).to(op.weights), route
+    return values[order], torch.from_numpy(found_vectors[:, order].copy()).to(op.weights), route
 
 
 def trace_exact(op: MetricOperator, K: torch.Tensor | None = None) -> float:
@@ -178,10 +183,12 @@ def spectrum(op: MetricOperator, top: int = 20, tau: float = 1e-3, full: bool | 
         counts, edges = np.histogram(np.log10(positive), bins=40) if len(positive) else (np.zeros(0), np.zeros(0))
         extra: dict[str, Any] = {"density": {"log10_eigenvalue_edges": edges.tolist(), "counts": counts.tolist()}}
     else:
-        values, _, route = top_eigenpairs(op, top, route)
+        exact = op.flat.mlp is not None and rows <= GRAM_LIMIT  # the trace from diag K through the factors
+        product = MLPGramProduct(op.flat.mlp, op.x, op.output) if exact else None
+        values, _, route = top_eigenpairs(op, top, route, vectors=False, product=product)
         rank = rho = vulnerable = None
-        if op.flat.mlp is not None and rows <= GRAM_LIMIT:  # exact, from the diagonal of K through the factors
-            trace = float(MLPGramProduct(op.flat.mlp, op.x, op.output).diagonal().double().sum() / op.inputs)
+        if product is not None:
+            trace = float(product.diagonal().double().sum() / op.inputs)
             extra = {"trace_method": "exact, diag K from the layer factors"}
         else:
             trace, ci = trace_hutchinson(op)
