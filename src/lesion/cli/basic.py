@@ -65,7 +65,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     outputs = clean
     out: dict[str, Any] = {"model": loaded.to_dict(), "data": data.to_dict()}
     if damages:
-        target = Target(loaded.module, example=data.x_test[:2])
+        target = Target(loaded.module, example=data.x_test[:2], inputs=data.x_test)
         import torch
 
         realised = realise(target, damages, torch.Generator().manual_seed(args.seed))
@@ -95,7 +95,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _fault_summary(fault: dict[str, Any]) -> str:
-    count = len(fault["indices"]) if "indices" in fault else fault.get("count")
+    count = len(fault["indices"]) if "indices" in fault else fault.get("values", fault.get("count"))
     where = fault.get("site") or fault.get("module") or fault.get("param") or ",".join(fault.get("params", []))
     return f"{fault['kind']} at {where}" + (f" ({count})" if count is not None else "")
 

@@ -17,6 +17,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from lesion import progress
+from lesion.damage.activation_faults import ActivationFaults
 from lesion.damage.chain import chain_leaves, first_touched
 from lesion.damage.clean_chain import CleanChain
 from lesion.damage.realised import Realised, UnitOverride
@@ -40,18 +41,25 @@ def _override(t: torch.Tensor, keep: torch.Tensor, value: torch.Tensor, axis: in
 
 class SiteHooks:
     """Forward hooks at the modules of some sites, alive inside the `with` block, that apply the unit values
-    in `current` (set by the caller for each forward) at the right call of each module.
+    in `current` (set by the caller for each forward) at the right call of each module, then the activation
+    faults of the site (`faults`, by site name; `start` is the index of the forward's first input among the
+    inputs the faults were drawn for).
 
     Calls are counted from `reset()`, which every forward through `run` does first, so a module run twice
     in one forward is overridden at the call its site names only.
     """
 
-    def __init__(self, model: nn.Module, sites: Sequence[Site]) -> None:
+    def __init__(self, model: nn.Module, sites: Sequence[Site],
+                 faults: dict[str, tuple[ActivationFaults, ...]] | None = None) -> None:
+        self.faults = faults or {}
+        sites = [*sites, *(f[0].site for f in self.faults.values() if f)]
         if sites and isinstance(model, torch.jit.ScriptModule):
-            raise LesionError("unit damage (crash) needs a Python nn.Module; a TorchScript model supports weight "
-                              "damage only (save the model with torch.save or give package.module:factory)")
+            raise LesionError("unit damage (crash) and activation faults need a Python nn.Module; a TorchScript "
+                              "model supports weight damage only (save the model with torch.save or give "
+                              "package.module:factory)")
         self.model = model
         self.sites = {s.name: s for s in sites}
+        self.start = 0
         self.current: UnitValues = {}
         self.counts: dict[str, int] = {}
         self._handles: list[Any] = []
@@ -75,19 +83,25 @@ class SiteHooks:
         """Start counting module calls afresh (one forward begins)."""
         self.counts = {}
 
-    def _values(self, site: Site | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-        return None if site is None else self.current.get(site.name)
+    def _changed(self, site: Site, t: torch.Tensor) -> torch.Tensor:
+        """The site's values with its unit override, then its activation faults, applied (t itself if none)."""
+        values = self.current.get(site.name)
+        if values is not None:
+            t = _override(t, *values, site.axis)
+        for faults in self.faults.get(site.name, ()):
+            t = faults.apply(t, self.start)
+        return t
 
     def _before(self, path: str, at: dict[tuple[int, str], Site], stack: list[int]) -> Callable[..., Any]:
         def before(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             call = self.counts.get(path, 0)
             self.counts[path] = call + 1
             stack.append(call)
-            values = self._values(at.get((call, "input")))
-            if values is None or not args or not isinstance(args[0], torch.Tensor):
+            site = at.get((call, "input"))
+            if site is None or not args or not isinstance(args[0], torch.Tensor):
                 return None
-            site = at[(call, "input")]
-            return (_override(args[0], *values, site.axis), *args[1:]), kwargs
+            changed = self._changed(site, args[0])
+            return None if changed is args[0] else ((changed, *args[1:]), kwargs)
 
         return before
 
@@ -95,18 +109,19 @@ class SiteHooks:
         def after(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
             call = stack.pop()
             site = at.get((call, "output"))
-            values = self._values(site)
-            if values is None or not isinstance(output, torch.Tensor):
+            if site is None or not isinstance(output, torch.Tensor):
                 return None
-            return _override(output, *values, site.axis)
+            changed = self._changed(site, output)
+            return None if changed is output else changed
 
         return after
 
-    def run(self, module: nn.Module, params: dict[str, torch.Tensor], units: UnitValues, x: torch.Tensor
-            ) -> torch.Tensor:
-        """functional_call(module, params, x) with `units` applied at the sites, read as (rows, outputs) by the
-        rules of `lesion.nets.outputs` (a dict, tuple or ModelOutput gives its logits; tokens are rows)."""
-        self.current = units
+    def run(self, module: nn.Module, params: dict[str, torch.Tensor], units: UnitValues, x: torch.Tensor,
+            start: int = 0) -> torch.Tensor:
+        """functional_call(module, params, x) with `units` applied at the sites (and the activation faults of
+        inputs start, start+1, …), read as (rows, outputs) by the rules of `lesion.nets.outputs` (a dict, tuple
+        or ModelOutput gives its logits; tokens are rows)."""
+        self.current, self.start = units, start
         self.reset()
         try:
             return as_rows(select_output(functional_call(module, params, (x,), strict=False)))
@@ -117,15 +132,15 @@ class SiteHooks:
 @torch.no_grad()
 def damaged_outputs(model: nn.Module, realised: Realised, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """Raw outputs of the damaged network f(x; damaged) on `x` (eval mode; the model is not modified)."""
-    if isinstance(model, torch.jit.ScriptModule) and not realised.units:
+    if isinstance(model, torch.jit.ScriptModule) and not realised.units and not realised.activations:
         from lesion.functional import forward_with
 
         return forward_with(model, realised.changed_params(parameters_of(model)), x, batch_size)
     units = {name: (o.keep, o.value) for name, o in realised.units.items()}
     sites = [o.site for o in realised.units.values()]
-    with eval_mode(model), SiteHooks(model, sites) as hooks:
+    with eval_mode(model), SiteHooks(model, sites, realised.activations) as hooks:
         params = realised.changed_params(parameters_of(model))
-        return torch.cat([hooks.run(model, params, units, x[i:i + batch_size])
+        return torch.cat([hooks.run(model, params, units, x[i:i + batch_size], start=i)
                           for i in range(0, len(x), batch_size)])
 
 
@@ -201,6 +216,8 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
         raise LesionError("no damage configurations to evaluate")
     if isinstance(model, torch.jit.ScriptModule):
         return torch.stack([damaged_outputs(model, c, x, input_batch) for c in progress.track(configs, desc)])
+    if any(c.activations for c in configs):
+        return _with_activation_faults(model, configs, x, chunk_size, input_batch, memory_bytes, desc, chain, sparse)
     base = parameters_of(model)
     names = {name for c in configs for name in c.changed}
     sites = {name: o.site for c in configs for name, o in c.units.items()}
@@ -234,7 +251,7 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
             else:
                 budget = chunk_memory(device) if device.type == "cuda" else CPU_CHUNK_BYTES
             first = min((plan.first for _, plan in planned), default=0)
-            widest = max(v.numel() for v in chain.values[first + 1:])  # values a configuration holds at once
+            widest = max((v.numel() for v in chain.values[first + 1:]), default=chain.output.numel())  # per config
             step = chunk_size or max(1, budget // (chain.output.element_size() * widest))
             for start in range(0, len(planned), step):
                 part = planned[start:start + step]
@@ -244,6 +261,37 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
             place(dense, _vectorised(model, [configs[k] for k in dense], x, base, chain, chunk_size, input_batch,
                                      memory_bytes, bar))
     assert results is not None
+    return results
+
+
+def _with_activation_faults(model: nn.Module, configs: Sequence[Realised], x: torch.Tensor, chunk_size: int | None,
+                            input_batch: int, memory_bytes: int | None, desc: str, chain: CleanChain | None,
+                            sparse: bool) -> torch.Tensor:
+    """`batched_damaged_outputs` when some configurations fault activations: those with transient faults only
+    run the inputs they hit (`lesion.damage.transient`), those with permanent faults or other damage as well
+    run one by one with the faults in hooks, the rest as usual."""
+    from lesion.damage.transient import transient_outputs
+
+    groups: dict[str, list[int]] = {"transient": [], "hooked": [], "other": []}
+    for k, c in enumerate(configs):
+        groups["transient" if c.transient_only else "hooked" if c.activations else "other"].append(k)
+    parts: list[tuple[list[int], torch.Tensor]] = []
+    if groups["other"]:
+        parts.append((groups["other"], batched_damaged_outputs(
+            model, [configs[k] for k in groups["other"]], x, chunk_size, input_batch, memory_bytes, desc, chain,
+            sparse)))
+    if groups["transient"]:
+        clean = chain.output if chain is not None else damaged_outputs(model, Realised(), x, input_batch)
+        parts.append((groups["transient"], transient_outputs(model, [configs[k] for k in groups["transient"]], x,
+                                                             clean, input_batch)))
+    if groups["hooked"]:
+        chosen = [configs[k] for k in groups["hooked"]]
+        parts.append((groups["hooked"], torch.stack([damaged_outputs(model, c, x, input_batch)
+                                                     for c in progress.track(chosen, desc)])))
+    first = parts[0][1]
+    results = first.new_empty((len(configs), *first.shape[1:]))
+    for indices, outputs in parts:
+        results[torch.tensor(indices, device=outputs.device)] = outputs
     return results
 
 

@@ -189,12 +189,17 @@ def flipped_entries(w: torch.Tensor, flat_indices: torch.Tensor, bits: torch.Ten
 def flip_words(w: torch.Tensor, flat_indices: torch.Tensor, masks: torch.Tensor, fmt: str) -> torch.Tensor:
     """float32 values of the entries `flat_indices` of `w` after XOR of their stored words with `masks` (int64,
     the unsigned bit patterns to flip; SPEC §1, bit flip), on the CPU; for int8 with the scale of the whole `w`."""
-    width = _width(fmt)
     flat = w.detach().reshape(-1).to(torch.float32).cpu()
-    scale = int8_scale(flat) if fmt == "int8" else None
+    return xor_words(flat[flat_indices], masks, fmt, int8_scale(flat) if fmt == "int8" else None)
+
+
+def xor_words(values: torch.Tensor, masks: torch.Tensor, fmt: str, scale: float | None = None) -> torch.Tensor:
+    """float32 values read back after XOR of the stored words of `values` with `masks` (int64, the unsigned bit
+    patterns to flip; SPEC §1, bit flip); int8 words with `scale` (required), on the device of `values`."""
+    width = _width(fmt)
+    masks = masks.to(values.device)
     signed = torch.where(masks >= (1 << (width - 1)), masks - (1 << width), masks).to(_WORD_DTYPES[fmt])
-    words = encode(flat[flat_indices], fmt, scale)
-    return decode(torch.bitwise_xor(words, signed), fmt, scale)
+    return decode(torch.bitwise_xor(encode(values, fmt, scale), signed), fmt, scale)
 
 
 def _bit_positions(fmt: str, bits: Sequence[int] | None) -> list[int]:
@@ -209,7 +214,7 @@ def _bit_positions(fmt: str, bits: Sequence[int] | None) -> list[int]:
     return sorted(positions)
 
 
-def _distinct_uniform(total: int, count: int, generator: torch.Generator) -> torch.Tensor:
+def distinct_uniform(total: int, count: int, generator: torch.Generator) -> torch.Tensor:
     """`count` distinct integers drawn uniformly without replacement from 0..total-1, sorted."""
     if count == 0:
         return torch.zeros(0, dtype=torch.int64)
@@ -256,7 +261,7 @@ def random_bit_positions(numel: int, ber: float, fmt: str, generator: torch.Gene
         drawn = torch.binomial(torch.tensor(float(total), dtype=torch.float64),
                                torch.tensor(ber, dtype=torch.float64), generator=generator)
         count = min(max(int(drawn.item()), 0), total)
-    chosen = _distinct_uniform(total, count, generator)
+    chosen = distinct_uniform(total, count, generator)
     lookup = torch.tensor(positions, dtype=torch.int64)
     return chosen // per_element, lookup[chosen % per_element]
 

@@ -135,7 +135,7 @@ class Campaign:
         self.model, self.x, self.y = model, x, y
         self.damages = list(damages)
         self.seed, self.tolerance = seed, tolerance
-        self.target = Target(model, example=x[:2])
+        self.target = Target(model, example=x[:2], inputs=x)
         self.chain = CleanChain.of(model, x)  # the clean activations, once for the whole campaign
         self.clean = self.chain.output if self.chain is not None else forward_with(model, self.target.base, x)
         self.clean_accuracy = None if y is None else float((self.clean.argmax(1) == flat_labels(y)).double().mean())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from lesion.damage import bits as bitlib
+from lesion.damage.activation_kinds import ActivationBitFlip, ActivationStuck
 from lesion.damage.realised import Realised, UnitOverride
 from lesion.damage.selectors import Selector
 from lesion.damage.target import Target
@@ -61,7 +62,7 @@ def _patched(target: Target, state: Realised, patches: list[tuple[str, torch.Ten
     for k, (name, indices, values) in enumerate(patches):
         state = state.with_patch(target.base, name, indices, values, record)
         if k:  # one fault, however many parameters it touches
-            state = Realised(state.params, state.units, state.faults[:-1], state.patches)
+            state = replace(state, faults=state.faults[:-1])
     return state
 
 
@@ -429,7 +430,8 @@ class BitFlip:
         return f"bitflip:{scope}ber={self.ber}{fmt}{positions}"
 
 
-Damage = UnitCrash | HeadCrash | FilterDeletion | WeightDeletion | StuckAt | Perturbation | Direction | BitFlip
+Damage = (UnitCrash | HeadCrash | FilterDeletion | WeightDeletion | StuckAt | Perturbation | Direction | BitFlip
+          | ActivationBitFlip | ActivationStuck)
 
 
 def realise_each(target: Target, damages: Sequence[Damage], seeds: Sequence[int]) -> list[Realised]:

@@ -3,17 +3,19 @@
 `Realised` holds the parameters that differ from the trained network (full tensors), the parameters that
 differ in a few entries (patches: flat indices and new values, so that a bit flip neither copies its tensor
 nor hides which entries it changed from the sparse engine, `lesion.damage.sparse`), the unit overrides per
-site (a unit's value becomes value·keep + stuck: keep 0 and stuck 0 is a crash), and a JSON-able record of
+site (a unit's value becomes value·keep + stuck: keep 0 and stuck 0 is a crash), the faults in a site's values
+per input (`lesion.damage.activation_faults`), and a JSON-able record of
 the concrete faults (indices, bits, values), which is what a fault list saves and replays.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
+from lesion.damage.activation_faults import ActivationFaults
 from lesion.sites import Site
 
 
@@ -45,13 +47,20 @@ Patch = tuple[torch.Tensor, torch.Tensor]  # (sorted distinct flat indices, new 
 
 @dataclass(frozen=True)
 class Realised:
-    """The changed parameters (`params` whole, `patches` by entry), the unit overrides and the fault record of
-    one damage configuration."""
+    """The changed parameters (`params` whole, `patches` by entry), the unit overrides, the activation faults
+    (per site name, applied in order) and the fault record of one damage configuration."""
 
     params: dict[str, torch.Tensor] = field(default_factory=dict)
     units: dict[str, UnitOverride] = field(default_factory=dict)
     faults: tuple[dict[str, Any], ...] = ()
     patches: dict[str, Patch] = field(default_factory=dict)
+    activations: dict[str, tuple[ActivationFaults, ...]] = field(default_factory=dict)
+
+    @property
+    def transient_only(self) -> bool:
+        """Whether the configuration's only damage is transient activation faults (some inputs, some values)."""
+        return (bool(self.activations) and not self.params and not self.patches and not self.units
+                and all(f.inputs is not None for faults in self.activations.values() for f in faults))
 
     @property
     def changed(self) -> list[str]:
@@ -72,7 +81,7 @@ class Realised:
     def with_params(self, changed: dict[str, torch.Tensor], fault: dict[str, Any]) -> Realised:
         """A copy with parameters replaced and one more fault recorded."""
         patches = {n: p for n, p in self.patches.items() if n not in changed}
-        return Realised({**self.params, **changed}, self.units, (*self.faults, fault), patches)
+        return replace(self, params={**self.params, **changed}, faults=(*self.faults, fault), patches=patches)
 
     def with_patch(self, base: dict[str, torch.Tensor], name: str, indices: torch.Tensor, values: torch.Tensor,
                    fault: dict[str, Any]) -> Realised:
@@ -91,12 +100,19 @@ class Realised:
             indices, values = merged, merged_values
         order = torch.argsort(indices)
         patches = {**self.patches, name: (indices[order], values[order].to(base[name].dtype))}
-        return Realised(self.params, self.units, (*self.faults, fault), patches)
+        return replace(self, faults=(*self.faults, fault), patches=patches)
 
     def with_units(self, override: UnitOverride, fault: dict[str, Any] | None) -> Realised:
         """A copy with the unit override of its site replaced and (unless None) one more fault recorded."""
         faults = self.faults if fault is None else (*self.faults, fault)
-        return Realised(self.params, {**self.units, override.site.name: override}, faults, self.patches)
+        return replace(self, units={**self.units, override.site.name: override}, faults=faults)
+
+    def with_activation_faults(self, faults: ActivationFaults, fault: dict[str, Any]) -> Realised:
+        """A copy with activation faults added at their site (after those already there) and one more fault
+        recorded."""
+        name = faults.site.name
+        return replace(self, activations={**self.activations, name: (*self.activations.get(name, ()), faults)},
+                       faults=(*self.faults, fault))
 
     def changed_params(self, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The changed parameters, whole."""

@@ -19,7 +19,8 @@ from lesion.damage.kinds import (
 from lesion.damage.selectors import parse_selector
 from lesion.errors import LesionError
 
-KINDS = ("crash", "head", "filter", "delete", "gauss", "sphere", "direction", "bitflip", "stuck")
+KINDS = ("crash", "head", "filter", "delete", "gauss", "sphere", "direction", "bitflip", "stuck", "act-bitflip",
+         "act-stuck")
 
 
 def _float(text: str, what: str) -> float:
@@ -53,6 +54,10 @@ def parse_damage(text: str) -> Damage:
 
 
 def _parse(kind: str, parts: list[str]) -> Damage | None:
+    if kind in ("act-bitflip", "act-stuck"):
+        from lesion.damage.activation_kinds import parse_activation_fault
+
+        return parse_activation_fault(kind, parts)
     if kind == "crash" and len(parts) in (2, 3):
         value = 0.0
         if len(parts) == 3:

@@ -21,12 +21,16 @@ class Target:
     """A model and its trained parameters w (named_parameters order); damage never modifies either.
 
     `example`: a few inputs of the shape the model takes, for finding its sites (a recording forward); when
-    not given, inferred for lesion's own networks and MLPs whose first layer is Linear.
+    not given, inferred for lesion's own networks and MLPs whose first layer is Linear. `inputs`: the inputs
+    the damaged network will be evaluated on, which faults drawn per input need (transient activation faults:
+    how many inputs there are; int8 activation words: the site's scale over them).
     """
 
     model: nn.Module
     base: dict[str, torch.Tensor] = field(default_factory=dict)
     example: torch.Tensor | None = None
+    inputs: torch.Tensor | None = None
+    _scales: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.base:
@@ -43,6 +47,25 @@ class Target:
         """The sites of the model, found by a recording forward on the example inputs."""
         example = self.example if self.example is not None else example_input(self.model)
         return SiteTable.of(self.model, example[:2])
+
+    @property
+    def input_count(self) -> int:
+        """How many evaluation inputs there are (faults drawn per input need them)."""
+        if self.inputs is None:
+            raise LesionError("faults drawn per input need the evaluation inputs: Target(model, inputs=x) (a "
+                              "campaign passes its own)")
+        return len(self.inputs)
+
+    def activation_scale(self, site: Site) -> float:
+        """The int8 scale of a site's values over the evaluation inputs (`site_scale`), computed once."""
+        if site.name not in self._scales:
+            from lesion.damage.activation_faults import site_scale
+
+            if self.inputs is None:
+                raise LesionError("int8 activation faults need the evaluation inputs for the site's scale: "
+                                  "Target(model, inputs=x)")
+            self._scales[site.name] = site_scale(self.model, site, self.inputs)
+        return self._scales[site.name]
 
     @property
     def sites(self) -> list[Site]:

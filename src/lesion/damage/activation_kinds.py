@@ -1,0 +1,180 @@
+"""Activation fault descriptions (issue 17, item 1): `act-bitflip` and `act-stuck`, realised per input.
+
+`act-bitflip:SITE:ber=R[:fmt=F][:bits=B1,B2][:permanent]`: every bit of every value of the site (in format F;
+only bit positions B when given), for every evaluation input, flips independently with probability R; the
+number of flips is Binomial(inputs × values × bits, R), their (input, position, bit) drawn uniformly without
+replacement (as weight bit flips, `bits.random_bit_positions`). With `permanent` the positions are drawn once
+over one input's values and hit every input.
+
+`act-stuck:SITE:rate=R[:value=V][:permanent]`: every value of the site, per input, is stuck at V (default 0)
+with probability R (transient), or the same positions on every input (permanent).
+
+What the faults do to the values: `lesion.damage.activation_faults`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lesion.damage import bits as bitlib
+from lesion.damage.activation_faults import ActivationFaults
+from lesion.damage.realised import Realised
+from lesion.damage.target import Target
+from lesion.errors import LesionError
+from lesion.sites import Site
+
+RECORD_LIMIT = 1000  # faults listed one by one up to this many, else a count and a digest
+
+
+def _site(target: Target, address: str) -> tuple[Site, int]:
+    site = target.site(address, None)
+    per_input = math.prod(site.shape) if site.shape else 0
+    if not per_input:
+        raise LesionError(f"site {site.name} does not output a tensor of values per input: no activation faults")
+    return site, per_input
+
+
+def _record(kind: str, site: Site, options: dict[str, Any], inputs: torch.Tensor | None, positions: torch.Tensor,
+            extra: torch.Tensor | None = None) -> dict[str, Any]:
+    """The fault record: (input, position[, bit mask]) per faulty value when few, else a count and a digest."""
+    from lesion.damage.kinds import index_record
+
+    columns = [c for c in (inputs, positions, extra) if c is not None]
+    record: dict[str, Any] = {"kind": kind, "site": site.name, **options, "values": int(positions.numel())}
+    if positions.numel() <= RECORD_LIMIT:
+        record["entries"] = torch.stack([c.cpu() for c in columns], dim=1).tolist() if columns else []
+        return record
+    keys = columns[0].cpu().to(torch.int64)
+    for c in columns[1:]:
+        keys = keys * (int(c.max()) + 1 if c.numel() else 1) + c.cpu().to(torch.int64)
+    return {**record, **index_record(keys)}
+
+
+@dataclass(frozen=True)
+class ActivationBitFlip:
+    """Random bit flips in a site's values, per input (transient) or at the same positions on every input."""
+
+    site: str
+    ber: float
+    fmt: str = "float32"
+    positions: tuple[int, ...] | None = None
+    permanent: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ber <= 1.0:
+            raise LesionError(f"bit-error rate must be in [0, 1], got {self.ber}")
+        if self.fmt not in bitlib.FORMATS:
+            raise LesionError(f"unknown format {self.fmt!r}; formats are {', '.join(bitlib.FORMATS)}")
+        for bit in self.positions or ():
+            bitlib.bit_name(self.fmt, bit)  # refuses a bit the format does not have
+
+    def realise(self, target: Target, state: Realised, generator: torch.Generator) -> Realised:
+        """Draw the flipped (input, position, bit) triples and add them as faults at the site."""
+        site, per_input = _site(target, self.site)
+        inputs = 1 if self.permanent else target.input_count
+        element, bit = bitlib.random_bit_positions(inputs * per_input, self.ber, self.fmt, generator, self.positions)
+        # several bits of one value flip together: one XOR mask per value
+        keys, inverse = torch.unique(element, return_inverse=True)
+        masks = torch.zeros(keys.numel(), dtype=torch.int64).index_add_(0, inverse, torch.ones_like(bit) << bit)
+        scale = target.activation_scale(site) if self.fmt == "int8" and keys.numel() else None
+        device = target.device
+        which = None if self.permanent else (keys // per_input).to(device)
+        faults = ActivationFaults(site, (keys % per_input).to(device), which, masks.to(device), None, self.fmt, scale)
+        options = {"fmt": self.fmt, "ber": self.ber, "permanent": self.permanent}
+        if scale is not None:
+            options["scale"] = scale
+        record = _record("act-bitflip", site, options, None if self.permanent else keys // per_input,
+                         keys % per_input, masks)
+        return state.with_activation_faults(faults, record)
+
+    def spec(self) -> str:
+        """SPEC string."""
+        fmt = f":fmt={self.fmt}" if self.fmt != "float32" else ""
+        bits = f":bits={','.join(map(str, self.positions))}" if self.positions else ""
+        return f"act-bitflip:{self.site}:ber={self.ber}{fmt}{bits}{':permanent' if self.permanent else ''}"
+
+
+@dataclass(frozen=True)
+class ActivationStuck:
+    """A site's values stuck at `value` with probability `rate` each, per input or at the same positions on every
+    input."""
+
+    site: str
+    rate: float
+    value: float = 0.0
+    permanent: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rate <= 1.0:
+            raise LesionError(f"rate must be in [0, 1], got {self.rate}")
+
+    def realise(self, target: Target, state: Realised, generator: torch.Generator) -> Realised:
+        """Draw the stuck (input, position) pairs and add them as faults at the site."""
+        site, per_input = _site(target, self.site)
+        total = (1 if self.permanent else target.input_count) * per_input
+        count = 0
+        if self.rate == 1.0:
+            count = total
+        elif self.rate > 0.0 and total:
+            drawn = torch.binomial(torch.tensor(float(total), dtype=torch.float64),
+                                   torch.tensor(self.rate, dtype=torch.float64), generator=generator)
+            count = min(int(drawn.item()), total)
+        chosen = bitlib.distinct_uniform(total, count, generator)
+        device = target.device
+        which = None if self.permanent else (chosen // per_input).to(device)
+        values = torch.full((count,), self.value, dtype=torch.float32, device=device)
+        faults = ActivationFaults(site, (chosen % per_input).to(device), which, None, values)
+        record = _record("act-stuck", site, {"rate": self.rate, "value": self.value, "permanent": self.permanent},
+                         None if self.permanent else chosen // per_input, chosen % per_input)
+        return state.with_activation_faults(faults, record)
+
+    def spec(self) -> str:
+        """SPEC string."""
+        value = f":value={self.value}" if self.value != 0 else ""
+        return f"act-stuck:{self.site}:rate={self.rate}{value}{':permanent' if self.permanent else ''}"
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise LesionError(f"{what} must be a number, got {text!r}") from err
+    if math.isnan(value):
+        raise LesionError(f"{what} must be a number, got {text!r}")
+    return value
+
+
+def parse_activation_fault(kind: str, parts: Sequence[str]) -> ActivationBitFlip | ActivationStuck:
+    """`act-bitflip` / `act-stuck` from the parts after the kind: SITE, `key=value` options, `permanent`
+    (SPEC_HELP)."""
+    if not parts or "=" in parts[0]:
+        raise LesionError(f"{kind} needs a SITE first (an index or name from `lesion sites`)")
+    options = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    flags = {p for p in parts[1:] if "=" not in p}
+    allowed = {"act-bitflip": {"ber", "fmt", "bits"}, "act-stuck": {"rate", "value"}}[kind]
+    unknown = set(options) - allowed
+    if unknown or flags - {"permanent"}:
+        bad = sorted(unknown | (flags - {"permanent"}))
+        raise LesionError(f"unknown option(s) {', '.join(bad)}; use {', '.join(f'{k}=' for k in sorted(allowed))}"
+                          " and permanent")
+    permanent = "permanent" in flags
+    if kind == "act-bitflip":
+        if "ber" not in options:
+            raise LesionError("act-bitflip needs ber=RATE")
+        positions = None
+        if "bits" in options:
+            try:
+                positions = tuple(int(b) for b in options["bits"].split(","))
+            except ValueError as err:
+                raise LesionError(f"bits must be integers, got {options['bits']!r}") from err
+        return ActivationBitFlip(parts[0], _number(options["ber"], "ber"), options.get("fmt", "float32"), positions,
+                                 permanent)
+    if "rate" not in options:
+        raise LesionError("act-stuck needs rate=R")
+    return ActivationStuck(parts[0], _number(options["rate"], "rate"), _number(options.get("value", "0"), "value"),
+                           permanent)
