@@ -151,3 +151,51 @@ def test_cli_bad_spec_exits_2(checkpoint, spec, capsys):
 def test_cli_campaign_needs_samples_or_width(checkpoint, capsys):
     assert main(["campaign", "--model", str(checkpoint), "--data", "digits", "--damage", "gauss:0.1"]) == 2
     assert "--samples N or --ci-width W" in capsys.readouterr().err
+
+
+def _per_sample(result: dict) -> np.ndarray:
+    return np.array([[s["accuracy"], s["loss"], s["output_error"]] for s in result["samples"]], dtype=float)
+
+
+def test_cli_campaign_file_and_replay_from_its_result_alone(checkpoint, tmp_path):
+    config = tmp_path / "campaign.yaml"
+    config.write_text(f"model: {checkpoint}\ndata: digits\ndamage:\n  - delete:weights:frac=0.1\n"
+                      "  - act-bitflip:1:ber=1e-3\nsamples: 15\nseed: 2\ninputs: 200\n")
+    first, again = tmp_path / "r1.json", tmp_path / "r2.json"
+    assert main(["--quiet", "campaign", "--config", str(config), "--json", str(first)]) == 0
+    result = json.loads(first.read_text())
+    assert result["config"]["damage"] == ["delete:weights:frac=0.1", "act-bitflip:1:ber=1e-3"]
+    assert result["config"]["model"] == str(checkpoint.resolve()) and result["campaign"]["inputs"] == 200
+    # nothing but the result: model, data, inputs and faults come from it
+    assert main(["--quiet", "campaign", "--replay", str(first), "--json", str(again)]) == 0
+    replayed = json.loads(again.read_text())["campaign"]
+    np.testing.assert_array_equal(_per_sample(replayed), _per_sample(result["campaign"]))
+    # an option on the command line wins over the file's
+    fewer = tmp_path / "r3.json"
+    assert main(["--quiet", "campaign", "--config", str(config), "--samples", "4", "--json", str(fewer)]) == 0
+    assert json.loads(fewer.read_text())["campaign"]["n_samples"] == 4
+
+
+@pytest.mark.parametrize("body, message", [
+    ("model: M\ndata: digits\nsampels: 10\n", "unknown key(s) 'sampels'"),
+    ("- a\n- b\n", "must hold a mapping"),
+    ("model: [a, b]\n", "model in"),
+    ("damage: {a: 1}\n", "damage in"),
+    ("model: M\n  data: : :\n", "not valid YAML"),
+])
+def test_cli_campaign_file_errors_are_one_line(tmp_path, capsys, body, message):
+    config = tmp_path / "c.yaml"
+    config.write_text(body)
+    assert main(["campaign", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+@pytest.mark.parametrize("spec, message", [("act-stuck:99:rate=0.1", "site 99 does not exist"),
+                                           ("act-bitflip:1:ber=3", "bit-error rate must be in [0, 1]")])
+def test_cli_campaign_file_with_a_bad_site_or_rate(checkpoint, tmp_path, capsys, spec, message):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"model": str(checkpoint), "data": "digits", "damage": spec, "samples": 3}))
+    assert main(["campaign", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err

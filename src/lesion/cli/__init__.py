@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import lesion
 from lesion import progress
-from lesion.cli import basic, breakdown, crash, geometry, recover, report, reproduce
+from lesion.cli import basic, breakdown, campaign_config, crash, geometry, recover, report, reproduce
 from lesion.cli.options import positive_int
 from lesion.errors import LesionError
 
@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `lesion` program; returns the exit status."""
     parser = build_parser()
+    try:
+        argv = campaign_config.expand(sys.argv[1:] if argv is None else argv)
+    except LesionError as err:
+        print(f"lesion: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
     try:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, --version, or a one-line usage error (exit 2)

@@ -101,6 +101,7 @@ def _fault_summary(fault: dict[str, Any]) -> str:
 
 
 def _cmd_campaign(args: argparse.Namespace) -> dict[str, Any]:
+    from lesion.cli import campaign_config
     from lesion.damage import parse_damage
     from lesion.damage.campaign import Campaign, load_fault_list, replay, save_fault_list
 
@@ -138,7 +139,12 @@ def _cmd_campaign(args: argparse.Namespace) -> dict[str, Any]:
     if result.target_width is not None:
         state = "met" if result.target_met else f"NOT met after {n} samples (raise --max-samples)"
         print(f"target interval width {result.target_width}: {state}; planned ≈{result.planned_samples} samples")
-    return {"model": loaded.to_dict(), "data": data.to_dict(), "campaign": result.to_dict(with_samples=True)}
+    config = campaign_config.recorded(args)
+    if args.replay:
+        config = {**config, "damage": list(result.damage), "samples": len(result.samples), "seed": result.seed}
+        config.pop("ci_width", None)
+    return {"model": loaded.to_dict(), "data": data.to_dict(), "config": config,
+            "campaign": result.to_dict(with_samples=True)}
 
 
 def _cmd_sites(args: argparse.Namespace) -> dict[str, Any]:
@@ -250,7 +256,13 @@ def register(sub: Any) -> None:
     p.add_argument("--inputs", type=positive_int, metavar="N", help="use the first N test inputs (default all)")
     p.add_argument("--save-faults", metavar="FILE", type=output_file,
                    help="save the fault list (seeds and faults) as JSON")
-    p.add_argument("--replay", metavar="FILE", help="re-run the configurations of a saved fault list")
+    p.add_argument("--replay", metavar="FILE",
+                   help="re-run the configurations of a saved fault list (--save-faults), or of a campaign's JSON "
+                        "result (--json), which also gives the model, data and options: nothing else needed")
+    p.add_argument("--config", metavar="FILE",
+                   help="read the campaign's options from a YAML or JSON file: keys model, weights, device, "
+                        "output_key, data, damage (a SPEC or a list), samples, ci_width, max_samples, tolerance, "
+                        "inputs, seed, save_faults, json; options on the command line win")
     add_common(p)
     p.set_defaults(run=_cmd_campaign)
 

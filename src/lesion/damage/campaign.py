@@ -230,8 +230,13 @@ def load_fault_list(path: str | Path) -> dict[str, Any]:
         raise LesionError(f"fault list not found: {file}") from err
     except (OSError, json.JSONDecodeError) as err:
         raise LesionError(f"cannot read fault list {file}: {err}") from err
+    if isinstance(payload, dict) and isinstance(payload.get("campaign"), dict) and "samples" in payload["campaign"]:
+        run = payload["campaign"]  # a campaign's JSON result (`lesion campaign --json`) holds its fault list too
+        return {"format": FAULT_LIST_FORMAT, "damage": run["damage"], "seed": run["seed"],
+                "model_digest": run["model_digest"],
+                "samples": [{"index": s["index"], "seed": s["seed"], "faults": s["faults"]} for s in run["samples"]]}
     if not isinstance(payload, dict) or payload.get("format") != FAULT_LIST_FORMAT:
-        raise LesionError(f"{file} is not a lesion fault list")
+        raise LesionError(f"{file} is neither a lesion fault list nor a campaign result with its samples")
     return payload
 
 
