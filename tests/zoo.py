@@ -168,3 +168,21 @@ def trained_gpt2(epochs: int = 10) -> tuple[nn.Module, torch.Tensor, torch.Tenso
     train(model, data.x_train[:1024, :32], data.y_train[:1024, :32],
           TrainSettings(epochs=epochs, seed=0, lr=3e-3, batch_size=32))
     return model, data.x_test[:128, :32], data.y_test[:128, :32]
+
+
+@functools.cache
+def quantised_cnn() -> tuple[nn.Module, nn.Module, torch.Tensor, torch.Tensor]:
+    """A small CNN trained 2 epochs on mnist5k (conv 8-16, dense 10), then quantised to int8 with PyTorch's
+    post-training static quantisation (calibrated on 256 training digits): (int8 model, float model, test
+    inputs, test labels)."""
+    from lesion.data import load
+    from lesion.nets.quantise import quantise_int8
+    from lesion.train import TrainSettings, train
+
+    data = load("mnist5k")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 16, 3), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 5 * 5, 10))
+    train(model, data.x_train, data.y_train, TrainSettings(epochs=2, lr=3e-3, seed=0))
+    model.eval()
+    return quantise_int8(model, data.x_train[:256]), model, data.x_test, data.y_test

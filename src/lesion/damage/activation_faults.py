@@ -65,9 +65,12 @@ class ActivationFaults:
             local = inputs[chosen] - start
         if not chosen.numel():
             return t
+        where_of = local * per_input + positions[chosen]
+        if t.is_quantized:
+            return self._apply_to_words(t, where_of, chosen)
         out = t.contiguous().clone()
         flat = out.view(-1)
-        where = local * per_input + positions[chosen]
+        where = where_of
         if self.values is not None:
             flat[where] = self.values.to(device=device, dtype=out.dtype)[chosen]
             return out
@@ -82,6 +85,25 @@ class ActivationFaults:
             flipped = bitlib.xor_words(current, masks, self.fmt)
         flat[where] = flipped.to(out.dtype)
         return out
+
+    def _apply_to_words(self, t: torch.Tensor, where: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        """The faults on a quantised tensor (an int8 model's activations): bits of its stored bytes flipped
+        whatever `fmt` says (the word is the byte), or the stuck value quantised with the tensor's own scale."""
+        from lesion.damage.quantised import with_integers  # noqa: PLC0415 (quantised imports this module)
+
+        words = t.int_repr().contiguous().clone()
+        flat = words.view(-1)
+        if self.values is not None:
+            info = torch.iinfo(words.dtype)
+            stuck = torch.round(self.values.to(t.device)[chosen].double() / t.q_scale()) + t.q_zero_point()
+            flat[where] = stuck.clamp(info.min, info.max).to(words.dtype)
+        else:
+            assert self.masks is not None
+            masks = self.masks.to(t.device)[chosen] & 0xFF
+            if words.dtype == torch.int8:
+                masks = torch.where(masks >= 128, masks - 256, masks)
+            flat[where] = torch.bitwise_xor(flat[where], masks.to(words.dtype))
+        return with_integers(t, words)
 
 
 def site_values(model: nn.Module, site: Site, x: torch.Tensor, batch_size: int = 4096) -> list[torch.Tensor]:
@@ -113,7 +135,8 @@ def site_values(model: nn.Module, site: Site, x: torch.Tensor, batch_size: int =
 
 def site_scale(model: nn.Module, site: Site, x: torch.Tensor) -> float:
     """The int8 scale of a site's values: max |clean value| over the inputs `x` / 127 (1.0 when all are 0)."""
-    largest = max((float(v.abs().max()) for v in site_values(model, site, x) if v.numel()), default=0.0)
+    values = [v.dequantize() if v.is_quantized else v for v in site_values(model, site, x)]
+    largest = max((float(v.abs().max()) for v in values if v.numel()), default=0.0)
     if not largest < float("inf"):
         raise LesionError(f"site {site.name} outputs non-finite values on the clean network: no int8 scale")
     return largest / 127.0 if largest > 0 else 1.0

@@ -132,6 +132,10 @@ class SiteHooks:
 @torch.no_grad()
 def damaged_outputs(model: nn.Module, realised: Realised, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
     """Raw outputs of the damaged network f(x; damaged) on `x` (eval mode; the model is not modified)."""
+    from lesion.damage.quantised import StoredIntegerRunner, touches_stored_integers
+
+    if touches_stored_integers(realised, model):
+        return StoredIntegerRunner(model).outputs(realised, x, batch_size)
     if isinstance(model, torch.jit.ScriptModule) and not realised.units and not realised.activations:
         from lesion.functional import forward_with
 
@@ -216,6 +220,11 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
         raise LesionError("no damage configurations to evaluate")
     if isinstance(model, torch.jit.ScriptModule):
         return torch.stack([damaged_outputs(model, c, x, input_batch) for c in progress.track(configs, desc)])
+    from lesion.damage.quantised import StoredIntegerRunner, stored_weights, touches_stored_integers
+
+    if stored_weights(model) and any(touches_stored_integers(c, model) for c in configs):
+        runner = StoredIntegerRunner(model)  # one working copy for the batch: configurations one by one
+        return torch.stack([runner.outputs(c, x, input_batch) for c in progress.track(configs, desc)])
     if any(c.activations for c in configs):
         return _with_activation_faults(model, configs, x, chunk_size, input_batch, memory_bytes, desc, chain, sparse)
     base = parameters_of(model)

@@ -60,7 +60,7 @@ def _patched(target: Target, state: Realised, patches: list[tuple[str, torch.Ten
     if not patches:
         return state.with_params({}, record)
     for k, (name, indices, values) in enumerate(patches):
-        state = state.with_patch(target.base, name, indices, values, record)
+        state = state.with_patch(target.tensors, name, indices, values, record)
         if k:  # one fault, however many parameters it touches
             state = replace(state, faults=state.faults[:-1])
     return state
@@ -342,19 +342,19 @@ class BitFlip:
 
     def realise(self, target: Target, state: Realised, generator: torch.Generator) -> Realised:
         """Flip the bits and decode the damaged weights."""
+        tensors = target.tensors
         if self.bit is not None:
-            name = self.params if self.params in target.base else target.match(self.params)[0]
+            name = self.params if self.params in tensors else target.match(self.params, stored=True)[0]
             flat_index = target.flat_index(name, self.index or "0")
-            weight = state.param(name, target.base)
-            touched, values = bitlib.flipped_entries(weight, torch.tensor([flat_index]), torch.tensor([self.bit]),
-                                                     self.fmt)
+            weight = state.param(name, tensors)
+            touched, values = self._flipped(target, name, weight, torch.tensor([flat_index]), torch.tensor([self.bit]))
             after = float(values[0].to(weight.dtype)) if touched.numel() else float(weight.flatten()[flat_index])
             record = {"kind": "bitflip", "format": self.fmt, "param": name, "index": flat_index, "bit": self.bit,
                       "bit_name": bitlib.bit_name(self.fmt, self.bit),
                       "before": float(weight.flatten()[flat_index]), "after": after}
-            return state.with_patch(target.base, name, touched, values, record)
-        names = target.match(self.params)
-        sizes = [target.base[n].numel() for n in names]
+            return state.with_patch(tensors, name, touched, values, record)
+        names = target.match(self.params, stored=True)
+        sizes = [tensors[n].numel() for n in names]
         flat_idx, flat_bits = bitlib.random_bit_positions(sum(sizes), float(self.ber), self.fmt, generator,
                                                           self.positions)
         record = {"kind": "bitflip", "format": self.fmt, "params": names, "ber": self.ber,
@@ -363,18 +363,32 @@ class BitFlip:
         for name, size in zip(names, sizes, strict=True):
             mine = (flat_idx >= offset) & (flat_idx < offset + size)
             if bool(mine.any()):
-                weight = state.param(name, target.base)
-                patches.append((name, *bitlib.flipped_entries(weight, flat_idx[mine] - offset, flat_bits[mine],
-                                                              self.fmt)))
+                weight = state.param(name, tensors)
+                patches.append((name, *self._flipped(target, name, weight, flat_idx[mine] - offset,
+                                                     flat_bits[mine])))
             offset += size
         return _patched(target, state, patches, record)
+
+    def _flipped(self, target: Target, name: str, weight: torch.Tensor, indices: torch.Tensor, bits: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distinct flat indices, new values) of the flipped entries: decoded from the format for a parameter,
+        the new integer words for the stored weights of a quantised layer."""
+        if name in target.stored:
+            from lesion.damage.quantised import check_stored_format, flipped_integers
+
+            check_stored_format(name, self.fmt)
+            return flipped_integers(weight, indices, bits)
+        return bitlib.flipped_entries(weight, indices, bits, self.fmt)
 
     def realise_each(self, target: Target, seeds: Sequence[int]) -> list[Realised]:
         """`realise(target, [self], Generator(seed))` for every seed, the same numbers and records, with the
         decoding of the flipped words done once for all seeds (random flips at a rate, on the trained network)."""
         if self.ber is None:
             raise LesionError("realise_each draws random flips: it needs ber=RATE")
-        names = target.match(self.params)
+        names = target.match(self.params, stored=True)
+        if any(n in target.stored for n in names):  # integer words of a quantised model: one seed at a time
+            generator = torch.Generator()
+            return [self.realise(target, Realised(), generator.manual_seed(s)) for s in seeds]
         sizes = [target.base[n].numel() for n in names]
         offsets = torch.tensor([0, *np.cumsum(sizes)], dtype=torch.int64)
         total = int(offsets[-1])

@@ -76,27 +76,35 @@ class Target:
         """A site by 1-based index or name (SPEC §6.1); `kind` "unit" or "head" checks what it carries."""
         return self.table.resolve(address, kind)
 
-    def match(self, pattern: str) -> list[str]:
-        """Parameter names a pattern selects: an exact name, a glob (`*.weight`), `all`/`*`, `weights`, `biases`."""
-        names = list(self.base)
-        if pattern in ("all", "*"):
-            chosen = names
-        elif pattern == "weights":
-            chosen = [n for n in names if n.endswith("weight")]
-        elif pattern == "biases":
-            chosen = [n for n in names if n.endswith("bias")]
-        elif pattern in self.base:
-            chosen = [pattern]
-        else:
-            chosen = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+    @cached_property
+    def stored(self) -> dict[str, torch.Tensor]:
+        """The integer words of a quantised model's packed weights, named like parameters (`fc.weight`; none for
+        a float model): bit flips in int8 damage them (`lesion.damage.quantised`)."""
+        from lesion.damage.quantised import stored_integers
+
+        return {n: t for n, t in stored_integers(self.model).items() if n not in self.base}
+
+    @cached_property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every damageable tensor: the parameters and the stored integers of quantised layers."""
+        return {**self.base, **self.stored}
+
+    def match(self, pattern: str, stored: bool = False) -> list[str]:
+        """Parameter names a pattern selects: an exact name, a glob (`*.weight`), `all`/`*`, `weights`, `biases`;
+        with `stored`, the stored integer weights of a quantised model too."""
+        chosen = _matching(list(self.tensors if stored else self.base), pattern)
+        if not chosen and not stored and _matching(list(self.stored), pattern):
+            raise LesionError(f"{pattern!r} selects weights this quantised model stores as int8 integers; only bit "
+                              "flips damage them (bitflip:PARAM:ber=R:fmt=int8)")
         if not chosen:
+            names = list(self.tensors)
             shown = ", ".join(names[:8]) + (" …" if len(names) > 8 else "")
-            raise LesionError(f"no parameter matches {pattern!r}; parameters are {shown}")
+            raise LesionError(f"no parameter matches {pattern!r}; parameters are {shown or 'none'}")
         return chosen
 
     def flat_index(self, name: str, index: str | int) -> int:
         """A flat index into parameter `name` from an int or a comma-separated multi-index like `3,5`."""
-        shape = tuple(self.base[name].shape)
+        shape = tuple(self.tensors[name].shape)
         numel = int(np.prod(shape)) if shape else 1
         try:
             parts = [int(i) for i in str(index).split(",")]
@@ -111,3 +119,15 @@ class Target:
         if not 0 <= flat < numel:
             raise LesionError(f"index {flat} is out of range for {name} ({numel} values, shape {shape})")
         return flat
+
+
+def _matching(names: list[str], pattern: str) -> list[str]:
+    if pattern in ("all", "*"):
+        return names
+    if pattern == "weights":
+        return [n for n in names if n.endswith("weight")]
+    if pattern == "biases":
+        return [n for n in names if n.endswith("bias")]
+    if pattern in names:
+        return [pattern]
+    return [n for n in names if fnmatch.fnmatchcase(n, pattern)]

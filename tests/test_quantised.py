@@ -1,0 +1,113 @@
+"""Faults in an int8 model's stored integers and activations (issue 17, item 2), against hand edits of the
+integers on a copy of the model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import zoo
+from lesion.damage import Target, batched_damaged_outputs, damaged_outputs, parse_damage, realise
+from lesion.damage.campaign import Campaign
+from lesion.damage.quantised import with_integers
+from lesion.errors import LesionError
+
+
+@pytest.fixture(scope="module")
+def int8():
+    model, _, x, y = zoo.quantised_cnn()
+    return model, x[:300], y[:300]
+
+
+def _flip_stored(model, name: str, flips: list[tuple[int, int]]):
+    """A copy of the quantised `model` with bit b of stored word i of layer `name` flipped, for (i, b) in flips."""
+    edited = copy.deepcopy(model)
+    layer = edited.get_submodule(name.rsplit(".", 1)[0])
+    weight, bias = layer.weight(), layer.bias()
+    words = weight.int_repr().clone().view(-1)
+    for index, bit in flips:
+        byte = int(words[index]) & 0xFF
+        flipped = byte ^ (1 << bit)
+        words[index] = flipped - 256 if flipped >= 128 else flipped
+    layer.set_weight_bias(with_integers(weight, words.view(weight.shape)), bias)
+    return edited
+
+
+def test_one_int8_flip_equals_editing_the_stored_integer(int8):
+    model, x, _ = int8
+    target = Target(model, example=x[:2], inputs=x)
+    assert sorted(target.stored) == ["1.0.weight", "1.3.weight", "1.7.weight"]
+    config = realise(target, [parse_damage("bitflip:1.0.weight:2,0,1,1:6:fmt=int8")], torch.Generator())
+    (fault,) = config.faults
+    assert fault["index"] == 2 * 9 + 1 * 3 + 1 and fault["bit_name"] == "magnitude[6]"
+    with torch.no_grad():
+        expected = _flip_stored(model, "1.0.weight", [(22, 6)])(x)
+    torch.testing.assert_close(damaged_outputs(model, config, x), expected, rtol=0, atol=0)
+    assert not torch.equal(expected, model(x))
+
+
+def test_random_int8_flips_equal_hand_edits_from_their_records(int8):
+    model, x, _ = int8
+    target = Target(model, example=x[:2], inputs=x)
+    names = target.match("all", stored=True)
+    sizes = [target.stored[n].numel() for n in names]
+    configs = [realise(target, [parse_damage("bitflip:ber=2e-4:fmt=int8")], torch.Generator().manual_seed(s))
+               for s in range(6)]
+    outputs = batched_damaged_outputs(model, configs, x)
+    for config, out in zip(configs, outputs, strict=True):
+        (fault,) = config.faults
+        edited = model
+        for key in fault["indices"]:
+            flat, bit = divmod(key, 64)
+            for name, size in zip(names, sizes, strict=True):
+                if flat < size:
+                    edited = _flip_stored(edited, name, [(flat, bit)])
+                    break
+                flat -= size
+        with torch.no_grad():
+            torch.testing.assert_close(out, edited(x), rtol=0, atol=0)
+
+
+def test_int8_activation_flips_the_stored_byte(int8):
+    model, x, _ = int8
+    target = Target(model, example=x[:2], inputs=x)
+    config = realise(target, [parse_damage("act-bitflip:1.1:ber=2e-5:fmt=int8")], torch.Generator().manual_seed(1))
+    (fault,) = config.faults
+    assert fault["entries"]
+
+    def hook(module, args, output):
+        words = output.int_repr().contiguous().clone()
+        flat = words.view(len(words), -1)
+        for i, p, mask in fault["entries"]:
+            flat[i, p] = int(flat[i, p]) ^ mask
+        return with_integers(output, words)
+
+    handle = model[1][1].register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            expected = model(x)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(batched_damaged_outputs(model, [config], x)[0], expected)
+
+
+def test_campaign_on_an_int8_model_leaves_it_as_it_was(int8):
+    model, x, y = int8
+    before = {n: w.clone() for n, w in Target(model, example=x[:2]).stored.items()}
+    result = Campaign(model, x, y, [parse_damage("bitflip:ber=1e-4:fmt=int8")], seed=2).run(samples=12)
+    again = Campaign(model, x, y, [parse_damage("bitflip:ber=1e-4:fmt=int8")], seed=2).run(samples=12)
+    assert [s.accuracy for s in result.samples] == [s.accuracy for s in again.samples]
+    assert min(s.accuracy for s in result.samples) < result.clean_accuracy  # the flips do something
+    after = {n: layer.weight().int_repr() for n, layer in ((n, model.get_submodule(n[:-7])) for n in before)}
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+def test_stored_integers_refuse_other_damage_and_formats(int8):
+    model, x, _ = int8
+    target = Target(model, example=x[:2], inputs=x)
+    with pytest.raises(LesionError, match="stores as int8 integers"):
+        realise(target, [parse_damage("delete:1.7.weight:frac=0.1")], torch.Generator())
+    with pytest.raises(LesionError, match="fmt=int8"):
+        realise(target, [parse_damage("bitflip:1.7.weight:0:3")], torch.Generator())
