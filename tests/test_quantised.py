@@ -111,3 +111,32 @@ def test_stored_integers_refuse_other_damage_and_formats(int8):
         realise(target, [parse_damage("delete:1.7.weight:frac=0.1")], torch.Generator())
     with pytest.raises(LesionError, match="fmt=int8"):
         realise(target, [parse_damage("bitflip:1.7.weight:0:3")], torch.Generator())
+
+
+def test_cli_quantise_writes_an_int8_checkpoint_every_command_loads(tmp_path, capsys):
+    import json
+
+    from lesion.cli import main
+    from lesion.data import load
+    from lesion.nets import build_net, save_checkpoint
+    from lesion.nets.loading import load_model
+    from lesion.train import TrainSettings, train
+
+    data = load("digits")
+    model, config = build_net("mlp:32", data.input_shape, 10, seed=0)
+    train(model, data.x_train, data.y_train, TrainSettings(epochs=3, seed=0))
+    float_path, int8_path, report = tmp_path / "f.pt", tmp_path / "q.pt", tmp_path / "q.json"
+    save_checkpoint(float_path, model.eval(), "mlp:32", config, input_shape=list(data.input_shape))
+    assert main(["--quiet", "quantise", "--model", str(float_path), "--data", "digits", "--out", str(int8_path),
+                 "--json", str(report)]) == 0
+    accuracy = json.loads(report.read_text())["quantised"]["test_accuracy"]
+    loaded = load_model(str(int8_path)).module
+    assert sorted(Target(loaded).stored) == ["1.fc1.weight", "1.out.weight"]
+    with torch.no_grad():
+        measured = float((loaded(data.x_test).argmax(1) == data.y_test).double().mean())
+    assert measured == pytest.approx(accuracy["int8"]) and abs(accuracy["int8"] - accuracy["float"]) < 0.05
+    capsys.readouterr()
+    assert main(["--quiet", "campaign", "--model", str(int8_path), "--data", "digits", "--damage",
+                 "bitflip:ber=1e-3:fmt=int8", "--samples", "5"]) == 0
+    assert "5 configurations of bitflip:ber=0.001:fmt=int8" in capsys.readouterr().out
+    assert main(["quantise", "--model", str(int8_path), "--data", "digits", "--out", str(tmp_path / "again.pt")]) == 2

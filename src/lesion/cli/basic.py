@@ -46,6 +46,34 @@ def _cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     return {"checkpoint": str(path), "net": args.net, "config": config, **record}
 
 
+def _cmd_quantise(args: argparse.Namespace) -> dict[str, Any]:
+    from lesion.nets import save_checkpoint
+    from lesion.nets.quantise import quantise_int8
+    from lesion.train import evaluate_outputs, predict
+
+    loaded, data = load_model_and_data(args)
+    meta = loaded.metadata
+    if loaded.kind != "lesion-checkpoint" or meta.get("quantised"):
+        raise LesionError("quantise takes a float lesion checkpoint (from `lesion train`); quantise your own "
+                          "module in Python with lesion.nets.quantise.quantise_int8 and give it to lesion as "
+                          "--model package.module:factory")
+    quantised = quantise_int8(loaded.module, data.x_train[: args.calibration], args.backend)
+    record = {k: v for k, v in meta.items() if k not in ("format", "format_version", "lesion_version", "created",
+                                                         "net", "config")}
+    record["input_shape"] = list(data.input_shape)
+    info: dict[str, Any] = {"backend": args.backend, "calibration_inputs": min(args.calibration, len(data.x_train)),
+                            "from": loaded.source}
+    if data.has_labels:
+        before = evaluate_outputs(predict(loaded.module, data.x_test), data.y_test)
+        after = evaluate_outputs(predict(quantised, data.x_test), data.y_test)
+        info["test_accuracy"] = {"float": before.accuracy, "int8": after.accuracy}
+        print(f"test accuracy: float {before.accuracy:.4f}, int8 {after.accuracy:.4f} (n={after.n})")
+    path = save_checkpoint(args.out, quantised, meta.get("net", "model"), meta["config"], **record, quantised=info)
+    print(f"int8 checkpoint ({args.backend}, activation ranges from {info['calibration_inputs']} training inputs) "
+          f"written to {path}; its weights are stored as int8: damage them with bitflip:...:fmt=int8")
+    return {"checkpoint": str(path), "quantised": info}
+
+
 def _print_evaluation(label: str, result: Any, per_token: bool = False) -> None:
     tail = f", perplexity {result.perplexity:.4g}" if per_token else ""
     print(f"{label}accuracy {result.accuracy:.4f} (95% CI {result.accuracy_ci[0]:.4f}–{result.accuracy_ci[1]:.4f}, "
@@ -221,6 +249,21 @@ def register(sub: Any) -> None:
     p.add_argument("--out", required=True, metavar="PATH", type=output_file, help="checkpoint file to write")
     add_common(p)
     p.set_defaults(run=_cmd_train)
+
+    p = sub.add_parser("quantise", help="int8 copy of a trained network (post-training static quantisation)",
+                       description="Quantise a float lesion checkpoint to int8 with PyTorch's post-training static "
+                                   "quantisation (torch.ao, eager mode): Linear and convolution weights stored as "
+                                   "int8 with per-channel scales, activations as uint8 with ranges observed on "
+                                   "calibration inputs from the training split. Writes a lesion checkpoint that "
+                                   "every command loads; bit flips with fmt=int8 then flip the stored integers.")
+    add_model(p)
+    add_data(p)
+    p.add_argument("--calibration", type=positive_int, default=256,
+                   help="training inputs whose activation ranges set the int8 scales (default 256)")
+    p.add_argument("--backend", default="x86", help="torch quantised engine: x86 (default), fbgemm, qnnpack, onednn")
+    p.add_argument("--out", required=True, metavar="PATH", type=output_file, help="int8 checkpoint file to write")
+    add_common(p)
+    p.set_defaults(run=_cmd_quantise)
 
     damage_help = SPEC_HELP.replace("%", "%%")
     p = sub.add_parser("evaluate", help="test accuracy and loss of a model, clean or damaged",

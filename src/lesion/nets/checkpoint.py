@@ -8,6 +8,7 @@ test metrics, lesion version and time.
 from __future__ import annotations
 
 import datetime as _dt
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +39,24 @@ def save_checkpoint(path: str | Path, model: nn.Module, net: str, config: dict[s
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "net": net,
         "config": config,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "state_dict": _portable_state(model),
         **record,
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)
     return path
+
+
+def _portable_state(model: nn.Module) -> dict[str, Any]:
+    """The model's state on the CPU, detached; a quantised model's packed weights (tuples) and dtypes as they are,
+    and the state's version metadata, which quantised layers read when they load it."""
+    state = model.state_dict()
+    out = OrderedDict((k, v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v) for k, v in state.items())
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:
+        out._metadata = metadata  # type: ignore[attr-defined]
+    return out
 
 
 def is_checkpoint(obj: object) -> bool:

@@ -108,7 +108,9 @@ def _load_file(path: Path) -> LoadedModel:
             raise LesionError(f"cannot read exported program {path}: {_first_line(err)}") from err
         return LoadedModel(module, "exported-program", str(path))
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's deprecation notes on the storage of quantised (int8) tensors
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         payload = _load_pickled_module(path)
     except Exception as err:  # noqa: BLE001 - zip, EOF, pickle and runtime errors all mean "not readable"
@@ -154,7 +156,17 @@ def _archive_kind(path: Path) -> str | None:
 def _from_checkpoint(payload: dict[str, Any], path: Path) -> LoadedModel:
     meta = checkpoint_metadata(payload)
     module = build_from_config(meta["config"])
-    _load_state(module, payload.get("state_dict"), str(path))
+    quantised = meta.get("quantised")
+    if quantised:  # the int8 layers are rebuilt as `lesion quantise` made them, then get their stored state
+        from lesion.nets.quantise import quantise_int8
+
+        shape = meta.get("input_shape")
+        if not shape:
+            raise LesionError(f"{path} is a quantised checkpoint without its input shape; write it again")
+        module = quantise_int8(module, torch.zeros(2, *shape), quantised.get("backend", "x86"))
+    with warnings.catch_warnings():  # torch warns about its own quantised storage as it fills it
+        warnings.simplefilter("ignore", UserWarning)
+        _load_state(module, payload.get("state_dict"), str(path))
     return LoadedModel(module, "lesion-checkpoint", str(path), meta)
 
 
