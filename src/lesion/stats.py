@@ -79,6 +79,17 @@ def student_t_quantile(p: float, df: float) -> float:
     return t
 
 
+def binomial_upper_tail(k: int, n: int, p: float) -> float:
+    """P(X ≥ k) for X ~ Binomial(n, p), as the regularised incomplete beta function I_p(k, n − k + 1)."""
+    if k <= 0:
+        return 1.0
+    if k > n:
+        return 0.0
+    if p <= 0.0 or p >= 1.0:
+        return float(p >= 1.0)
+    return _incomplete_beta(k, n - k + 1, p)
+
+
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a binomial rate (SPEC §4: Wilson for accuracies and rates).
 

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import lesion
 from lesion import progress
-from lesion.cli import basic, breakdown, campaign_config, crash, geometry, recover, report, reproduce
+from lesion.cli import basic, breakdown, campaign_config, crash, geometry, protect, recover, report, reproduce
 from lesion.cli.options import positive_int
 from lesion.errors import LesionError
 
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     crash.register(sub)
     geometry.register(sub)
     recover.register(sub)
+    protect.register(sub)
     breakdown.register(sub)
     report.register(sub)
     reproduce.register(sub)

@@ -136,14 +136,21 @@ def _cmd_campaign(args: argparse.Namespace) -> dict[str, Any]:
     loaded, data = load_model_and_data(args)
     x = data.x_test[: args.inputs] if args.inputs else data.x_test
     y = None if data.y_test is None else data.y_test[: len(x)]
+    protected = {}
+    if args.protect:
+        from lesion.damage import Target
+        from lesion.damage.protection import parse_protection
+
+        protected = parse_protection(args.protect, Target(loaded.module, example=x[:2]))
     if args.replay:
-        result = replay(loaded.module, x, y, load_fault_list(args.replay), args.tolerance)
+        result = replay(loaded.module, x, y, load_fault_list(args.replay), args.tolerance, protected)
     else:
         if not args.damage:
             raise LesionError("give at least one --damage SPEC (or --replay FILE)")
         if (args.samples is None) == (args.ci_width is None):
             raise LesionError("give either --samples N or --ci-width W")
-        campaign = Campaign(loaded.module, x, y, [parse_damage(t) for t in args.damage], args.seed, args.tolerance)
+        campaign = Campaign(loaded.module, x, y, [parse_damage(t) for t in args.damage], args.seed, args.tolerance,
+                            protected)
         result = campaign.run(args.samples, args.ci_width, max_samples=args.max_samples)
     if args.save_faults:
         save_fault_list(args.save_faults, result)
@@ -302,10 +309,13 @@ def register(sub: Any) -> None:
     p.add_argument("--replay", metavar="FILE",
                    help="re-run the configurations of a saved fault list (--save-faults), or of a campaign's JSON "
                         "result (--json), which also gives the model, data and options: nothing else needed")
+    p.add_argument("--protect", action="append", metavar="PARAM@BITS",
+                   help="bit positions random bit flips cannot change (hardened memory), e.g. fc1.weight@30 or "
+                        "weights@30,29 (repeatable; `lesion protect` ranks which to choose)")
     p.add_argument("--config", metavar="FILE",
                    help="read the campaign's options from a YAML or JSON file: keys model, weights, device, "
                         "output_key, data, damage (a SPEC or a list), samples, ci_width, max_samples, tolerance, "
-                        "inputs, seed, save_faults, json; options on the command line win")
+                        "inputs, seed, protect (a list), save_faults, json; options on the command line win")
     add_common(p)
     p.set_defaults(run=_cmd_campaign)
 

@@ -30,10 +30,11 @@ KEYS = {
     "model": "--model", "weights": "--weights", "device": "--device", "output_key": "--output-key",
     "data": "--data", "damage": "--damage", "samples": "--samples", "ci_width": "--ci-width",
     "max_samples": "--max-samples", "tolerance": "--tolerance", "inputs": "--inputs", "seed": "--seed",
-    "save_faults": "--save-faults", "json": "--json",
+    "save_faults": "--save-faults", "json": "--json", "protect": "--protect",
 }
+LISTS = ("damage", "protect")  # keys holding a list: one option each
 RECORDED = ("model", "weights", "device", "output_key", "data", "damage", "samples", "ci_width", "max_samples",
-            "tolerance", "inputs", "seed")  # what a result embeds: enough to run the campaign again
+            "tolerance", "inputs", "seed", "protect")  # what a result embeds: enough to run the campaign again
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
@@ -63,13 +64,14 @@ def read_config(path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(config) - set(KEYS))
     if unknown:
         raise LesionError(f"unknown key(s) {', '.join(map(repr, unknown))} in {file}; keys are {', '.join(KEYS)}")
-    damage = config.get("damage")
-    if isinstance(damage, str):
-        config["damage"] = [damage]
-    elif damage is not None and not (isinstance(damage, list) and all(isinstance(d, str) for d in damage)):
-        raise LesionError(f"damage in {file} must be a SPEC string or a list of them, got {damage!r}")
+    for key in LISTS:
+        value = config.get(key)
+        if isinstance(value, str):
+            config[key] = [value]
+        elif value is not None and not (isinstance(value, list) and all(isinstance(d, str) for d in value)):
+            raise LesionError(f"{key} in {file} must be a text or a list of texts, got {value!r}")
     for key, value in config.items():
-        if key != "damage" and (isinstance(value, (dict, list)) or value is None):
+        if key not in LISTS and (isinstance(value, (dict, list)) or value is None):
             raise LesionError(f"{key} in {file} must be a single value, got {value!r}")
     return config
 
@@ -78,9 +80,9 @@ def as_arguments(config: dict[str, Any]) -> list[str]:
     """The command-line arguments that say what `config` says."""
     out: list[str] = []
     for key, value in config.items():
-        if key == "damage":
-            for spec in value:
-                out += ["--damage", spec]
+        if key in LISTS:
+            for item in value:
+                out += [KEYS[key], item]
         else:
             out += [KEYS[key], str(value).lower() if isinstance(value, bool) else str(value)]
     return out
@@ -145,11 +147,12 @@ def expand(argv: Sequence[str]) -> list[str]:
     elif _option_value(tail, "--replay") is not None and _option_value(tail, "--model") is None:
         config = embedded_config(_option_value(tail, "--replay") or "") or {}
         config = {k: v for k, v in config.items() if k in ("model", "weights", "device", "output_key", "data",
-                                                           "inputs", "tolerance")}
+                                                           "inputs", "tolerance", "protect")}
     else:
         return argv
-    if _option_value(tail, "--damage") is not None:
-        config.pop("damage", None)
+    for key in LISTS:
+        if _option_value(tail, KEYS[key]) is not None:
+            config.pop(key, None)
     given = {k for k, option in KEYS.items() if _option_value(tail, option) is not None}
     config = {k: v for k, v in config.items() if k not in given}
     return [*head, *as_arguments(config), *tail]

@@ -129,13 +129,14 @@ class Campaign:
     """Draws, evaluates and summarises damage configurations of one model on fixed inputs."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, damages: Sequence[Damage],
-                 seed: int = 0, tolerance: float = 0.05) -> None:
+                 seed: int = 0, tolerance: float = 0.05, protected: dict[str, frozenset[int]] | None = None
+                 ) -> None:
         if not damages:
             raise LesionError("a campaign needs at least one --damage")
         self.model, self.x, self.y = model, x, y
         self.damages = list(damages)
         self.seed, self.tolerance = seed, tolerance
-        self.target = Target(model, example=x[:2], inputs=x)
+        self.target = Target(model, example=x[:2], inputs=x, protected=dict(protected or {}))
         self.chain = CleanChain.of(model, x)  # the clean activations, once for the whole campaign
         self.clean = self.chain.output if self.chain is not None else forward_with(model, self.target.base, x)
         self.clean_accuracy = None if y is None else float((self.clean.argmax(1) == flat_labels(y)).double().mean())
@@ -208,9 +209,10 @@ class Campaign:
                        "tolerance": self.tolerance}
         labelled = self.y is not None
         met = None if ci_width is None else self._watched().width() <= ci_width
+        extra = {"protected": {n: sorted(b) for n, b in self.target.protected.items()}} if self.target.protected else {}
         return CampaignResult(tuple(d.spec() for d in self.damages), self.seed, len(self.x), self.clean_accuracy,
                               tuple(self.samples), accuracy_summary if labelled else None, loss, output_error,
-                              failure, ci_width, met, planned, model_digest(self.model))
+                              failure, ci_width, met, planned, model_digest(self.model), extra)
 
 
 def save_fault_list(path: str | Path, result: CampaignResult) -> Path:
@@ -241,13 +243,15 @@ def load_fault_list(path: str | Path) -> dict[str, Any]:
 
 
 def replay(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, fault_list: dict[str, Any],
-           tolerance: float = 0.05) -> CampaignResult:
-    """Re-run the configurations of a saved fault list; each must realise to the recorded faults."""
+           tolerance: float = 0.05, protected: dict[str, frozenset[int]] | None = None) -> CampaignResult:
+    """Re-run the configurations of a saved fault list (with the bit protection it was drawn under); each must
+    realise to the recorded faults."""
     digest = model_digest(model)
     if fault_list["model_digest"] != digest:
         raise LesionError(f"the fault list was drawn on model {fault_list['model_digest']}, not this one ({digest}); "
                           "replay it on the same model")
-    campaign = Campaign(model, x, y, [parse_damage(t) for t in fault_list["damage"]], fault_list["seed"], tolerance)
+    campaign = Campaign(model, x, y, [parse_damage(t) for t in fault_list["damage"]], fault_list["seed"], tolerance,
+                        protected)
     entries = fault_list["samples"]
     for start in range(0, len(entries), 64):
         chunk = entries[start:start + 64]

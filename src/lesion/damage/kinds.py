@@ -355,10 +355,7 @@ class BitFlip:
             return state.with_patch(tensors, name, touched, values, record)
         names = target.match(self.params, stored=True)
         sizes = [tensors[n].numel() for n in names]
-        flat_idx, flat_bits = bitlib.random_bit_positions(sum(sizes), float(self.ber), self.fmt, generator,
-                                                          self.positions)
-        record = {"kind": "bitflip", "format": self.fmt, "params": names, "ber": self.ber,
-                  "flips": int(flat_idx.numel()), **index_record(flat_idx * 64 + flat_bits)}
+        flat_idx, flat_bits, record = self._draw(target, names, sizes, generator)
         patches, offset = [], 0
         for name, size in zip(names, sizes, strict=True):
             mine = (flat_idx >= offset) & (flat_idx < offset + size)
@@ -368,6 +365,26 @@ class BitFlip:
                                                      flat_bits[mine])))
             offset += size
         return _patched(target, state, patches, record)
+
+    def _draw(self, target: Target, names: list[str], sizes: list[int], generator: torch.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Random (flat index, bit) pairs over the concatenated `names` at the rate, less those a protected bit
+        (`Target.protected`: corrected by ECC, say) would have taken, and the fault record. The draw itself does
+        not depend on the protection, so a protected campaign has the same configurations less those flips."""
+        flat_idx, flat_bits = bitlib.random_bit_positions(sum(sizes), float(self.ber), self.fmt, generator,
+                                                          self.positions)
+        extra: dict[str, Any] = {}
+        if target.protected:
+            table = torch.zeros(len(names), 64, dtype=torch.bool)
+            for p, name in enumerate(names):
+                table[p, list(target.protected.get(name, ()))] = True
+            offsets = torch.tensor(np.cumsum(sizes), dtype=torch.int64)
+            hit = table[torch.searchsorted(offsets, flat_idx, right=True), flat_bits]
+            flat_idx, flat_bits = flat_idx[~hit], flat_bits[~hit]
+            extra["protected"] = int(hit.sum())
+        record = {"kind": "bitflip", "format": self.fmt, "params": names, "ber": self.ber,
+                  "flips": int(flat_idx.numel()), **extra, **index_record(flat_idx * 64 + flat_bits)}
+        return flat_idx, flat_bits, record
 
     def _flipped(self, target: Target, name: str, weight: torch.Tensor, indices: torch.Tensor, bits: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -393,10 +410,9 @@ class BitFlip:
         offsets = torch.tensor([0, *np.cumsum(sizes)], dtype=torch.int64)
         total = int(offsets[-1])
         generator = torch.Generator()
-        drawn = [bitlib.random_bit_positions(total, float(self.ber), self.fmt, generator.manual_seed(s), self.positions)
-                 for s in seeds]
-        records = [{"kind": "bitflip", "format": self.fmt, "params": names, "ber": self.ber, "flips": int(i.numel()),
-                    **index_record(i * 64 + b)} for i, b in drawn]
+        draws = [self._draw(target, names, sizes, generator.manual_seed(s)) for s in seeds]
+        drawn = [(i, b) for i, b, _ in draws]
+        records = [record for _, _, record in draws]
         counts = torch.tensor([i.numel() for i, _ in drawn], dtype=torch.int64)
         if not int(counts.sum()):
             return [Realised().with_params({}, r) for r in records]

@@ -23,13 +23,15 @@ class Target:
     `example`: a few inputs of the shape the model takes, for finding its sites (a recording forward); when
     not given, inferred for lesion's own networks and MLPs whose first layer is Linear. `inputs`: the inputs
     the damaged network will be evaluated on, which faults drawn per input need (transient activation faults:
-    how many inputs there are; int8 activation words: the site's scale over them).
+    how many inputs there are; int8 activation words: the site's scale over them). `protected`: bit positions
+    of parameters that random bit flips cannot change (hardened memory: `lesion.damage.protection`).
     """
 
     model: nn.Module
     base: dict[str, torch.Tensor] = field(default_factory=dict)
     example: torch.Tensor | None = None
     inputs: torch.Tensor | None = None
+    protected: dict[str, frozenset[int]] = field(default_factory=dict)
     _scales: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
