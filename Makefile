@@ -19,7 +19,7 @@ ZOO_DEPS   := pyyaml regex click typer httpx2 hf-xet
 # torch is installed first and pinned: an unpinned torch pulls gigabytes of CUDA packages.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
 	$(BIN)/python -m pip install --quiet --no-deps $(ZOO_NODEPS)
 	$(BIN)/python -m pip install --quiet $(ZOO_DEPS)
 	touch $(STAMP)

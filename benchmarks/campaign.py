@@ -1,16 +1,23 @@
 """Benchmark: a fault campaign in lesion against pytorchfi, mrfi and hand-written loops, on the same faults.
 
 LeNet-300-100 (mlp2) trained 3 epochs on mnist5k, evaluated on the first 1,000 test inputs; per configuration,
-the accuracy. Two scenarios:
+the accuracy. Three scenarios:
 - A, float32 weight bit flips at bit-error rate 1e-6 over all parameters (about 8.5 flips per configuration),
   500 configurations by default;
-- B, crashes (output 0) of 30% of the units of hidden layer 2 (after act2), 1,000 configurations by default.
+- B, crashes (output 0) of 30% of the units of hidden layer 2 (after act2), 1,000 configurations by default;
+- C, transient float32 bit flips in the values of hidden layer 1 (after act1; per input, position and bit) at
+  bit-error rate 1e-6 over the 1,000 inputs (about 9.6 flips per configuration), 500 configurations by default.
 lesion runs a `Campaign` (construction and run timed: what a user runs). Each configuration is then realised
 again from its seed (`sample_seed(0, i)`, as the campaign does) and that fault list, already converted to each
-tool's own input format, is handed to the others; realising and converting it is NOT in their timings.
+tool's own input format, is handed to the others; realising and converting it is NOT in their timings. In C
+the others set values rather than flip bits: each faulty value (the clean float32 value at act1 with the
+configuration's XOR mask applied to its bits; with one faulty site that is the value the fault meets) is
+computed in the conversion, from the clean activations.
 - copy loop (A): per configuration, copy.deepcopy the model, write the damaged entries, forward all inputs;
 - hidden-layer loop (B): the activations after act2 once, then per configuration zero the crashed columns and
   apply `out`;
+- hidden-layer loop (C): the activations after act1 once, then per configuration a copy with the faulty values
+  written, and fc2, act2, out on all inputs;
 - pytorchfi (A): `fault_injection(..., layer_types=[Linear])` once, then per configuration `declare_weight_fi`
   with layer_num/k/dim1 and a `value=` list (it deep-copies the model on every declaration; that is its cost).
   pytorchfi only addresses `.weight`: flips that land in a bias are written into the corrupted model it returns
@@ -18,19 +25,26 @@ tool's own input format, is handed to the others; realising and converting it is
 - pytorchfi (B): per configuration `declare_neuron_fi` with one entry per crashed neuron of fc2's output and a
   custom `function=` hook that zeroes those neurons for every input (the `value=` route would need one entry per
   input and neuron, 30,000 a configuration); ReLU(0) = 0, so this equals a crash after act2;
+- pytorchfi (C): `fault_injection(..., layer_types=["all"])` (a forward hook on every leaf module; act1 is leaf
+  2, after flatten and fc1), then per configuration `declare_neuron_fi` with batch (the input), layer_num, dim1
+  (the unit) and a `value=` list, one entry per faulty value. act1 is lesion's ScaledReLU, not a torch.nn.ReLU,
+  and pytorchfi reads `.weight` of every module of a listed type when it is constructed, so the activation
+  module cannot be listed as a layer type;
 - mrfi (A): one `MRFI` wrapper (on a copy of the model) with a weight fault injector on `weight` and `bias` of
   every Linear, selector `FixPositions` (flat indices) and error mode `SetValue` (a value list); per
   configuration the positions and values are set in its config tree (mrfi restores the weights from its own
   copy before every forward, then injects);
 - mrfi (B): an `activation_out` injector on act2 with error mode `SetZero` and a small selector registered with
   `mrfi.add_function` that selects the crashed neurons in every input (mrfi's fixed selectors take flat
-  positions, 30,000 a configuration).
+  positions, 30,000 a configuration);
+- mrfi (C): an `activation_out` injector on act1 with selector `FixPositions` (flat positions input * 300 +
+  unit over the (1000, 300) output) and error mode `SetValue` (a value list), both set per configuration.
 Prints, per scenario, seconds, the ratio (tool time / lesion time) and the number of configurations whose
 accuracy differs from lesion's (expected 0). pytorchfi and mrfi are benchmark-only dependencies (`make bench`
 installs them without their dependencies).
 
-Run: `.venv/bin/python benchmarks/campaign.py [--configs-bitflip 500] [--configs-crash 1000] [--threads 1]
-[--skip-peers]`
+Run: `.venv/bin/python benchmarks/campaign.py [--configs-bitflip 500] [--configs-crash 1000] [--configs-act 500]
+[--threads 1] [--skip-peers]`
 """
 
 from __future__ import annotations
@@ -53,6 +67,8 @@ from lesion.train import TrainSettings, train  # noqa: E402
 
 BITFLIP, CRASH = "bitflip:ber=1e-6", "crash:2:frac=0.3"
 CRASH_SITE, CRASH_LINEAR = "act2", "fc2"  # the crashed units: act2's output = ReLU(fc2's output)
+ACT_SITE = "act1"  # transient bit flips in act1's output (lesion's site address `fc1` resolves there too)
+ACT_BITFLIP = f"act-bitflip:{ACT_SITE}:ber=1e-6"
 SEED, WARM_UP = 0, 2
 PEERS_MISSING = "not importable; `make bench` installs it (pytorchfi==0.6.0, mrfi==2.1.0, pip --no-deps)"
 
@@ -220,6 +236,75 @@ def mrfi_crashes(model, x, y, crashed: list[list[int]]) -> list[float]:
     return accuracies
 
 
+# ---- scenario C: transient activation bit flips ---------------------------------------------------------
+
+def hidden1(model, x) -> torch.Tensor:
+    """The clean values of act1's output, (inputs, 300)."""
+    with torch.no_grad():
+        return model.act1(model.fc1(model.flatten(x)))
+
+
+def flipped_values(clean: torch.Tensor, configs: list) -> list[tuple[list[int], list[int], list[float]]]:
+    """Per configuration: the (input, unit, faulty value) of each faulty value at act1, the faulty value being
+    the clean float32 value with the configuration's XOR mask applied to its 32 bits."""
+    out = []
+    for config in configs:
+        (faults,) = config.activations[ACT_SITE]
+        assert (faults.site.path, faults.site.hook, faults.fmt) == (ACT_SITE, "output", "float32")
+        inputs, units, masks = faults.inputs.cpu(), faults.positions.cpu(), faults.masks.cpu()
+        masks = torch.where(masks >= 1 << 31, masks - (1 << 32), masks).to(torch.int32)  # the word's bit pattern
+        values = (clean[inputs, units].contiguous().view(torch.int32) ^ masks).view(torch.float32)
+        out.append((inputs.tolist(), units.tolist(), values.tolist()))
+    return out
+
+
+def hidden1_loop(model, x, y, faults: list[tuple[list[int], list[int], list[float]]]) -> list[float]:
+    accuracies = []
+    with torch.no_grad():
+        h1 = hidden1(model, x)
+        for inputs, units, values in faults:
+            h = h1.clone()
+            h[inputs, units] = torch.tensor(values, dtype=h.dtype)
+            accuracies.append(accuracy(model.out(model.act2(model.fc2(h))), y))
+    return accuracies
+
+
+def pytorchfi_activations(model, x, y, faults: list[tuple[list[int], list[int], list[float]]]) -> list[float]:
+    from pytorchfi.core import fault_injection
+
+    pfi = fault_injection(model, len(x), input_shape=list(x.shape[1:]), layer_types=["all"])
+    layer = [name for name, m in model.named_modules() if not list(m.children())].index(ACT_SITE)
+    accuracies = []
+    for inputs, units, values in faults:
+        none = [None] * len(units)
+        corrupted = pfi.declare_neuron_fi(batch=inputs, layer_num=[layer] * len(units), dim1=units, dim2=none,
+                                          dim3=list(none), value=values)
+        with torch.no_grad():
+            accuracies.append(accuracy(corrupted(x), y))
+    return accuracies
+
+
+def mrfi_activations(model, x, y, faults: list[tuple[list[int], list[int], list[float]]]) -> list[float]:
+    from mrfi import MRFI, EasyConfig
+
+    config = EasyConfig({"faultinject": [{
+        "type": "activation_out", "module_fullname": ACT_SITE,
+        "selector": {"method": "FixPositions", "positions": []},
+        "error_mode": {"method": "SetValue", "value": []}}]})
+    fi_model = MRFI(copy.deepcopy(model), config)
+    selector = fi_model.get_activation_configs("selector.args", is_out=True, module_fullname=ACT_SITE)[0]
+    error_mode = fi_model.get_activation_configs("error_mode.args", is_out=True, module_fullname=ACT_SITE)[0]
+    width = model.fc1.out_features  # act1's values per input (300)
+    accuracies = []
+    for inputs, units, values in faults:
+        flat = [i * width + u for i, u in zip(inputs, units, strict=True)]
+        order = sorted(range(len(flat)), key=flat.__getitem__)  # FixPositions checks the last is in range
+        selector["positions"] = [flat[k] for k in order]
+        error_mode["value"] = [values[k] for k in order]
+        accuracies.append(accuracy(fi_model(x), y))
+    return accuracies
+
+
 # ---- driver -----------------------------------------------------------------------------------------------
 
 def peer_available(module: str) -> bool:
@@ -239,7 +324,7 @@ def scenario(title: str, spec: str, samples: int, model, x, y, tools: list[tuple
     reference, clean = lesion_campaign(model, x, y, spec, samples)
     t_lesion = time.perf_counter() - start
     start = time.perf_counter()
-    target = Target(model, example=x[:2])
+    target = Target(model, example=x[:2], inputs=x)  # the inputs: for faults drawn per input (C)
     configs = [realise(target, [parse_damage(spec)], torch.Generator().manual_seed(sample_seed(SEED, i)))
                for i in range(samples)]
     t_realise = time.perf_counter() - start
@@ -263,6 +348,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs-bitflip", type=int, default=500)
     parser.add_argument("--configs-crash", type=int, default=1000)
+    parser.add_argument("--configs-act", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-peers", action="store_true", help="only lesion and the hand-written loops")
     args = parser.parse_args()
@@ -300,6 +386,20 @@ def main() -> None:
     if has_mrfi:
         tools.append(("mrfi", crashed_units, mrfi_crashes))
     scenario("B, unit crashes", CRASH, args.configs_crash, model, x, y, tools)
+
+    clean_h1 = hidden1(model, x)
+
+    def act_faults(configs):
+        return flipped_values(clean_h1, configs)
+
+    tools = [("hidden-layer loop", act_faults, hidden1_loop)]
+    if has_pytorchfi:
+        tools.append(("pytorchfi", act_faults, pytorchfi_activations))
+    if has_mrfi:
+        tools.append(("mrfi", act_faults, mrfi_activations))
+    configs = scenario("C, transient activation bit flips", ACT_BITFLIP, args.configs_act, model, x, y, tools)
+    flips = sum(len(f[0]) for f in act_faults(configs))
+    print(f"({flips / max(len(configs), 1):.1f} faulty values per configuration on average)")
 
 
 if __name__ == "__main__":

@@ -151,7 +151,21 @@ def _cmd_campaign(args: argparse.Namespace) -> dict[str, Any]:
             raise LesionError("give either --samples N or --ci-width W")
         campaign = Campaign(loaded.module, x, y, [parse_damage(t) for t in args.damage], args.seed, args.tolerance,
                             protected)
-        result = campaign.run(args.samples, args.ci_width, max_samples=args.max_samples)
+        import torch
+
+        from lesion.scale.executor import executor_for
+
+        executor = executor_for(args.executor, args.workers, args.gpus_per_task, args.worker_threads)
+        try:
+            result = campaign.run(args.samples, args.ci_width, max_samples=args.max_samples, executor=executor,
+                                  checkpoint=args.checkpoint)
+        finally:
+            executor.close()
+        if args.executor not in (None, "local"):
+            e = result.extra["execution"]
+            print(f"{e['executor']}: {e['workers']} workers × {args.worker_threads} torch thread(s), {e['shards']} "
+                  f"shards of 64 configurations, {e['retries']} retried, {e['resumed']} resumed from the checkpoint "
+                  f"(driver: {torch.get_num_threads()} threads)")
     if args.save_faults:
         save_fault_list(args.save_faults, result)
     n = len(result.samples)
@@ -312,6 +326,18 @@ def register(sub: Any) -> None:
     p.add_argument("--protect", action="append", metavar="PARAM@BITS",
                    help="bit positions random bit flips cannot change (hardened memory), e.g. fc1.weight@30 or "
                         "weights@30,29 (repeatable; `lesion protect` ranks which to choose)")
+    p.add_argument("--executor", default="local", metavar="E",
+                   help="where the configurations are evaluated: local (this process, default), ray (a local Ray "
+                        "cluster, or the one `ray start` made on this machine) or ray:ADDRESS (auto or the head's "
+                        "host:port); the same numbers either way (with --worker-threads equal to this process's "
+                        "torch threads). Ray: pip install 'lesion[ray]'")
+    p.add_argument("--workers", type=positive_int, help="Ray workers (default: the cluster's CPUs / --worker-threads)")
+    p.add_argument("--worker-threads", type=positive_int, default=1, help="torch threads per Ray worker (default 1)")
+    p.add_argument("--gpus-per-task", type=nonnegative_float, default=0.0,
+                   help="GPUs each Ray worker holds (e.g. 1, or 0.25 to share one among four; default 0)")
+    p.add_argument("--checkpoint", metavar="FILE", type=output_file,
+                   help="record finished batches of configurations in FILE; run the same command again after an "
+                        "interrupt to resume from them")
     p.add_argument("--config", metavar="FILE",
                    help="read the campaign's options from a YAML or JSON file: keys model, weights, device, "
                         "output_key, data, damage (a SPEC or a list), samples, ci_width, max_samples, tolerance, "

@@ -141,6 +141,17 @@ class Campaign:
         self.clean = self.chain.output if self.chain is not None else forward_with(model, self.target.base, x)
         self.clean_accuracy = None if y is None else float((self.clean.argmax(1) == flat_labels(y)).double().mean())
         self.samples: list[SampleResult] = []
+        self.execution: Any = None  # what the last run's executor did (lesion.scale.executor.ExecutionStats)
+
+    def evaluate_range(self, start: int, stop: int) -> list[SampleResult]:
+        """Samples start … stop − 1 (each from its own seed), evaluated as one batch."""
+        indices = list(range(start, stop))
+        return self._evaluate(indices, [sample_seed(self.seed, i) for i in indices])
+
+    def identity(self) -> dict[str, Any]:
+        """What makes two runs the same campaign (a checkpoint of finished shards is bound to it)."""
+        return {"damage": [d.spec() for d in self.damages], "seed": self.seed, "model": model_digest(self.model),
+                "inputs": len(self.x), "protected": {n: sorted(b) for n, b in sorted(self.target.protected.items())}}
 
     def _evaluate(self, indices: Sequence[int], seeds: Sequence[int]) -> list[SampleResult]:
         configs = realise_each(self.target, self.damages, seeds)
@@ -152,9 +163,15 @@ class Campaign:
                 for k, (index, seed, config) in enumerate(zip(indices, seeds, configs, strict=True))]
 
     def run(self, samples: int | None = None, ci_width: float | None = None, batch: int | None = None,
-            max_samples: int = 10_000, min_samples: int = 30) -> CampaignResult:
+            max_samples: int = 10_000, min_samples: int = 30, executor: Any = None,
+            checkpoint: str | Path | None = None) -> CampaignResult:
         """`samples` configurations, or as many as it takes for a `ci_width` interval (at most `max_samples`),
-        drawn and evaluated `batch` at a time (default 64)."""
+        drawn and evaluated `batch` at a time (default 64), by `executor` (`lesion.scale`: this process by
+        default, or a Ray cluster: the same numbers), skipping the batches a `checkpoint` file holds and
+        recording the others there."""
+        from lesion.scale.executor import LocalExecutor
+        from lesion.scale.store import ShardStore
+
         batch = batch or 64
         if (samples is None) == (ci_width is None):
             raise LesionError("give either a number of samples or a target interval width")
@@ -164,19 +181,24 @@ class Campaign:
             raise LesionError(f"the target interval width must be positive, got {ci_width}")
         goal = samples if samples is not None else max_samples
         planned = None
-        with progress.bar(goal, "campaign", "config") as bar:
-            while len(self.samples) < goal:
-                start = len(self.samples)
-                indices = list(range(start, min(goal, start + batch)))
-                self.samples.extend(self._evaluate(indices, [sample_seed(self.seed, i) for i in indices]))
-                bar.update(len(indices))
-                if ci_width is not None:
-                    watched = self._watched()
-                    if watched.n >= 2:
-                        planned = max(min_samples, sample_size_for_mean(watched.sd, ci_width))
-                        bar.total = min(max_samples, max(planned, len(self.samples)))
-                    if watched.n >= min_samples and watched.width() <= ci_width:
-                        break
+        executor = executor or LocalExecutor()
+        store = ShardStore(checkpoint, self.identity()) if checkpoint is not None else None
+        shards = executor.samples(self, goal, batch, store)
+        try:
+            with progress.bar(goal, "campaign", "config") as bar:
+                for shard in shards:
+                    self.samples.extend(shard)
+                    bar.update(len(shard))
+                    if ci_width is not None:
+                        watched = self._watched()
+                        if watched.n >= 2:
+                            planned = max(min_samples, sample_size_for_mean(watched.sd, ci_width))
+                            bar.total = min(max_samples, max(planned, len(self.samples)))
+                        if watched.n >= min_samples and watched.width() <= ci_width:
+                            break
+        finally:
+            shards.close()  # an executor stops its work in flight
+        self.execution = executor.stats
         return self.result(ci_width, planned)
 
     def _watched(self) -> RunningMean:
@@ -209,7 +231,11 @@ class Campaign:
                        "tolerance": self.tolerance}
         labelled = self.y is not None
         met = None if ci_width is None else self._watched().width() <= ci_width
-        extra = {"protected": {n: sorted(b) for n, b in self.target.protected.items()}} if self.target.protected else {}
+        extra: dict[str, Any] = {}
+        if self.target.protected:
+            extra["protected"] = {n: sorted(b) for n, b in self.target.protected.items()}
+        if self.execution is not None and (self.execution.executor != "local" or self.execution.resumed):
+            extra["execution"] = self.execution.to_dict()
         return CampaignResult(tuple(d.spec() for d in self.damages), self.seed, len(self.x), self.clean_accuracy,
                               tuple(self.samples), accuracy_summary if labelled else None, loss, output_error,
                               failure, ci_width, met, planned, model_digest(self.model), extra)

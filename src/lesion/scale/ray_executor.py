@@ -1,0 +1,145 @@
+"""Campaign shards on a Ray cluster (issue 18, items 1–4).
+
+One actor per worker holds the model, the inputs and the campaign's description (shipped once through Ray's
+object store) and evaluates shards of samples on request; the driver keeps every worker busy with two shards,
+merges the results in index order, and records each finished shard in the `ShardStore` when there is one. A
+worker that dies (its process killed, its node lost) loses only its shards in flight: the driver starts a new
+actor in its place and submits them again, counting a retry each; results are keyed by shard, so nothing is
+counted twice. Ray is an optional dependency (`pip install 'lesion[ray]'`).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from lesion.errors import LesionError
+from lesion.scale.executor import ExecutionStats, as_records, from_records, shard_starts
+from lesion.scale.store import ShardStore
+
+if TYPE_CHECKING:
+    from lesion.damage.campaign import Campaign, SampleResult
+
+IN_FLIGHT = 2  # shards queued per worker: one computing, one waiting
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as err:
+        raise LesionError("--executor ray needs Ray: pip install 'lesion[ray]' (or pip install ray)") from err
+    return ray
+
+
+class _Worker:
+    """A campaign on one worker (a Ray actor): its own copy of the model and inputs, evaluating shards."""
+
+    def __init__(self, model: Any, x: Any, y: Any, damages: list[Any], seed: int, tolerance: float,
+                 protected: dict[str, frozenset[int]], threads: int) -> None:
+        import torch
+
+        from lesion.damage.campaign import Campaign
+
+        torch.set_num_threads(threads)
+        os.environ.setdefault("LESION_NO_PROGRESS", "1")
+        self.campaign = Campaign(model, x, y, damages, seed, tolerance, protected)
+
+    def pid(self) -> int:
+        """The worker's process id."""
+        return os.getpid()
+
+    def evaluate(self, start: int, stop: int) -> list[dict[str, Any]]:
+        """The samples start … stop − 1, as plain records."""
+        return as_records(self.campaign.evaluate_range(start, stop))
+
+
+class RayExecutor:
+    """Shards evaluated by a pool of Ray actors (module docstring)."""
+
+    def __init__(self, address: str | None = None, workers: int | None = None, gpus_per_task: float = 0.0,
+                 threads: int = 1, on_shard: Callable[[RayExecutor, int], None] | None = None) -> None:
+        ray = self.ray = _ray()
+        self.owns_cluster = not ray.is_initialized()
+        if self.owns_cluster:
+            try:
+                ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                raise LesionError(f"cannot reach a Ray cluster at {address or 'a new local one'}: {err}") from err
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        self.threads, self.gpus = threads, gpus_per_task
+        self.workers = workers or max(1, cpus // threads)
+        self.on_shard = on_shard
+        self.actors: list[Any] = []
+        self.stats = ExecutionStats(f"ray:{address}" if address else "ray", self.workers)
+        self._remote = ray.remote(num_cpus=threads, num_gpus=gpus_per_task)(_Worker)
+
+    def _start_actor(self) -> Any:
+        return self._remote.remote(*self._args)
+
+    def pids(self) -> list[int]:
+        """Process ids of the live workers (for tests that kill one)."""
+        return self.ray.get([a.pid.remote() for a in self.actors])
+
+    def samples(self, campaign: Campaign, goal: int, batch: int, store: ShardStore | None
+                ) -> Iterator[list[SampleResult]]:
+        """The samples from `len(campaign.samples)` to `goal`, a shard at a time, in index order."""
+        ray = self.ray
+        started = time.perf_counter()
+        starts = shard_starts(len(campaign.samples), goal, batch)
+        done = {s: store.get(s) for s in starts} if store is not None else {}
+        done = {s: r for s, r in done.items() if r is not None}
+        self.stats.resumed += len(done)
+        todo = [s for s in starts if s not in done]
+        if todo and not self.actors:
+            try:
+                refs = [ray.put(v) for v in (campaign.model, campaign.x, campaign.y)]
+            except Exception as err:  # noqa: BLE001 - what pickling a user's model raises varies
+                raise LesionError(f"cannot send the model to Ray workers: {type(err).__name__}: {err}") from err
+            self._args = (*refs, campaign.damages, campaign.seed, campaign.tolerance,
+                          dict(campaign.target.protected), self.threads)
+            self.actors = [self._start_actor() for _ in range(min(self.workers, len(todo)))]
+        queue, flight = list(todo), {}
+
+        def submit() -> None:
+            for slot in range(len(self.actors)):
+                while queue and sum(1 for _, a in flight.values() if a == slot) < IN_FLIGHT:
+                    start = queue.pop(0)
+                    flight[self.actors[slot].evaluate.remote(start, min(goal, start + batch))] = (start, slot)
+
+        try:
+            for start in starts:
+                while start not in done:
+                    submit()
+                    ready, _ = ray.wait(list(flight), num_returns=1)
+                    shard, slot = flight.pop(ready[0])
+                    try:
+                        records = ray.get(ready[0])
+                    except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
+                        self.stats.retries += 1
+                        lost = [s for f, (s, a) in list(flight.items()) if a == slot]
+                        for f in [f for f, (_, a) in flight.items() if a == slot]:
+                            flight.pop(f)
+                        queue[:0] = sorted([shard, *lost])
+                        self.actors[slot] = self._start_actor()
+                        continue
+                    done[shard] = records
+                    self.stats.shards += 1
+                    if store is not None:
+                        store.put(shard, records)
+                    if self.on_shard is not None:
+                        self.on_shard(self, shard)
+                yield from_records(done.pop(start))
+        finally:
+            self.stats.seconds += time.perf_counter() - started
+            for f in flight:
+                ray.cancel(f, force=True)
+
+    def close(self) -> None:
+        """Stop the workers, and the local cluster this executor started."""
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.actors = []
+        if self.owns_cluster:
+            self.ray.shutdown()

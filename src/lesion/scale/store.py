@@ -1,0 +1,48 @@
+"""Finished shards on disk (issue 18, item 3): an interrupted campaign resumes where it stopped.
+
+The file holds the campaign's identity (damage, seed, model digest, inputs, protection) and, per shard (its
+first sample index), the shard's samples. It is rewritten whole after each shard, through a temporary file, so
+an interrupt never leaves half a file; a file of another campaign is refused rather than mixed in.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lesion.errors import LesionError
+
+FORMAT = "lesion-campaign-shards"
+
+
+class ShardStore:
+    """Finished shards of one campaign, read from and written to `path`."""
+
+    def __init__(self, path: str | Path, identity: dict[str, Any]) -> None:
+        self.path = Path(path).expanduser()
+        self.identity = json.loads(json.dumps(identity))
+        self.shards: dict[int, list[dict[str, Any]]] = {}
+        if self.path.exists():
+            try:
+                payload = json.loads(self.path.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise LesionError(f"cannot read the campaign checkpoint {self.path}: {err}") from err
+            if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+                raise LesionError(f"{self.path} is not a lesion campaign checkpoint")
+            if payload.get("identity") != self.identity:
+                raise LesionError(f"{self.path} holds shards of another campaign (damage, seed, model, inputs or "
+                                  "protection differ); give another --checkpoint file")
+            self.shards = {int(k): v for k, v in payload["shards"].items()}
+
+    def get(self, start: int) -> list[dict[str, Any]] | None:
+        """The samples of the shard starting at `start`, if it finished before."""
+        return self.shards.get(start)
+
+    def put(self, start: int, samples: list[dict[str, Any]]) -> None:
+        """Record a finished shard (atomically)."""
+        self.shards[start] = samples
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"format": FORMAT, "identity": self.identity,
+                                   "shards": {str(k): v for k, v in sorted(self.shards.items())}}))
+        tmp.replace(self.path)

@@ -1,0 +1,88 @@
+"""Campaigns in shards (issue 18): resuming from a checkpoint, and a Ray cluster giving the local numbers even
+when a worker dies."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from lesion.cli import main
+from lesion.damage import parse_damage
+from lesion.damage.campaign import Campaign
+from lesion.errors import LesionError
+from lesion.scale.executor import LocalExecutor
+
+
+def _model_and_data():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 30), torch.nn.ReLU(), torch.nn.Linear(30, 4)).eval()
+    x = torch.randn(150, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    return model, x, y
+
+
+DAMAGE = ["bitflip:ber=1e-4", "crash:1:frac=0.2", "act-bitflip:1:ber=1e-4"]
+
+
+def _figures(result) -> list[str]:
+    """Every sample's figures and faults, as text (NaN equals NaN there, and floats keep every bit)."""
+    return [json.dumps([s.index, s.seed, s.accuracy, s.loss, s.output_error, s.faults]) for s in result.samples]
+
+
+def _campaign(model, x, y) -> Campaign:
+    return Campaign(model, x, y, [parse_damage(d) for d in DAMAGE], seed=7)
+
+
+def test_a_checkpoint_resumes_where_the_run_stopped(tmp_path):
+    model, x, y = _model_and_data()
+    whole = _campaign(model, x, y).run(samples=300)
+    path = tmp_path / "shards.json"
+    first = _campaign(model, x, y).run(samples=128, checkpoint=path)  # "interrupted" after two batches
+    assert len(json.loads(path.read_text())["shards"]) == 2
+    executor = LocalExecutor()
+    resumed = _campaign(model, x, y).run(samples=300, checkpoint=path, executor=executor)
+    assert executor.stats.resumed == 2 and executor.stats.shards == 3
+    assert _figures(resumed) == _figures(whole) and _figures(first) == _figures(whole)[:128]
+    assert resumed.extra["execution"]["resumed"] == 2
+    other = Campaign(model, x, y, [parse_damage("bitflip:ber=1e-3")], seed=7)
+    with pytest.raises(LesionError, match="another campaign"):
+        other.run(samples=10, checkpoint=path)
+
+
+def test_ray_gives_the_local_numbers_even_when_a_worker_dies():
+    pytest.importorskip("ray")
+    from lesion.scale.ray_executor import RayExecutor
+
+    model, x, y = _model_and_data()
+    local = _campaign(model, x, y).run(samples=640)
+    killed = []
+
+    def kill_one(executor, shard):
+        if not killed:
+            pid = executor.pids()[0]
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    executor = RayExecutor(workers=2, on_shard=kill_one)
+    try:
+        remote = _campaign(model, x, y).run(samples=640, executor=executor)
+    finally:
+        executor.close()
+    assert killed and _figures(remote) == _figures(local)
+    stats = remote.extra["execution"]
+    assert stats["executor"] == "ray" and stats["workers"] == 2 and stats["retries"] >= 1
+    assert stats["shards"] >= 10  # every shard once, the lost ones again
+
+
+def test_executor_mistakes_are_one_line(tmp_path, capsys):
+    assert main(["campaign", "--model", "preset:random-0", "--data", "grid:4:3", "--damage", "gauss:0.1",
+                 "--samples", "3", "--executor", "spark"]) == 2
+    assert "unknown executor 'spark'" in capsys.readouterr().err
+    assert main(["campaign", "--model", "preset:random-0", "--data", "grid:4:3", "--damage", "gauss:0.1",
+                 "--samples", "3", "--gpus-per-task", "1"]) == 2
+    assert "--gpus-per-task goes with --executor ray" in capsys.readouterr().err
