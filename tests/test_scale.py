@@ -68,7 +68,7 @@ def test_ray_gives_the_local_numbers_even_when_a_worker_dies():
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
-    executor = RayExecutor(workers=2, on_shard=kill_one)
+    executor = RayExecutor(workers=2, on_result=kill_one)
     try:
         remote = _campaign(model, x, y).run(samples=640, executor=executor)
     finally:
@@ -86,3 +86,26 @@ def test_executor_mistakes_are_one_line(tmp_path, capsys):
     assert main(["campaign", "--model", "preset:random-0", "--data", "grid:4:3", "--damage", "gauss:0.1",
                  "--samples", "3", "--gpus-per-task", "1"]) == 2
     assert "--gpus-per-task goes with --executor ray" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_exact_omega_on_ray_equals_the_local_figures_to_the_bit():
+    pytest.importorskip("ray")
+    from lesion.crash import CrashBudget, exact_omega, mlp_structure
+    from lesion.scale.ray_executor import RayPool
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 24), torch.nn.ReLU(), torch.nn.Linear(24, 5)).eval()
+    structure = mlp_structure(model)
+    x = torch.randn(5000, 10, generator=torch.Generator().manual_seed(2))
+    pool = RayPool(workers=2)
+    try:
+        for f, engine in ((2, "additive"), (3, "additive"), (2, "general")):
+            budget = CrashBudget((1,), (24,), f)
+            local = exact_omega(structure, x, budget, engine=engine, time_limit=None)
+            remote = exact_omega(structure, x, budget, engine=engine, time_limit=None, executor=pool)
+            for key in ("omega_av", "omega_std", "omega_mav", "omega_max", "omega_worst_set", "worst_set"):
+                assert getattr(remote, key) == getattr(local, key), (f, engine, key)
+    finally:
+        pool.close()
+    assert pool.stats.shards >= 9  # three 2,048-input steps a run

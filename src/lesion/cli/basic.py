@@ -9,6 +9,7 @@ from lesion.cli.options import (
     Formatter,
     add_common,
     add_data,
+    add_executor,
     add_model,
     fraction,
     load_model_and_data,
@@ -326,15 +327,7 @@ def register(sub: Any) -> None:
     p.add_argument("--protect", action="append", metavar="PARAM@BITS",
                    help="bit positions random bit flips cannot change (hardened memory), e.g. fc1.weight@30 or "
                         "weights@30,29 (repeatable; `lesion protect` ranks which to choose)")
-    p.add_argument("--executor", default="local", metavar="E",
-                   help="where the configurations are evaluated: local (this process, default), ray (a local Ray "
-                        "cluster, or the one `ray start` made on this machine) or ray:ADDRESS (auto or the head's "
-                        "host:port); the same numbers either way (with --worker-threads equal to this process's "
-                        "torch threads). Ray: pip install 'lesion[ray]'")
-    p.add_argument("--workers", type=positive_int, help="Ray workers (default: the cluster's CPUs / --worker-threads)")
-    p.add_argument("--worker-threads", type=positive_int, default=1, help="torch threads per Ray worker (default 1)")
-    p.add_argument("--gpus-per-task", type=nonnegative_float, default=0.0,
-                   help="GPUs each Ray worker holds (e.g. 1, or 0.25 to share one among four; default 0)")
+    add_executor(p)
     p.add_argument("--checkpoint", metavar="FILE", type=output_file,
                    help="record finished batches of configurations in FILE; run the same command again after an "
                         "interrupt to resume from them")

@@ -10,6 +10,7 @@ from lesion.cli.options import (
     add_common,
     add_data,
     add_device,
+    add_executor,
     nonnegative_float,
     output_file,
     positive_float,
@@ -91,6 +92,7 @@ def _output_bounds(args: argparse.Namespace, structure: Any, x: Any) -> Any:
 def _cmd_omega(args: argparse.Namespace) -> dict[str, Any]:
     from lesion.crash import CrashBudget, exact_omega, monte_carlo_omega, plan
     from lesion.crash.structure import hidden_activations
+    from lesion.scale.executor import executor_for
 
     try:
         loaded, structure = _model_structure(args)
@@ -103,18 +105,29 @@ def _cmd_omega(args: argparse.Namespace) -> dict[str, Any]:
     widths = tuple(structure.widths[layer - 1] for layer in layers)
     hidden = hidden_activations(structure, x)[0].numpy()  # for the plan: the silent units the engine skips
     results = []
-    for f in parse_faults(args.faults):
-        budget = CrashBudget(layers, widths, f)
-        if args.samples or args.ci_width:
-            result = monte_carlo_omega(structure, x, budget, args.norm, args.output, args.samples, args.ci_width,
-                                       args.seed)
-        else:
-            estimate = plan(structure, budget, len(x), args.output, args.engine, hidden)
-            print(f"{budget.describe()}: {estimate.describe()}")
-            result = exact_omega(structure, x, budget, args.norm, args.output, args.engine,
-                                 checkpoint=args.checkpoint, time_limit=args.time_limit)
-        results.append(result)
-        _print_omega(result)
+    remote = args.executor not in (None, "local")
+    if remote and (args.samples or args.ci_width):
+        raise LesionError("Monte Carlo Omega runs in this process so far; --executor ray takes exact Omega (no "
+                          "--samples) and campaigns")
+    executor = executor_for(args.executor, args.workers, args.gpus_per_task, args.worker_threads)
+    try:  # one pool of workers for every budget
+        for f in parse_faults(args.faults):
+            budget = CrashBudget(layers, widths, f)
+            if args.samples or args.ci_width:
+                result = monte_carlo_omega(structure, x, budget, args.norm, args.output, args.samples,
+                                           args.ci_width, args.seed)
+            else:
+                estimate = plan(structure, budget, len(x), args.output, args.engine, hidden)
+                print(f"{budget.describe()}: {estimate.describe()}")
+                result = exact_omega(structure, x, budget, args.norm, args.output, args.engine,
+                                     checkpoint=args.checkpoint, time_limit=args.time_limit,
+                                     executor=executor if remote else None)
+                if remote:
+                    result.extra["execution"] = executor.stats.to_dict()
+            results.append(result)
+            _print_omega(result)
+    finally:
+        executor.close()
     return {"model": loaded.to_dict(), "data": data.to_dict(), "results": [r.to_dict() for r in results]}
 
 
@@ -245,6 +258,7 @@ def register(sub: Any) -> None:
                    help="save progress here; rerun the same command to resume")
     p.add_argument("--split", choices=("test", "train"), default="test", help="inputs: test (default) or train")
     p.add_argument("--inputs", type=positive_int, metavar="N", help="only the first N inputs")
+    add_executor(p)
     add_common(p)
     p.set_defaults(run=_cmd_omega)
 

@@ -34,6 +34,19 @@ def add_data(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help=f"data set (its train/test split is fixed, whatever --seed says). {forms}")
 
 
+def add_executor(p: argparse.ArgumentParser) -> None:
+    """--executor, --workers, --worker-threads, --gpus-per-task: where sampled or enumerated work runs."""
+    p.add_argument("--executor", default="local", metavar="E",
+                   help="where the work runs: local (this process, default), ray (a local Ray cluster, or the one "
+                        "`ray start` made on this machine) or ray:ADDRESS (auto or the head's host:port); the same "
+                        "numbers either way (with --worker-threads equal to this process's torch threads). Ray: "
+                        "pip install 'lesion[ray]'")
+    p.add_argument("--workers", type=positive_int, help="Ray workers (default: the cluster's CPUs / --worker-threads)")
+    p.add_argument("--worker-threads", type=positive_int, default=1, help="torch threads per Ray worker (default 1)")
+    p.add_argument("--gpus-per-task", type=nonnegative_float, default=0.0,
+                   help="GPUs each Ray worker holds (e.g. 1, or 0.25 to share one among four; default 0)")
+
+
 def add_common(p: argparse.ArgumentParser, seed: bool = True) -> None:
     p.add_argument("--json", metavar="PATH", type=output_file, help="write the results as JSON to PATH")
     if seed:

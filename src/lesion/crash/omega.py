@@ -224,13 +224,15 @@ class Interrupted(Exception):
 def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, norm: str = "inf",
                 output: str = "raw", engine: str = "auto", checkpoint: str | Path | None = None,
                 checkpoint_every: float = 30.0, time_limit: float | None = DEFAULT_TIME_LIMIT,
-                max_steps: int | None = None, set_batch: int | None = None) -> OmegaResult:
+                max_steps: int | None = None, set_batch: int | None = None, executor: Any = None) -> OmegaResult:
     """Every crash set of `budget` on every input of `x` (SPEC §2.1).
 
     Refuses (LesionError, with the count, the estimate and the Monte Carlo alternative) when the estimated
     time exceeds `time_limit` seconds (None: no limit). With `checkpoint`, the state is saved every
     `checkpoint_every` seconds and on interruption, and a later call with the same arguments resumes.
-    `max_steps` stops after that many steps (raising Interrupted), as an interruption would.
+    `max_steps` stops after that many steps (raising Interrupted), as an interruption would. With a Ray
+    `executor` (`lesion.scale.ray_executor.RayPool`) the steps run on its workers, each into a fresh
+    accumulator merged here in step order: the same float64 operations in the same order, the same figures.
     """
     if norm not in NORM_ORDERS or output not in ("raw", "softmax"):
         raise LesionError(f"norm must be inf, 1 or 2 and output raw or softmax (got {norm}, {output})")
@@ -245,10 +247,7 @@ def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, n
     if estimate.memory_bytes > free:
         raise LesionError(f"exact Omega for {budget.describe()}: {estimate.describe()}, more than the "
                           f"{_size(free)} of memory free on this machine. {alternative}")
-    if estimate.engine == "additive":
-        steps, run_step = _additive_steps(structure, activations, budget, norm)
-    else:
-        steps, run_step = _general_steps(structure, activations, budget, norm, output, set_batch)
+    steps, run_step = _steps(structure, activations, budget, norm, output, estimate.engine, set_batch)
     settings = [asdict(budget), norm, output, estimate.engine, CHUNK, LANES, KERNEL_VERSION, ADDITIVE_BLOCK, set_batch]
     identity = _digest(*structure.weights, x, text=json.dumps(settings))
     store = _Checkpoint(checkpoint, identity, checkpoint_every)
@@ -256,6 +255,11 @@ def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, n
     acc, first_step = resumed if resumed else (OmegaAccumulator(budget.count(), len(x)), 0)
     started = time.perf_counter()
     done = 0
+    remote = None
+    if executor is not None and hasattr(executor, "ordered"):
+        executor.start(_OmegaWorker, (structure, x, budget, norm, output, estimate.engine, set_batch),
+                       len(steps) - first_step)
+        remote = executor.ordered("step", [(k,) for k in range(first_step, len(steps))])
     with progress.bar(len(steps), f"Omega, {budget.describe()}", "step") as bar:
         bar.update(first_step)
         try:
@@ -263,19 +267,57 @@ def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, n
                 if max_steps is not None and done >= max_steps:
                     store.save(acc, step, force=True)
                     raise Interrupted(f"stopped after {done} steps; resume from {store.path}")
-                run_step(acc, steps[step])
+                if remote is None:
+                    run_step(acc, steps[step])
+                else:
+                    _, state = next(remote)
+                    part = OmegaAccumulator.from_state(state)
+                    acc.add_summary(part.set_sums, part.input_max, 0, part.total, part.total_sq, part.maximum,
+                                    part.pairs)
                 done += 1
                 bar.update(1)
                 store.save(acc, step + 1)
         except KeyboardInterrupt:
             store.save(acc, first_step + done, force=True)
             raise
+        finally:
+            if remote is not None:
+                remote.close()
     figures = acc.figures()
     store.remove()
     worst = _set_at_rank(budget, figures.pop("worst_rank"))
     return OmegaResult(budget.total, budget.layers, budget.per_layer, worst_set=worst, exact=True,
                        sets=budget.count(), inputs=len(x), norm=norm, output=output, engine=estimate.engine,
                        seconds=time.perf_counter() - started, **figures)
+
+
+def _steps(structure: MLPStructure, activations: list[torch.Tensor], budget: CrashBudget, norm: str, output: str,
+           engine: str, set_batch: int | None) -> tuple[list[Any], Callable[[OmegaAccumulator, Any], None]]:
+    """The steps of an exact run and the function that runs one into an accumulator."""
+    if engine == "additive":
+        return _additive_steps(structure, activations, budget, norm)
+    return _general_steps(structure, activations, budget, norm, output, set_batch)
+
+
+class _OmegaWorker:
+    """The steps of one exact run on a Ray worker: each into a fresh accumulator, returned as its state."""
+
+    def __init__(self, structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, norm: str, output: str,
+                 engine: str, set_batch: int | None, threads: int) -> None:
+        torch.set_num_threads(threads)
+        self.budget, self.inputs = budget, len(x)
+        self.steps, self.run_step = _steps(structure, hidden_activations(structure, x), budget, norm, output, engine,
+                                           set_batch)
+
+    def pid(self) -> int:
+        """The worker's process id."""
+        return os.getpid()
+
+    def step(self, k: int) -> dict[str, np.ndarray]:
+        """Step k's contribution, alone."""
+        acc = OmegaAccumulator(self.budget.count(), self.inputs)
+        self.run_step(acc, self.steps[k])
+        return acc.state()
 
 
 def _additive_steps(structure: MLPStructure, activations: list[torch.Tensor], budget: CrashBudget,

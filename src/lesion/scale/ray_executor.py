@@ -55,11 +55,12 @@ class _Worker:
         return as_records(self.campaign.evaluate_range(start, stop))
 
 
-class RayExecutor:
-    """Shards evaluated by a pool of Ray actors (module docstring)."""
+class RayPool:
+    """Ray actors built from one class and its arguments (shipped once through the object store), and calls
+    of one of their methods on many items whose results come back in item order (module docstring)."""
 
     def __init__(self, address: str | None = None, workers: int | None = None, gpus_per_task: float = 0.0,
-                 threads: int = 1, on_shard: Callable[[RayExecutor, int], None] | None = None) -> None:
+                 threads: int = 1, on_result: Callable[[RayPool, int], None] | None = None) -> None:
         ray = self.ray = _ray()
         self.owns_cluster = not ray.is_initialized()
         if self.owns_cluster:
@@ -70,76 +71,99 @@ class RayExecutor:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.threads, self.gpus = threads, gpus_per_task
         self.workers = workers or max(1, cpus // threads)
-        self.on_shard = on_shard
+        self.on_result = on_result
         self.actors: list[Any] = []
         self.stats = ExecutionStats(f"ray:{address}" if address else "ray", self.workers)
-        self._remote = ray.remote(num_cpus=threads, num_gpus=gpus_per_task)(_Worker)
+        self._remote: Any = None
+        self._args: tuple[Any, ...] = ()
 
-    def _start_actor(self) -> Any:
-        return self._remote.remote(*self._args)
+    def start(self, worker_class: type, args: tuple[Any, ...], needed: int) -> None:
+        """Start min(workers, needed) actors of `worker_class(*args, threads)` (arguments put in the object
+        store once), in place of the actors of an earlier job."""
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.actors = []
+        if not needed:
+            return
+        try:
+            refs = tuple(self.ray.put(a) for a in args)
+        except Exception as err:  # noqa: BLE001 - what pickling a user's model raises varies
+            raise LesionError(f"cannot send the model to Ray workers: {type(err).__name__}: {err}") from err
+        self._remote = self.ray.remote(num_cpus=self.threads, num_gpus=self.gpus)(worker_class)
+        self._args = (*refs, self.threads)
+        self.actors = [self._remote.remote(*self._args) for _ in range(min(self.workers, needed))]
 
     def pids(self) -> list[int]:
         """Process ids of the live workers (for tests that kill one)."""
         return self.ray.get([a.pid.remote() for a in self.actors])
 
-    def samples(self, campaign: Campaign, goal: int, batch: int, store: ShardStore | None
-                ) -> Iterator[list[SampleResult]]:
-        """The samples from `len(campaign.samples)` to `goal`, a shard at a time, in index order."""
+    def ordered(self, method: str, items: list[Any]) -> Iterator[tuple[Any, Any]]:
+        """(item, `method(*item)` on some worker) for every item, in the order of `items`; a worker that dies is
+        replaced and its items in flight submitted again (a retry each)."""
         ray = self.ray
         started = time.perf_counter()
-        starts = shard_starts(len(campaign.samples), goal, batch)
-        done = {s: store.get(s) for s in starts} if store is not None else {}
-        done = {s: r for s, r in done.items() if r is not None}
-        self.stats.resumed += len(done)
-        todo = [s for s in starts if s not in done]
-        if todo and not self.actors:
-            try:
-                refs = [ray.put(v) for v in (campaign.model, campaign.x, campaign.y)]
-            except Exception as err:  # noqa: BLE001 - what pickling a user's model raises varies
-                raise LesionError(f"cannot send the model to Ray workers: {type(err).__name__}: {err}") from err
-            self._args = (*refs, campaign.damages, campaign.seed, campaign.tolerance,
-                          dict(campaign.target.protected), self.threads)
-            self.actors = [self._start_actor() for _ in range(min(self.workers, len(todo)))]
-        queue, flight = list(todo), {}
+        queue, flight, done = list(range(len(items))), {}, {}
 
         def submit() -> None:
-            for slot in range(len(self.actors)):
+            for slot, actor in enumerate(self.actors):
                 while queue and sum(1 for _, a in flight.values() if a == slot) < IN_FLIGHT:
-                    start = queue.pop(0)
-                    flight[self.actors[slot].evaluate.remote(start, min(goal, start + batch))] = (start, slot)
+                    k = queue.pop(0)
+                    flight[getattr(actor, method).remote(*items[k])] = (k, slot)
 
         try:
-            for start in starts:
-                while start not in done:
+            for k in range(len(items)):
+                while k not in done:
                     submit()
                     ready, _ = ray.wait(list(flight), num_returns=1)
-                    shard, slot = flight.pop(ready[0])
+                    index, slot = flight.pop(ready[0])
                     try:
-                        records = ray.get(ready[0])
+                        done[index] = ray.get(ready[0])
                     except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
                         self.stats.retries += 1
-                        lost = [s for f, (s, a) in list(flight.items()) if a == slot]
-                        for f in [f for f, (_, a) in flight.items() if a == slot]:
-                            flight.pop(f)
-                        queue[:0] = sorted([shard, *lost])
-                        self.actors[slot] = self._start_actor()
+                        lost = [f for f, (_, a) in flight.items() if a == slot]
+                        queue[:0] = sorted([index, *(flight.pop(f)[0] for f in lost)])
+                        self.actors[slot] = self._remote.remote(*self._args)
                         continue
-                    done[shard] = records
                     self.stats.shards += 1
-                    if store is not None:
-                        store.put(shard, records)
-                    if self.on_shard is not None:
-                        self.on_shard(self, shard)
-                yield from_records(done.pop(start))
+                    if self.on_result is not None:
+                        self.on_result(self, index)
+                yield items[k], done.pop(k)
         finally:
             self.stats.seconds += time.perf_counter() - started
             for f in flight:
-                ray.cancel(f, force=True)
+                ray.cancel(f)
 
     def close(self) -> None:
-        """Stop the workers, and the local cluster this executor started."""
+        """Stop the workers, and the local cluster this pool started."""
         for actor in self.actors:
             self.ray.kill(actor)
         self.actors = []
         if self.owns_cluster:
             self.ray.shutdown()
+
+
+class RayExecutor(RayPool):
+    """A campaign's shards on Ray actors holding the campaign (`_Worker`)."""
+
+    def samples(self, campaign: Campaign, goal: int, batch: int, store: ShardStore | None
+                ) -> Iterator[list[SampleResult]]:
+        """The samples from `len(campaign.samples)` to `goal`, a shard at a time, in index order."""
+        starts = shard_starts(len(campaign.samples), goal, batch)
+        stored = {s: store.get(s) for s in starts} if store is not None else {}
+        stored = {s: r for s, r in stored.items() if r is not None}
+        self.stats.resumed += len(stored)
+        todo = [(s, min(goal, s + batch)) for s in starts if s not in stored]
+        self.start(_Worker, (campaign.model, campaign.x, campaign.y, campaign.damages, campaign.seed,
+                             campaign.tolerance, dict(campaign.target.protected)), len(todo))
+        computed = self.ordered("evaluate", todo)
+        try:
+            for start in starts:
+                if start in stored:
+                    yield from_records(stored[start])
+                    continue
+                (_, _), records = next(computed)
+                if store is not None:
+                    store.put(start, records)
+                yield from_records(records)
+        finally:
+            computed.close()
