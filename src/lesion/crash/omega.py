@@ -257,9 +257,9 @@ def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, n
     done = 0
     remote = None
     if executor is not None and hasattr(executor, "ordered"):
-        executor.start(_OmegaWorker, (structure, x, budget, norm, output, estimate.engine, set_batch),
-                       len(steps) - first_step)
-        remote = executor.ordered("step", [(k,) for k in range(first_step, len(steps))])
+        executor.start(_OmegaWorker, (structure, x), len(steps) - first_step)
+        job = (budget, norm, output, estimate.engine, set_batch)
+        remote = executor.ordered("step", [(job, k) for k in range(first_step, len(steps))])
     with progress.bar(len(steps), f"Omega, {budget.describe()}", "step") as bar:
         bar.update(first_step)
         try:
@@ -300,22 +300,28 @@ def _steps(structure: MLPStructure, activations: list[torch.Tensor], budget: Cra
 
 
 class _OmegaWorker:
-    """The steps of one exact run on a Ray worker: each into a fresh accumulator, returned as its state."""
+    """Exact runs on one model and inputs on a Ray worker: the steps of a run (`job`: budget, norm, output,
+    engine, set batch), each into a fresh accumulator returned as its state. The worker lives across runs, so
+    its compiled kernels serve every budget."""
 
-    def __init__(self, structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, norm: str, output: str,
-                 engine: str, set_batch: int | None, threads: int) -> None:
+    def __init__(self, structure: MLPStructure, x: torch.Tensor, threads: int) -> None:
         torch.set_num_threads(threads)
-        self.budget, self.inputs = budget, len(x)
-        self.steps, self.run_step = _steps(structure, hidden_activations(structure, x), budget, norm, output, engine,
-                                           set_batch)
+        self.structure, self.inputs = structure, len(x)
+        self.activations = hidden_activations(structure, x)
+        self.job: tuple[Any, ...] | None = None
 
     def pid(self) -> int:
         """The worker's process id."""
         return os.getpid()
 
-    def step(self, k: int) -> dict[str, np.ndarray]:
-        """Step k's contribution, alone."""
-        acc = OmegaAccumulator(self.budget.count(), self.inputs)
+    def step(self, job: tuple[Any, ...], k: int) -> dict[str, np.ndarray]:
+        """Step k of the run `job`, alone."""
+        budget, norm, output, engine, set_batch = job
+        if job != self.job:
+            self.steps, self.run_step = _steps(self.structure, self.activations, budget, norm, output, engine,
+                                               set_batch)
+            self.job = job
+        acc = OmegaAccumulator(budget.count(), self.inputs)
         self.run_step(acc, self.steps[k])
         return acc.state()
 

@@ -166,12 +166,7 @@ def parse_activation_fault(kind: str, parts: Sequence[str]) -> ActivationBitFlip
     if kind == "act-bitflip":
         if "ber" not in options:
             raise LesionError("act-bitflip needs ber=RATE")
-        positions = None
-        if "bits" in options:
-            try:
-                positions = tuple(int(b) for b in options["bits"].split(","))
-            except ValueError as err:
-                raise LesionError(f"bits must be integers, got {options['bits']!r}") from err
+        positions = bitlib.parse_bit_list(options["bits"]) if "bits" in options else None
         return ActivationBitFlip(parts[0], _number(options["ber"], "ber"), options.get("fmt", "float32"), positions,
                                  permanent)
     if "rate" not in options:

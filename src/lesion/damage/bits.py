@@ -202,6 +202,14 @@ def xor_words(values: torch.Tensor, masks: torch.Tensor, fmt: str, scale: float 
     return decode(torch.bitwise_xor(encode(values, fmt, scale), signed), fmt, scale)
 
 
+def parse_bit_list(text: str) -> tuple[int, ...]:
+    """The bit positions of a SPEC's `bits=B1,B2` option (checked against a format later)."""
+    try:
+        return tuple(int(b) for b in text.split(","))
+    except ValueError as err:
+        raise LesionError(f"bits must be integers, got {text!r}") from err
+
+
 def _bit_positions(fmt: str, bits: Sequence[int] | None) -> list[int]:
     width = _width(fmt)
     if bits is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from lesion.damage.bits import parse_bit_list
 from lesion.damage.grammar import SPEC_HELP
 from lesion.damage.kinds import (
     BitFlip,
@@ -85,12 +86,7 @@ def _parse(kind: str, parts: list[str]) -> Damage | None:
             raise LesionError(f"unknown option(s) {', '.join(sorted(unknown))}; use ber=, fmt=, bits=")
         fmt = options.get("fmt", "float32")
         if "ber" in options and len(positional) <= 1:
-            positions = None
-            if "bits" in options:
-                try:
-                    positions = tuple(int(b) for b in options["bits"].split(","))
-                except ValueError as err:
-                    raise LesionError(f"bits must be integers, got {options['bits']!r}") from err
+            positions = parse_bit_list(options["bits"]) if "bits" in options else None
             ber = _float(options["ber"], "ber")
             if not math.isfinite(ber):
                 raise LesionError("ber must be finite")

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from lesion.damage.campaign import Campaign, SampleResult
 
 IN_FLIGHT = 2  # shards queued per worker: one computing, one waiting
+MAX_TRIES = 3  # a shard that kills this many workers in a row is failing, not unlucky
 
 
 def _ray() -> Any:
@@ -76,13 +77,18 @@ class RayPool:
         self.stats = ExecutionStats(f"ray:{address}" if address else "ray", self.workers)
         self._remote: Any = None
         self._args: tuple[Any, ...] = ()
+        self._job: tuple[Any, ...] = ()
 
     def start(self, worker_class: type, args: tuple[Any, ...], needed: int) -> None:
         """Start min(workers, needed) actors of `worker_class(*args, threads)` (arguments put in the object
-        store once), in place of the actors of an earlier job."""
+        store once), in place of the actors of an earlier job; actors built from the same class and the very
+        same argument objects are kept (their processes keep what they compiled and cached)."""
+        job = (worker_class, tuple(id(a) for a in args))
+        if self.actors and job == self._job:
+            return
         for actor in self.actors:
             self.ray.kill(actor)
-        self.actors = []
+        self.actors, self._job = [], job
         if not needed:
             return
         try:
@@ -102,7 +108,7 @@ class RayPool:
         replaced and its items in flight submitted again (a retry each)."""
         ray = self.ray
         started = time.perf_counter()
-        queue, flight, done = list(range(len(items))), {}, {}
+        queue, flight, done, failures = list(range(len(items))), {}, {}, {}
 
         def submit() -> None:
             for slot, actor in enumerate(self.actors):
@@ -118,8 +124,12 @@ class RayPool:
                     index, slot = flight.pop(ready[0])
                     try:
                         done[index] = ray.get(ready[0])
-                    except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError):
+                    except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as err:
                         self.stats.retries += 1
+                        failures[index] = failures.get(index, 0) + 1
+                        if failures[index] > MAX_TRIES:  # not a lost worker: the work itself fails
+                            raise LesionError(f"item {index} of this job failed on {failures[index]} workers in "
+                                              f"a row; the last said: {str(err).strip().splitlines()[-1]}") from err
                         lost = [f for f, (_, a) in flight.items() if a == slot]
                         queue[:0] = sorted([index, *(flight.pop(f)[0] for f in lost)])
                         self.actors[slot] = self._remote.remote(*self._args)
