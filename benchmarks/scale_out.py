@@ -72,8 +72,9 @@ def main() -> None:
     workers = args.nodes * args.cores_per_node
     print(f"projection: f = 8 ({math.comb(48, 8):,} sets × {len(x):,} inputs = {f8:.3g} pairs) on {args.nodes} "
           f"nodes × {args.cores_per_node} cores at the measured {per_worker:,.0f} pairs/s per worker: "
-          f"{f8 / per_worker / workers / 3600:.1f} hours, if the per-set sums ({math.comb(48, 8) * 8 / 2**30:.1f} "
-          "GiB a step) could be split by set ranges, which the steps here (input blocks over all sets) do not do")
+          f"{f8 / per_worker / workers:.1f} s ({f8 / per_worker / 3600:.1f} hours on one worker), if the per-set "
+          f"sums ({math.comb(48, 8) * 8 / 2**30:.1f} GiB a step) could be split by set ranges, which the steps here "
+          "(input blocks over all sets) do not do")
 
 
 if __name__ == "__main__":

@@ -140,3 +140,12 @@ def test_cli_quantise_writes_an_int8_checkpoint_every_command_loads(tmp_path, ca
                  "bitflip:ber=1e-3:fmt=int8", "--samples", "5"]) == 0
     assert "5 configurations of bitflip:ber=0.001:fmt=int8" in capsys.readouterr().out
     assert main(["quantise", "--model", str(int8_path), "--data", "digits", "--out", str(tmp_path / "again.pt")]) == 2
+
+
+def test_the_model_digest_sees_a_quantised_layers_integers(int8):
+    from lesion.nets.loading import model_digest
+
+    model, _, _ = int8
+    edited = _flip_stored(model, "1.7.weight", [(0, 0)])
+    assert model_digest(edited) != model_digest(model)
+    assert model_digest(copy.deepcopy(model)) == model_digest(model)

@@ -12,7 +12,6 @@ length of one forward (`StoredIntegerRunner`): the user's model is never touched
 from __future__ import annotations
 
 import copy
-import weakref
 from typing import Any
 
 import torch
@@ -20,8 +19,6 @@ from torch import nn
 
 from lesion.damage.realised import Realised
 from lesion.errors import LesionError
-
-_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[str, torch.Tensor]] = weakref.WeakKeyDictionary()
 
 
 def _quantised_weight(module: nn.Module) -> torch.Tensor | None:
@@ -33,15 +30,14 @@ def _quantised_weight(module: nn.Module) -> torch.Tensor | None:
 
 
 def stored_weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    """`path.weight` → the quantised weight tensor of every layer that stores packed integers (cached per model)."""
-    if model not in _CACHE:
-        found = {}
-        for path, module in model.named_modules():
-            weight = _quantised_weight(module)
-            if weight is not None:
-                found[f"{path}.weight" if path else "weight"] = weight
-        _CACHE[model] = found
-    return _CACHE[model]
+    """`path.weight` → the quantised weight tensor of every layer that stores packed integers, as they are now
+    (not cached: a model re-quantised in place must not be damaged from its old integers)."""
+    found = {}
+    for path, module in model.named_modules():
+        weight = _quantised_weight(module)
+        if weight is not None:
+            found[f"{path}.weight" if path else "weight"] = weight
+    return found
 
 
 def stored_integers(model: nn.Module) -> dict[str, torch.Tensor]:

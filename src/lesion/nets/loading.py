@@ -61,9 +61,14 @@ class LoadedModel:
 
 
 def model_digest(module: nn.Module) -> str:
-    """sha256 over the names, shapes and float64 values of every parameter and buffer, first 16 hex digits."""
+    """sha256 over the names, shapes and float64 values of every parameter and buffer, and of the dequantised
+    weights of quantised layers (which are neither), first 16 hex digits."""
+    from lesion.damage.quantised import stored_weights
+
     h = hashlib.sha256()
-    for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+    named = list(module.named_parameters()) + list(module.named_buffers())
+    named += [(name, weight.dequantize()) for name, weight in stored_weights(module).items()]
+    for name, tensor in named:
         h.update(name.encode())
         h.update(str(tuple(tensor.shape)).encode())
         h.update(tensor.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
