@@ -89,9 +89,9 @@ def test_executor_mistakes_are_one_line(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_exact_omega_on_ray_equals_the_local_figures_to_the_bit():
+def test_exact_and_monte_carlo_omega_on_ray_equal_the_local_figures_to_the_bit():
     pytest.importorskip("ray")
-    from lesion.crash import CrashBudget, exact_omega, mlp_structure
+    from lesion.crash import CrashBudget, exact_omega, mlp_structure, monte_carlo_omega
     from lesion.scale.ray_executor import RayPool
 
     torch.manual_seed(0)
@@ -106,6 +106,13 @@ def test_exact_omega_on_ray_equals_the_local_figures_to_the_bit():
             remote = exact_omega(structure, x, budget, engine=engine, time_limit=None, executor=pool)
             for key in ("omega_av", "omega_std", "omega_mav", "omega_max", "omega_worst_set", "worst_set"):
                 assert getattr(remote, key) == getattr(local, key), (f, engine, key)
+        for samples, width in ((300, None), (None, 0.05)):  # Monte Carlo: the sets are drawn on the driver
+            budget = CrashBudget((1,), (24,), 3)
+            local = monte_carlo_omega(structure, x, budget, samples=samples, ci_width=width, seed=4)
+            remote = monte_carlo_omega(structure, x, budget, samples=samples, ci_width=width, seed=4, executor=pool)
+            for key in ("omega_av", "omega_std", "omega_mav", "omega_max", "omega_worst_set", "worst_set",
+                        "samples", "omega_av_ci"):
+                assert getattr(remote, key) == getattr(local, key), (samples, key)
     finally:
         pool.close()
     assert pool.stats.shards >= 9  # three 2,048-input steps a run

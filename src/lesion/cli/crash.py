@@ -106,24 +106,21 @@ def _cmd_omega(args: argparse.Namespace) -> dict[str, Any]:
     hidden = hidden_activations(structure, x)[0].numpy()  # for the plan: the silent units the engine skips
     results = []
     remote = args.executor not in (None, "local")
-    if remote and (args.samples or args.ci_width):
-        raise LesionError("Monte Carlo Omega runs in this process so far; --executor ray takes exact Omega (no "
-                          "--samples) and campaigns")
     executor = executor_for(args.executor, args.workers, args.gpus_per_task, args.worker_threads)
     try:  # one pool of workers for every budget
         for f in parse_faults(args.faults):
             budget = CrashBudget(layers, widths, f)
             if args.samples or args.ci_width:
                 result = monte_carlo_omega(structure, x, budget, args.norm, args.output, args.samples,
-                                           args.ci_width, args.seed)
+                                           args.ci_width, args.seed, executor=executor if remote else None)
             else:
                 estimate = plan(structure, budget, len(x), args.output, args.engine, hidden)
                 print(f"{budget.describe()}: {estimate.describe()}")
                 result = exact_omega(structure, x, budget, args.norm, args.output, args.engine,
                                      checkpoint=args.checkpoint, time_limit=args.time_limit,
                                      executor=executor if remote else None)
-                if remote:
-                    result.extra["execution"] = executor.stats.to_dict()
+            if remote:
+                result.extra["execution"] = executor.stats.to_dict()
             results.append(result)
             _print_omega(result)
     finally:

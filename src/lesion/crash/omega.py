@@ -19,7 +19,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,6 +314,14 @@ class _OmegaWorker:
         """The worker's process id."""
         return os.getpid()
 
+    def reduced(self, job: tuple[Any, ...], sets: np.ndarray) -> tuple[np.ndarray, float, float, np.ndarray]:
+        """`reduced_distances` of one batch of sampled sets (Monte Carlo run `job`: budget, norm, output)."""
+        if job != getattr(self, "sampled_job", None):
+            budget, norm, output = job
+            self.engine = GeneralEngine(self.structure, self.activations, budget, norm, output)
+            self.sampled_job = job
+        return reduced_distances(self.engine.distances(sets))
+
     def step(self, job: tuple[Any, ...], k: int) -> dict[str, np.ndarray]:
         """Step k of the run `job`, alone."""
         budget, norm, output, engine, set_batch = job
@@ -373,12 +381,21 @@ def _set_at_rank(budget: CrashBudget, rank: int) -> list[list[int]]:
     return [list(budget.locate(u)) for u in units]
 
 
+def reduced_distances(d: np.ndarray) -> tuple[np.ndarray, float, float, np.ndarray]:
+    """What Monte Carlo Omega keeps of a batch's distances (sets, rows): per-set means, the sum, the sum of
+    squares, and the per-row maxima."""
+    return d.mean(axis=1), float(d.sum()), float((d * d).sum()), d.max(axis=0)
+
+
 def sampled_figures(distances: Callable[[np.ndarray], np.ndarray], rows: int, budget: CrashBudget,
                     samples: int | None, ci_width: float | None, seed: int = 0, batch: int = 64,
-                    max_samples: int = 100_000) -> dict[str, Any]:
+                    max_samples: int = 100_000,
+                    reduce: Callable[[Iterator[np.ndarray]], Iterator[tuple]] | None = None) -> dict[str, Any]:
     """Monte Carlo Omega (SPEC §2.1) from any `distances(sets) -> (sets, rows)`: uniformly drawn crash sets,
     Omega_av with a 95% Student-t interval over sets (each set's mean over all rows), and Omega_mav,
-    Omega_max, Omega_worst_set as lower bounds. `samples` sets, or until the interval is at most `ci_width`."""
+    Omega_max, Omega_worst_set as lower bounds. `samples` sets, or until the interval is at most `ci_width`.
+    `reduce` (batches of sets → `reduced_distances` of each, in order) evaluates them elsewhere (on Ray
+    workers): the sets are drawn here, so the figures are the same."""
     if (samples is None) == (ci_width is None):
         raise LesionError("give either a number of sampled crash sets or a target interval width")
     rng = np.random.default_rng(seed)
@@ -388,22 +405,31 @@ def sampled_figures(distances: Callable[[np.ndarray], np.ndarray], rows: int, bu
     worst_value, worst_units = -1.0, None
     goal = samples if samples is not None else max_samples
     started = time.perf_counter()
+
+    def batches() -> Iterator[np.ndarray]:
+        drawn = 0
+        while drawn < goal:
+            sets = budget.sample(min(batch, goal - drawn), rng)
+            drawn += len(sets)
+            yield sets
+
+    results = reduce(batches()) if reduce is not None else (
+        (sets, reduced_distances(distances(sets))) for sets in batches())
     with progress.bar(goal, f"Omega (Monte Carlo), {budget.describe()}", "set") as bar:
-        while per_set.n < goal:
-            sets = budget.sample(min(batch, goal - per_set.n), rng)
-            d = distances(sets)
-            means = d.mean(axis=1)
+        for sets, (means, d_sum, d_sq, d_max) in results:
             for value in means:
                 per_set.add(float(value))
-            total += float(d.sum())
-            total_sq += float((d * d).sum())
-            np.maximum(row_max, d.max(axis=0), out=row_max)
+            total += d_sum
+            total_sq += d_sq
+            np.maximum(row_max, d_max, out=row_max)
             best = int(np.argmax(means))
             if means[best] > worst_value:
                 worst_value, worst_units = float(means[best]), sets[best]
             bar.update(len(sets))
             if ci_width is not None and per_set.n >= 30 and per_set.width() <= ci_width:
                 break
+        if hasattr(results, "close"):
+            results.close()
     pairs = per_set.n * rows
     mean = total / pairs
     return {"omega_av": per_set.mean, "omega_std": math.sqrt(max(0.0, total_sq / pairs - mean * mean)),
@@ -415,12 +441,29 @@ def sampled_figures(distances: Callable[[np.ndarray], np.ndarray], rows: int, bu
 
 def monte_carlo_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, norm: str = "inf",
                       output: str = "raw", samples: int | None = None, ci_width: float | None = None,
-                      seed: int = 0, batch: int = 64, max_samples: int = 100_000) -> OmegaResult:
+                      seed: int = 0, batch: int = 64, max_samples: int = 100_000, executor: Any = None
+                      ) -> OmegaResult:
     """Omega from uniformly drawn crash sets of an MLP (SPEC §2.1; see `sampled_figures`), by the general
-    engine."""
+    engine; with a Ray `executor` on its workers (the sets drawn here: the same figures)."""
     if (samples is None) == (ci_width is None):
         raise LesionError("give either a number of sampled crash sets or a target interval width")
-    engine = GeneralEngine(structure, hidden_activations(structure, x), budget, norm, output)
-    figures = sampled_figures(engine.distances, len(x), budget, samples, ci_width, seed, batch, max_samples)
+    reduce = None
+    if executor is not None and hasattr(executor, "ordered"):
+        executor.start(_OmegaWorker, (structure, x), 1)
+        job = (budget, norm, output)
+
+        def reduce(batches: Iterator[np.ndarray]) -> Iterator[tuple]:
+            remote = executor.ordered("reduced", ((job, sets) for sets in batches))
+            try:
+                for (_, sets), reduced in remote:
+                    yield sets, reduced
+            finally:
+                remote.close()
+
+        engine = None
+    else:
+        engine = GeneralEngine(structure, hidden_activations(structure, x), budget, norm, output)
+    figures = sampled_figures(engine.distances if engine else None, len(x), budget, samples, ci_width, seed,
+                              batch, max_samples, reduce)
     return OmegaResult(budget.total, budget.layers, budget.per_layer, inputs=len(x), norm=norm, output=output,
                        engine="monte-carlo", **figures)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from lesion.errors import LesionError
@@ -103,23 +103,49 @@ class RayPool:
         """Process ids of the live workers (for tests that kill one)."""
         return self.ray.get([a.pid.remote() for a in self.actors])
 
-    def ordered(self, method: str, items: list[Any]) -> Iterator[tuple[Any, Any]]:
-        """(item, `method(*item)` on some worker) for every item, in the order of `items`; a worker that dies is
-        replaced and its items in flight submitted again (a retry each)."""
+    def ordered(self, method: str, items: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
+        """(item, `method(*item)` on some worker) for every item, in the order of `items` (read lazily, a few
+        ahead of the results); a worker that dies is replaced and its items in flight submitted again (a retry
+        each)."""
         ray = self.ray
         started = time.perf_counter()
-        queue, flight, done, failures = list(range(len(items))), {}, {}, {}
+        source = iter(items)
+        pulled: dict[int, Any] = {}
+        retry: list[int] = []
+        flight: dict[Any, tuple[int, int]] = {}
+        done: dict[int, Any] = {}
+        failures: dict[int, int] = {}
+        exhausted, count = False, 0
+
+        def next_index() -> int | None:
+            nonlocal exhausted, count
+            if retry:
+                return retry.pop(0)
+            if exhausted:
+                return None
+            try:
+                pulled[count] = next(source)
+            except StopIteration:
+                exhausted = True
+                return None
+            count += 1
+            return count - 1
 
         def submit() -> None:
             for slot, actor in enumerate(self.actors):
-                while queue and sum(1 for _, a in flight.values() if a == slot) < IN_FLIGHT:
-                    k = queue.pop(0)
-                    flight[getattr(actor, method).remote(*items[k])] = (k, slot)
+                while sum(1 for _, a in flight.values() if a == slot) < IN_FLIGHT:
+                    k = next_index()
+                    if k is None:
+                        return
+                    flight[getattr(actor, method).remote(*pulled[k])] = (k, slot)
 
         try:
-            for k in range(len(items)):
+            k = 0
+            while True:
                 while k not in done:
                     submit()
+                    if not flight:
+                        return
                     ready, _ = ray.wait(list(flight), num_returns=1)
                     index, slot = flight.pop(ready[0])
                     try:
@@ -131,13 +157,14 @@ class RayPool:
                             raise LesionError(f"item {index} of this job failed on {failures[index]} workers in "
                                               f"a row; the last said: {str(err).strip().splitlines()[-1]}") from err
                         lost = [f for f, (_, a) in flight.items() if a == slot]
-                        queue[:0] = sorted([index, *(flight.pop(f)[0] for f in lost)])
+                        retry[:0] = sorted([index, *(flight.pop(f)[0] for f in lost)])
                         self.actors[slot] = self._remote.remote(*self._args)
                         continue
                     self.stats.shards += 1
                     if self.on_result is not None:
                         self.on_result(self, index)
-                yield items[k], done.pop(k)
+                yield pulled.pop(k), done.pop(k)
+                k += 1
         finally:
             self.stats.seconds += time.perf_counter() - started
             for f in flight:
