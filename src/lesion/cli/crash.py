@@ -120,7 +120,9 @@ def _cmd_omega(args: argparse.Namespace) -> dict[str, Any]:
                                      checkpoint=args.checkpoint, time_limit=args.time_limit,
                                      executor=executor if remote else None)
             if remote:
-                result.extra["execution"] = executor.stats.to_dict()
+                pairs = (result.samples if not result.exact else result.sets) * result.inputs
+                result.extra["execution"] = {**executor.stats.to_dict(),
+                                             "pairs_per_second": pairs / max(result.seconds, 1e-9)}
             results.append(result)
             _print_omega(result)
     finally:

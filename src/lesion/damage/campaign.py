@@ -236,6 +236,8 @@ class Campaign:
             extra["protected"] = {n: sorted(b) for n, b in self.target.protected.items()}
         if self.execution is not None and (self.execution.executor != "local" or self.execution.resumed):
             extra["execution"] = self.execution.to_dict()
+            if self.execution.seconds > 0:
+                extra["execution"]["configurations_per_second"] = n / self.execution.seconds
         return CampaignResult(tuple(d.spec() for d in self.damages), self.seed, len(self.x), self.clean_accuracy,
                               tuple(self.samples), accuracy_summary if labelled else None, loss, output_error,
                               failure, ci_width, met, planned, model_digest(self.model), extra)
