@@ -190,6 +190,12 @@ def test_campaign_with_transient_faults_is_reproducible_and_replays():
 
 def test_bad_activation_faults_are_refused_with_one_line():
     model, x = _mlp()
+    drawn = realise(Target(model, example=x[:2], inputs=x), [parse_damage("act-stuck:2#0:rate=0.2")],
+                    torch.Generator().manual_seed(0))
+    with pytest.raises(LesionError, match="drawn for more inputs"):
+        damaged_outputs(model, drawn, x[:10])
+    with pytest.raises(LesionError, match="drawn for more inputs"):
+        batched_damaged_outputs(model, [drawn], x[:10])
     with pytest.raises(LesionError, match="evaluation inputs"):
         realise(Target(model, example=x[:2]), [parse_damage("act-bitflip:2:ber=0.1")], torch.Generator())
     with pytest.raises(LesionError, match="needs ber"):

@@ -106,6 +106,17 @@ class ActivationFaults:
         return with_integers(t, words)
 
 
+def check_inputs(activations: dict[str, tuple[ActivationFaults, ...]], count: int) -> None:
+    """Transient faults name inputs by index: evaluating them on fewer inputs than they were drawn for would drop
+    some silently, so it is refused."""
+    for faults in activations.values():
+        for f in faults:
+            if f.inputs is not None and f.inputs.numel() and int(f.inputs.max()) >= count:
+                raise LesionError(f"activation faults at {f.site.name} were drawn for more inputs than the "
+                                  f"{count} evaluated (input {int(f.inputs.max())}); evaluate them on the inputs the "
+                                  "Target was given")
+
+
 def site_values(model: nn.Module, site: Site, x: torch.Tensor, batch_size: int = 4096) -> list[torch.Tensor]:
     """The clean values of `site` (its call `site.call`, at its output or input) on `x`, batch by batch."""
     from lesion.functional import eval_mode  # noqa: PLC0415 (the hook helpers import this module)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from lesion import progress
-from lesion.damage.activation_faults import ActivationFaults
+from lesion.damage.activation_faults import ActivationFaults, check_inputs
 from lesion.damage.chain import chain_leaves, first_touched
 from lesion.damage.clean_chain import CleanChain
 from lesion.damage.realised import Realised, UnitOverride
@@ -140,6 +140,7 @@ def damaged_outputs(model: nn.Module, realised: Realised, x: torch.Tensor, batch
         from lesion.functional import forward_with
 
         return forward_with(model, realised.changed_params(parameters_of(model)), x, batch_size)
+    check_inputs(realised.activations, len(x))
     units = {name: (o.keep, o.value) for name, o in realised.units.items()}
     sites = [o.site for o in realised.units.values()]
     with eval_mode(model), SiteHooks(model, sites, realised.activations) as hooks:
@@ -283,6 +284,7 @@ def _with_activation_faults(model: nn.Module, configs: Sequence[Realised], x: to
 
     groups: dict[str, list[int]] = {"transient": [], "hooked": [], "other": []}
     for k, c in enumerate(configs):
+        check_inputs(c.activations, len(x))
         groups["transient" if c.transient_only else "hooked" if c.activations else "other"].append(k)
     parts: list[tuple[list[int], torch.Tensor]] = []
     if groups["other"]:
