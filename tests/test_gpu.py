@@ -34,6 +34,18 @@ def test_campaign_on_cuda_matches_cpu():
     assert Target(gpu, example=x.cuda()).sites[0].width == 16
 
 
+def test_activation_faults_and_protection_on_cuda_match_cpu():
+    # transient activation faults (the hit-inputs path) and weight flips with a protected bit
+    cpu, gpu, x, y = _pair()
+    damages = [parse_damage(s) for s in ("act-bitflip:1:ber=1e-3", "act-stuck:2:rate=0.01", "bitflip:ber=1e-3")]
+    protected = {"fc1.weight": frozenset({30})}
+    a = Campaign(cpu, x, y, damages, seed=5, protected=protected).run(20, None)
+    b = Campaign(gpu, x.cuda(), y.cuda(), damages, seed=5, protected=protected).run(20, None)
+    assert [s.faults for s in a.samples] == [s.faults for s in b.samples]
+    for s, t in zip(a.samples, b.samples, strict=True):
+        assert s.accuracy == pytest.approx(t.accuracy, abs=1 / 64 + 1e-9)
+
+
 def test_spectrum_on_cuda_matches_cpu():
     from lesion.geometry.metric import MetricOperator
     from lesion.geometry.spectrum import top_eigenpairs
