@@ -73,3 +73,11 @@ def test_reference_mlps_reach_90_percent_on_mnist5k(net):
     history = train(model, data.x_train, data.y_train, TrainSettings(epochs=20, seed=0), data.x_test, data.y_test)
     assert history.test.accuracy >= 0.90
     assert F.softmax(model(data.x_test[:2]), 1).sum().item() == pytest.approx(2.0)
+
+
+def test_non_finite_outputs_count_as_misclassified():
+    from lesion.train import evaluate_outputs
+
+    outputs = torch.tensor([[float("nan"), 0.0], [2.0, 1.0], [float("inf"), 0.0], [0.0, 1.0]])
+    result = evaluate_outputs(outputs, torch.tensor([0, 0, 0, 1]))
+    assert result.correct == 2 and result.accuracy == 0.5  # argmax alone would have said 4 of 4

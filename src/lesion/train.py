@@ -86,13 +86,14 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.
 
 def evaluate_outputs(outputs: torch.Tensor, y: torch.Tensor) -> Evaluation:
     """Accuracy and mean cross-entropy of raw outputs (logits) against integer labels (per token for sequence
-    labels, `lesion.nets.outputs.flat_labels`)."""
+    labels, `lesion.nets.outputs.flat_labels`). A row with a NaN or infinite output counts as misclassified (as
+    in campaigns): argmax would pick the NaN's class and call it right."""
     y = flat_labels(y)
     if len(outputs) != len(y) or len(y) == 0:
         raise LesionError(f"{len(outputs)} outputs for {len(y)} labels: cannot evaluate")
     if outputs.shape[1] < 2:
         raise LesionError("accuracy needs a classifier with at least 2 outputs; this model has 1")
-    correct = int((outputs.argmax(dim=1) == y).sum())
+    correct = int(((outputs.argmax(dim=1) == y) & torch.isfinite(outputs).all(dim=1)).sum())
     loss = float(F.cross_entropy(outputs.double(), y, reduction="mean"))
     return Evaluation(correct / len(y), wilson_interval(correct, len(y)), loss, correct, len(y))
 

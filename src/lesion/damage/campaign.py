@@ -40,6 +40,7 @@ from lesion.stats import (
     sample_size_for_mean,
     wilson_interval,
 )
+from lesion.train import evaluate_outputs
 
 FAULT_LIST_FORMAT = "lesion-fault-list"
 
@@ -139,7 +140,7 @@ class Campaign:
         self.target = Target(model, example=x[:2], inputs=x, protected=dict(protected or {}))
         self.chain = CleanChain.of(model, x)  # the clean activations, once for the whole campaign
         self.clean = self.chain.output if self.chain is not None else forward_with(model, self.target.base, x)
-        self.clean_accuracy = None if y is None else float((self.clean.argmax(1) == flat_labels(y)).double().mean())
+        self.clean_accuracy = None if y is None else evaluate_outputs(self.clean, y).accuracy
         self.samples: list[SampleResult] = []
         self.execution: Any = None  # what the last run's executor did (lesion.scale.executor.ExecutionStats)
 

@@ -35,7 +35,7 @@ from lesion.geometry.flat import FlatModel
 from lesion.geometry.rows import JacobianRows
 from lesion.geometry.trust_region import trust_region_step
 from lesion.nets.outputs import flat_labels
-from lesion.train import TrainSettings, train
+from lesion.train import TrainSettings, evaluate_outputs, train
 
 
 @dataclass(frozen=True)
@@ -76,8 +76,8 @@ class RecoveryProblem:
         """(accuracy, loss) on the evaluation inputs."""
         with torch.no_grad():
             out = torch.cat([self.flat(self.x_eval[i:i + 4096], w) for i in range(0, len(self.x_eval), 4096)])
-        y = flat_labels(self.y_eval)
-        return float((out.argmax(1) == y).double().mean()), float(F.cross_entropy(out.double(), y))
+        result = evaluate_outputs(out, self.y_eval)  # non-finite outputs count as wrong
+        return result.accuracy, result.loss
 
     def jacobian(self, w: torch.Tensor, x: torch.Tensor) -> JacobianRows:
         """Jacobian rows of the outputs on x with respect to w (len(x)·m rows; MLPs: through layer factors)."""
