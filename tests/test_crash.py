@@ -406,3 +406,22 @@ def test_site_engine_omega_of_any_model_matches_brute_force():
     sampled = site_crash_omega(model, x, sites, 2, samples=200, seed=1)
     assert sampled.omega_av_ci[0] <= d.mean() <= sampled.omega_av_ci[1]
     assert sampled.omega_max <= d.max() + 1e-15
+
+
+def test_crash_sets_by_rank_equal_the_enumeration():
+    # unranking and lexicographic successors against itertools' enumeration, every rank and random ranges
+    import random
+
+    from lesion.crash import CrashBudget
+
+    rng = random.Random(0)
+    for budget in [CrashBudget((1,), (9,), 3), CrashBudget((1,), (7,), 1), CrashBudget((1,), (6,), 6),
+                   CrashBudget((1, 2), (5, 4), 3), CrashBudget((1, 2), (5, 4), 3, (2, 1)),
+                   CrashBudget((1, 2, 3), (4, 3, 3), 3, (1, 0, 2))]:
+        every = list(budget.sets())
+        assert [budget.unrank(r) for r in range(len(every))] == every
+        for _ in range(30):
+            start = rng.randrange(len(every))
+            count = rng.randrange(len(every) - start + 1)
+            expected = np.array(every[start:start + count], dtype=np.int64).reshape(count, budget.total)
+            assert np.array_equal(budget.sets_at(start, count), expected)

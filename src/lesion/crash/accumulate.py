@@ -34,14 +34,19 @@ class OmegaAccumulator:
 
     def add_block(self, d: np.ndarray, set_start: int, input_start: int) -> None:
         """Merge distances d(x, S) of shape (sets, inputs) for sets set_start… and inputs input_start…"""
-        sets, inputs = d.shape
-        self.set_sums[set_start:set_start + sets] += d.sum(axis=1)
-        window = self.input_max[input_start:input_start + inputs]
-        np.maximum(window, d.max(axis=0), out=window)
-        self.total += float(d.sum())
-        self.total_sq += float((d * d).sum())
-        self.maximum = max(self.maximum, float(d.max()))
-        self.pairs += d.size
+        self.add_reduced(*reduce_block(d, set_start, input_start))
+
+    def add_reduced(self, set_start: int, set_sums: np.ndarray, input_start: int, input_max: np.ndarray,
+                    total: float, total_sq: float, maximum: float, pairs: int) -> None:
+        """Merge a block reduced by `reduce_block` (elsewhere, on a worker): the same operations as
+        `add_block`, so the same figures to the bit."""
+        self.set_sums[set_start:set_start + len(set_sums)] += set_sums
+        window = self.input_max[input_start:input_start + len(input_max)]
+        np.maximum(window, input_max, out=window)
+        self.total += total
+        self.total_sq += total_sq
+        self.maximum = max(self.maximum, maximum)
+        self.pairs += pairs
 
     def add_summary(self, set_sums: np.ndarray, input_max: np.ndarray, input_start: int, total: float,
                     total_sq: float, maximum: float, pairs: int) -> None:
@@ -77,3 +82,10 @@ class OmegaAccumulator:
         total, total_sq, maximum = (float(v) for v in state["scalars"])
         return OmegaAccumulator(len(state["set_sums"]), len(state["input_max"]), state["set_sums"].copy(),
                                 state["input_max"].copy(), total, total_sq, maximum, int(state["pairs"][0]))
+
+
+def reduce_block(d: np.ndarray, set_start: int, input_start: int) -> tuple:
+    """What an accumulator keeps of distances d (sets, inputs) for sets set_start… and inputs input_start…:
+    the arguments of `OmegaAccumulator.add_reduced`."""
+    return (set_start, d.sum(axis=1), input_start, d.max(axis=0), float(d.sum()), float((d * d).sum()),
+            float(d.max()), d.size)

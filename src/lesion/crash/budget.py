@@ -65,6 +65,51 @@ class CrashBudget:
         for combo in itertools.product(*[list(p) for p in parts]):
             yield tuple(u for part in combo for u in part)
 
+    def _parts(self) -> list[tuple[int, int, int]]:
+        """(first global unit, width, crashes) of each independently chosen part, in enumeration order."""
+        if self.per_layer is None:
+            return [(0, self.units, self.total)]
+        return list(zip(self.offsets, self.widths, self.per_layer, strict=True))
+
+    def unrank(self, rank: int) -> tuple[int, ...]:
+        """The crash set at position `rank` of `sets()` (combinatorial unranking, no enumeration)."""
+        if not 0 <= rank < self.count():
+            raise LesionError(f"rank {rank} is outside 0..{self.count() - 1}")
+        parts = self._parts()
+        digits = []
+        for _, n, f in reversed(parts):  # the last part varies fastest
+            rank, digit = divmod(rank, math.comb(n, f))
+            digits.append(digit)
+        out: list[int] = []
+        for (offset, n, f), digit in zip(parts, reversed(digits), strict=True):
+            out.extend(offset + u for u in _unrank_combination(n, f, digit))
+        return tuple(out)
+
+    def sets_at(self, start: int, count: int) -> np.ndarray:
+        """Crash sets start … start + count − 1 of `sets()`, shape (count, total), without enumerating the ones
+        before (so that any range of sets can be evaluated anywhere: Ray workers, resumed runs)."""
+        out = np.empty((count, self.total), dtype=np.int64)
+        if not count:
+            return out
+        parts = self._parts()
+        current = list(self.unrank(start))
+        bounds = []  # per part: (slice of the set, highest unit)
+        position = 0
+        for offset, n, f in parts:
+            bounds.append((position, position + f, offset + n))
+            position += f
+        for row in range(count):
+            out[row] = current
+            if row + 1 == count:
+                break
+            for low, high, top in reversed(bounds):  # the lexicographic successor, carrying to earlier parts
+                if _next_combination(current, low, high, top):
+                    break
+                first = bounds.index((low, high, top))
+                offset = parts[first][0]
+                current[low:high] = range(offset, offset + high - low)
+        return out
+
     def sample(self, count: int, rng: np.random.Generator) -> np.ndarray:
         """`count` crash sets drawn independently and uniformly, shape (count, total)."""
         if self.per_layer is None:
@@ -90,3 +135,30 @@ class CrashBudget:
             return f"{'+'.join(map(str, self.per_layer))} crashes in layers {', '.join(map(str, self.layers))}"
         where = f"layer {self.layers[0]}" if len(self.layers) == 1 else f"layers {', '.join(map(str, self.layers))}"
         return f"{self.total} crash{'es' if self.total != 1 else ''} in {where}"
+
+
+def _unrank_combination(n: int, k: int, rank: int) -> list[int]:
+    """The k-subset of range(n) at position `rank` in lexicographic order."""
+    out, low = [], 0
+    for slot in range(k, 0, -1):
+        for candidate in range(low, n):
+            below = math.comb(n - candidate - 1, slot - 1)  # subsets whose next element is `candidate`
+            if rank < below:
+                out.append(candidate)
+                low = candidate + 1
+                break
+            rank -= below
+    return out
+
+
+def _next_combination(values: list[int], low: int, high: int, top: int) -> bool:
+    """Advance values[low:high] (sorted units below `top`) to the next combination in lexicographic order, in
+    place; False (values unchanged) when it was the last."""
+    k = high - low
+    for i in range(k - 1, -1, -1):
+        if values[low + i] < top - k + i:
+            values[low + i] += 1
+            for j in range(i + 1, k):
+                values[low + j] = values[low + j - 1] + 1
+            return True
+    return False

@@ -14,7 +14,6 @@ interrupted, and resumes from it with bit-identical results.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 import os
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 from lesion import progress
-from lesion.crash.accumulate import OmegaAccumulator
+from lesion.crash.accumulate import OmegaAccumulator, reduce_block
 from lesion.crash.additive import (
     CHUNK,
     KERNEL_VERSION,
@@ -248,7 +247,8 @@ def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, n
         raise LesionError(f"exact Omega for {budget.describe()}: {estimate.describe()}, more than the "
                           f"{_size(free)} of memory free on this machine. {alternative}")
     steps, run_step = _steps(structure, activations, budget, norm, output, estimate.engine, set_batch)
-    settings = [asdict(budget), norm, output, estimate.engine, CHUNK, LANES, KERNEL_VERSION, ADDITIVE_BLOCK, set_batch]
+    settings = [asdict(budget), norm, output, estimate.engine, CHUNK, LANES, KERNEL_VERSION, ADDITIVE_BLOCK, set_batch,
+                "general steps set-range-major"]
     identity = _digest(*structure.weights, x, text=json.dumps(settings))
     store = _Checkpoint(checkpoint, identity, checkpoint_every)
     resumed = store.load()
@@ -270,10 +270,13 @@ def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, n
                 if remote is None:
                     run_step(acc, steps[step])
                 else:
-                    _, state = next(remote)
-                    part = OmegaAccumulator.from_state(state)
-                    acc.add_summary(part.set_sums, part.input_max, 0, part.total, part.total_sq, part.maximum,
-                                    part.pairs)
+                    _, (kind, part) = next(remote)
+                    if kind == "reduced":
+                        acc.add_reduced(*part)
+                    else:
+                        whole = OmegaAccumulator.from_state(part)
+                        acc.add_summary(whole.set_sums, whole.input_max, 0, whole.total, whole.total_sq,
+                                        whole.maximum, whole.pairs)
                 done += 1
                 bar.update(1)
                 store.save(acc, step + 1)
@@ -322,16 +325,21 @@ class _OmegaWorker:
             self.sampled_job = job
         return reduced_distances(self.engine.distances(sets))
 
-    def step(self, job: tuple[Any, ...], k: int) -> dict[str, np.ndarray]:
-        """Step k of the run `job`, alone."""
+    def step(self, job: tuple[Any, ...], k: int) -> tuple[str, Any]:
+        """Step k of the run `job`, alone: ("reduced", `reduce_block` of its sets × inputs) for the general
+        engine (only its range of sets travels), ("state", a fresh accumulator's state) for the additive one."""
         budget, norm, output, engine, set_batch = job
         if job != self.job:
             self.steps, self.run_step = _steps(self.structure, self.activations, budget, norm, output, engine,
                                                set_batch)
+            self.reduce = _general_reducer(self.structure, self.activations, budget, norm, output) \
+                if engine == "general" else None
             self.job = job
+        if self.reduce is not None:
+            return "reduced", self.reduce(self.steps[k])
         acc = OmegaAccumulator(budget.count(), self.inputs)
         self.run_step(acc, self.steps[k])
-        return acc.state()
+        return "state", acc.state()
 
 
 def _additive_steps(structure: MLPStructure, activations: list[torch.Tensor], budget: CrashBudget,
@@ -355,30 +363,41 @@ def _additive_steps(structure: MLPStructure, activations: list[torch.Tensor], bu
 def _general_steps(structure: MLPStructure, activations: list[torch.Tensor], budget: CrashBudget, norm: str,
                    output: str, set_batch: int | None
                    ) -> tuple[list[tuple[int, int, slice]], Callable[[OmegaAccumulator, tuple], None]]:
-    engine = GeneralEngine(structure, activations, budget, norm, output)
+    """Steps of (set range, input block), set-range-major: a range's sets are made once (by unranking, so any
+    step can run anywhere) and every input block added in order, so each set's sum over inputs is complete when
+    its range ends."""
+    reduce = _general_reducer(structure, activations, budget, norm, output)
     n_inputs = len(activations[0])
     widest = max([*structure.widths, structure.weights[-1].shape[0]])
     input_block = min(n_inputs, 8192)
     batch = set_batch or max(1, min(4096, GENERAL_STEP_BYTES // (8 * input_block * widest)))
     n_sets = budget.count()
     steps = [(start, min(n_sets, start + batch), slice(i, min(n_inputs, i + input_block)))
-             for i in range(0, n_inputs, input_block) for start in range(0, n_sets, batch)]
-    cache: dict[str, Any] = {}
+             for start in range(0, n_sets, batch) for i in range(0, n_inputs, input_block)]
 
     def run(acc: OmegaAccumulator, step: tuple[int, int, slice]) -> None:
-        start, stop, inputs = step
-        if cache.get("position") != start:  # sets are generated in rank order; restart the generator if needed
-            cache["sets"] = itertools.islice(budget.sets(), start, None)
-        sets = np.array(list(itertools.islice(cache["sets"], stop - start)), dtype=np.int64).reshape(stop - start, -1)
-        cache["position"] = stop if stop < n_sets else None
-        acc.add_block(engine.distances(sets, inputs), start, inputs.start)
+        acc.add_reduced(*reduce(step))
 
     return steps, run
 
 
+def _general_reducer(structure: MLPStructure, activations: list[torch.Tensor], budget: CrashBudget, norm: str,
+                     output: str) -> Callable[[tuple[int, int, slice]], tuple]:
+    """step ↦ `reduce_block` of its distances, by the general engine (the last range's sets kept)."""
+    engine = GeneralEngine(structure, activations, budget, norm, output)
+    cache: dict[str, Any] = {}
+
+    def reduce(step: tuple[int, int, slice]) -> tuple:
+        start, stop, inputs = step
+        if cache.get("range") != (start, stop):
+            cache["range"], cache["sets"] = (start, stop), budget.sets_at(start, stop - start)
+        return reduce_block(engine.distances(cache["sets"], inputs), start, inputs.start)
+
+    return reduce
+
+
 def _set_at_rank(budget: CrashBudget, rank: int) -> list[list[int]]:
-    units = next(itertools.islice(budget.sets(), rank, None))
-    return [list(budget.locate(u)) for u in units]
+    return [list(budget.locate(u)) for u in budget.unrank(rank)]
 
 
 def reduced_distances(d: np.ndarray) -> tuple[np.ndarray, float, float, np.ndarray]:
