@@ -22,7 +22,7 @@ def _cmd_protect(args: argparse.Namespace) -> dict[str, Any]:
     from lesion.damage import parse_damage
     from lesion.damage.bits import bit_name
     from lesion.damage.campaign import Campaign
-    from lesion.damage.protection import as_protection, choose, predicted_failure_rate, rank
+    from lesion.damage.protection import as_protection, choose, flipped_groups, predicted_failure_rate, rank
 
     loaded, data = load_model_and_data(args)
     if not data.has_labels:
@@ -32,7 +32,8 @@ def _cmd_protect(args: argparse.Namespace) -> dict[str, Any]:
     damages = [parse_damage(t) for t in args.damage]
     first = Campaign(loaded.module, x, y, damages, args.seed, args.tolerance)
     before = first.run(args.samples)
-    ranked, total_bits = rank(before, first.target)
+    groups = flipped_groups(before, first.target)  # decoded once, for the ranking and the prediction
+    ranked, total_bits = rank(before, first.target, groups)
     chosen = choose(ranked, total_bits, args.budget)
     f = before.failure_rate
     print(f"{len(before.samples)} configurations of {' + '.join(before.damage)} on {len(x)} inputs: failure rate "
@@ -50,7 +51,7 @@ def _cmd_protect(args: argparse.Namespace) -> dict[str, Any]:
         mark = "yes" if g in chosen else ""
         print(f"{k:>4}  {g.param:<28} {g.bit:>3}  {bit_name(fmt, g.bit):<12} {g.bits:>12,} "
               f"{g.bits / total_bits:>7.3%} {g.failures:>8} {g.hits:>8} {g.excess:>7.1f}  {mark}")
-    rate, (lo, hi), remaining = predicted_failure_rate(before, first.target, chosen)
+    rate, (lo, hi), remaining = predicted_failure_rate(before, first.target, chosen, groups)
     spent = sum(g.bits for g in chosen)
     print(f"protecting {len(chosen)} group(s), {spent:,} of {total_bits:,} stored bits ({spent / total_bits:.3%}; "
           f"budget {args.budget:.3%}): predicted failure rate {rate:.4f} (95% CI {lo:.4f}–{hi:.4f})")

@@ -38,20 +38,9 @@ class OmegaAccumulator:
 
     def add_reduced(self, set_start: int, set_sums: np.ndarray, input_start: int, input_max: np.ndarray,
                     total: float, total_sq: float, maximum: float, pairs: int) -> None:
-        """Merge a block reduced by `reduce_block` (elsewhere, on a worker): the same operations as
-        `add_block`, so the same figures to the bit."""
+        """Merge a block already reduced (`reduce_block`, or a kernel's sums over every set, set_start 0),
+        here or on a worker: the same operations either way, so the same figures to the bit."""
         self.set_sums[set_start:set_start + len(set_sums)] += set_sums
-        window = self.input_max[input_start:input_start + len(input_max)]
-        np.maximum(window, input_max, out=window)
-        self.total += total
-        self.total_sq += total_sq
-        self.maximum = max(self.maximum, maximum)
-        self.pairs += pairs
-
-    def add_summary(self, set_sums: np.ndarray, input_max: np.ndarray, input_start: int, total: float,
-                    total_sq: float, maximum: float, pairs: int) -> None:
-        """Merge a block already reduced by a kernel: all sets over inputs input_start…"""
-        self.set_sums += set_sums
         window = self.input_max[input_start:input_start + len(input_max)]
         np.maximum(window, input_max, out=window)
         self.total += total

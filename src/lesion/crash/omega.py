@@ -246,7 +246,7 @@ def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, n
     if estimate.memory_bytes > free:
         raise LesionError(f"exact Omega for {budget.describe()}: {estimate.describe()}, more than the "
                           f"{_size(free)} of memory free on this machine. {alternative}")
-    steps, run_step = _steps(structure, activations, budget, norm, output, estimate.engine, set_batch)
+    steps, reduce = _steps(structure, activations, budget, norm, output, estimate.engine, set_batch)
     settings = [asdict(budget), norm, output, estimate.engine, CHUNK, LANES, KERNEL_VERSION, ADDITIVE_BLOCK, set_batch,
                 "general steps set-range-major"]
     identity = _digest(*structure.weights, x, text=json.dumps(settings))
@@ -268,15 +268,9 @@ def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, n
                     store.save(acc, step, force=True)
                     raise Interrupted(f"stopped after {done} steps; resume from {store.path}")
                 if remote is None:
-                    run_step(acc, steps[step])
+                    acc.add_reduced(*reduce(steps[step]))
                 else:
-                    _, (kind, part) = next(remote)
-                    if kind == "reduced":
-                        acc.add_reduced(*part)
-                    else:
-                        whole = OmegaAccumulator.from_state(part)
-                        acc.add_summary(whole.set_sums, whole.input_max, 0, whole.total, whole.total_sq,
-                                        whole.maximum, whole.pairs)
+                    acc.add_reduced(*next(remote)[1])
                 done += 1
                 bar.update(1)
                 store.save(acc, step + 1)
@@ -295,8 +289,9 @@ def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, n
 
 
 def _steps(structure: MLPStructure, activations: list[torch.Tensor], budget: CrashBudget, norm: str, output: str,
-           engine: str, set_batch: int | None) -> tuple[list[Any], Callable[[OmegaAccumulator, Any], None]]:
-    """The steps of an exact run and the function that runs one into an accumulator."""
+           engine: str, set_batch: int | None) -> tuple[list[Any], Callable[[Any], tuple]]:
+    """The steps of an exact run and the function that reduces one to `OmegaAccumulator.add_reduced`'s
+    arguments (here or on a worker: the same operations merge it)."""
     if engine == "additive":
         return _additive_steps(structure, activations, budget, norm)
     return _general_steps(structure, activations, budget, norm, output, set_batch)
@@ -304,14 +299,15 @@ def _steps(structure: MLPStructure, activations: list[torch.Tensor], budget: Cra
 
 class _OmegaWorker:
     """Exact runs on one model and inputs on a Ray worker: the steps of a run (`job`: budget, norm, output,
-    engine, set batch), each into a fresh accumulator returned as its state. The worker lives across runs, so
-    its compiled kernels serve every budget."""
+    engine, set batch), each reduced to what an accumulator merges. The worker lives across runs, so its
+    compiled kernels serve every budget."""
 
     def __init__(self, structure: MLPStructure, x: torch.Tensor, threads: int) -> None:
         torch.set_num_threads(threads)
-        self.structure, self.inputs = structure, len(x)
+        self.structure = structure
         self.activations = hidden_activations(structure, x)
-        self.job: tuple[Any, ...] | None = None
+        self.job: tuple[Any, ...] | None = None  # the exact run whose steps are prepared
+        self.sampled_job: tuple[Any, ...] | None = None  # the Monte Carlo run whose engine is prepared
 
     def pid(self) -> int:
         """The worker's process id."""
@@ -319,50 +315,44 @@ class _OmegaWorker:
 
     def reduced(self, job: tuple[Any, ...], sets: np.ndarray) -> tuple[np.ndarray, float, float, np.ndarray]:
         """`reduced_distances` of one batch of sampled sets (Monte Carlo run `job`: budget, norm, output)."""
-        if job != getattr(self, "sampled_job", None):
+        if job != self.sampled_job:
             budget, norm, output = job
             self.engine = GeneralEngine(self.structure, self.activations, budget, norm, output)
             self.sampled_job = job
         return reduced_distances(self.engine.distances(sets))
 
-    def step(self, job: tuple[Any, ...], k: int) -> tuple[str, Any]:
-        """Step k of the run `job`, alone: ("reduced", `reduce_block` of its sets × inputs) for the general
-        engine (only its range of sets travels), ("state", a fresh accumulator's state) for the additive one."""
-        budget, norm, output, engine, set_batch = job
+    def step(self, job: tuple[Any, ...], k: int) -> tuple:
+        """Step k of the run `job`, reduced (`OmegaAccumulator.add_reduced`'s arguments: only the step's sets
+        and inputs travel)."""
         if job != self.job:
-            self.steps, self.run_step = _steps(self.structure, self.activations, budget, norm, output, engine,
-                                               set_batch)
-            self.reduce = _general_reducer(self.structure, self.activations, budget, norm, output) \
-                if engine == "general" else None
+            budget, norm, output, engine, set_batch = job
+            self.steps, self.reduce = _steps(self.structure, self.activations, budget, norm, output, engine,
+                                             set_batch)
             self.job = job
-        if self.reduce is not None:
-            return "reduced", self.reduce(self.steps[k])
-        acc = OmegaAccumulator(budget.count(), self.inputs)
-        self.run_step(acc, self.steps[k])
-        return "state", acc.state()
+        return self.reduce(self.steps[k])
 
 
 def _additive_steps(structure: MLPStructure, activations: list[torch.Tensor], budget: CrashBudget,
-                    norm: str) -> tuple[list[slice], Callable[[OmegaAccumulator, slice], None]]:
+                    norm: str) -> tuple[list[slice], Callable[[slice], tuple]]:
     hidden = activations[0].numpy()
     hidden = hidden[activity_order(hidden)]  # blocks of inputs that share silent units (Omega is order-free)
     out_weight = structure.weights[1].double().cpu().numpy()
     n_sets, f = budget.count(), budget.total
     steps = [slice(i, min(len(hidden), i + ADDITIVE_BLOCK)) for i in range(0, len(hidden), ADDITIVE_BLOCK)]
 
-    def run(acc: OmegaAccumulator, inputs: slice) -> None:
+    def reduce(inputs: slice) -> tuple:  # every set over a block of inputs
         contrib = contributions(hidden[inputs], out_weight)
         set_sums, input_max, (total, total_sq, maximum) = run_block(contrib, f, norm, n_sets,
                                                                     torch.get_num_threads())
-        acc.add_summary(set_sums, input_max, inputs.start, float(total), float(total_sq), float(maximum),
-                        n_sets * (inputs.stop - inputs.start))
+        return (0, set_sums, inputs.start, input_max, float(total), float(total_sq), float(maximum),
+                n_sets * (inputs.stop - inputs.start))
 
-    return steps, run
+    return steps, reduce
 
 
 def _general_steps(structure: MLPStructure, activations: list[torch.Tensor], budget: CrashBudget, norm: str,
                    output: str, set_batch: int | None
-                   ) -> tuple[list[tuple[int, int, slice]], Callable[[OmegaAccumulator, tuple], None]]:
+                   ) -> tuple[list[tuple[int, int, slice]], Callable[[tuple[int, int, slice]], tuple]]:
     """Steps of (set range, input block), set-range-major: a range's sets are made once (by unranking, so any
     step can run anywhere) and every input block added in order, so each set's sum over inputs is complete when
     its range ends."""
@@ -374,11 +364,7 @@ def _general_steps(structure: MLPStructure, activations: list[torch.Tensor], bud
     n_sets = budget.count()
     steps = [(start, min(n_sets, start + batch), slice(i, min(n_inputs, i + input_block)))
              for start in range(0, n_sets, batch) for i in range(0, n_inputs, input_block)]
-
-    def run(acc: OmegaAccumulator, step: tuple[int, int, slice]) -> None:
-        acc.add_reduced(*reduce(step))
-
-    return steps, run
+    return steps, reduce
 
 
 def _general_reducer(structure: MLPStructure, activations: list[torch.Tensor], budget: CrashBudget, norm: str,

@@ -65,12 +65,11 @@ class ActivationFaults:
             local = inputs[chosen] - start
         if not chosen.numel():
             return t
-        where_of = local * per_input + positions[chosen]
+        where = local * per_input + positions[chosen]  # flat positions in the batch's values
         if t.is_quantized:
-            return self._apply_to_words(t, where_of, chosen)
+            return self._apply_to_words(t, where, chosen)
         out = t.contiguous().clone()
         flat = out.view(-1)
-        where = where_of
         if self.values is not None:
             flat[where] = self.values.to(device=device, dtype=out.dtype)[chosen]
             return out

@@ -134,7 +134,7 @@ def damaged_outputs(model: nn.Module, realised: Realised, x: torch.Tensor, batch
     """Raw outputs of the damaged network f(x; damaged) on `x` (eval mode; the model is not modified)."""
     from lesion.damage.quantised import StoredIntegerRunner, touches_stored_integers
 
-    if touches_stored_integers(realised, model):
+    if touches_stored_integers([realised], model):
         return StoredIntegerRunner(model).outputs(realised, x, batch_size)
     if isinstance(model, torch.jit.ScriptModule) and not realised.units and not realised.activations:
         from lesion.functional import forward_with
@@ -221,9 +221,9 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
         raise LesionError("no damage configurations to evaluate")
     if isinstance(model, torch.jit.ScriptModule):
         return torch.stack([damaged_outputs(model, c, x, input_batch) for c in progress.track(configs, desc)])
-    from lesion.damage.quantised import StoredIntegerRunner, stored_weights, touches_stored_integers
+    from lesion.damage.quantised import StoredIntegerRunner, touches_stored_integers
 
-    if stored_weights(model) and any(touches_stored_integers(c, model) for c in configs):
+    if touches_stored_integers(list(configs), model):
         runner = StoredIntegerRunner(model)  # one working copy for the batch: configurations one by one
         return torch.stack([runner.outputs(c, x, input_batch) for c in progress.track(configs, desc)])
     if any(c.activations for c in configs):

@@ -105,13 +105,14 @@ def _word_bits(result: CampaignResult) -> dict[str, int]:
     return width
 
 
-def rank(result: CampaignResult, target: Target) -> tuple[list[Group], int]:
+def rank(result: CampaignResult, target: Target, groups: list[set[tuple[str, int]]] | None = None
+         ) -> tuple[list[Group], int]:
     """The (parameter, bit) groups that cause failures (module docstring), most excess failures per protected
     bit first, and the total number of stored bits of the flipped parameters."""
     if result.accuracy is None or result.clean_accuracy is None:
         raise LesionError("ranking protection needs labelled data (failures are judged by accuracy)")
     tolerance = result.failure_rate["tolerance"] if result.failure_rate else 0.05
-    groups = flipped_groups(result, target)
+    groups = flipped_groups(result, target) if groups is None else groups
     width = _word_bits(result)
     if not width:
         raise LesionError("the campaign has no random bit flips to rank (use --damage bitflip:...:ber=R)")
@@ -147,14 +148,17 @@ def choose(ranked: list[Group], total_bits: int, budget: float) -> list[Group]:
     return chosen
 
 
-def predicted_failure_rate(result: CampaignResult, target: Target, chosen: list[Group]
+def predicted_failure_rate(result: CampaignResult, target: Target, chosen: list[Group],
+                           groups: list[set[tuple[str, int]]] | None = None
                            ) -> tuple[float, tuple[float, float], int]:
-    """(rate, Wilson interval, failures) of the configurations that fail with no flip in a chosen group."""
+    """(rate, Wilson interval, failures) of the configurations that fail with no flip in a chosen group
+    (`groups`: `flipped_groups` of the result, when the caller has them)."""
     protected = {(g.param, g.bit) for g in chosen}
     tolerance = result.failure_rate["tolerance"] if result.failure_rate else 0.05
     clean = result.clean_accuracy
     assert clean is not None
-    remaining = sum(1 for sample, hit in zip(result.samples, flipped_groups(result, target), strict=True)
+    groups = flipped_groups(result, target) if groups is None else groups
+    remaining = sum(1 for sample, hit in zip(result.samples, groups, strict=True)
                     if sample.accuracy < clean - tolerance and not hit & protected)
     n = len(result.samples)
     return remaining / n, wilson_interval(remaining, n), remaining

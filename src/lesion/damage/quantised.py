@@ -65,10 +65,10 @@ def flipped_integers(words: torch.Tensor, flat_indices: torch.Tensor, bits: torc
     return touched, torch.bitwise_xor(flat[touched.to(flat.device)], signed.to(words.dtype).to(flat.device))
 
 
-def touches_stored_integers(config: Realised, model: nn.Module) -> bool:
-    """Whether the configuration changes the stored integers of a quantised layer of `model`."""
+def touches_stored_integers(configs: list[Realised], model: nn.Module) -> bool:
+    """Whether any configuration changes the stored integers of a quantised layer of `model`."""
     stored = stored_weights(model)
-    return bool(stored) and any(name in stored for name in config.changed)
+    return bool(stored) and any(name in stored for config in configs for name in config.changed)
 
 
 class StoredIntegerRunner:
