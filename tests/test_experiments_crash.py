@@ -32,8 +32,15 @@ def test_depth_sweep_writes_its_figure(tmp_path):
 
 
 def test_dropout_study_bounds_hold(tmp_path):
-    result = dropout_study(tmp_path, dropouts=(0.0, 0.3), epochs=1, max_faults=3)
+    result = dropout_study(tmp_path, dropouts=(0.0, 0.3), epochs=1, max_faults=3, certify_seconds=1.0)
     for net in result["networks"]:
+        for row in (net["rows"][0], net["rows"][2]):  # the certified bracket holds the exact figures
+            cert = row["softmax_certified"]
+            assert cert["omega_max_lower"] <= row["softmax_omega_max"] * (1 + 1e-9) + 1e-12
+            assert row["softmax_omega_max"] <= cert["omega_max_upper"] * (1 + 1e-9) + 1e-12
+            assert cert["omega_mav_lower"] <= row["softmax_omega_mav"] * (1 + 1e-9) + 1e-12
+            assert row["softmax_omega_mav"] <= cert["omega_mav_upper"] * (1 + 1e-9) + 1e-12
+            assert cert["omega_max_upper"] <= row["softmax_erf"]
         for row in net["rows"]:
             assert row["erf"] >= row["omega_max"]  # Theorem 2, C measured on the same inputs
             assert row["erf_av"] > 0

@@ -113,6 +113,7 @@ def _cmd_omega(args: argparse.Namespace) -> dict[str, Any]:
             if args.samples or args.ci_width:
                 result = monte_carlo_omega(structure, x, budget, args.norm, args.output, args.samples,
                                            args.ci_width, args.seed, executor=executor if remote else None)
+                _add_certificate(result, structure, x, args)
             else:
                 estimate = plan(structure, budget, len(x), args.output, args.engine, hidden)
                 print(f"{budget.describe()}: {estimate.describe()}")
@@ -128,6 +129,22 @@ def _cmd_omega(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         executor.close()
     return {"model": loaded.to_dict(), "data": data.to_dict(), "results": [r.to_dict() for r in results]}
+
+
+def _add_certificate(result: Any, structure: Any, x: Any, args: argparse.Namespace) -> None:
+    """Monte Carlo's max-type figures are lower bounds: bracket them with the certified worst case (issue 19)
+    when it applies (one layer, ∞-norm) and --certify-seconds allows."""
+    if not args.certify_seconds or args.norm != "inf" or len(result.layers) != 1:
+        return
+    from lesion.crash.worst import worst_case
+
+    worst = worst_case(structure, x, result.layers[0], [result.faults], args.output, args.certify_seconds)[0]
+    keys = ("omega_max_lower", "omega_max_upper", "omega_mav_lower", "omega_mav_upper", "omega_worst_set_lower",
+            "omega_worst_set_upper")
+    result.extra["certified"] = {k: getattr(worst, k) for k in keys}
+    print(f"f={result.faults}: certified Omega_max in [{worst.omega_max_lower:.6g}, {worst.omega_max_upper:.6g}], "
+          f"Omega_mav in [{worst.omega_mav_lower:.6g}, {worst.omega_mav_upper:.6g}] (every crash set; "
+          f"`lesion crash worst`)")
 
 
 def _print_omega(result: Any) -> None:
@@ -230,7 +247,7 @@ def register(sub: Any) -> None:
     crash = sub.add_parser("crash", help="crash robustness of an MLP ([R]): Omega, Erf bound, tolerance",
                            description="Crash robustness of a multilayer perceptron ([R], SPEC §2).")
     inner = crash.add_subparsers(dest="crash_command", metavar="SUBCOMMAND", required=True,
-                                 help="omega, bound or tolerance")
+                                 help="omega, worst, bound or tolerance")
 
     p = inner.add_parser("omega", help="measured error Omega over crash sets", formatter_class=Formatter,
                          description="Omega_av (with std), Omega_mav, Omega_max and Omega_worst_set over every "
@@ -249,6 +266,9 @@ def register(sub: Any) -> None:
     p.add_argument("--samples", type=positive_int, help="Monte Carlo: number of uniformly drawn crash sets")
     p.add_argument("--ci-width", type=positive_float,
                    help="Monte Carlo: stop once the 95%% CI of Omega_av is this wide")
+    p.add_argument("--certify-seconds", type=nonnegative_float, default=10.0,
+                   help="Monte Carlo: also bracket Omega_max and Omega_mav by the certified worst case, spending "
+                        "at most about this many seconds a budget (0: off; ‖·‖∞, one layer)")
     p.add_argument("--engine", choices=("auto", "additive", "general"), default="auto",
                    help="exact engine (default auto: additive for one hidden layer and raw outputs)")
     p.add_argument("--time-limit", type=positive_float, default=600.0,
@@ -260,6 +280,10 @@ def register(sub: Any) -> None:
     add_executor(p)
     add_common(p)
     p.set_defaults(run=_cmd_omega)
+
+    from lesion.cli.crash_worst import register as register_worst
+
+    register_worst(inner)
 
     p = inner.add_parser("bound", help="analytical bound Erf and Erf_av from the weights",
                          description="Erf and Erf_av ([R] Eq. 4, SPEC §2.2) for each crash count.")

@@ -1,0 +1,220 @@
+"""The certified worst case of crashes (issue 19): exact where it claims to be, a true bracket elsewhere,
+checked against brute-force enumeration by an independent numpy forward (test_crash.brute_force)."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lesion.cli import main
+from lesion.cli.crash_worst import largest_within
+from lesion.crash import CrashBudget, mlp_structure
+from lesion.crash.propagate import CrashPropagation, relax, top_sum
+from lesion.crash.worst import worst_case
+from lesion.crash.worst_additive import per_input_maxima
+from lesion.nets import build_net, save_checkpoint
+from test_crash import brute_force, make, nets
+
+TOL = 1e-9
+
+
+def figures(d: np.ndarray) -> tuple[float, float, float]:
+    """Omega_max, Omega_mav, Omega_worst_set of distances (sets, inputs)."""
+    return float(d.max()), float(d.max(axis=0).mean()), float(d.mean(axis=1).max())
+
+
+def assert_brackets(result, d: np.ndarray) -> None:
+    truth = figures(d)
+    pairs = [(result.omega_max_lower, result.omega_max_upper), (result.omega_mav_lower, result.omega_mav_upper),
+             (result.omega_worst_set_lower, result.omega_worst_set_upper)]
+    for (lower, upper), value in zip(pairs, truth, strict=True):
+        assert lower <= value * (1 + TOL) + 1e-12, (lower, value)
+        assert value <= upper * (1 + TOL) + 1e-12, (value, upper)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nets, st.data())
+def test_last_hidden_layer_raw_outputs_are_exact_for_every_f(net, data):
+    widths, *rest = net
+    model, x = make(widths, *rest)
+    structure = mlp_structure(model)
+    layer = structure.depth
+    n = structure.widths[-1]
+    faults = list(range(1, n + 1))
+    results = worst_case(structure, x, layer, faults, time_limit=5.0, enumerate_small=False)
+    for f, result in zip(faults, results, strict=True):
+        d = brute_force(model, x.numpy(), CrashBudget((layer,), (n,), f))
+        omega_max, omega_mav, omega_worst = figures(d)
+        assert result.omega_max_lower == result.omega_max_upper
+        np.testing.assert_allclose([result.omega_max_upper, result.omega_mav_upper], [omega_max, omega_mav],
+                                   rtol=TOL, atol=1e-12)
+        assert result.exact  # small nets: branch and bound closes Omega_worst_set
+        np.testing.assert_allclose([result.omega_worst_set_lower, result.omega_worst_set_upper],
+                                   [omega_worst, omega_worst], rtol=TOL, atol=1e-12)
+        # the reported sets attain their figures
+        worst = budget_rank(n, f, result.worst_set)
+        assert d[worst].mean() == pytest.approx(result.omega_worst_set_lower, rel=TOL, abs=1e-12)
+        top = budget_rank(n, f, result.omega_max_set)
+        assert d[top, result.omega_max_input] == pytest.approx(omega_max, rel=TOL, abs=1e-12)
+
+
+def budget_rank(n: int, f: int, units: list[int]) -> int:
+    return list(itertools.combinations(range(n), f)).index(tuple(units))
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nets, st.data())
+def test_every_layer_and_output_is_bracketed(net, data):
+    model, x = make(*net)
+    structure = mlp_structure(model)
+    layer = data.draw(st.integers(1, structure.depth))
+    n = structure.widths[layer - 1]
+    f = data.draw(st.integers(1, min(3, n)))
+    output = data.draw(st.sampled_from(["raw", "softmax"]))
+    limit = data.draw(st.sampled_from([0.0, 5.0]))  # no time at all still gives a sound bracket
+    result = worst_case(structure, x, layer, [f], output, time_limit=limit, enumerate_small=False)[0]
+    d = brute_force(model, x.numpy(), CrashBudget((layer,), (n,), f), output=output)
+    assert_brackets(result, d)
+    assert d[budget_rank(n, f, result.worst_set)].mean() == pytest.approx(result.omega_worst_set_lower, rel=TOL,
+                                                                          abs=1e-12)
+
+
+def test_deeper_nets_close_with_time():
+    """Branch and bound closes Omega_max and Omega_mav on small deeper nets (the bracket shrinks to the truth)."""
+    model, x = make([6, 6], "relu", True, 1.0, 7, 3)
+    structure = mlp_structure(model)
+    for f in (1, 2, 3):
+        result = worst_case(structure, x, 1, [f], time_limit=10.0, enumerate_small=False)[0]
+        omega_max, omega_mav, _ = figures(brute_force(model, x.numpy(), CrashBudget((1,), (6,), f)))
+        assert result.omega_max_lower == pytest.approx(omega_max, rel=TOL)
+        assert result.omega_max_upper == pytest.approx(omega_max, rel=TOL)
+        assert result.omega_mav_upper == pytest.approx(omega_mav, rel=TOL)
+
+
+@pytest.mark.parametrize("output", ["raw", "softmax"])
+def test_small_budgets_are_enumerated(output):
+    model, x = make([5, 4], "relu", True, 1.0, 11, 3)
+    structure = mlp_structure(model)
+    for layer in (1, 2):
+        n = structure.widths[layer - 1]
+        for f in (1, 2):
+            result = worst_case(structure, x, layer, [f], output, time_limit=60.0)[0]
+            d = brute_force(model, x.numpy(), CrashBudget((layer,), (n,), f), output=output)
+            expected = figures(d)
+            got = [result.omega_max_upper, result.omega_mav_upper, result.omega_worst_set_upper]
+            np.testing.assert_allclose(got, expected, rtol=TOL, atol=1e-12)
+            assert result.exact and result.omega_max_lower == result.omega_max_upper
+            assert result.omega_worst_set_lower == result.omega_worst_set_upper
+            assert d[budget_rank(n, f, result.worst_set)].mean() == pytest.approx(expected[2], rel=TOL)
+            top = budget_rank(n, f, result.omega_max_set)
+            assert d[top, result.omega_max_input] == pytest.approx(expected[0], rel=TOL)
+
+
+def test_per_input_maxima_sort_against_enumeration():
+    rng = np.random.default_rng(3)
+    hidden = np.maximum(rng.normal(size=(9, 7)), 0)
+    weight = rng.normal(size=(4, 7))
+    got = per_input_maxima(hidden, weight, list(range(1, 8)))
+    for f in range(1, 8):
+        expected = np.zeros(9)
+        for units in itertools.combinations(range(7), f):
+            change = hidden[:, list(units)] @ weight[:, list(units)].T
+            expected = np.maximum(expected, np.abs(change).max(axis=1))
+        np.testing.assert_allclose(got[f - 1], expected, rtol=1e-12)
+
+
+def test_top_sum_with_fixed_units_against_enumeration():
+    rng = np.random.default_rng(4)
+    g = torch.from_numpy(rng.normal(size=(3, 2, 6)))
+    inside = torch.tensor([[True, False, False, False, False, False], [False] * 6, [False, True, True] + [False] * 3])
+    outside = torch.tensor([[False, True, False, False, False, False], [False] * 5 + [True], [False] * 6])
+    f = 3
+    remaining = f - inside.sum(-1)
+    value, chosen = top_sum(g, inside, ~(inside | outside), remaining, with_set=True)
+    for b in range(3):
+        for r in range(2):
+            best = max(float(g[b, r, list(s)].sum()) for s in itertools.combinations(range(6), f)
+                       if all(inside[b, u] <= (u in s) for u in range(6)) and not any(outside[b, u] for u in s))
+            assert float(value[b, r]) == pytest.approx(best, rel=1e-12)
+            assert int(chosen[b, r].sum()) == f
+            assert float(g[b, r][chosen[b, r]].sum()) == pytest.approx(best, rel=1e-12)
+    impossible = torch.tensor([[False] * 4 + [True, True]])
+    assert top_sum(g[:1], torch.zeros(1, 6, dtype=torch.bool), ~impossible, torch.tensor([5]))[0].isinf().all()
+
+
+@pytest.mark.parametrize("act", [torch.nn.ReLU(), torch.nn.Sigmoid(), torch.nn.Tanh()])
+def test_relaxation_encloses_the_activation(act):
+    gen = torch.Generator().manual_seed(5)
+    z = torch.randn(500, generator=gen, dtype=torch.float64) * 2
+    a, b = torch.randn(2, 500, generator=gen, dtype=torch.float64) * 2
+    lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+    r = relax(act, z, lo, hi)
+    for t in torch.linspace(0, 1, 21, dtype=torch.float64):
+        delta = lo + t * (hi - lo)
+        change = act(z + delta) - act(z)
+        assert torch.all(change <= r.up_slope * delta + r.up_shift + 1e-12)
+        assert torch.all(change >= r.low_slope * delta + r.low_shift - 1e-12)
+
+
+def test_propagation_refuses_what_it_cannot_bound():
+    from lesion.errors import LesionError
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 4), torch.nn.GELU(),
+                                torch.nn.Linear(4, 2))
+    with pytest.raises(LesionError, match="monotone"):
+        CrashPropagation(mlp_structure(model), 1, torch.rand(2, 3), 1)
+    with pytest.raises(LesionError, match="cannot crash 5"):
+        CrashPropagation(mlp_structure(model), 2, torch.rand(2, 3), 5)
+
+
+def test_largest_within_reads_a_prefix():
+    assert largest_within([1, 2, 3, 4], [0.1, 0.2, 0.5, 0.1], 0.3) == 2
+    assert largest_within([1, 2], [0.4, 0.1], 0.3) == 0
+    assert largest_within([1, 2, 3], [0.1, 0.1, 0.1], 0.3) == 3
+
+
+def test_cli_crash_worst(tmp_path, capsys):
+    model, config = build_net("mlp:6,5", (4,), 3, seed=0)
+    ckpt = save_checkpoint(tmp_path / "m.pt", model, "mlp:6,5", config)
+    x = np.random.default_rng(0).random((25, 4)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    out = tmp_path / "w.json"
+    assert main(["crash", "worst", "--model", str(ckpt), "--data", f"npz:{tmp_path / 'x.npz'}", "--faults", "1-3",
+                 "--time-limit", "5", "--epsilon", "0.05", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    keys = {"faults", "omega_max_lower", "omega_max_upper", "omega_mav_lower", "omega_mav_upper",
+            "omega_worst_set_lower", "omega_worst_set_upper", "worst_set", "exact", "seconds"}
+    assert keys <= report["results"][0].keys() and len(report["erf"]) == len(report["erf_av"]) == 3
+    d = brute_force(model.double(), x.astype(np.float64), CrashBudget((1,), (6,), 3))
+    last = report["results"][2]
+    assert last["omega_max_lower"] <= d.max() * (1 + TOL) and d.max() <= last["omega_max_upper"] * (1 + TOL)
+    assert all(e >= r["omega_max_upper"] for e, r in zip(report["erf"], report["results"], strict=True))
+    query = report["certification"]
+    uppers = [r["omega_max_upper"] for r in report["results"]]
+    assert query["certified"] == largest_within([1, 2, 3], uppers, 0.05) and query["at_most"] >= query["certified"]
+    assert "certified" in capsys.readouterr().out
+    assert main(["crash", "worst", "--model", str(ckpt), "--data", f"npz:{tmp_path / 'x.npz'}", "--faults", "2",
+                 "--layer", "1,2"]) == 2
+    assert "one hidden layer" in capsys.readouterr().err
+    assert main(["crash", "worst", "--model", str(ckpt), "--data", f"npz:{tmp_path / 'x.npz'}", "--faults", "7"]) == 2
+
+
+def test_monte_carlo_omega_is_bracketed_by_the_certificate(tmp_path):
+    model, config = build_net("mlp:6,5", (4,), 3, seed=1)
+    ckpt = save_checkpoint(tmp_path / "m.pt", model, "mlp:6,5", config)
+    x = np.random.default_rng(1).random((20, 4)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    out = tmp_path / "mc.json"
+    assert main(["crash", "omega", "--model", str(ckpt), "--data", f"npz:{tmp_path / 'x.npz'}", "--faults", "2",
+                 "--samples", "8", "--certify-seconds", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["results"][0]
+    cert = result["certified"]
+    assert result["max_figures_are_lower_bounds"]
+    assert result["omega_max"] <= cert["omega_max_upper"] * (1 + TOL)  # sampled sets cannot beat every set
+    assert result["omega_mav"] <= cert["omega_mav_upper"] * (1 + TOL)
+    d = brute_force(model.double(), x.astype(np.float64), CrashBudget((1,), (6,), 2))
+    assert cert["omega_max_upper"] == pytest.approx(d.max(), rel=1e-6)  # small: enumerated, exact
