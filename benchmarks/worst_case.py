@@ -87,14 +87,15 @@ def part_b(time_limit: float, enumerate_up_to: int) -> None:
               f"{cert.omega_max_upper:.12f}], Omega_mav [{cert.omega_mav_lower:.9f}, {cert.omega_mav_upper:.9f}] "
               f"in {cert.seconds:.1f} s: {'brackets it' if holds else 'DOES NOT BRACKET IT'}")
     print(f"{'f':>3} {'Omega_max lower':>15} {'upper':>9} {'up/low':>7} {'root up':>8} {'Omega_mav':>19} "
-          f"{'seconds':>7} {'Erf':>9} {'Erf/up':>7} {'MC max':>7}")
+          f"{'seconds':>7} {'Erf':>9} {'Erf/up':>7} {'MC max':>7} {'Omega_worst_set':>16}")
     for f in (5, 10, 20):
         cert = worst_case(structure, x, 1, [f], time_limit=time_limit, enumerate_small=False)[0]
         erf = budget_bound(structure, f, (1,), C).erf
         sampled = monte_carlo_omega(structure, x, CrashBudget((1,), (300,), f), samples=1000, seed=0)
         print(f"{f:>3} {cert.omega_max_lower:>15.4f} {cert.omega_max_upper:>9.4f} {cert.max_ratio:>7.3f} "
               f"{cert.extra['root_omega_max_upper']:>8.3f} [{cert.omega_mav_lower:.3f}, {cert.omega_mav_upper:.3f}]"
-              f" {cert.seconds:>7.1f} {erf:>9.1f} {erf / cert.omega_max_upper:>7.1f} {sampled.omega_max:>7.3f}")
+              f" {cert.seconds:>7.1f} {erf:>9.1f} {erf / cert.omega_max_upper:>7.1f} {sampled.omega_max:>7.3f}"
+              f" [{cert.omega_worst_set_lower:.3f}, {cert.omega_worst_set_upper:.3f}]")
 
 
 def main() -> None:
