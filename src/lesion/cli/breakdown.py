@@ -17,6 +17,19 @@ from lesion.cli.options import (
 )
 from lesion.errors import LesionError
 
+METHODS = ("probe", "margin", "margin-steps", "margin-calibrated")  # lesion.geometry.breakdown_predict.METHODS
+
+
+def fraction_below_one(text: str) -> float:
+    """A fraction in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
 
 def _cmd_breakdown(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
@@ -41,6 +54,7 @@ def _cmd_breakdown(args: argparse.Namespace) -> dict[str, Any]:
         sequence = unit_order(loaded.module, args.layer, "random", np.random.default_rng(args.seed + 1000 + p), x_an)
         profiles.append(progressive_path(loaded.module, args.layer, sequence, x_an, data.x_test, data.y_test,
                                          fractions, factor=args.factor, order_seed=args.seed + 1000 + p))
+    prediction = _prediction(args, loaded.module, data, curve.layer) if args.predict else None
     predicted = [p.predicted_breakdown for p in profiles if p.predicted_breakdown is not None]
     predicted_fraction = float(np.median(predicted)) if predicted else None
     print(f"{curve.layer} ({curve.units} units), {curve.order} order ({curve.orders} orders), clean "
@@ -48,6 +62,12 @@ def _cmd_breakdown(args: argparse.Namespace) -> dict[str, Any]:
           f"{curve.breakdown_fraction}; predicted from the acceleration spike: {predicted_fraction}")
     for f, a, (lo, hi) in zip(curve.fractions, curve.accuracy, curve.accuracy_ci, strict=True):
         print(f"  {f:5.2f}  {a:.4f}  ({lo:.4f}–{hi:.4f})")
+    if prediction is not None:
+        p, measured = prediction
+        print(f"predicted without labels ({p.method}, {p.details['inputs']} unlabelled inputs, "
+              f"{p.forward_passes:.0f} forward passes) from {p.start:.3f} deleted: break-down at {p.fraction:.3f} "
+              f"(95% interval over orders {p.interval[0]:.3f}–{p.interval[1]:.3f}); measured with labels from there: "
+              f"{measured.fraction}")
     if args.plot:
         breakdown_plot(args.plot, [curve], profiles, f"Break-down of {curve.layer}",
                        f"{data.name}: accuracy on {len(data.x_test)} test inputs; geometry on {len(x_an)} training "
@@ -56,7 +76,24 @@ def _cmd_breakdown(args: argparse.Namespace) -> dict[str, Any]:
             "accuracy": {"mean": curve.accuracy, "ci": curve.accuracy_ci, "per_order": curve.per_order},
             "clean_accuracy": curve.clean_accuracy, "breakdown_fraction": curve.breakdown_fraction,
             "predicted_breakdown_fraction": predicted_fraction, "share": args.share, "order": curve.order,
-            "paths": [p.to_dict() for p in profiles]}
+            "paths": [p.to_dict() for p in profiles],
+            **({} if prediction is None else {"prediction": prediction[0].to_dict(),
+                                              "measured_from": prediction[1].to_dict()})}
+
+
+def _prediction(args: argparse.Namespace, model: Any, data: Any, layer: str) -> tuple[Any, Any]:
+    """The label-free prediction (issue 20) from the damage --from, and the measured break-down from there."""
+    import numpy as np
+
+    from lesion.geometry.breakdown_predict import BreakdownProblem, measured_breakdown, predict_breakdown
+
+    free = BreakdownProblem(model, data.x_train[: args.predict_inputs], layer, args.share)
+    width = free.width
+    deleted = np.random.default_rng(args.seed + 77).permutation(width)[: int(round(args.start * width))].tolist()
+    prediction = predict_breakdown(model, free.x, layer, args.predict, deleted, args.share, seed=args.seed,
+                                   problem=free)
+    measured = measured_breakdown(model, data.x_test, data.y_test, layer, deleted, args.share, seed=args.seed)
+    return prediction, measured
 
 
 def register(sub: Any) -> None:
@@ -80,5 +117,13 @@ def register(sub: Any) -> None:
     p.add_argument("--time-limit", type=positive_float, default=600.0,
                    help="refuse deletion paths estimated above this many seconds (default 600)")
     p.add_argument("--plot", metavar="PNG", type=output_file, help="write the curve and the acceleration profiles")
+    p.add_argument("--predict", nargs="?", const="probe", choices=METHODS, metavar="METHOD",
+                   help="also predict the break-down without labels, from unlabelled training inputs: "
+                        f"{', '.join(METHODS)} (default probe, the most accurate measured; see the README)")
+    p.add_argument("--from", dest="start", type=fraction_below_one, default=0.0, metavar="T",
+                   help="with --predict: the network already lost this fraction of the layer's units (a random "
+                        "set); predicts, and measures with labels, from there (default 0)")
+    p.add_argument("--predict-inputs", type=positive_int, default=1000, metavar="N",
+                   help="unlabelled training inputs for --predict (default 1000)")
     add_common(p)
     p.set_defaults(run=_cmd_breakdown)

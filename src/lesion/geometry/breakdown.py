@@ -213,9 +213,10 @@ def path_embedding(model: nn.Module, layer: str, sequences: Sequence[Sequence[in
 
 
 def breakdown_plot(path: str, curves: Sequence[DeletionCurve], profiles: Sequence[PathProfileResult],
-                   title: str, note: str = "") -> None:
+                   title: str, note: str = "", predictions: Sequence[Any] = ()) -> None:
     """Accuracy against deleted fraction (band: 95% CI over random orders) and the covariant acceleration
-    along deletion paths, with measured and predicted break-down points."""
+    along deletion paths, with measured and predicted break-down points; label-free `predictions`
+    (`breakdown_predict.Prediction`) as solid vertical lines with their interval shaded, on both panels."""
     import matplotlib.pyplot as plt
 
     from lesion.report.plots import save
@@ -241,6 +242,14 @@ def breakdown_plot(path: str, curves: Sequence[DeletionCurve], profiles: Sequenc
     right.grid(True, which="both", alpha=0.3)
     if profiles:
         right.legend(fontsize=7)
+    for i, p in enumerate(predictions):
+        color = f"C{(i + 5) % 10}"
+        for axis in (left, right):
+            axis.axvline(p.fraction, color=color, linewidth=1.5,
+                         label=f"label-free prediction ({p.method})" if axis is left else None)
+            axis.axvspan(p.interval[0], p.interval[1], color=color, alpha=0.08)
+    if predictions:
+        left.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.subplots_adjust(wspace=0.32)
     save(fig, path, note, bottom=0.22)

@@ -1,0 +1,163 @@
+"""Benchmark: break-down early warning (issue 20) — label-free predictions of the break-down fraction against
+the measured one, on 9 (network, layer) cases, from t = 0 and from t = half the measured break-down.
+
+Networks trained here on mnist5k (10 epochs; the tiny transformer 8): mlp1-48, mlp1-100, mlp1-400, mlp2 (both
+hidden layers), the small CNN (conv channels after conv2 and conv4, and its dense hidden layer), and a tiny
+vision transformer (16 patches of 7×7, width 32, 2 blocks) by its first block's MLP neurons. Break-down:
+mean accuracy over 5 random deletion orders (1,000 test inputs, labels) below 90% of clean, on 41 levels,
+interpolated. Predictors see 1,000 unlabelled training inputs. Costs are forward passes over those inputs
+(a backward counts 2); the measured curve costs 41 × 5 forward passes. The paper's acceleration ([G] §4:
+first spike above 10× its start along a progressive deletion path, 21 points, 100 analysis inputs) is run
+from t = 0 on the cases where one path is estimated under 120 s.
+
+Run: `.venv/bin/python benchmarks/breakdown_prediction.py [--cases mlp2:1,cnn:features.act4] [--no-acceleration]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("LESION_NO_PROGRESS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from lesion.data import load  # noqa: E402
+from lesion.errors import LesionError  # noqa: E402
+from lesion.geometry.breakdown import path_seconds, progressive_path  # noqa: E402
+from lesion.geometry.breakdown_predict import (  # noqa: E402
+    METHODS,
+    BreakdownProblem,
+    measured_breakdown,
+    predict_breakdown,
+)
+from lesion.nets import build_net  # noqa: E402
+from lesion.train import TrainSettings, train  # noqa: E402
+
+
+class TinyViT(nn.Module):
+    """A small vision transformer for 28×28 digits: 7×7 patches, pre-norm blocks, mean-pooled tokens."""
+
+    def __init__(self, dim: int = 32, depth: int = 2, heads: int = 4, hidden: int = 64, classes: int = 10) -> None:
+        super().__init__()
+        self.embed = nn.Linear(49, dim)
+        self.position = nn.Parameter(torch.zeros(16, dim))
+        self.blocks = nn.ModuleList(Block(dim, heads, hidden) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        patches = x.reshape(len(x), 4, 7, 4, 7).permute(0, 1, 3, 2, 4).reshape(len(x), 16, 49)
+        h = self.embed(patches) + self.position
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.norm(h).mean(1))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, hidden: int) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        a = self.norm1(h)
+        h = h + self.attn(a, a, a, need_weights=False)[0]
+        return h + self.mlp(self.norm2(h))
+
+
+CASES = [("mlp1-48", "1"), ("mlp1-100", "1"), ("mlp1-400", "1"), ("mlp2", "1"), ("mlp2", "2"),
+         ("cnn", "features.act2"), ("cnn", "features.act4"), ("cnn", "classifier.act1"), ("vit", "blocks.0.mlp.1")]
+
+
+def trained(name: str, data) -> nn.Module:
+    if name == "vit":
+        torch.manual_seed(0)
+        model = TinyViT()
+        train(model, data.x_train, data.y_train, TrainSettings(epochs=8, seed=0, lr=2e-3))
+    else:
+        model, _ = build_net(name, data.input_shape, 10, seed=0, dropout=0.1 if name.startswith("mlp") else 0.0)
+        train(model, data.x_train, data.y_train, TrainSettings(epochs=10, seed=0))
+    return model.eval()
+
+
+def acceleration(model: nn.Module, layer: str, width: int, x_free: torch.Tensor, x_test: torch.Tensor,
+                 y_test: torch.Tensor, truth: float, errors: dict) -> None:
+    """The paper's predictor along one random path; 100 analysis inputs, 40 where the metric's range needs
+    fewer rows."""
+    for inputs in (100, 40):
+        try:
+            estimate = path_seconds(model, x_free[:inputs], 21)
+        except LesionError as refused:
+            print(f"  acceleration: {inputs} analysis inputs refused ({refused})")
+            continue
+        if estimate > 120:
+            print(f"  acceleration: skipped (one path estimated at {estimate:.0f} s)")
+            return
+        started = time.perf_counter()
+        order = np.random.default_rng(7).permutation(width).tolist()
+        profile = progressive_path(model, layer, order, x_free[:inputs], x_test[:200], y_test[:200],
+                                   np.linspace(0, 1, 21))
+        value = profile.predicted_breakdown
+        error = None if value is None else abs(value - truth)
+        errors.setdefault(("acceleration", "0"), []).append(1.0 if error is None else error)
+        shown = "no spike (counted as error 1)" if value is None else f"{value:.3f}, error {error:.3f}"
+        print(f"  acceleration      from 0.000: {shown}, {inputs} analysis inputs, "
+              f"{time.perf_counter() - started:.1f} s", flush=True)
+        return
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", help="comma list of NET:LAYER (default: all 9)")
+    parser.add_argument("--no-acceleration", action="store_true")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = load("mnist5k")
+    cases = [tuple(c.split(":", 1)) for c in args.cases.split(",")] if args.cases else CASES
+    x_test, y_test = data.x_test[:1000], data.y_test[:1000]
+    x_free = data.x_train[:1000]  # unlabelled
+    errors: dict[tuple[str, str], list[float]] = {}
+    costs: dict[tuple[str, str], list[float]] = {}
+    models: dict[str, nn.Module] = {}
+    for net, layer in cases:
+        if net not in models:
+            models[net] = trained(net, data)
+        model = models[net]
+        measure = BreakdownProblem(model, x_test, layer)
+        free = BreakdownProblem(model, x_free, layer)
+        started = time.perf_counter()
+        truth0 = measured_breakdown(model, x_test, y_test, layer, problem=measure)
+        seconds0 = time.perf_counter() - started
+        width = measure.width
+        rng = np.random.default_rng(1234)
+        half = rng.permutation(width)[: int(round((truth0.fraction or 1.0) / 2 * width))].tolist()
+        truth_t = measured_breakdown(model, x_test, y_test, layer, half, problem=measure)
+        print(f"{net} {measure.layer} ({width} units), clean {truth0.clean_accuracy:.4f}: measured break-down "
+              f"{truth0.fraction:.3f} from 0 ({truth0.forward_passes} forward passes, {seconds0:.1f} s), "
+              f"{truth_t.fraction:.3f} from t = {truth_t.start:.3f}", flush=True)
+        for method in METHODS:
+            for start, truth in ((list(()), truth0), (half, truth_t)):
+                p = predict_breakdown(model, x_free, layer, method, start, problem=free)
+                error = abs(p.fraction - truth.fraction)
+                errors.setdefault((method, "0" if not start else "t"), []).append(error)
+                costs.setdefault((method, "0" if not start else "t"), []).append(p.forward_passes)
+                print(f"  {method:<17} from {p.start:.3f}: {p.fraction:.3f} [{p.interval[0]:.3f}, "
+                      f"{p.interval[1]:.3f}], error {error:.3f}, {p.forward_passes:.0f} forward passes, "
+                      f"{p.seconds:.1f} s", flush=True)
+        if not args.no_acceleration:
+            acceleration(model, layer, width, x_free, x_test, y_test, truth0.fraction, errors)
+    print("mean absolute error (fraction of the layer's width) and mean cost:")
+    for (method, start), values in sorted(errors.items()):
+        cost = costs.get((method, start))
+        shown = f", {np.mean(cost):.0f} forward passes" if cost else ""
+        print(f"  {method:<17} from {start}: {np.mean(values):.3f} over {len(values)} cases{shown}")
+
+
+if __name__ == "__main__":
+    main()

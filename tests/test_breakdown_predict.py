@@ -1,0 +1,149 @@
+"""Break-down early warning (issue 20): the pieces checked against hand computations — forwards with units
+removed by hand, enumeration of subsets, a linear scan instead of bisection."""
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lesion.cli import main
+from lesion.errors import LesionError
+from lesion.geometry.breakdown_predict import (
+    BreakdownProblem,
+    crossing_fraction,
+    measured_breakdown,
+    predict_breakdown,
+    predict_probe,
+    sum_moments,
+)
+from lesion.nets import build_net, save_checkpoint
+
+
+def small_net(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(5, 12), nn.ReLU(), nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 4)).eval()
+    x = torch.randn(60, 5, generator=torch.Generator().manual_seed(seed))
+    y = model(x).argmax(-1)
+    flip = torch.arange(60) % 7 == 0
+    y[flip] = (y[flip] + 1) % 4  # some wrong answers, so that accuracy is not 1
+    return model, x, y
+
+
+def by_hand(model: nn.Module, x: torch.Tensor, layer: int, units: list[int]) -> torch.Tensor:
+    """Outputs with hidden units of layer 1 (after model[1]) or 2 (after model[3]) removed by zeroing the
+    columns of the next Linear layer that read them."""
+    damaged = nn.Sequential(*[m for m in model])
+    reader = 2 if layer == 1 else 4
+    weight = model[reader].weight.detach().clone()
+    weight[:, units] = 0.0
+    copy = nn.Linear(weight.shape[1], weight.shape[0])
+    copy.weight.data, copy.bias.data = weight, model[reader].bias.detach().clone()
+    damaged[reader] = copy
+    with torch.no_grad():
+        return damaged(x)
+
+
+def test_estimated_accuracy_against_hand_forwards():
+    model, x, _ = small_net()
+    problem = BreakdownProblem(model, x, "1")
+    q = torch.softmax(model(x).detach().double(), -1)
+    sets = [[], [0, 3, 5], list(range(12))]
+    got = problem.estimated_accuracy(sets)
+    for units, value in zip(sets, got, strict=True):
+        labels = by_hand(model, x, 1, units).argmax(-1)
+        expected = q[torch.arange(len(x)), labels].mean() / q.max(-1).values.mean()
+        assert value == pytest.approx(float(expected), rel=1e-6)
+    assert got[0] == pytest.approx(1.0)
+
+
+def test_margin_derivatives_are_exact_where_the_margin_is_linear_in_the_units():
+    # deleting a unit of the last hidden layer changes the logits linearly: Δmargin = −g_i exactly, as long as
+    # the top two classes stay the top two
+    model, x, _ = small_net(1)
+    problem = BreakdownProblem(model, x, "2")
+    g, margin, top, runner = problem.linearise([])
+    clean = model(x).detach()
+    rows = torch.arange(len(x))
+    assert torch.allclose(margin, (clean[rows, top] - clean[rows, runner]).double(), atol=1e-5)
+    for unit in range(9):
+        out = by_hand(model, x, 2, [unit]).double()
+        change = out[rows, top] - out[rows, runner] - margin
+        assert torch.allclose(change, -g[:, unit], atol=1e-5)
+
+
+def test_sum_moments_against_enumeration():
+    values = torch.tensor([0.3, -1.2, 2.0, 0.7, -0.1, 1.5], dtype=torch.float64)
+    n = len(values)
+    k = torch.arange(n + 1, dtype=torch.float64)
+    mean, var = sum_moments(k, n, values.mean().view(1), values.var(unbiased=False).view(1))
+    for size in range(n + 1):
+        sums = torch.tensor([float(values[list(s)].sum()) for s in itertools.combinations(range(n), size)],
+                            dtype=torch.float64)
+        assert float(mean[0, size]) == pytest.approx(float(sums.mean()), abs=1e-12)
+        assert float(var[0, size]) == pytest.approx(float(sums.var(unbiased=False)), abs=1e-12)
+
+
+def test_probe_bisection_lands_on_a_crossing_of_the_mean_curve():
+    model, x, _ = small_net(2)
+    problem = BreakdownProblem(model, x, "1", share=0.9)
+    fraction, per_order = predict_probe(problem, [], orders=3, seed=5)
+    k = int(round(fraction * 12))
+    rng = np.random.default_rng(5)  # the continuation orders the probe draws
+    orders = [rng.permutation(12).tolist() for _ in range(3)]
+    mean_at = [float(np.mean(problem.estimated_accuracy([o[:j] for o in orders]))) for j in range(13)]
+    assert mean_at[k] < 0.9 or k == 12
+    assert mean_at[k - 1] >= 0.9 or k - 1 == 0
+    assert len(per_order) == 3 and all(0 < f <= 1 for f in per_order)
+
+
+def test_measured_breakdown_against_hand_forwards():
+    model, x, y = small_net(3)
+    result = measured_breakdown(model, x, y, "1", deleted=[4, 7], points=11, orders=2, seed=9)
+    rng = np.random.default_rng(9)
+    alive = np.setdiff1d(np.arange(12), [4, 7])
+    orders = [rng.permutation(alive).tolist() for _ in range(2)]
+    counts = sorted({int(round(v)) for v in np.linspace(0, 10, 11)})
+    for k, fraction, accuracy in zip(counts, result.fractions, result.accuracy, strict=True):
+        assert fraction == pytest.approx((2 + k) / 12)
+        hand = np.mean([float((by_hand(model, x, 1, [4, 7, *o[:k]]).argmax(-1) == y).float().mean())
+                        for o in orders])
+        assert accuracy == pytest.approx(hand)
+    threshold = 0.9 * result.clean_accuracy
+    assert result.fraction == crossing_fraction(result.fractions, result.accuracy, threshold)
+
+
+def test_crossing_fraction_interpolates():
+    assert crossing_fraction([0, 0.5, 1.0], [1.0, 0.8, 0.2], 0.5) == pytest.approx(0.75)
+    assert crossing_fraction([0, 0.5, 1.0], [1.0, 0.9, 0.8], 0.5) is None
+    assert crossing_fraction([0, 1.0], [0.4, 0.1], 0.5) == 0.0
+
+
+@pytest.mark.parametrize("method", ["probe", "margin", "margin-steps", "margin-calibrated"])
+def test_every_predictor_reports_a_fraction_with_its_cost(method):
+    model, x, _ = small_net(4)
+    p = predict_breakdown(model, x, "1", method, deleted=[1, 2], orders=2)
+    assert 2 / 12 <= p.fraction <= 1.0 and p.interval[0] <= p.interval[1]
+    assert p.forward_passes >= 2 and p.start == pytest.approx(2 / 12)
+    assert set(p.to_dict()) >= {"fraction", "interval", "method", "forward_passes", "from"}
+    with pytest.raises(LesionError, match="distinct"):
+        predict_breakdown(model, x, "1", method, deleted=[1, 1])
+
+
+def test_cli_breakdown_predict(tmp_path, capsys):
+    model, config = build_net("mlp:10", (4,), 3, seed=0)
+    ckpt = save_checkpoint(tmp_path / "m.pt", model, "mlp:10", config)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((50, 4)).astype(np.float32), y=rng.integers(0, 3, 50),
+             x_test=rng.random((40, 4)).astype(np.float32), y_test=rng.integers(0, 3, 40))
+    out = tmp_path / "b.json"
+    assert main(["breakdown", "--model", str(ckpt), "--data", f"npz:{tmp_path / 'd.npz'}", "--paths", "0",
+                 "--points", "5", "--predict", "probe", "--from", "0.2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["prediction"]["method"] == "probe" and report["prediction"]["from"] == pytest.approx(0.2)
+    assert report["measured_from"]["start"] == pytest.approx(0.2)
+    assert "predicted without labels" in capsys.readouterr().out
+    assert main(["breakdown", "--model", str(ckpt), "--data", f"npz:{tmp_path / 'd.npz'}", "--predict",
+                 "--from", "1.5"]) == 2
