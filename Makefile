@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Small models and a 2-core machine: one torch thread per test process.
 TEST_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 LESION_NO_PROGRESS=1
 
-.PHONY: install demo test test-gpu test-all bench lint data clean browser
+.PHONY: install demo demo-compare test test-gpu test-all bench lint data clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,14 @@ data:
 # The main job on the bundled data: trains the default network on mnist5k and writes demo-report/report.html.
 demo: install
 	$(BIN)/lesion report --out demo-report
+
+# Two models side by side: mlp2 trained with and without dropout, quick reports, one comparison page.
+demo-compare: install
+	mkdir -p demo-compare
+	$(BIN)/lesion train --net mlp2 --data mnist5k --epochs 10 --dropout 0.2 --out demo-compare/mlp2-dropout.pt
+	$(BIN)/lesion train --net mlp2 --data mnist5k --epochs 10 --out demo-compare/mlp2-plain.pt
+	$(BIN)/lesion report --model demo-compare/mlp2-dropout.pt --model demo-compare/mlp2-plain.pt --data mnist5k \
+	  --quick --out demo-compare
 
 test: install
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow and not gpu"

@@ -90,12 +90,15 @@ def test_probe_bisection_lands_on_a_crossing_of_the_mean_curve():
     model, x, _ = small_net(2)
     problem = BreakdownProblem(model, x, "1", share=0.9)
     fraction, per_order = predict_probe(problem, [], orders=3, seed=5)
-    k = int(round(fraction * 12))
+    k = int(np.ceil(fraction * 12 - 1e-9))  # the crossing is interpolated between k − 1 and k
     rng = np.random.default_rng(5)  # the continuation orders the probe draws
     orders = [rng.permutation(12).tolist() for _ in range(3)]
     mean_at = [float(np.mean(problem.estimated_accuracy([o[:j] for o in orders]))) for j in range(13)]
     assert mean_at[k] < 0.9 or k == 12
     assert mean_at[k - 1] >= 0.9 or k - 1 == 0
+    if k < 12:  # linear interpolation between the bracketing levels
+        expected = (k - 1 + (mean_at[k - 1] - 0.9) / (mean_at[k - 1] - mean_at[k])) / 12
+        assert fraction == pytest.approx(expected)
     assert len(per_order) == 3 and all(0 < f <= 1 for f in per_order)
 
 

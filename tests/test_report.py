@@ -93,6 +93,11 @@ def test_report_renders_in_headless_chromium(user_report, tmp_path):
     for section in SECTIONS:
         assert f'<section id="{section}">' in dom
     assert dom.count("<img ") >= 6 and "data:image/png;base64," in dom
+    assert dom.index('<section id="summary">') < dom.index('<section id="network">')  # the answer first
+    phone = tmp_path / "phone.png"  # a phone-sized screenshot renders too (the summary table scrolls)
+    subprocess.run([*flags, "--window-size=390,2000", f"--screenshot={phone}", url], check=True, timeout=120,
+                   capture_output=True)
+    assert phone.stat().st_size > 20_000
 
 
 def test_report_records_each_stage_estimate(user_report):
@@ -158,3 +163,32 @@ def test_a_downsized_stage_runs_at_its_chosen_size(user_report):
     assert stage_geometry(ctx)["spectrum"]["inputs"] == 12
     flips = stage_bitflips(ctx)
     assert flips["rates"][0]["n"] == 3 and flips["candidates"] == 2 * 5
+
+
+def test_summary_comes_first_and_equals_the_sections(user_report):
+    """The scorecard's numbers are the sections' numbers (read independently here from results.json)."""
+    out, _ = user_report
+    page = (out / "report.html").read_text()
+    assert page.index("<section id='summary'>") < page.index("<section id='network'>")
+    assert "href='#breakdown'" in page and "name='viewport'" in page
+    results = json.loads((out / "results.json").read_text())
+    card = {e["key"]: e for e in results["scorecard"]}
+    clean = results["network"]["clean"]
+    assert card["clean_accuracy"]["value"] == clean["accuracy"]
+    assert card["clean_accuracy"]["interval"] == clean["accuracy_ci"]
+    for curve in results["breakdown"]["curves"]:  # the crossing of 90% of clean, interpolated by hand
+        level = 0.9 * curve["clean_accuracy"]
+        fr, acc = curve["fractions"], curve["accuracy"]
+        i = next(i for i in range(1, len(fr)) if acc[i] < level)
+        expected = fr[i - 1] + (acc[i - 1] - level) / (acc[i - 1] - acc[i]) * (fr[i] - fr[i - 1])
+        assert card[f"tolerated_deletion:{curve['layer']}"]["value"] == pytest.approx(expected)
+    methods = results["recovery"]["methods"]
+    assert card["best_recovery"]["value"] == max(methods, key=lambda m: methods[m]["accuracy"])
+    worst_bit = min(results["bitflips"]["single_bits"], key=lambda b: b["accuracy"])
+    assert card["most_damaging_bit"]["value"] == worst_bit["accuracy"]
+    certified = results["crash"]["certified"][0]
+    assert card["certified_crashes:1"]["value"] == certified["certified"]
+    assert all(up >= lo for lo, up in zip(certified["omega_max_lower"], certified["omega_max_upper"], strict=True))
+    markdown = (out / "report.md").read_text()
+    assert markdown.index("## Summary") < markdown.index("## 1. Network and data")
+    assert "| clean test accuracy |" in markdown

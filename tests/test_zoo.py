@@ -266,6 +266,8 @@ def test_cli_omega_and_report_stages_on_a_transformer(tmp_path):
                  "--stages", "network,breakdown"]) == 0
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert any(s["kind"] == "attention-head" for s in results["network"]["sites"])
+    summary = {e["key"] for e in results["scorecard"]}  # the summary is built for any model
+    assert "clean_accuracy" in summary and "tolerated_deletion:encoder.layers.0.linear1" in summary
     # the path runs through linear1's units: their reader, linear2, is found through the functional ReLU
     path = results["breakdown"]["path"]
     assert results["breakdown"]["curves"] and "skipped" not in path and len(path["t"]) == len(path["speed"]) > 2

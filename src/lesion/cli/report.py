@@ -31,22 +31,50 @@ def _default_model(out: Path, seed: int, quick: bool) -> str:
 
 
 def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    models = args.model or [None]
+    if len(models) == 1:
+        return _one_report(args, models[0], out)
+    from lesion.report.compare import write_comparison
+
+    labels = _labels(models)
+    folders = [out / label for label in labels]
+    for model, folder, label in zip(models, folders, labels, strict=True):
+        print(f"== {label}: {model}")
+        _one_report(args, model, folder)
+    page = write_comparison(out, folders, labels)
+    print(f"side-by-side report written to {page} (each model's own in {', '.join(str(f) for f in folders)})")
+    return {"report": str(page), "results": str(out / "results.json"), "models": labels}
+
+
+def _labels(models: list[str]) -> list[str]:
+    """Folder names for the models: their file stems (or preset names), made unique."""
+    labels: list[str] = []
+    for i, model in enumerate(models, start=1):
+        stem = Path(model.split(":")[-1]).stem or f"model-{i}"
+        label = "".join(c if c.isalnum() or c in "-_" else "-" for c in stem)
+        labels.append(label if label not in labels else f"{label}-{i}")
+    return labels
+
+
+def _one_report(args: argparse.Namespace, model: str | None, out: Path) -> dict[str, Any]:
     from lesion.cli.options import prepared
     from lesion.data import load
     from lesion.nets import load_model
     from lesion.report.builder import STAGES, ReportContext, run_report
 
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.model is None:
-        if args.data not in (None, DEFAULT_DATA):
+    data_name = args.data
+    if model is None:
+        if data_name not in (None, DEFAULT_DATA):
             raise LesionError("--data without --model: the default network is trained on mnist5k; give --model too")
         print(f"no --model: training (or reusing) the default {DEFAULT_NET} on {DEFAULT_DATA}")
-        args.model, args.data = _default_model(out, args.seed, args.quick), DEFAULT_DATA
-    elif args.data is None:
+        model, data_name = _default_model(out, args.seed, args.quick), DEFAULT_DATA
+    elif data_name is None:
         raise LesionError("--model needs --data")
-    data = load(args.data)
-    loaded = load_model(args.model, args.weights, seed=args.seed)
+    data = load(data_name)
+    loaded = load_model(model, args.weights, seed=args.seed)
     loaded, data = prepared(args, loaded, data)
     stages = tuple(args.stages.split(",")) if args.stages else STAGES
     unknown = set(stages) - set(STAGES)
@@ -54,7 +82,7 @@ def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:
         raise LesionError(f"unknown stage(s) {', '.join(sorted(unknown))}: {', '.join(STAGES)}")
     ctx = ReportContext(loaded.module, loaded.to_dict(), data, out, args.quick, args.seed)
     html = run_report(ctx, stages, time_limit=args.time_limit)
-    print(f"report written to {html} (results in {out / 'results.json'})")
+    print(f"report written to {html} (summary first; also {out / 'report.md'} and {out / 'results.json'})")
     return {"report": str(html), "results": str(out / "results.json")}
 
 
@@ -66,7 +94,10 @@ def register(sub: Any) -> None:
                                    "embedded), DIR/results.json and the PNG plots. Without --model, the default "
                                    "reference network is trained on mnist5k (or reused). Finished stages are kept in "
                                    "DIR/stages: an interrupted run resumes from them.")
-    p.add_argument("--model", metavar="M", help="a model (see `lesion evaluate --help`); default: mlp2 on mnist5k")
+    p.add_argument("--model", metavar="M", action="append",
+                   help="a model (see `lesion evaluate --help`); default: mlp2 on mnist5k. Repeat it to put several "
+                        "models side by side: each gets its own report in DIR/<name>, and DIR/report.html compares "
+                        "them (same tables, same axes, differences and whether the intervals overlap)")
     p.add_argument("--weights", metavar="FILE", help="state-dict file for --model package.module:factory")
     add_device(p)
     p.add_argument("--data", metavar="D", help="data set (required with --model)")

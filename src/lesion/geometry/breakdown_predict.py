@@ -10,7 +10,8 @@ that the damaged one is right; at no damage, its mean confidence). Break-down is
 Predictors (each reports its cost in forward passes over the inputs, a backward counting 2):
 - `probe` (the cheap honest baseline, and the most accurate measured: benchmarks/breakdown_prediction.py):
   Â measured on sampled future damage — bisection on the number of further deleted units for the mean of Â
-  over a few random continuation orders; the interval is over the orders' own crossings.
+  over a few random continuation orders, the crossing interpolated between the levels that bracket it; the
+  interval is over the orders' own crossings.
 - `margin` (first order): one forward and one backward give, per input x and unit i, g_i(x) = ∂m(x)/∂α_i,
   the derivative of x's logit margin (top class minus runner-up) by a scale α_i on unit i (deleting i moves
   α_i from 1 to 0, changing the margin by about −g_i(x)). Deleting k of the n remaining units at random
@@ -233,7 +234,9 @@ def predict_probe(problem: BreakdownProblem, deleted: Sequence[int], orders: int
     table = np.array([levels[k] for k in ks])  # levels × orders
     fractions = [(len(deleted) + k) / problem.width for k in ks]
     per_order = [crossing_fraction(fractions, table[:, o].tolist(), problem.share) or 1.0 for o in range(orders)]
-    return (len(deleted) + hi) / problem.width, per_order
+    # the crossing of the mean, interpolated between the levels that bracket it (as a measured curve is read)
+    mean = crossing_fraction(fractions, table.mean(axis=1).tolist(), problem.share)
+    return (mean if mean is not None else (len(deleted) + hi) / problem.width), per_order
 
 
 def predict_margin_steps(problem: BreakdownProblem, deleted: Sequence[int], steps: int, orders: int = 3,

@@ -25,6 +25,7 @@ from lesion.errors import LesionError
 from lesion.report.jsonio import provenance, to_jsonable, write_json
 
 STAGES = ("network", "crash", "geometry", "breakdown", "recovery", "bitflips")
+RESULTS_SCHEMA = "lesion-report/2 (docs/REPORT_SCHEMA.md)"
 
 
 @dataclass
@@ -128,7 +129,30 @@ def stage_crash(ctx: ReportContext) -> dict[str, Any]:
                     tolerated = p["faults"]
                 row[key] = tolerated
             tolerance.append(row)
-    return {"rows": rows, "tolerance": tolerance, "inputs": len(x), "C": list(C.values), "figures": [plot.name]}
+    certified = _certified_crashes(ctx, structure, x, rows)
+    return {"rows": rows, "tolerance": tolerance, "certified": certified, "inputs": len(x), "C": list(C.values),
+            "figures": [plot.name]}
+
+
+def _certified_crashes(ctx: ReportContext, structure: Any, x: torch.Tensor, rows: list[dict[str, Any]]
+                       ) -> list[dict[str, Any]]:
+    """Per hidden layer, the certified worst case (issue 19) of f = 1..3 crashes, and the most crashes it
+    certifies within ε = 1 beside measured Omega_av's answer."""
+    from lesion.cli.crash_worst import largest_within
+    from lesion.crash.worst import worst_case
+    from lesion.report.scorecard import CERTIFIED_EPSILON
+
+    out = []
+    for layer in range(1, structure.depth + 1):
+        faults = list(range(1, min(3, structure.widths[layer - 1]) + 1))
+        found = worst_case(structure, x, layer, faults, time_limit=ctx.size(1.0, 4.0))
+        measured = [r["omega_av"] for r in rows if r["layer"] == layer]
+        out.append({"layer": layer, "epsilon": CERTIFIED_EPSILON, "faults": faults,
+                    "omega_max_lower": [w.omega_max_lower for w in found],
+                    "omega_max_upper": [w.omega_max_upper for w in found],
+                    "certified": largest_within(faults, [w.omega_max_upper for w in found], CERTIFIED_EPSILON),
+                    "by_omega_av": largest_within(list(range(1, len(measured) + 1)), measured, CERTIFIED_EPSILON)})
+    return out
 
 
 def stage_geometry(ctx: ReportContext) -> dict[str, Any]:
@@ -311,14 +335,19 @@ def run_report(ctx: ReportContext, stages: tuple[str, ...] = STAGES, log: Callab
         results[name] = result
         estimate = "" if plan is None else f" (estimated {plan.chosen[name].seconds:,.1f} s)"
         log(f"[{i}/{len(stages)}] {name}: done in {result['seconds']:.1f} s{estimate}")
-    write_json(ctx.out / "results.json", {"provenance": provenance(**key), **results})
     from lesion.report.html import render
-    from lesion.report.sections import build_sections
+    from lesion.report.markdown import render_markdown
+    from lesion.report.scorecard import build_scorecard
+    from lesion.report.sections import build_sections, summary_section
 
+    card = build_scorecard(results)
+    write_json(ctx.out / "results.json", {"schema": RESULTS_SCHEMA, "provenance": provenance(**key),
+                                          "scorecard": card, **results})
     subtitle = (f"model {ctx.model_info.get('source')} ({ctx.model_info.get('digest')}), data {ctx.data.name}; "
                 f"{'quick' if ctx.quick else 'full'} run, seed {ctx.seed}")
-    page = render("lesion resilience report", subtitle, build_sections(results, ctx.out))
+    sections = [summary_section(card), *build_sections(results, ctx.out)]
     html_path = ctx.out / "report.html"
-    html_path.write_text(page)
+    html_path.write_text(render("lesion resilience report", subtitle, sections))
+    (ctx.out / "report.md").write_text(render_markdown("lesion resilience report", subtitle, sections))
     return html_path
 

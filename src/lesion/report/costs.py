@@ -297,7 +297,7 @@ def _new_recovery_problem(ctx: ReportContext) -> tuple[Any, str] | str:
     return "no site whose deletion lesion can repair: " + "; ".join(reasons[:3])
 
 
-BIT_RATES = (1e-6, 1e-5, 1e-4, 1e-3)
+BIT_RATES = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4)  # from rare to every pattern failing on small nets
 SINGLE_BITS = (31, 30, 29, 28, 27)
 
 

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lesion.report.html import Section
+from lesion.report.html import Link, Section
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -36,6 +36,19 @@ def _skipped(section: Section, result: dict[str, Any]) -> bool:
         section.paragraphs.append(f"Not computed: {result['skipped']}.")
         return True
     return False
+
+
+def summary_section(card: list[dict[str, Any]]) -> Section:
+    """The summary first (issue 21): one row per scorecard entry, with its interval and a link to its section."""
+    s = Section("summary", "Summary")
+    s.paragraphs.append("The figures that decide, each read from the section it links to; intervals are 95%.")
+    rows = []
+    for entry in card:
+        interval = entry.get("interval")
+        shown = "–" if not interval or None in interval else f"{fmt(interval[0])}–{fmt(interval[1])}"
+        rows.append([entry["label"], entry["text"], shown, Link(f"section {entry['section']}", f"#{entry['section']}")])
+    s.tables.append((["figure", "value", "interval", "from"], rows))
+    return s
 
 
 def build_sections(results: dict[str, Any], out: Path) -> list[Section]:
@@ -71,6 +84,14 @@ def build_sections(results: dict[str, Any], out: Path) -> list[Section]:
         s.tables.append((["layer", "error budget ε", "tolerated f by Erf", "by Erf_av", "by measured Omega_av"],
                          [[str(t["layer"]), fmt(t["epsilon"]), str(t["erf"]), str(t["erf_av"]), str(t["omega_av"])]
                           for t in crash["tolerance"]]))
+        if crash.get("certified"):
+            s.paragraphs.append("Certified worst case (every crash set, every input; `lesion crash worst`): Omega_max "
+                                "bracketed by [lower, upper] — lower attained by a crash set found, upper a proof.")
+            s.tables.append((["layer", "f", "Omega_max lower", "Omega_max upper", "certified within ε"],
+                             [[str(c["layer"]), str(f), fmt(lo), fmt(hi), fmt(hi <= c["epsilon"])]
+                              for c in crash["certified"]
+                              for f, lo, hi in zip(c["faults"], c["omega_max_lower"], c["omega_max_upper"],
+                                                   strict=True)]))
         s.figures += _figures(crash, out, {"crash.png": "Omega_av (solid) and Erf_av (dashed) against f"})
     sections.append(s)
 

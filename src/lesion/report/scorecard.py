@@ -1,0 +1,135 @@
+"""The report's summary (issue 21, item 1): the figures that decide, read off the stages' results — never
+recomputed, so that each equals the number in its section — each with its interval and its section.
+
+Entries (`key`: what it is):
+- `clean_accuracy`: test accuracy with its Wilson interval (section network);
+- `tolerated_deletion:<site>`: the fraction of a site's units that can be deleted (random order) before mean
+  accuracy falls below 90% of clean, interpolated on the deletion curve; interval: where the curve's 95% band
+  crosses the same level (section breakdown);
+- `most_vulnerable_site`: the site with the smallest tolerated fraction (breakdown);
+- `certified_crashes`: per hidden layer of an MLP, the most crashes whose certified worst case keeps every
+  output within ε = 1 (raw outputs, ‖·‖∞), beside the measured Omega_av's answer (crash);
+- `ber_failure_1pct`, `ber_failure_10pct`: the float32 bit-error rate at which the failure rate reaches 1% and
+  10%, interpolated in log10(rate); interval from the failure rate's Wilson interval (bitflips);
+- `most_damaging_bit`: the single bit flip that costs most accuracy (bitflips);
+- `perturbation`: accuracy at ‖du‖ = 1, random directions against the adversarial one (geometry);
+- `best_recovery`: the best repair and the share of the lost accuracy it gets back (recovery).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from lesion.geometry.breakdown_predict import crossing_fraction
+
+SHARE = 0.9  # break-down: mean accuracy below this share of clean (the breakdown stage's definition)
+CERTIFIED_EPSILON = 1.0
+
+
+def _entry(key: str, label: str, value: Any, text: str, section: str, interval: Sequence[float] | None = None,
+           **extra: Any) -> dict[str, Any]:
+    return {"key": key, "label": label, "value": value, "interval": None if interval is None else list(interval),
+            "text": text, "section": section, **extra}
+
+
+def tolerated_fraction(curve: dict[str, Any], share: float = SHARE) -> tuple[float | None, list[float | None]]:
+    """(where the mean curve falls below share × clean, [lower, upper] where its 95% band does)."""
+    level = share * curve["clean_accuracy"]
+    fractions = curve["fractions"]
+    low = [ci[0] for ci in curve["accuracy_ci"]]
+    high = [ci[1] for ci in curve["accuracy_ci"]]
+    return (crossing_fraction(fractions, curve["accuracy"], level),
+            [crossing_fraction(fractions, low, level), crossing_fraction(fractions, high, level)])
+
+
+def ber_at_failure(rates: list[dict[str, Any]], level: float) -> tuple[float | None, list[float | None], str]:
+    """The bit-error rate where the failure rate reaches `level` (log-linear interpolation), its interval
+    from the Wilson bounds, and a note when it lies outside the rates tried."""
+
+    def crossing(values: list[float]) -> float | None:
+        logs = [math.log10(r["ber"]) for r in rates]
+        for i in range(1, len(rates)):
+            if values[i - 1] < level <= values[i]:
+                t = (level - values[i - 1]) / (values[i] - values[i - 1])
+                return 10 ** (logs[i - 1] + t * (logs[i] - logs[i - 1]))
+        return None
+
+    mean = [r["failure_rate"]["rate"] for r in rates]
+    value = crossing(mean)
+    # a higher failure-rate curve reaches the level at a lower rate
+    interval = [crossing([r["failure_rate"]["ci"][1] for r in rates]),
+                crossing([r["failure_rate"]["ci"][0] for r in rates])]
+    note = ""
+    if value is None:
+        note = (f"below {rates[0]['ber']:g} (already {mean[0]:.1%} there)" if mean and mean[0] >= level
+                else f"above {rates[-1]['ber']:g} (only {mean[-1]:.1%} there)" if mean else "no rates")
+    return value, interval, note
+
+
+def build_scorecard(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The summary entries for the stages that ran (see the module note); a stage that was skipped gives an
+    entry saying so."""
+    card: list[dict[str, Any]] = []
+    net = results.get("network", {})
+    if net.get("clean"):
+        clean = net["clean"]
+        card.append(_entry("clean_accuracy", "clean test accuracy", clean["accuracy"],
+                           f"{clean['accuracy']:.4f} on {clean['n']} test inputs", "network", clean["accuracy_ci"]))
+    bd = results.get("breakdown", {})
+    if bd.get("curves"):
+        worst = None
+        for curve in bd["curves"]:
+            value, interval = tolerated_fraction(curve)
+            shown = "never below 90% of clean" if value is None else (
+                f"{value:.0%} of {curve['units']} units (about {int(value * curve['units'])})")
+            card.append(_entry(f"tolerated_deletion:{curve['layer']}", f"deletions tolerated, {curve['layer']}",
+                               value, shown, "breakdown", interval))
+            if value is not None and (worst is None or value < worst[1]):
+                worst = (curve["layer"], value)
+        if worst:
+            card.append(_entry("most_vulnerable_site", "most vulnerable site", worst[0],
+                               f"{worst[0]}: breaks down after {worst[1]:.0%} of its units", "breakdown"))
+    elif "skipped" in bd:
+        card.append(_entry("tolerated_deletion", "deletions tolerated", None, f"not computed: {bd['skipped']}",
+                           "breakdown"))
+    crash = results.get("crash", {})
+    for row in crash.get("certified", []):
+        card.append(_entry(f"certified_crashes:{row['layer']}", f"crashes certified, hidden layer {row['layer']}",
+                           row["certified"],
+                           f"{row['certified']} (every crash set keeps every output within ε = {row['epsilon']:g}); "
+                           f"measured Omega_av allows {row['by_omega_av']}", "crash"))
+    bits = results.get("bitflips", {})
+    if bits.get("rates"):
+        for level, key in ((0.01, "ber_failure_1pct"), (0.10, "ber_failure_10pct")):
+            value, interval, note = ber_at_failure(bits["rates"], level)
+            card.append(_entry(key, f"bit-error rate at {level:.0%} failures", value,
+                               note or f"{value:.2g} (float32, all weights)", "bitflips", interval))
+        if bits.get("single_bits"):
+            b = bits["single_bits"][0]
+            card.append(_entry("most_damaging_bit", "most damaging single bit", b["accuracy"],
+                               f"bit {b['bit']} ({b['bit_name']}) of {b['param']}[{b['index']}]: accuracy "
+                               f"{b['accuracy']:.4f}", "bitflips"))
+    att = results.get("geometry", {}).get("attack")
+    if att:
+        r = att["random_accuracy"]
+        card.append(_entry("perturbation", "accuracy at ‖du‖ = 1: random / adversarial",
+                           [r["mean"], att["adversarial_accuracy"]],
+                           f"{r['mean']:.4f} random (95% CI {r['ci'][0]:.4f}–{r['ci'][1]:.4f}) against "
+                           f"{att['adversarial_accuracy']:.4f} adversarial", "geometry", r["ci"]))
+    rec = results.get("recovery", {})
+    if rec.get("methods"):
+        methods = rec["methods"]
+        best_name, best = max(methods.items(), key=lambda item: (item[1]["accuracy"], -item[1]["epoch_equivalents"]))
+        naive = methods.get("naive", {}).get("accuracy")
+        clean = net.get("clean", {}).get("accuracy")
+        regained = None
+        if naive is not None and clean is not None and clean > naive:
+            regained = (best["accuracy"] - naive) / (clean - naive)
+        card.append(_entry("best_recovery", "best recovery", best_name,
+                           f"{best_name}: {best['accuracy']:.4f} at {best['epoch_equivalents']:.3g} epoch-equivalents"
+                           + ("" if regained is None else f"; gets back {regained:.0%} of what the damage cost"),
+                           "recovery",
+                           regained=regained))
+    return card
