@@ -372,3 +372,24 @@ def test_trained_char_gpt2_damage_costs_accuracy_as_a_hand_edit_does():
         hand.transformer.h[0].mlp.c_proj.weight.zero_()  # every MLP neuron of block 0 silent
     assert by_neurons == pytest.approx(evaluate(hand, x, y).accuracy, abs=1e-12)
     assert clean - by_heads > 0.03 and clean - by_neurons > 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,data", [("resnet18", "mnist5k"), ("vit", "mnist5k"), ("bert", "text-cls"),
+                                       ("gpt2", "text"), ("encoder", "text-cls")])
+def test_quick_report_on_every_zoo_model(name, data, tmp_path):
+    """Every stage of `lesion report --quick` runs on the zoo's real architectures, or says why not; the summary
+    is built from what ran."""
+    from lesion.cli import main
+
+    path = tmp_path / f"{name}.pt"
+    torch.save(getattr(zoo, name)(), path)
+    out = tmp_path / "r"
+    assert main(["report", "--quick", "--model", str(path), "--data", data, "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    for stage in ("network", "crash", "geometry", "breakdown", "recovery", "bitflips"):
+        result = results[stage]
+        assert "skipped" in result and result["skipped"] or len(result) > 2, (stage, result)
+    assert results["scorecard"][0]["key"] == "clean_accuracy"
+    page = (out / "report.html").read_text()
+    assert page.index("<section id='summary'>") < page.index("<section id='network'>")
