@@ -177,11 +177,17 @@ def test_largest_within_reads_a_prefix():
     assert largest_within([1, 2, 3], [0.1, 0.1, 0.1], 0.3) == 3
 
 
-def test_cli_crash_worst(tmp_path, capsys):
-    model, config = build_net("mlp:6,5", (4,), 3, seed=0)
+def checkpoint_and_inputs(tmp_path, seed: int, inputs: int):
+    """A 4-6-5-3 MLP checkpoint and `inputs` random inputs in an npz file."""
+    model, config = build_net("mlp:6,5", (4,), 3, seed=seed)
     ckpt = save_checkpoint(tmp_path / "m.pt", model, "mlp:6,5", config)
-    x = np.random.default_rng(0).random((25, 4)).astype(np.float32)
+    x = np.random.default_rng(seed).random((inputs, 4)).astype(np.float32)
     np.savez(tmp_path / "x.npz", x=x)
+    return model, ckpt, x
+
+
+def test_cli_crash_worst(tmp_path, capsys):
+    model, ckpt, x = checkpoint_and_inputs(tmp_path, 0, 25)
     out = tmp_path / "w.json"
     assert main(["crash", "worst", "--model", str(ckpt), "--data", f"npz:{tmp_path / 'x.npz'}", "--faults", "1-3",
                  "--time-limit", "5", "--epsilon", "0.05", "--json", str(out)]) == 0
@@ -204,10 +210,7 @@ def test_cli_crash_worst(tmp_path, capsys):
 
 
 def test_monte_carlo_omega_is_bracketed_by_the_certificate(tmp_path):
-    model, config = build_net("mlp:6,5", (4,), 3, seed=1)
-    ckpt = save_checkpoint(tmp_path / "m.pt", model, "mlp:6,5", config)
-    x = np.random.default_rng(1).random((20, 4)).astype(np.float32)
-    np.savez(tmp_path / "x.npz", x=x)
+    model, ckpt, x = checkpoint_and_inputs(tmp_path, 1, 20)
     out = tmp_path / "mc.json"
     assert main(["crash", "omega", "--model", str(ckpt), "--data", f"npz:{tmp_path / 'x.npz'}", "--faults", "2",
                  "--samples", "8", "--certify-seconds", "2", "--json", str(out)]) == 0
