@@ -393,3 +393,19 @@ def test_quick_report_on_every_zoo_model(name, data, tmp_path):
     assert results["scorecard"][0]["key"] == "clean_accuracy"
     page = (out / "report.html").read_text()
     assert page.index("<section id='summary'>") < page.index("<section id='network'>")
+
+
+def test_batched_unit_damage_on_a_model_returning_a_model_output():
+    """A transformers model used as it is (its forward returns a SequenceClassifierOutput): the batched engine
+    reads its logits like the one-configuration path (it used to fail concatenating the outputs)."""
+    from lesion.damage import Explicit, Target, UnitCrash, batched_damaged_outputs, damaged_outputs, realise
+
+    model = zoo.bert()
+    ids = torch.randint(0, 97, (6, 64), generator=torch.Generator().manual_seed(0))
+    target = Target(model, example=ids[:2])
+    site = target.site("bert.encoder.layer.0.intermediate.intermediate_act_fn")
+    configs = [realise(target, [UnitCrash(site.name, Explicit(units))], torch.Generator())
+               for units in ((0, 5), (7,), tuple(range(30)))]
+    batched = batched_damaged_outputs(model, configs, ids)
+    for config, out in zip(configs, batched, strict=True):
+        assert torch.allclose(out, damaged_outputs(model, config, ids), atol=1e-5)

@@ -186,7 +186,7 @@ def _suffix_runner(model: nn.Module, leaves: list[tuple[str, nn.Module]] | None,
             for _, module, names in owned:
                 local = {local: params[full] for full, local in names.items() if full in params}
                 h = functional_call(module, local, (h,), strict=False) if local else module(h)
-            return h
+            return as_rows(select_output(h))  # the rules of `SiteHooks.run` (a ModelOutput gives its logits)
         finally:
             hooks.current = {}
 

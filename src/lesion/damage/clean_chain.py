@@ -47,7 +47,10 @@ class CleanChain:
         with traceable(model):
             h = x
             for _, module in leaves:
-                h = torch.cat([module(h[i:i + input_batch]) for i in range(0, len(h), input_batch)])
+                parts = [module(h[i:i + input_batch]) for i in range(0, len(h), input_batch)]
+                if not all(isinstance(p, torch.Tensor) for p in parts):
+                    return None  # a leaf returns a dict or ModelOutput: not a chain of tensors
+                h = torch.cat(parts)
                 total += h.numel() * h.element_size()
                 if total > limit_bytes:
                     return None

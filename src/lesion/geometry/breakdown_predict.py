@@ -39,6 +39,7 @@ from torch import nn
 
 from lesion.damage import Explicit, Target, UnitCrash, batched_damaged_outputs, realise
 from lesion.damage.apply import SiteHooks
+from lesion.damage.chain import chain_leaves
 from lesion.errors import LesionError
 from lesion.functional import eval_mode, parameters_of
 from lesion.sites import Site
@@ -46,6 +47,7 @@ from lesion.stats import clipped_interval
 
 METHODS = ("probe", "margin", "margin-steps", "margin-calibrated")
 BACKWARD_COST = 2.0  # a backward pass costs about two forward passes
+SMALL_CHUNK = 8  # configurations a step for models that are not chains of modules
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,10 @@ class BreakdownProblem:
             raise LesionError(f"share must be in (0, 1), got {share}")
         self.model, self.x, self.share, self.batch_size = model, x, share, batch_size
         self.target = Target(model, example=x[:2])
+        leaves = chain_leaves(model)
+        # the damage engine sizes its chunks by the leaf modules' outputs: a model run as one piece (attention
+        # computed by functions) can need far more per configuration, so its configurations go a few at a time
+        self.chunk = None if leaves is not None and len(leaves) > 1 else SMALL_CHUNK
         self.site = self.target.site(layer, "unit")
         self.layer = self.site.name
         self.width = self.site.width
@@ -106,7 +112,8 @@ class BreakdownProblem:
         """Raw outputs (configurations, rows, classes) with each set of units deleted."""
         configs = [realise(self.target, [UnitCrash(self.layer, Explicit(tuple(int(u) for u in units)))]
                            if len(units) else [], torch.Generator()) for units in deleted_sets]
-        return batched_damaged_outputs(self.model, configs, self.x)
+        return batched_damaged_outputs(self.model, configs, self.x, chunk_size=self.chunk,
+                                       input_batch=self.batch_size)
 
     def estimated_accuracy(self, deleted_sets: Sequence[Sequence[int]]) -> np.ndarray:
         """Â / Â(undamaged) for each set of deleted units (label-free; one forward pass each)."""
