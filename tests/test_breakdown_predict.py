@@ -150,3 +150,10 @@ def test_cli_breakdown_predict(tmp_path, capsys):
     assert "predicted without labels" in capsys.readouterr().out
     assert main(["breakdown", "--model", str(ckpt), "--data", f"npz:{tmp_path / 'd.npz'}", "--predict",
                  "--from", "1.5"]) == 2
+    own = tmp_path / "own.json"  # the user's own list of dead units
+    assert main(["breakdown", "--model", str(ckpt), "--data", f"npz:{tmp_path / 'd.npz'}", "--paths", "0",
+                 "--points", "5", "--predict", "margin", "--deleted", "1,4,7", "--json", str(own)]) == 0
+    assert json.loads(own.read_text())["prediction"]["from"] == pytest.approx(0.3)
+    for bad in (["--deleted", "1,1"], ["--deleted", "10"], ["--deleted", "1", "--from", "0.2"], ["--deleted", "x"]):
+        assert main(["breakdown", "--model", str(ckpt), "--data", f"npz:{tmp_path / 'd.npz'}", "--paths", "0",
+                     "--predict", *bad]) == 2

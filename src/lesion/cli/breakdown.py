@@ -20,6 +20,17 @@ from lesion.errors import LesionError
 METHODS = ("probe", "margin", "margin-steps", "margin-calibrated")  # lesion.geometry.breakdown_predict.METHODS
 
 
+def unit_list(text: str) -> list[int]:
+    """`3,17,42` → unit indices."""
+    try:
+        units = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be unit indices like 3,17,42, got {text!r}") from None
+    if not units or min(units) < 0:
+        raise argparse.ArgumentTypeError(f"must be unit indices ≥ 0 like 3,17,42, got {text!r}")
+    return units
+
+
 def fraction_below_one(text: str) -> float:
     """A fraction in [0, 1)."""
     try:
@@ -89,7 +100,14 @@ def _prediction(args: argparse.Namespace, model: Any, data: Any, layer: str) -> 
 
     free = BreakdownProblem(model, data.x_train[: args.predict_inputs], layer, args.share)
     width = free.width
-    deleted = np.random.default_rng(args.seed + 77).permutation(width)[: int(round(args.start * width))].tolist()
+    if args.deleted is not None:
+        if args.start:
+            raise LesionError("give either --from (a random damage) or --deleted (the units already gone), not both")
+        deleted = args.deleted
+        if any(u >= width for u in deleted) or len(set(deleted)) != len(deleted):
+            raise LesionError(f"--deleted takes distinct unit indices of {layer}, 0..{width - 1}")
+    else:
+        deleted = np.random.default_rng(args.seed + 77).permutation(width)[: int(round(args.start * width))].tolist()
     prediction = predict_breakdown(model, free.x, layer, args.predict, deleted, args.share, seed=args.seed,
                                    problem=free)
     measured = measured_breakdown(model, data.x_test, data.y_test, layer, deleted, args.share, seed=args.seed)
@@ -123,6 +141,8 @@ def register(sub: Any) -> None:
     p.add_argument("--from", dest="start", type=fraction_below_one, default=0.0, metavar="T",
                    help="with --predict: the network already lost this fraction of the layer's units (a random "
                         "set); predicts, and measures with labels, from there (default 0)")
+    p.add_argument("--deleted", type=unit_list, metavar="U1,U2,...",
+                   help="with --predict: the units of the layer already gone (0-based indices), instead of --from")
     p.add_argument("--predict-inputs", type=positive_int, default=1000, metavar="N",
                    help="unlabelled training inputs for --predict (default 1000)")
     add_common(p)
