@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lesion.cli import main
-from lesion.cli.crash_worst import largest_within
 from lesion.crash import CrashBudget, mlp_structure
 from lesion.crash.propagate import CrashPropagation, relax, top_sum
+from lesion.crash.tolerance import largest_within
 from lesion.crash.worst import worst_case
 from lesion.crash.worst_additive import per_input_maxima
 from lesion.nets import build_net, save_checkpoint
@@ -172,9 +172,9 @@ def test_propagation_refuses_what_it_cannot_bound():
 
 
 def test_largest_within_reads_a_prefix():
-    assert largest_within([1, 2, 3, 4], [0.1, 0.2, 0.5, 0.1], 0.3) == 2
-    assert largest_within([1, 2], [0.4, 0.1], 0.3) == 0
-    assert largest_within([1, 2, 3], [0.1, 0.1, 0.1], 0.3) == 3
+    assert largest_within([0.1, 0.2, 0.5, 0.1], 0.3, [1, 2, 3, 4]) == 2
+    assert largest_within([0.4, 0.1], 0.3) == 0
+    assert largest_within([0.1, 0.1, 0.1], 0.3, [1, 2, 3]) == 3
 
 
 def checkpoint_and_inputs(tmp_path, seed: int, inputs: int):
@@ -201,7 +201,7 @@ def test_cli_crash_worst(tmp_path, capsys):
     assert all(e >= r["omega_max_upper"] for e, r in zip(report["erf"], report["results"], strict=True))
     query = report["certification"]
     uppers = [r["omega_max_upper"] for r in report["results"]]
-    assert query["certified"] == largest_within([1, 2, 3], uppers, 0.05) and query["at_most"] >= query["certified"]
+    assert query["certified"] == largest_within(uppers, 0.05, [1, 2, 3]) and query["at_most"] >= query["certified"]
     assert "certified" in capsys.readouterr().out
     assert main(["crash", "worst", "--model", str(ckpt), "--data", f"npz:{tmp_path / 'x.npz'}", "--faults", "2",
                  "--layer", "1,2"]) == 2

@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from typing import Any
 
 from lesion.cli.options import Formatter, add_common, add_data, positive_float, positive_int
+from lesion.crash.tolerance import largest_within
 from lesion.errors import LesionError
-
-
-def largest_within(faults: Sequence[int], values: Sequence[float], epsilon: float) -> int:
-    """The largest f of `faults` (ascending from 1, no gaps) such that every f' ≤ f has its value ≤ ε; 0 when
-    f = 1 already exceeds it."""
-    tolerated = 0
-    for expected, (f, value) in enumerate(zip(faults, values, strict=True), start=1):
-        if f != expected or value > epsilon:
-            break
-        tolerated = f
-    return tolerated
 
 
 def certification(results: list[dict[str, Any]], erf: list[float], erf_av: list[float], epsilon: float
@@ -29,10 +18,10 @@ def certification(results: list[dict[str, Any]], erf: list[float], erf_av: list[
     if faults != list(range(1, len(faults) + 1)):
         raise LesionError("--epsilon needs --faults to start at 1 without gaps (a range like 1-10)")
     return {"epsilon": epsilon,
-            "certified": largest_within(faults, [r["omega_max_upper"] for r in results], epsilon),
-            "at_most": largest_within(faults, [r["omega_max_lower"] for r in results], epsilon),
-            "by_erf": largest_within(faults, erf, epsilon),
-            "by_erf_av": largest_within(faults, erf_av, epsilon)}
+            "certified": largest_within([r["omega_max_upper"] for r in results], epsilon, faults),
+            "at_most": largest_within([r["omega_max_lower"] for r in results], epsilon, faults),
+            "by_erf": largest_within(erf, epsilon, faults),
+            "by_erf_av": largest_within(erf_av, epsilon, faults)}
 
 
 def _cmd_worst(args: argparse.Namespace) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from lesion.crash.propagate import CrashPropagation
+from lesion.crash.propagate import NEG, CrashPropagation
 
 
 def raw_spec(m: int) -> torch.Tensor:
@@ -78,22 +78,22 @@ class DistanceBound:
         rise = (high - p).gather(1, k.view(-1, 1)).squeeze(1) >= (p - low).gather(1, k.view(-1, 1)).squeeze(1)
         # the row that most limits the bound: for a rise of p_k, Δ_k − Δ_j largest; for a fall, Δ_j − Δ_k
         rows_k = torch.where(rise.view(-1, 1), U[torch.arange(B), k], U[torch.arange(B), :, k])
-        rows_k[torch.arange(B), k] = NEG_INF
+        rows_k[torch.arange(B), k] = NEG
         j = rows_k.argmax(-1)
         first, second = torch.where(rise, k, j), torch.where(rise, j, k)
         index = first * (m - 1) + second - (second > first).long()
         return value, index
 
 
-NEG_INF = -float("inf")
+def output_distance(after: torch.Tensor, clean: torch.Tensor, output: str) -> torch.Tensor:
+    """‖F_S(x) − F(x)‖∞ over the last axis, of raw outputs or of their softmax (SPEC §2.1)."""
+    if output == "softmax":
+        after, clean = torch.softmax(after, -1), torch.softmax(clean, -1)
+    return (after - clean).abs().amax(-1)
 
 
 def distances(propagation: CrashPropagation, output: str, rows: torch.Tensor, crashed: torch.Tensor
               ) -> torch.Tensor:
     """d(x, S) for inputs `rows` and crash-set masks `crashed` (B, N), by a forward of the layers after the
     crash, in float64."""
-    after = propagation.outputs_after(rows, crashed)
-    clean = propagation.outputs[rows]
-    if output == "softmax":
-        after, clean = torch.softmax(after, -1), torch.softmax(clean, -1)
-    return (after - clean).abs().amax(-1)
+    return output_distance(propagation.outputs_after(rows, crashed), propagation.outputs[rows], output)

@@ -15,6 +15,7 @@ import time
 
 import torch
 
+from lesion.crash.distance_bounds import output_distance
 from lesion.crash.propagate import CrashPropagation
 
 CANDIDATE_BYTES = 32 << 20  # working tensor of one chunk of candidate evaluations
@@ -29,12 +30,6 @@ def _forward_from(prop: CrashPropagation, z: torch.Tensor) -> torch.Tensor:
             bias = prop.biases[j + 1]
             z = z @ prop.weights[j + 1].T + (0 if bias is None else bias)
     return z
-
-
-def _distance(prop: CrashPropagation, output: str, out: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-    if output == "softmax":
-        out, clean = torch.softmax(out, -1), torch.softmax(clean, -1)
-    return (out - clean).abs().amax(-1)
 
 
 def _base(prop: CrashPropagation, rows: torch.Tensor, crashed: torch.Tensor) -> torch.Tensor:
@@ -57,7 +52,7 @@ def added(prop: CrashPropagation, output: str, rows: torch.Tensor, crashed: torc
         r, c = rows[lo:lo + step], crashed[lo:lo + step]
         column = prop.hidden[r].unsqueeze(-1) * W.T.unsqueeze(0)  # (b, N, N_{l+1}): unit i's part of z
         z = _base(prop, r, c).unsqueeze(1) - column
-        d = _distance(prop, output, _forward_from(prop, z), prop.outputs[r].unsqueeze(1))
+        d = output_distance(_forward_from(prop, z), prop.outputs[r].unsqueeze(1), output)
         out.append(d.masked_fill(c, -float("inf")))
     return torch.cat(out)
 
@@ -100,7 +95,7 @@ def _swapped(prop: CrashPropagation, output: str, rows: torch.Tensor, crashed: t
         back = h[:, members].unsqueeze(-1) * W.T[members].unsqueeze(0)  # (b, |S|, N1): restore u
         away = h[:, others].unsqueeze(-1) * W.T[others].unsqueeze(0)  # (b, N−|S|, N1): crash v
         z = base[:, None, None, :] + back.unsqueeze(2) - away.unsqueeze(1)
-        out.append(_distance(prop, output, _forward_from(prop, z), prop.outputs[r][:, None, None, :]))
+        out.append(output_distance(_forward_from(prop, z), prop.outputs[r][:, None, None, :], output))
     return torch.cat(out), members, others
 
 

@@ -38,11 +38,14 @@ class Tolerance:
         return asdict(self)
 
 
-def _largest_within(values: Sequence[float], limit: float) -> int:
-    """Largest f (values[f − 1] is the figure for f crashes) with every f' ≤ f within the limit."""
+def largest_within(values: Sequence[float], limit: float, faults: Sequence[int] | None = None) -> int:
+    """The largest f such that every f' ≤ f keeps its figure within the limit; values[i] is the figure for
+    faults[i] crashes (default f = i + 1), the faults ascending from 1 without gaps (a gap ends the reading);
+    0 when f = 1 already exceeds it."""
+    faults = range(1, len(values) + 1) if faults is None else faults
     tolerated = 0
-    for f, value in enumerate(values, start=1):
-        if value > limit:
+    for expected, (f, value) in enumerate(zip(faults, values, strict=True), start=1):
+        if f != expected or value > limit:
             break
         tolerated = f
     return tolerated
@@ -78,6 +81,6 @@ def tolerance(structure: MLPStructure, epsilon: float, C: OutputBounds, layers: 
         curve.append(point)
         if min(erfs[-1], erf_avs[-1]) > limit and not measuring:
             break
-    return Tolerance(epsilon, epsilon_own, tuple(layers), _largest_within(erfs, limit),
-                     _largest_within(erf_avs, limit), _largest_within(omegas, limit) if x is not None else None,
+    return Tolerance(epsilon, epsilon_own, tuple(layers), largest_within(erfs, limit),
+                     largest_within(erf_avs, limit), largest_within(omegas, limit) if x is not None else None,
                      curve, C.source)

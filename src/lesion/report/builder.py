@@ -138,7 +138,7 @@ def _certified_crashes(ctx: ReportContext, structure: Any, x: torch.Tensor, rows
                        ) -> list[dict[str, Any]]:
     """Per hidden layer, the certified worst case (issue 19) of f = 1..3 crashes, and the most crashes it
     certifies within ε = 1 beside measured Omega_av's answer."""
-    from lesion.cli.crash_worst import largest_within
+    from lesion.crash.tolerance import largest_within
     from lesion.crash.worst import worst_case
     from lesion.report.scorecard import CERTIFIED_EPSILON
 
@@ -150,8 +150,8 @@ def _certified_crashes(ctx: ReportContext, structure: Any, x: torch.Tensor, rows
         out.append({"layer": layer, "epsilon": CERTIFIED_EPSILON, "faults": faults,
                     "omega_max_lower": [w.omega_max_lower for w in found],
                     "omega_max_upper": [w.omega_max_upper for w in found],
-                    "certified": largest_within(faults, [w.omega_max_upper for w in found], CERTIFIED_EPSILON),
-                    "by_omega_av": largest_within(list(range(1, len(measured) + 1)), measured, CERTIFIED_EPSILON)})
+                    "certified": largest_within([w.omega_max_upper for w in found], CERTIFIED_EPSILON, faults),
+                    "by_omega_av": largest_within(measured, CERTIFIED_EPSILON)})
     return out
 
 
