@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from lesion.cli.options import Formatter, add_common, add_data, positive_float, positive_int
-from lesion.crash.tolerance import largest_within
 from lesion.errors import LesionError
 
 
@@ -14,6 +13,8 @@ def certification(results: list[dict[str, Any]], erf: list[float], erf_av: list[
                   ) -> dict[str, Any]:
     """How many crashes are tolerated within ε by the certificate (every set, every input), by the crash sets
     found (no more can be), and by Erf and Erf_av."""
+    from lesion.crash.tolerance import largest_within  # lazy: the CLI starts without torch
+
     faults = [r["faults"] for r in results]
     if faults != list(range(1, len(faults) + 1)):
         raise LesionError("--epsilon needs --faults to start at 1 without gaps (a range like 1-10)")
