@@ -155,7 +155,7 @@ def test_cli_recover(tmp_path, capsys):
                  "--out", str(fixed)]) == 0
     result = json.loads(out.read_text())
     assert set(result["methods"]) == {"geodesic", "naive", "finetune", "prune-retrain", "obs", "compensate",
-                                      "obs-metric"}
+                                      "distill", "obs-metric"}
     for r in result["methods"].values():
         assert {"accuracy", "epoch_equivalents", "wall_seconds"} <= r.keys()
     assert result["methods"]["geodesic"]["progress"][-1] == 1.0 and result["methods"]["geodesic"]["path_accuracy"]

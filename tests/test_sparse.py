@@ -90,6 +90,9 @@ def test_every_fault_kind_equals_the_dense_path_and_the_hand_forward(net, text):
     hand = torch.stack([hand_forward(net, c, X) for c in configs])
     assert_same_numbers(sparse, dense)
     assert_same_numbers(sparse, hand)
+    by_class = batched_damaged_outputs(net, configs, X, chain=chain, class_major=True)  # a campaign's layout
+    assert by_class.shape == sparse.shape and by_class.permute(2, 0, 1).is_contiguous()
+    assert_same_numbers(by_class, hand)
 
 
 def test_composed_faults_and_chunks(net):
@@ -99,6 +102,7 @@ def test_composed_faults_and_chunks(net):
     dense = batched_damaged_outputs(net, configs, X, sparse=False)
     for chunk in (1, 4, None):
         assert_same_numbers(batched_damaged_outputs(net, configs, X, chunk_size=chunk), dense)
+        assert_same_numbers(batched_damaged_outputs(net, configs, X, chunk_size=chunk, class_major=True), dense)
 
 
 def test_dense_changes_go_the_dense_way(net):

@@ -92,8 +92,10 @@ def register(sub: Any) -> None:
                         "inputs), obs-metric (OBS with the whole network's metric on 64 inputs), "
                         "compensate (each deleted unit modelled as an affine function of the kept units of its site, "
                         "ridge regression on unlabelled calibration inputs, folded into the layer that reads them), "
+                        "distill (label-free: trained towards the undamaged network's outputs on unlabelled "
+                        "inputs, 0.5 epoch-equivalents), "
                         "or M+finetune[:EPOCHS] (M, then a short fine-tune from its weights; default --budget "
-                        "epochs), e.g. compensate+finetune:0.5")
+                        "epochs) or M+distill[:EPOCHS] (default 0.5), e.g. compensate+finetune:0.5")
     p.add_argument("--calibration", type=positive_int, default=256,
                    help="unlabelled training inputs for compensate's fit (default 256)")
     p.add_argument("--ridge", type=positive_float, default=1e-3,

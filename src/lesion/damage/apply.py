@@ -206,7 +206,8 @@ def chunk_memory(device: torch.device) -> int:
 def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: torch.Tensor,
                             chunk_size: int | None = None, input_batch: int = 4096,
                             memory_bytes: int | None = None, desc: str = "damaged forward",
-                            chain: CleanChain | None = None, sparse: bool = True) -> torch.Tensor:
+                            chain: CleanChain | None = None, sparse: bool = True, class_major: bool = False
+                            ) -> torch.Tensor:
     """Outputs of every damaged network on `x`, shape (configs, inputs, outputs), in vectorised chunks.
 
     Parameters that any configuration changes are stacked along a new leading dimension (the trained value
@@ -216,6 +217,8 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
     `x`); the layers before a chunk's first damaged one are read from them, and a configuration that changes
     few values is evaluated as a difference from them (`lesion.damage.sparse`; `sparse=False` turns this off).
     The result equals looping `damaged_outputs` over the configurations, up to floating-point summation order.
+    `class_major`: the result may be a view of (outputs, configs, inputs) storage (`batch_metrics` wants that
+    layout; not contiguous, so no `.view` on it).
     """
     if not configs:
         raise LesionError("no damage configurations to evaluate")
@@ -241,7 +244,10 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
     def place(indices: list[int], outputs: torch.Tensor) -> None:
         nonlocal results
         if results is None:
-            results = outputs.new_empty((len(configs), *outputs.shape[1:]))
+            if class_major and outputs.dim() == 3:
+                results = outputs.new_empty((outputs.shape[2], len(configs), outputs.shape[1])).permute(1, 2, 0)
+            else:
+                results = outputs.new_empty((len(configs), *outputs.shape[1:]))
         results.index_copy_(0, torch.tensor(indices, device=outputs.device), outputs)
 
     with progress.bar(len(configs), desc, "config") as bar:
@@ -265,7 +271,8 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
             step = chunk_size or max(1, budget // (chain.output.element_size() * widest))
             for start in range(0, len(planned), step):
                 part = planned[start:start + step]
-                place([k for k, _ in part], engine.outputs([configs[k] for k, _ in part], [p for _, p in part]))
+                place([k for k, _ in part], engine.outputs([configs[k] for k, _ in part], [p for _, p in part],
+                                                           class_major))
                 bar.update(len(part))
         if dense:
             place(dense, _vectorised(model, [configs[k] for k in dense], x, base, chain, chunk_size, input_batch,

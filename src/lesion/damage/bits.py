@@ -10,6 +10,7 @@ Everything here is a pure tensor function: no model knowledge, inputs are never 
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Sequence
@@ -230,7 +231,7 @@ def distinct_uniform(total: int, count: int, generator: torch.Generator) -> torc
         return torch.sort(torch.randperm(total, generator=generator)[:count]).values
     # Sparse case: draw with replacement until `count` distinct values are seen. The set of distinct values is
     # exchangeable over 0..total-1, so a uniform subset of it of size `count` is a uniform subset of 0..total-1.
-    seen = torch.zeros(0, dtype=torch.int64)
+    seen = torch.unique(torch.randint(0, total, (2 * count + 16,), generator=generator, dtype=torch.int64))
     while seen.numel() < count:
         need = count - seen.numel()
         draws = torch.randint(0, total, (2 * need + 16,), generator=generator, dtype=torch.int64)
@@ -238,6 +239,17 @@ def distinct_uniform(total: int, count: int, generator: torch.Generator) -> torc
     if seen.numel() > count:
         seen = torch.sort(seen[torch.randperm(seen.numel(), generator=generator)[:count]]).values
     return seen
+
+
+@functools.lru_cache(maxsize=64)
+def _binomial_arguments(total: int, ber: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (trials, probability) tensors of `torch.binomial`, made once per rate (a campaign draws thousands)."""
+    return torch.tensor(float(total), dtype=torch.float64), torch.tensor(ber, dtype=torch.float64)
+
+
+@functools.lru_cache(maxsize=64)
+def _position_lookup(positions: tuple[int, ...]) -> torch.Tensor:
+    return torch.tensor(positions, dtype=torch.int64)
 
 
 def random_bit_positions(numel: int, ber: float, fmt: str, generator: torch.Generator,
@@ -266,12 +278,12 @@ def random_bit_positions(numel: int, ber: float, fmt: str, generator: torch.Gene
     elif ber == 1.0:
         count = total
     else:
-        drawn = torch.binomial(torch.tensor(float(total), dtype=torch.float64),
-                               torch.tensor(ber, dtype=torch.float64), generator=generator)
+        drawn = torch.binomial(*_binomial_arguments(total, ber), generator=generator)
         count = min(max(int(drawn.item()), 0), total)
     chosen = distinct_uniform(total, count, generator)
-    lookup = torch.tensor(positions, dtype=torch.int64)
-    return chosen // per_element, lookup[chosen % per_element]
+    if per_element == 32 and bits is None:  # every bit of a float32 word: shifts instead of a division
+        return chosen >> 5, chosen & 31
+    return chosen // per_element, _position_lookup(tuple(positions))[chosen % per_element]
 
 
 def bit_name(fmt: str, bit: int) -> str:

@@ -156,7 +156,8 @@ class Campaign:
 
     def _evaluate(self, indices: Sequence[int], seeds: Sequence[int]) -> list[SampleResult]:
         configs = realise_each(self.target, self.damages, seeds)
-        outputs = batched_damaged_outputs(self.model, configs, self.x, desc="configurations", chain=self.chain)
+        outputs = batched_damaged_outputs(self.model, configs, self.x, desc="configurations", chain=self.chain,
+                                          class_major=True)
         errors, accuracies, losses = batch_metrics(outputs, self.clean, self.y)
         return [SampleResult(index, seed, config.faults, float(errors[k]),
                              None if accuracies is None else float(accuracies[k]),

@@ -210,8 +210,10 @@ class SparseChain:
         return _Entries(rows, cols, delta, bias_rows, bias_delta)
 
     @torch.no_grad()
-    def outputs(self, configs: list[Realised], plans: list[Plan]) -> torch.Tensor:
-        """The damaged networks' outputs on the chain's inputs, shape (configs, inputs, outputs)."""
+    def outputs(self, configs: list[Realised], plans: list[Plan], class_major: bool = False) -> torch.Tensor:
+        """The damaged networks' outputs on the chain's inputs, shape (configs, inputs, outputs); with
+        `class_major`, a view of (outputs, configs, inputs) storage where a last Linear layer computes them
+        (`batch_metrics` reduces over classes in that layout; the product is faster that way round too)."""
         values = self.chain.values
         first = min(p.first for p in plans)
         h = values[first]
@@ -220,7 +222,8 @@ class SparseChain:
             leaf = self.leaves[i]
             state = self._override(i, state, [p.inputs.get(i) for p in plans])
             if leaf.kind == "linear":
-                state = self._linear(i, configs, [p.changes.get(i) for p in plans], state)
+                last = class_major and i == len(self.leaves) - 1
+                state = self._linear(i, configs, [p.changes.get(i) for p in plans], state, last)
             elif leaf.kind == "elementwise":
                 state = self._unmasked(i, state)
                 if state.full is not None:
@@ -274,8 +277,10 @@ class SparseChain:
         current = (at + carried) * keep[configs, cols].unsqueeze(1) + value[configs, cols].unsqueeze(1)
         return _State(state.width, keys, current - at)
 
-    def _linear(self, i: int, configs: list[Realised], changes: list[_Entries | None], state: _State) -> _State:
-        """A Linear layer: W'h' = Wh + ΔW·h' + W·Δh (module docstring), for the chunk."""
+    def _linear(self, i: int, configs: list[Realised], changes: list[_Entries | None], state: _State,
+                class_major: bool = False) -> _State:
+        """A Linear layer: W'h' = Wh + ΔW·h' + W·Δh (module docstring), for the chunk; `class_major`: the dense
+        result as a view of (outputs, configurations, inputs) storage (`outputs`)."""
         leaf, values = self.leaves[i], self.chain.values
         weight = self.base[leaf.weight]
         h, clean_out = values[i], values[i + 1]
@@ -300,10 +305,16 @@ class SparseChain:
             return _State(width, new_keys, out)
         if state.full is not None:  # dense already
             full = state.full
-            out = self._buffer(i + 1, len(changes))
-            torch.mm(full.reshape(-1, full.shape[2]), weight.T, out=out.view(-1, width))
-            if leaf.bias:
-                out += self.base[leaf.bias]
+            if class_major:  # W·Hᵀ: (outputs, configurations·inputs), the faster orientation for few outputs
+                out = torch.mm(weight, full.reshape(-1, full.shape[2]).T).view(width, len(changes), -1)
+                if leaf.bias:
+                    out += self.base[leaf.bias].view(-1, 1, 1)
+                out = out.permute(1, 2, 0)
+            else:
+                out = self._buffer(i + 1, len(changes))
+                torch.mm(full.reshape(-1, full.shape[2]), weight.T, out=out.view(-1, width))
+                if leaf.bias:
+                    out += self.base[leaf.bias]
             e_cfg, rows, cols, delta, b_cfg, b_rows, b_delta = entries
             contributions = full[e_cfg, :, cols] * delta.unsqueeze(1)
         elif state.keep is not None:  # unit overrides at the input, folded into the weights: W(h·k + v) = (W·k)h + Wv

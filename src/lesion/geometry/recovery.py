@@ -10,7 +10,9 @@ with D held at 0), iterative prune-then-retrain (the units deleted in R rounds, 
 one-shot OBS with the whole network's damped metric (`obs-metric`: δw = −g⁻¹E_Dᵀ(E_D g⁻¹ E_Dᵀ)⁻¹ w_D), and
 closed-form compensation on the layer that reads the deleted units, without labels or gradients
 (`lesion.geometry.compensate`): ridge regression of the deleted units on the kept ones (`compensate`) and
-layer-wise OBS from the reader's input Hessian (`obs`).
+layer-wise OBS from the reader's input Hessian (`obs`). Label-free distillation from the undamaged network
+(`distill`, `lesion.geometry.distill`) trains the damaged one towards its outputs on unlabelled inputs; it, or a
+fine-tune, may follow another method (`compensate+distill:1`).
 
 Compute is counted in epoch-equivalents: examples passed forward and backward ÷ training-set size; a row of
 the Jacobian costs one backward pass, so a geodesic step on b inputs with m outputs costs b·(m + 1) examples.
@@ -254,7 +256,9 @@ def obs_metric(problem: RecoveryProblem, batch: int | None = None, damping: floa
                         time.perf_counter() - start, details={"batch": batch, "damping": lam}), new
 
 
-METHODS = ("geodesic", "naive", "finetune", "prune-retrain", "obs", "compensate", "obs-metric")
+METHODS = ("geodesic", "naive", "finetune", "prune-retrain", "obs", "compensate", "distill", "obs-metric")
+THEN = ("finetune", "distill")  # what may follow a method: `M+finetune[:EPOCHS]`, `M+distill[:EPOCHS]`
+DISTILL_EPOCHS = 0.5  # `distill` alone, and the default after another method: a twentieth of the default budget
 
 
 OVERHEAD = 1.5  # masks, shuffling and evaluations on top of the timed optimiser steps
@@ -308,8 +312,13 @@ def estimate_seconds(problem: RecoveryProblem, methods: Sequence[str], budget: f
     seconds = 0.0
     for method in methods:
         first, _, then = method.partition("+")
-        if then:  # a fine-tune after the method
-            seconds += float(then.partition(":")[2] or budget) * epoch
+        name, _, epochs = then.partition(":")
+        if name == "finetune":  # a fine-tune after the method
+            seconds += float(epochs or budget) * epoch
+        elif name == "distill":
+            seconds += float(epochs or DISTILL_EPOCHS) * epoch
+        if first == "distill":
+            seconds += DISTILL_EPOCHS * epoch
         if first in ("finetune", "prune-retrain"):
             seconds += budget * epoch
         elif first == "geodesic":
@@ -349,19 +358,20 @@ def obs_batch(problem: RecoveryProblem) -> int:
     return max(1, min(OBS_BATCH, problem.flat.largest_jacobian_batch()))
 
 
-FOLLOW_UPS = ("naive", "geodesic", "obs", "compensate", "obs-metric")  # methods a short fine-tune may follow
+FOLLOW_UPS = ("naive", "geodesic", "obs", "compensate", "obs-metric")  # methods a fine-tune or distillation may follow
 
 
 def parse_methods(text: str) -> list[str]:
-    """`all` (every method of METHODS), or a comma list of METHODS and combinations `M+finetune[:EPOCHS]` (M in
-    FOLLOW_UPS: the method, then a fine-tune of EPOCHS epochs, default the budget, from its weights)."""
+    """`all` (every method of METHODS), or a comma list of METHODS and combinations `M+finetune[:EPOCHS]` or
+    `M+distill[:EPOCHS]` (M in FOLLOW_UPS: the method, then a fine-tune of EPOCHS epochs, default the budget, or a
+    label-free distillation of EPOCHS epoch-equivalents, default DISTILL_EPOCHS, from its weights)."""
     if text.strip() == "all":
         return list(METHODS)
     methods = [m.strip() for m in text.split(",") if m.strip()]
     for method in methods:
         first, plus, then = method.partition("+")
         name, _, epochs = then.partition(":")
-        bad = first not in METHODS or (plus and (first not in FOLLOW_UPS or name != "finetune"))
+        bad = first not in METHODS or (plus and (first not in FOLLOW_UPS or name not in THEN))
         if not bad and epochs:
             try:
                 bad = not 0 < float(epochs) < float("inf")
@@ -369,7 +379,8 @@ def parse_methods(text: str) -> list[str]:
                 bad = True
         if bad:
             raise LesionError(f"unknown recovery method {method!r}: {', '.join(METHODS)}, all, or "
-                              f"M+finetune[:EPOCHS] with M in {', '.join(FOLLOW_UPS)} (e.g. compensate+finetune:0.5)")
+                              f"M+finetune[:EPOCHS] or M+distill[:EPOCHS] with M in {', '.join(FOLLOW_UPS)} "
+                              "(e.g. compensate+finetune:0.5)")
     if not methods:
         raise LesionError("give at least one recovery method")
     return methods
@@ -386,12 +397,17 @@ def recover(problem: RecoveryProblem, methods: Sequence[str], budget: float = 10
         first, _, then = method.partition("+")
         result, w = _run_method(problem, first, budget, seed, geodesic_options, compensate_options)
         if then:
-            epochs = float(then.partition(":")[2] or budget)
-            tuned, w = finetune(problem, epochs, seed, start_weights=w)
+            name, _, epochs = then.partition(":")
+            if name == "distill":
+                from lesion.geometry.distill import distill
+
+                tuned, w = distill(problem, float(epochs or DISTILL_EPOCHS), start_weights=w, seed=seed)
+            else:
+                tuned, w = finetune(problem, float(epochs or budget), seed, start_weights=w)
             result = MethodResult(method, tuned.accuracy, tuned.loss,
                                   result.epoch_equivalents + tuned.epoch_equivalents,
                                   result.wall_seconds + tuned.wall_seconds,
-                                  details={first: result.to_dict(), "finetune": tuned.details})
+                                  details={first: result.to_dict(), name: tuned.details})
         results[method], weights[method] = result, w
     return results, weights
 
@@ -410,6 +426,10 @@ def _run_method(problem: RecoveryProblem, method: str, budget: float, seed: int,
         return prune_retrain(problem, rounds, budget / rounds, seed)
     if method == "obs-metric":
         return obs_metric(problem, seed=seed)
+    if method == "distill":
+        from lesion.geometry.distill import distill
+
+        return distill(problem, DISTILL_EPOCHS, seed=seed)
     from lesion.geometry.compensate import compensate
 
     options = dict(compensate_options or {})

@@ -262,10 +262,11 @@ def _recovery(ctx: ReportContext, probe: Probe) -> list[StageOption]:
 
 
 def recovery_methods(batch: int, epochs: float) -> list[str]:
-    """The recovery stage's methods: naive deletion, compensation alone and followed by a fine-tune of a fifth
-    of the budget, the geodesic (when a Jacobian batch fits), and fine-tuning for the whole budget."""
-    return (["naive", "compensate", f"compensate+finetune:{epochs / 5:g}"] + (["geodesic"] if batch >= 1 else [])
-            + ["finetune"])
+    """The recovery stage's methods: naive deletion, compensation alone, followed by a label-free distillation of
+    a twentieth of the budget and by a fine-tune of a fifth of it, the geodesic (when a Jacobian batch fits), and
+    fine-tuning for the whole budget."""
+    return (["naive", "compensate", f"compensate+distill:{epochs / 20:g}", f"compensate+finetune:{epochs / 5:g}"]
+            + (["geodesic"] if batch >= 1 else []) + ["finetune"])
 
 
 def recovery_problem(ctx: ReportContext) -> tuple[Any, str] | str:
