@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,9 +44,9 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: floa
         * temperature ** 2
 
 
-def distill(problem, epochs: float = 0.5, start_weights: torch.Tensor | None = None, seed: int = 0,
+def distill(problem: Any, epochs: float = 0.5, start_weights: torch.Tensor | None = None, seed: int = 0,
             calibration: int = DISTILL_CALIBRATION, lr: float = DISTILL_LR, batch: int = DISTILL_BATCH,
-            temperature: float = DISTILL_TEMPERATURE):
+            temperature: float = DISTILL_TEMPERATURE) -> tuple[Any, torch.Tensor]:
     """Train the damaged network (from `start_weights` on the damage hyperplane, else naive deletion) towards the
     undamaged network's outputs on the first `calibration` training inputs, for `epochs` epoch-equivalents of
     examples (module docstring). Returns the method's result and the weights (w_D = 0 exactly)."""
