@@ -101,6 +101,8 @@ def test_exact_omega_equals_brute_force_and_erf_bounds_it(net, data):
     assert result.engine == ("additive" if depth == 1 and output == "raw" else "general")
     if result.engine == "additive":
         assert_matches(exact_omega(structure, x, budget, norm, output, engine="general", set_batch=4), d)
+        # steps over ranges of sets by prefix (issue 18): a prefix's sum carried into the kernel
+        assert_matches(exact_omega(structure, x, budget, norm, output, set_batch=2), d)
     if norm == "inf" and output == "raw":  # Theorem 2 with C measured on the same inputs
         bound = budget_bound(structure, f, layers, output_bounds(structure, x))
         assert bound.erf >= result.omega_max * (1 - 1e-12)
@@ -253,7 +255,9 @@ def test_planning_refuses_what_does_not_fit_in_memory(monkeypatch):
     per_set = 8 * (omega_module.LANES + 4)  # the per-set arrays the additive engine holds at once
     assert p.memory_bytes >= per_set * math.comb(10, 4) and p.affordable(None)
     big = plan(mlp_structure(build_net("mlp1-48", seed=0)[0]), CrashBudget((1,), (48,), 9), 100)
-    assert big.memory_bytes > per_set * math.comb(48, 9) > 1e11  # 1.4e9 sets: no machine here holds that
+    # 1.4e9 sets (11 GB of sums per array): a step holds one range of at most ADDITIVE_STEP_SETS sets (issue 18)
+    assert per_set * omega_module.ADDITIVE_STEP_SETS <= big.memory_bytes < 2 * per_set * omega_module.ADDITIVE_STEP_SETS
+    assert big.memory_bytes < per_set * math.comb(48, 9) / 100
     monkeypatch.setattr(omega_module, "available_memory", lambda: p.memory_bytes - 1)
     assert not p.affordable(None) and not p.affordable(1e9)
     with pytest.raises(LesionError) as info:
@@ -363,6 +367,38 @@ def test_additive_kernel_tiles_match_brute_force(norm):
         threaded = run_block(contrib, f, norm, len(sets), threads=2)
         assert np.array_equal(threaded[0], set_sums) and np.array_equal(threaded[1], input_max)
         assert np.array_equal(threaded[2], [total, total_sq, maximum])
+
+
+@pytest.mark.parametrize("norm", ["inf", "1", "2"])
+def test_prefix_groups_cover_every_set_in_rank_order_and_give_the_kernel_sums(norm):
+    """Ranges of sets by shared prefix (issue 18): contiguous, in lexicographic rank order, no larger than asked
+    (one prefix at most apart), and their sums — a prefix's contribution carried into the kernel, silent units
+    among and after the prefix included — equal a float64 enumeration."""
+    from lesion.crash.additive import prefix_groups, run_group
+
+    rng = np.random.default_rng(5)
+    order = {"inf": np.inf, "1": 1, "2": 2}[norm]
+    for n, f, inputs, silent, max_sets in [(9, 4, 37, 0, 20), (10, 5, 70, 3, 40), (8, 3, 33, 5, 5), (7, 2, 9, 2, 1),
+                                           (6, 6, 5, 0, 1), (11, 3, 40, 10, 30)]:
+        contrib = rng.normal(size=(n, 2, inputs))
+        contrib[rng.choice(n, size=silent, replace=False)] = 0.0
+        sets = list(itertools.combinations(range(n), f))
+        d = np.array([np.linalg.norm(contrib[list(s)].sum(axis=0), ord=order, axis=0) for s in sets])
+        groups = prefix_groups(n, f, max_sets)
+        q = len(groups[0].prefixes[0])
+        assert (q == 0) == (len(sets) <= max_sets) and sum(g.count for g in groups) == len(sets)
+        sums, maxima, totals = [], np.zeros(inputs), [0.0, 0.0, 0.0]
+        for g, nxt in zip(groups, [*groups[1:], None], strict=True):
+            assert nxt is None or nxt.start == g.start + g.count
+            assert sets[g.start][:q] == g.prefixes[0] and g.count <= max(max_sets, math.comb(n - q, f - q))
+            part = run_group(contrib, f, norm, g)
+            np.testing.assert_allclose(part[0], d[g.start:g.start + g.count].sum(axis=1), rtol=1e-12, atol=1e-12)
+            sums.append(part[0])
+            maxima = np.maximum(maxima, part[1])
+            totals = [totals[0] + part[2][0], totals[1] + part[2][1], max(totals[2], part[2][2])]
+        np.testing.assert_allclose(np.concatenate(sums), d.sum(axis=1), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(maxima, d.max(axis=0), rtol=1e-12)
+        np.testing.assert_allclose(totals, [d.sum(), (d * d).sum(), d.max()], rtol=1e-12)
 
 
 class _ClassMLP(torch.nn.Module):

@@ -100,12 +100,15 @@ def test_exact_and_monte_carlo_omega_on_ray_equal_the_local_figures_to_the_bit()
     x = torch.randn(5000, 10, generator=torch.Generator().manual_seed(2))
     pool = RayPool(workers=2)
     try:
-        for f, engine in ((2, "additive"), (3, "additive"), (2, "general")):
+        # (3, additive, 300): steps over ranges of at most 300 of the 2,024 sets, by prefix (issue 18)
+        for f, engine, set_batch in ((2, "additive", None), (3, "additive", None), (3, "additive", 300),
+                                     (2, "general", None)):
             budget = CrashBudget((1,), (24,), f)
-            local = exact_omega(structure, x, budget, engine=engine, time_limit=None)
-            remote = exact_omega(structure, x, budget, engine=engine, time_limit=None, executor=pool)
+            local = exact_omega(structure, x, budget, engine=engine, time_limit=None, set_batch=set_batch)
+            remote = exact_omega(structure, x, budget, engine=engine, time_limit=None, executor=pool,
+                                 set_batch=set_batch)
             for key in ("omega_av", "omega_std", "omega_mav", "omega_max", "omega_worst_set", "worst_set"):
-                assert getattr(remote, key) == getattr(local, key), (f, engine, key)
+                assert getattr(remote, key) == getattr(local, key), (f, engine, set_batch, key)
         for samples, width in ((300, None), (None, 0.05)):  # Monte Carlo: the sets are drawn on the driver
             budget = CrashBudget((1,), (24,), 3)
             local = monte_carlo_omega(structure, x, budget, samples=samples, ci_width=width, seed=4)
@@ -116,3 +119,26 @@ def test_exact_and_monte_carlo_omega_on_ray_equal_the_local_figures_to_the_bit()
     finally:
         pool.close()
     assert pool.stats.shards >= 9  # three 2,048-input steps a run
+
+
+@pytest.mark.slow
+def test_report_campaigns_and_omega_on_ray_equal_the_local_report(tmp_path):
+    """`lesion report --executor ray`: the bit-flip campaigns and the crash stage's Omega run on the workers
+    and give the local report's figures to the bit (issues 18 and 21)."""
+    pytest.importorskip("ray")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    torch.save(model, tmp_path / "m.pt")
+    runs = {}
+    for executor in ("local", "ray"):
+        out = tmp_path / executor
+        argv = ["report", "--model", str(tmp_path / "m.pt"), "--data", "digits", "--quick", "--stages",
+                "crash,bitflips", "--out", str(out), "--executor", executor, "--workers", "2"]
+        if executor == "local":
+            argv = argv[:-2]
+        assert main(argv) == 0
+        runs[executor] = json.loads((out / "results.json").read_text())
+    local, remote = runs["local"], runs["ray"]
+    assert remote["provenance"]["execution"]["executor"] == "ray" and remote["provenance"]["execution"]["shards"] > 0
+    for stage, key in (("crash", "rows"), ("bitflips", "rates"), ("bitflips", "single_bits")):
+        assert json.dumps(remote[stage][key]) == json.dumps(local[stage][key]), (stage, key)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from lesion.cli.options import add_common, add_device, output_dir, positive_float
+from lesion.cli.options import add_common, add_device, add_executor, output_dir, positive_float
 from lesion.errors import LesionError
 
 DEFAULT_NET, DEFAULT_DATA = "mlp2", "mnist5k"
@@ -81,7 +81,15 @@ def _one_report(args: argparse.Namespace, model: str | None, out: Path) -> dict[
     if unknown:
         raise LesionError(f"unknown stage(s) {', '.join(sorted(unknown))}: {', '.join(STAGES)}")
     ctx = ReportContext(loaded.module, loaded.to_dict(), data, out, args.quick, args.seed)
-    html = run_report(ctx, stages, time_limit=args.time_limit)
+    if args.executor not in (None, "local"):  # campaigns and Omega on Ray; the other stages here
+        from lesion.scale.executor import executor_for
+
+        ctx.executor = executor_for(args.executor, args.workers, args.gpus_per_task, args.worker_threads)
+    try:
+        html = run_report(ctx, stages, time_limit=args.time_limit)
+    finally:
+        if ctx.executor is not None:
+            ctx.executor.close()
     print(f"report written to {html} (summary first; also {out / 'report.md'} and {out / 'results.json'})")
     return {"report": str(html), "results": str(out / "results.json")}
 
@@ -109,5 +117,6 @@ def register(sub: Any) -> None:
                         "smallest sizes do not fit (default 600)")
     p.add_argument("--stages", help="comma list of stages to run (default all): network,crash,geometry,breakdown,"
                                     "recovery,bitflips")
+    add_executor(p)
     add_common(p)
     p.set_defaults(run=_cmd_report)

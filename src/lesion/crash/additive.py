@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import itertools
 import math
 import os
 import sys
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -46,7 +48,7 @@ from lesion.crash.engines import NORM_ORDERS
 
 CHUNK = 32  # inputs per kernel chunk
 LANES = 4  # lanes per block (fixed, so that results do not depend on the number of threads)
-KERNEL_VERSION = 2
+KERNEL_VERSION = 3
 
 # Tiles: name -> (rows, columns, the (row, column) pairs evaluated). `tri` covers the three pairs of rows
 # d, d+1 and columns d+1, d+2 with row < column, the corner of a triangle.
@@ -111,9 +113,10 @@ def next_set(idx, n, p):
     return j
 
 @numba.njit(cache=True, fastmath=True, nogil=True, boundscheck=False)
-def lane(contrib, f, set_sums, input_max):
-    """Every set of f units over the lane's inputs, chunk by chunk: adds each set's distances to
-    set_sums[rank], raises input_max; returns the sum of squared distances."""
+def lane(contrib, f, set_sums, input_max, offset):
+    """Every set of f units over the lane's inputs, chunk by chunk, each set's contributions added to `offset`
+    (M, inputs; zero, or a fixed prefix's sum): adds each set's distances to set_sums[rank], raises input_max;
+    returns the sum of squared distances."""
     n, _, width = contrib.shape
     sq = 0.0
     for start in range(0, width, CHUNK):
@@ -122,14 +125,16 @@ def lane(contrib, f, set_sums, input_max):
         C = np.ascontiguousarray(contrib[:, :, start:stop])
         imax = input_max[start:stop]
         if f == 1:
-            zero = np.zeros((1, M, nx))
+            first = np.empty((1, M, nx))
+            first[0] = offset[:, start:stop]
             for i in range(n):
-                s, q = one(zero, C, 0, i, nx, imax)
+                s, q = one(first, C, 0, i, nx, imax)
                 set_sums[i] += s
                 sq += q
             continue
         p = f - 2
         partial = np.zeros((p + 1, M, nx))
+        partial[0] = offset[:, start:stop]
         U = np.empty((n, M, nx))
         idx = np.arange(max(p, 1))
         for t in range(p):
@@ -296,9 +301,9 @@ def kernel_pairs(hidden: np.ndarray, f: int, block: int) -> int:
 
 
 def _lanes(kernel: Callable, contrib: np.ndarray, f: int, n_sets: int, input_max: np.ndarray,
-           threads: int) -> tuple[np.ndarray, float]:
-    """Every set of f of contrib's units over its inputs, in `LANES` lanes merged in lane order: the per-set
-    sums and the sum of squared distances; raises input_max."""
+           threads: int, base: np.ndarray) -> tuple[np.ndarray, float]:
+    """Every set of f of contrib's units (added to `base`) over its inputs, in `LANES` lanes merged in lane
+    order: the per-set sums and the sum of squared distances; raises input_max."""
     nx = contrib.shape[2]
     per_lane = max(CHUNK, math.ceil(nx / LANES / CHUNK) * CHUNK)
     bounds = [(lo, min(nx, lo + per_lane)) for lo in range(0, nx, per_lane)]
@@ -306,7 +311,7 @@ def _lanes(kernel: Callable, contrib: np.ndarray, f: int, n_sets: int, input_max
     def one(bound: tuple[int, int]) -> tuple[np.ndarray, float]:
         lo, hi = bound
         sums = np.zeros(n_sets)
-        sq = kernel(contrib[:, :, lo:hi], f, sums, input_max[lo:hi])
+        sq = kernel(contrib[:, :, lo:hi], f, sums, input_max[lo:hi], base[:, lo:hi])
         return sums, sq
 
     if threads > 1 and len(bounds) > 1:
@@ -323,19 +328,31 @@ def _lanes(kernel: Callable, contrib: np.ndarray, f: int, n_sets: int, input_max
     return set_sums, total_sq
 
 
-def run_block(contrib: np.ndarray, f: int, norm: str, n_sets: int, threads: int = 1) -> tuple:
+def norm_of(v: np.ndarray, norm: str) -> np.ndarray:
+    """‖v[:, x]‖_q for every input x of v (outputs, inputs)."""
+    if norm == "inf":
+        return np.abs(v).max(axis=0)
+    if norm == "1":
+        return np.abs(v).sum(axis=0)
+    return np.sqrt((v * v).sum(axis=0))
+
+
+def run_block(contrib: np.ndarray, f: int, norm: str, n_sets: int, threads: int = 1,
+              base: np.ndarray | None = None) -> tuple:
     """Every set of f units over a block of inputs (contrib from `contributions`), on the block's live units
-    (see the module's note on silent units), each size in `LANES` lanes run on `threads` threads. Returns
+    (see the module's note on silent units), each size in `LANES` lanes run on `threads` threads; with `base`
+    (outputs, inputs), the distances are ‖base + Σ_S c‖ (a fixed prefix of the sets, `prefix_groups`). Returns
     the per-set sums (n_sets,), the per-input maxima (inputs,) and [sum, sum of squares, max] over the
     block's pairs."""
     n, m, nx = contrib.shape
     module = kernel_module(m, norm)
     kernel = module.lane
+    base = np.zeros((m, nx)) if base is None else np.ascontiguousarray(base, dtype=np.float64)
     input_max = np.zeros(nx)
     live = np.flatnonzero(np.any(contrib != 0, axis=(1, 2)))
     n_live, silent = len(live), n - len(live)
     if silent == 0:
-        set_sums, total_sq = _lanes(kernel, contrib, f, n_sets, input_max, threads)
+        set_sums, total_sq = _lanes(kernel, contrib, f, n_sets, input_max, threads, base)
     else:
         sizes = range(max(0, f - silent), min(f, n_live) + 1)  # the sizes of S ∩ L that occur
         live_contrib = np.ascontiguousarray(contrib[live])
@@ -347,10 +364,13 @@ def run_block(contrib: np.ndarray, f: int, norm: str, n_sets: int, threads: int 
             offsets[k + 1] = offsets[k] + count
             if count == 0:
                 continue
-            if k == 0:
-                parts.append(np.zeros(1))  # the empty live part: d = 0
+            if k == 0:  # the empty live part: d = ‖base‖ (0 without a prefix)
+                alone = norm_of(base, norm)
+                np.maximum(input_max, alone, out=input_max)
+                parts.append(np.array([alone.sum()]))
+                total_sq += math.comb(silent, f) * float((alone * alone).sum())
                 continue
-            sums, sq = _lanes(kernel, live_contrib, k, count, input_max, threads)
+            sums, sq = _lanes(kernel, live_contrib, k, count, input_max, threads, base)
             parts.append(sums)
             total_sq += math.comb(silent, f - k) * sq
         live_index = np.full(n, -1, dtype=np.int64)
@@ -359,3 +379,61 @@ def run_block(contrib: np.ndarray, f: int, norm: str, n_sets: int, threads: int 
         module.expand(n, f, live_index, n_live, np.concatenate(parts), offsets, binom, set_sums)
     totals = np.array([float(set_sums.sum()), total_sq, float(input_max.max()) if nx else 0.0])
     return set_sums, input_max, totals
+
+
+@dataclass(frozen=True)
+class PrefixGroup:
+    """Consecutive crash sets sharing their first q units, by prefix: sets `start` … `start + count − 1` in
+    lexicographic rank, made of each prefix P of `prefixes` (in order) followed by every (f − q)-set of the
+    units after P's last."""
+
+    start: int
+    count: int
+    prefixes: tuple[tuple[int, ...], ...]
+
+
+def prefix_groups(n: int, f: int, max_sets: int) -> list[PrefixGroup]:
+    """The sets of f of n units cut into consecutive rank ranges of at most about `max_sets` sets (a range with
+    one prefix may hold more when no shorter prefix divides it): the shortest prefix length q (0 ≤ q < f) whose
+    largest range, C(n − q, f − q) sets, fits, then consecutive prefixes grouped while their sets fit. With q = 0
+    there is one group of all C(n, f) sets. Every step of an exact run covers one group (issue 18: a step ships
+    its range's sums, not every set's)."""
+    q = 0
+    while q < f - 1 and math.comb(n - q, f - q) > max_sets:
+        q += 1
+    groups: list[PrefixGroup] = []
+    start, count, prefixes = 0, 0, []
+    for prefix in itertools.combinations(range(n), q):
+        sets = math.comb(n - 1 - prefix[-1], f - q) if q else math.comb(n, f)
+        if sets == 0:
+            continue
+        if prefixes and count + sets > max_sets:
+            groups.append(PrefixGroup(start, count, tuple(prefixes)))
+            start, count, prefixes = start + count, 0, []
+        prefixes.append(prefix)
+        count += sets
+    if prefixes:
+        groups.append(PrefixGroup(start, count, tuple(prefixes)))
+    return groups
+
+
+def run_group(contrib: np.ndarray, f: int, norm: str, group: PrefixGroup, threads: int = 1) -> tuple:
+    """`run_block` over the sets of one `PrefixGroup` (prefix by prefix, in order): the group's per-set sums,
+    the per-input maxima over its sets, and [sum, sum of squares, max] over its pairs."""
+    nx = contrib.shape[2]
+    sums, input_max, totals = [], np.zeros(nx), np.zeros(3)
+    for prefix in group.prefixes:
+        q = len(prefix)
+        if q == 0:
+            return run_block(contrib, f, norm, group.count, threads)
+        base = contrib[prefix[0]].copy()
+        for u in prefix[1:]:
+            base += contrib[u]
+        rest = contrib[prefix[-1] + 1:]
+        part_sums, part_max, part_totals = run_block(rest, f - q, norm, math.comb(len(rest), f - q), threads,
+                                                     base)
+        sums.append(part_sums)
+        np.maximum(input_max, part_max, out=input_max)
+        totals[:2] += part_totals[:2]
+        totals[2] = max(totals[2], part_totals[2])
+    return np.concatenate(sums), input_max, totals

@@ -7,8 +7,10 @@ with d(x, S) = ‖F(x) − F_S(x)‖_q (q = ∞ by default), accumulated in floa
 
 Engines: `additive` (one hidden layer, linear raw output: F − F_S = Σ_{i∈S} c_i(x), see `additive`) and
 `general` (any depth, raw or softmax output, see `engines`); both give the same numbers where both apply.
-An exact run walks a fixed sequence of steps, saves its state to a checkpoint file every so often and when
-interrupted, and resumes from it with bit-identical results.
+An exact run walks a fixed sequence of steps — a range of crash sets over a block of inputs, set-range-major,
+so that the accumulator holds one range's per-set sums at a time (ranges of the additive engine: sets sharing a
+prefix, `additive.prefix_groups`) — saves its state to a checkpoint file every so often and when interrupted,
+and resumes from it with bit-identical results; the steps run here or on Ray workers (issue 18).
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from lesion.crash.additive import (
     CHUNK,
     KERNEL_VERSION,
     LANES,
+    PrefixGroup,
     activity_order,
     contributions,
     kernel_pairs,
-    run_block,
+    prefix_groups,
+    run_group,
 )
 from lesion.crash.budget import CrashBudget
 from lesion.crash.engines import NORM_ORDERS, GeneralEngine
@@ -44,6 +48,7 @@ from lesion.errors import LesionError
 from lesion.stats import RunningMean
 
 ADDITIVE_BLOCK = 2048  # inputs per checkpointable step (split into the additive engine's lanes)
+ADDITIVE_STEP_SETS = 1 << 22  # crash sets per step at most (32 MiB of per-set sums; more sets: `prefix_groups`)
 ADDITIVE_RATE = 9e8  # distances (set, input) per second on 2 cores, measured (BENCHMARKS.md)
 GENERAL_FLOP_RATE = 4e9  # float64 multiply-adds per second for the batched forward, measured
 GENERAL_STEP_BYTES = 32 << 20  # the general engine's activations of one step (sets × inputs × widest layer)
@@ -161,15 +166,16 @@ def plan(structure: MLPStructure, budget: CrashBudget, inputs: int, output: str 
     if chosen == "additive":
         evaluated = pairs if hidden is None else kernel_pairs(hidden, budget.total, ADDITIVE_BLOCK)
         seconds = evaluated / ADDITIVE_RATE
-        # per-set sums: one array per lane, the merged one, the live-unit sums, the expanded ones, the
-        # accumulator's; the block's contributions (units × outputs × inputs) and their live copy
+        # per-set sums of one step's range of sets: one array per lane, the merged one, the live-unit sums,
+        # the expanded ones, the accumulator's; the block's contributions (units × outputs × inputs) and their
+        # live copy
         block = min(inputs, ADDITIVE_BLOCK)
-        memory = 8 * sets * (LANES + 4) + 8 * widths[0] * widths[-1] * block * 2
+        memory = 8 * min(sets, ADDITIVE_STEP_SETS) * (LANES + 4) + 8 * widths[0] * widths[-1] * block * 2
     else:
         first = min(budget.layers)
         flops = sum(widths[l - 1] * widths[l] for l in range(first, len(widths)))
         seconds = pairs * flops / GENERAL_FLOP_RATE
-        memory = 8 * sets + GENERAL_STEP_BYTES * 4  # the accumulator's per-set sums; a step's tensors
+        memory = GENERAL_STEP_BYTES * 5  # a step's tensors and its range's per-set sums
     memory += 8 * inputs * (1 + sum(structure.widths))  # per-input maxima; the hidden activations
     return Plan(sets, inputs, pairs, chosen, seconds, memory)
 
@@ -248,7 +254,7 @@ def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, n
                           f"{_size(free)} of memory free on this machine. {alternative}")
     steps, reduce = _steps(structure, activations, budget, norm, output, estimate.engine, set_batch)
     settings = [asdict(budget), norm, output, estimate.engine, CHUNK, LANES, KERNEL_VERSION, ADDITIVE_BLOCK, set_batch,
-                "general steps set-range-major"]
+                "general steps set-range-major", ADDITIVE_STEP_SETS]
     identity = _digest(*structure.weights, x, text=json.dumps(settings))
     store = _Checkpoint(checkpoint, identity, checkpoint_every)
     resumed = store.load()
@@ -293,7 +299,7 @@ def _steps(structure: MLPStructure, activations: list[torch.Tensor], budget: Cra
     """The steps of an exact run and the function that reduces one to `OmegaAccumulator.add_reduced`'s
     arguments (here or on a worker: the same operations merge it)."""
     if engine == "additive":
-        return _additive_steps(structure, activations, budget, norm)
+        return _additive_steps(structure, activations, budget, norm, set_batch)
     return _general_steps(structure, activations, budget, norm, output, set_batch)
 
 
@@ -332,20 +338,26 @@ class _OmegaWorker:
         return self.reduce(self.steps[k])
 
 
-def _additive_steps(structure: MLPStructure, activations: list[torch.Tensor], budget: CrashBudget,
-                    norm: str) -> tuple[list[slice], Callable[[slice], tuple]]:
+def _additive_steps(structure: MLPStructure, activations: list[torch.Tensor], budget: CrashBudget, norm: str,
+                    set_batch: int | None) -> tuple[list[tuple[PrefixGroup, slice]],
+                                                    Callable[[tuple[PrefixGroup, slice]], tuple]]:
+    """Steps of (set range, input block), set-range-major: the ranges are `prefix_groups` of at most `set_batch`
+    (default `ADDITIVE_STEP_SETS`) sets, one range of every set when they fit, each run over every input block
+    in order."""
     hidden = activations[0].numpy()
     hidden = hidden[activity_order(hidden)]  # blocks of inputs that share silent units (Omega is order-free)
     out_weight = structure.weights[1].double().cpu().numpy()
-    n_sets, f = budget.count(), budget.total
-    steps = [slice(i, min(len(hidden), i + ADDITIVE_BLOCK)) for i in range(0, len(hidden), ADDITIVE_BLOCK)]
+    f = budget.total
+    blocks = [slice(i, min(len(hidden), i + ADDITIVE_BLOCK)) for i in range(0, len(hidden), ADDITIVE_BLOCK)]
+    groups = prefix_groups(hidden.shape[1], f, set_batch or ADDITIVE_STEP_SETS)
+    steps = [(group, inputs) for group in groups for inputs in blocks]
 
-    def reduce(inputs: slice) -> tuple:  # every set over a block of inputs
+    def reduce(step: tuple[PrefixGroup, slice]) -> tuple:  # one range of sets over a block of inputs
+        group, inputs = step
         contrib = contributions(hidden[inputs], out_weight)
-        set_sums, input_max, (total, total_sq, maximum) = run_block(contrib, f, norm, n_sets,
-                                                                    torch.get_num_threads())
-        return (0, set_sums, inputs.start, input_max, float(total), float(total_sq), float(maximum),
-                n_sets * (inputs.stop - inputs.start))
+        set_sums, input_max, (total, total_sq, maximum) = run_group(contrib, f, norm, group, torch.get_num_threads())
+        return (group.start, set_sums, inputs.start, input_max, float(total), float(total_sq), float(maximum),
+                group.count * (inputs.stop - inputs.start))
 
     return steps, reduce
 

@@ -39,6 +39,7 @@ class ReportContext:
     quick: bool
     seed: int = 0
     sizes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    executor: Any = None  # where campaigns and Omega run (`lesion.scale`; None: this process)
 
     def size(self, quick: int, full: int) -> int:
         """A sample size for this run."""
@@ -98,9 +99,10 @@ def stage_crash(ctx: ReportContext) -> dict[str, Any]:
         budget = CrashBudget((layer,), (point.width,), f)
         bound = budget_bound(structure, f, (layer,), C)
         if point.exact:
-            omega = exact_omega(structure, x, budget, time_limit=None)
+            omega = exact_omega(structure, x, budget, time_limit=None, executor=ctx.executor)
         else:
-            omega = monte_carlo_omega(structure, x, budget, samples=ctx.size(200, 1000), seed=ctx.seed)
+            omega = monte_carlo_omega(structure, x, budget, samples=ctx.size(200, 1000), seed=ctx.seed,
+                                      executor=ctx.executor)
         rows.append({"layer": layer, "faults": f, "erf": bound.erf, "erf_av": bound.erf_av,
                      "omega_av": omega.omega_av, "omega_av_ci": omega.omega_av_ci, "omega_max": omega.omega_max,
                      "exact": omega.exact, "sets": omega.sets, "samples": omega.samples})
@@ -258,7 +260,7 @@ def stage_bitflips(ctx: ReportContext) -> dict[str, Any]:
     rows = []
     for rate in rates:
         res = Campaign(ctx.model, ctx.x_eval, ctx.y_eval, [BitFlip("all", ber=rate)], seed=ctx.seed).run(
-            samples=samples)
+            samples=samples, executor=ctx.executor)
         rows.append({"ber": rate, **res.accuracy, "failure_rate": res.failure_rate})
     plot = line_plot(ctx.out / "bitflips.png",
                      [Series("mean accuracy", rates, [r["mean"] for r in rows], [r["ci"][0] for r in rows],
@@ -341,7 +343,8 @@ def run_report(ctx: ReportContext, stages: tuple[str, ...] = STAGES, log: Callab
     from lesion.report.sections import build_sections, summary_section
 
     card = build_scorecard(results)
-    write_json(ctx.out / "results.json", {"schema": RESULTS_SCHEMA, "provenance": provenance(**key),
+    execution = {} if ctx.executor is None else {"execution": ctx.executor.stats.to_dict()}
+    write_json(ctx.out / "results.json", {"schema": RESULTS_SCHEMA, "provenance": provenance(**key, **execution),
                                           "scorecard": card, **results})
     subtitle = (f"model {ctx.model_info.get('source')} ({ctx.model_info.get('digest')}), data {ctx.data.name}; "
                 f"{'quick' if ctx.quick else 'full'} run, seed {ctx.seed}")
