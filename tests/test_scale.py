@@ -123,8 +123,8 @@ def test_exact_and_monte_carlo_omega_on_ray_equal_the_local_figures_to_the_bit()
 
 @pytest.mark.slow
 def test_report_campaigns_and_omega_on_ray_equal_the_local_report(tmp_path):
-    """`lesion report --executor ray`: the bit-flip campaigns and the crash stage's Omega run on the workers
-    and give the local report's figures to the bit (issues 18 and 21)."""
+    """`lesion report --executor ray`: the bit-flip campaigns, the crash stage's Omega and the deletion curves
+    run on the workers and give the local report's figures to the bit (issues 18 and 21)."""
     pytest.importorskip("ray")
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
@@ -133,12 +133,30 @@ def test_report_campaigns_and_omega_on_ray_equal_the_local_report(tmp_path):
     for executor in ("local", "ray"):
         out = tmp_path / executor
         argv = ["report", "--model", str(tmp_path / "m.pt"), "--data", "digits", "--quick", "--stages",
-                "crash,bitflips", "--out", str(out), "--executor", executor, "--workers", "2"]
+                "crash,breakdown,bitflips", "--out", str(out), "--executor", executor, "--workers", "2"]
         if executor == "local":
             argv = argv[:-2]
         assert main(argv) == 0
         runs[executor] = json.loads((out / "results.json").read_text())
     local, remote = runs["local"], runs["ray"]
     assert remote["provenance"]["execution"]["executor"] == "ray" and remote["provenance"]["execution"]["shards"] > 0
-    for stage, key in (("crash", "rows"), ("bitflips", "rates"), ("bitflips", "single_bits")):
+    for stage, key in (("crash", "rows"), ("bitflips", "rates"), ("bitflips", "single_bits"),
+                       ("breakdown", "curves")):
         assert json.dumps(remote[stage][key]) == json.dumps(local[stage][key]), (stage, key)
+
+
+@pytest.mark.slow
+def test_deletion_curves_on_ray_equal_the_local_ones(tmp_path):
+    """`lesion breakdown --executor ray`: each random order's curve on a worker, the local curve to the bit."""
+    pytest.importorskip("ray")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 20), torch.nn.ReLU(), torch.nn.Linear(20, 10))
+    torch.save(model, tmp_path / "m.pt")
+    out = {}
+    for executor in ("local", "ray"):
+        argv = ["breakdown", "--model", str(tmp_path / "m.pt"), "--data", "digits", "--orders", "4", "--points", "6",
+                "--paths", "0", "--json", str(tmp_path / f"{executor}.json"), "--executor", executor]
+        assert main(argv) == 0
+        out[executor] = json.loads((tmp_path / f"{executor}.json").read_text())
+    assert out["ray"]["accuracy"] == out["local"]["accuracy"] and len(out["local"]["accuracy"]["per_order"]) == 4
+    assert out["ray"]["execution"]["shards"] == 4 and "execution" not in out["local"]

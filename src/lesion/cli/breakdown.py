@@ -8,6 +8,7 @@ from typing import Any
 from lesion.cli.options import (
     add_common,
     add_data,
+    add_executor,
     add_model,
     nonnegative_int,
     output_file,
@@ -58,8 +59,20 @@ def _cmd_breakdown(args: argparse.Namespace) -> dict[str, Any]:
         if seconds > args.time_limit:
             raise LesionError(f"the deletion paths would take about {seconds:,.0f} s, above --time-limit "
                               f"{args.time_limit:g}; use fewer --paths, --points or --inputs, or raise --time-limit")
-    curve = deletion_curve(loaded.module, data.x_test, data.y_test, args.layer, fractions, args.order, args.orders,
-                           args.share, args.seed, x_an)
+    execution = {}
+    if args.executor not in (None, "local"):  # the deletion orders on Ray workers, one order a call
+        from lesion.scale.executor import executor_for
+
+        executor = executor_for(args.executor, args.workers, args.gpus_per_task, args.worker_threads)
+        try:
+            curve = deletion_curve(loaded.module, data.x_test, data.y_test, args.layer, fractions, args.order,
+                                   args.orders, args.share, args.seed, x_an, executor=executor)
+        finally:
+            executor.close()
+        execution = {"execution": executor.stats.to_dict()}
+    else:
+        curve = deletion_curve(loaded.module, data.x_test, data.y_test, args.layer, fractions, args.order,
+                               args.orders, args.share, args.seed, x_an)
     profiles = []
     for p in range(args.paths):
         sequence = unit_order(loaded.module, args.layer, "random", np.random.default_rng(args.seed + 1000 + p), x_an)
@@ -87,7 +100,7 @@ def _cmd_breakdown(args: argparse.Namespace) -> dict[str, Any]:
             "accuracy": {"mean": curve.accuracy, "ci": curve.accuracy_ci, "per_order": curve.per_order},
             "clean_accuracy": curve.clean_accuracy, "breakdown_fraction": curve.breakdown_fraction,
             "predicted_breakdown_fraction": predicted_fraction, "share": args.share, "order": curve.order,
-            "paths": [p.to_dict() for p in profiles],
+            "paths": [p.to_dict() for p in profiles], **execution,
             **({} if prediction is None else {"prediction": prediction[0].to_dict(),
                                               "measured_from": prediction[1].to_dict()})}
 
@@ -145,5 +158,6 @@ def register(sub: Any) -> None:
                    help="with --predict: the units of the layer already gone (0-based indices), instead of --from")
     p.add_argument("--predict-inputs", type=positive_int, default=1000, metavar="N",
                    help="unlabelled training inputs for --predict (default 1000)")
+    add_executor(p)
     add_common(p)
     p.set_defaults(run=_cmd_breakdown)

@@ -80,29 +80,64 @@ def unit_order(model: nn.Module, layer: str, order: str, rng: np.random.Generato
 def deletion_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: str,
                    fractions: Sequence[float] = tuple(np.linspace(0, 1, 11)), order: str = "random",
                    orders: int = 5, share: float = 0.9, seed: int = 0,
-                   x_analysis: torch.Tensor | None = None) -> DeletionCurve:
-    """Accuracy on (x, y) with the first ⌈f·N⌉ units of the order deleted, for each fraction f."""
+                   x_analysis: torch.Tensor | None = None, executor: Any = None) -> DeletionCurve:
+    """Accuracy on (x, y) with the first ⌈f·N⌉ units of the order deleted, for each fraction f. The orders are
+    drawn here; with a Ray `executor` (`lesion.scale.ray_executor.RayPool`) each order's curve is evaluated on a
+    worker holding the model and inputs (`DeletionWorker`), the same numbers as here (issue 18)."""
     rng = np.random.default_rng(seed)
     target = Target(model, example=x)
     site = target.site(layer)
     runs = orders if order == "random" else 1
     clean = evaluate_outputs(batched_damaged_outputs(model, [realise(target, [], torch.Generator())], x)[0], y)
-    per_order = []
-    for _ in range(runs):
-        sequence = unit_order(model, layer, order, rng, x if x_analysis is None else x_analysis)
-        configs = []
-        for f in fractions:
-            count = int(round(f * site.width))
-            damage = [UnitCrash(layer, Explicit(tuple(sequence[:count])))] if count else []
-            configs.append(realise(target, damage, torch.Generator()))
-        outputs = batched_damaged_outputs(model, configs, x, desc=f"deletion ({order})")
-        per_order.append([evaluate_outputs(o, y).accuracy for o in outputs])
+    sequences = [unit_order(model, layer, order, rng, x if x_analysis is None else x_analysis) for _ in range(runs)]
+    jobs = [(layer, [int(u) for u in sequence], [float(f) for f in fractions], order) for sequence in sequences]
+    if executor is not None and hasattr(executor, "ordered"):
+        executor.start(DeletionWorker, (model, x, y), len(jobs))
+        per_order = [accuracies for _, accuracies in executor.ordered("accuracies", jobs)]
+    else:
+        per_order = [order_accuracies(model, target, x, y, *job) for job in jobs]
     table = np.asarray(per_order)
     means = table.mean(axis=0).tolist()
     cis = [list(clipped_interval(list(col))) for col in table.T]
     below = [f for f, a in zip(fractions, means, strict=True) if a < share * clean.accuracy]
     return DeletionCurve(site.name, order, [float(f) for f in fractions], means, cis, clean.accuracy,
                          float(below[0]) if below else None, share, runs, site.width, len(x), table.tolist())
+
+
+def order_accuracies(model: nn.Module, target: Target, x: torch.Tensor, y: torch.Tensor, layer: str,
+                     sequence: Sequence[int], fractions: Sequence[float], order: str = "random") -> list[float]:
+    """Accuracy with the first round(f·N) units of `sequence` crashed, for each fraction f (one deletion order)."""
+    width = target.site(layer).width
+    configs = []
+    for f in fractions:
+        count = int(round(f * width))
+        damage = [UnitCrash(layer, Explicit(tuple(sequence[:count])))] if count else []
+        configs.append(realise(target, damage, torch.Generator()))
+    outputs = batched_damaged_outputs(model, configs, x, desc=f"deletion ({order})")
+    return [evaluate_outputs(o, y).accuracy for o in outputs]
+
+
+class DeletionWorker:
+    """Deletion orders on one Ray worker: its own copy of the model and inputs (shipped once), evaluating one
+    order's curve per call (`order_accuracies`)."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, threads: int) -> None:
+        import os
+
+        torch.set_num_threads(threads)
+        os.environ.setdefault("LESION_NO_PROGRESS", "1")
+        self.model, self.x, self.y = model, x, y
+        self.target = Target(model, example=x)
+
+    def pid(self) -> int:
+        """The worker's process id."""
+        import os
+
+        return os.getpid()
+
+    def accuracies(self, layer: str, sequence: list[int], fractions: list[float], order: str) -> list[float]:
+        """One order's accuracies (`order_accuracies`)."""
+        return order_accuracies(self.model, self.target, self.x, self.y, layer, sequence, fractions, order)
 
 
 @dataclass(frozen=True)

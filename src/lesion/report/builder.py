@@ -193,7 +193,7 @@ def stage_breakdown(ctx: ReportContext) -> dict[str, Any]:
     sites = every[: ctx.chosen("breakdown", "sites", len(every))]
     # layers are addressed by their 1-based index: module names may themselves be digits (nn.Sequential)
     curves = [deletion_curve(ctx.model, ctx.x_eval, ctx.y_eval, str(site.index), fractions, "random",
-                             ctx.size(2, 5), 0.9, ctx.seed) for site in sites]
+                             ctx.size(2, 5), 0.9, ctx.seed, executor=ctx.executor) for site in sites]
     if not sites:
         return {"skipped": "the model has no unit sites with a layer of their own"}
     first = str(sites[0].index)
