@@ -97,3 +97,50 @@ def test_cli_spectrum_and_attack(trained, tmp_path, capsys):
     assert {"mean", "ci", "min", "max"} <= a["random_accuracy"].keys()
     assert a["bitflip_accuracy"] == "nan"  # skipped; JSON keeps NaN as a string
     assert main(["attack", "--model", str(ckpt), "--data", "digits", "--sigma", "-1"]) == 2
+
+
+def test_halving_norm_brackets_the_first_crossing_of_closed_forms():
+    from lesion.geometry.attack import HALVING_STEPS, halving_norm
+
+    for crossing in (1e-4, 0.37, 1.0, 3.0, 4096.0):  # accuracy 1 / (1 + σ / crossing): halved at σ = crossing
+        r = halving_norm(lambda s, c=crossing: 1.0 / (1.0 + s / c), 0.5)
+        lo, hi = r["bracket"]
+        assert lo < crossing <= hi == r["norm"] and hi / lo <= 2 ** (1 / 2**HALVING_STEPS) * (1 + 1e-12)
+    assert halving_norm(lambda s: 0.9, 0.5)["norm"] is None  # never halved within 2^30
+    stepped = halving_norm(lambda s: 0.9 if s < 3 or s > 20 else 0.1, 0.5)  # a dip the doubling lands in
+    assert 3 <= stepped["norm"] <= 3 * 1.02
+
+
+def test_halving_norms_on_a_trained_network_match_a_hand_perturbed_copy(trained):
+    """At the returned norm the network moved by hand along the direction has accuracy ≤ half of clean, at
+    the bracket's lower end above it; the adversarial direction halves accuracy at a smaller norm than random
+    directions do."""
+    import copy
+
+    from lesion.geometry.attack import _accuracy, halving_norms
+    from lesion.geometry.flat import FlatModel
+
+    model, _, data = trained
+    x, y = data.x_test[:300], data.y_test[:300]
+    view = FlatModel(model, x[:1])
+    clean = _accuracy(view, view.weights, x, y)[0]
+    result = attack(model, data.x_train[:64], data.y_train[:64], x, y, 1.0, 10, k=5, bitflips=False, halving=3)
+    h = result.halving
+    assert h["level"] == pytest.approx(0.5 * clean) and len(h["random"]) == 3
+
+    def by_hand(direction, sigma):
+        copy_ = copy.deepcopy(model)
+        with torch.no_grad():
+            offset = 0
+            for p in copy_.parameters():
+                p += sigma * direction[offset:offset + p.numel()].reshape(p.shape).to(p.dtype)
+                offset += p.numel()
+            out = copy_(x)
+        return float((out.argmax(1) == y).double().mean())
+
+    gen = torch.Generator().manual_seed(31)  # the first random direction, drawn as halving_norms draws it
+    u = torch.randn(view.weights.shape, generator=gen, dtype=torch.float64)
+    u = (u / u.norm()).to(view.weights.dtype)
+    first = h["random"][0]
+    assert by_hand(u, first["norm"]) <= h["level"] < by_hand(u, first["bracket"][0])
+    assert h["adversarial"]["norm"] < h["random_median"]

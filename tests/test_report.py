@@ -188,6 +188,10 @@ def test_summary_comes_first_and_equals_the_sections(user_report):
     assert card["most_damaging_bit"]["value"] == worst_bit["accuracy"]
     certified = results["crash"]["certified"][0]
     assert card["certified_crashes:1"]["value"] == certified["certified"]
+    halving = results["geometry"]["attack"]["halving"]  # ‖du‖ that halves accuracy, random against adversarial
+    random = sorted(r["norm"] for r in halving["random"])
+    assert card["halving_norm"]["value"] == [float(np.median(random)), halving["adversarial"]["norm"]]
+    assert card["halving_norm"]["interval"] == [random[0], random[-1]]
     assert all(up >= lo for lo, up in zip(certified["omega_max_lower"], certified["omega_max_upper"], strict=True))
     markdown = (out / "report.md").read_text()
     assert markdown.index("## Summary") < markdown.index("## 1. Network and data")

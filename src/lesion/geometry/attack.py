@@ -154,17 +154,84 @@ class AttackResult:
     analysis_inputs: int
     evaluation_inputs: int
     details: dict[str, Any] = field(default_factory=dict)
+    halving: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
         return asdict(self)
 
 
+HALVING_STEPS = 6  # bisections in log σ after the bracket: σ to within a factor 2^(1/64) ≈ 1.1%
+HALVING_LIMIT = 30  # doublings (or halvings) from σ = 1 before giving up: 1e-9 … 1e9
+
+
+def halving_norm(accuracy_at: Any, level: float, start: float = 1.0, steps: int = HALVING_STEPS,
+                 limit: int = HALVING_LIMIT) -> dict[str, Any]:
+    """The smallest σ along one direction at which accuracy falls to `level` or below: a geometric bracket from
+    `start` (doubling while above, halving while not), then `steps` bisections in log σ. Returns {"norm": the
+    bracket's upper end (accuracy ≤ level there), "bracket": [σ with accuracy above level, norm],
+    "evaluations"}; "norm" is None when σ = start·2^limit leaves accuracy above the level. Accuracy along a ray
+    need not fall monotonically: this is the first crossing the bracket meets (SPEC §3.4 perturbation norm)."""
+    calls = 0
+
+    def below(sigma: float) -> bool:
+        nonlocal calls
+        calls += 1
+        return accuracy_at(sigma) <= level
+
+    lo, hi = 0.0, start
+    if below(start):
+        for _ in range(limit):
+            lo = hi / 2
+            if not below(lo):
+                break
+            hi, lo = lo, 0.0
+        else:
+            return {"norm": hi, "bracket": [0.0, hi], "evaluations": calls}
+    else:
+        for _ in range(limit):
+            lo, hi = hi, hi * 2
+            if below(hi):
+                break
+        else:
+            return {"norm": None, "bracket": [hi, None], "evaluations": calls}
+    for _ in range(steps):
+        mid = math.sqrt(lo * hi)
+        if below(mid):
+            hi = mid
+        else:
+            lo = mid
+    return {"norm": hi, "bracket": [lo, hi], "evaluations": calls}
+
+
+def halving_norms(view: FlatModel, x: torch.Tensor, y: torch.Tensor, clean: float, adversarial: torch.Tensor,
+                  directions: int, seed: int = 0) -> dict[str, Any]:
+    """‖du‖ that halves accuracy (issue 21, item 1): along the adversarial direction (unit norm) and along
+    `directions` uniformly random unit directions (their median and range), on (x, y)."""
+    level = 0.5 * clean
+    w = view.weights
+
+    def along(u: torch.Tensor) -> dict[str, Any]:
+        return halving_norm(lambda sigma: _accuracy(view, w + sigma * u, x, y)[0], level)
+
+    gen = torch.Generator(device="cpu").manual_seed(seed + 31)
+    random = []
+    for _ in range(directions):
+        u = torch.randn(w.shape, generator=gen, dtype=torch.float64).to(device=w.device, dtype=w.dtype)
+        random.append(along(u / u.norm()))
+    reached = sorted(r["norm"] for r in random if r["norm"] is not None)
+    median = float(np.median(reached)) if len(reached) == len(random) and reached else None
+    return {"level": level, "adversarial": along(adversarial), "random": random, "random_median": median,
+            "random_range": [reached[0], reached[-1]] if reached else None,
+            "random_reached": len(reached), "directions": directions}
+
+
 def attack(model: nn.Module, x_analysis: torch.Tensor, y_analysis: torch.Tensor, x_eval: torch.Tensor,
            y_eval: torch.Tensor, sigma: float = 1.0, directions: int = 1000, k: int = 20, seed: int = 0,
-           bitflips: bool = True) -> AttackResult:
+           bitflips: bool = True, halving: int = 0) -> AttackResult:
     """Compare random and designed perturbations of norm σ (SPEC §3.4): directions designed on the analysis
-    inputs, accuracies measured on the evaluation inputs."""
+    inputs, accuracies measured on the evaluation inputs. With `halving` > 0, also the norm that halves
+    accuracy along the adversarial direction and along that many random ones (`halving_norms`)."""
     if not sigma > 0:
         raise LesionError(f"σ must be positive, got {sigma}")
     op = MetricOperator(model, x_analysis)
@@ -189,5 +256,6 @@ def attack(model: nn.Module, x_analysis: torch.Tensor, y_analysis: torch.Tensor,
     collapse = {"class": dominant, "share": counts[dominant] / max(sum(counts), 1), "prediction_counts": counts}
     details = {"adversarial": info, "bitflips": flips, "directions": directions, "k": k, "seed": seed,
                "response": response}
+    halved = halving_norms(view, x_eval, y_eval, clean, u_adv, halving, seed) if halving else {}
     return AttackResult(sigma, clean, random, adv, grad_acc, eig_acc, bit_acc, collapse, len(x_analysis),
-                        len(x_eval), details)
+                        len(x_eval), details, halved)

@@ -174,7 +174,7 @@ def stage_geometry(ctx: ReportContext) -> dict[str, Any]:
     result: dict[str, Any] = {"spectrum": spec.to_dict()}
     if ctx.data.y_train is not None and ctx.y_eval is not None:
         att = attack(ctx.model, x_an, ctx.data.y_train[:inputs], ctx.x_eval, ctx.y_eval, 1.0,
-                     ctx.size(50, 300), k=10, seed=ctx.seed, bitflips=False)
+                     ctx.size(50, 300), k=10, seed=ctx.seed, bitflips=False, halving=ctx.size(4, 8))
         result["attack"] = att.to_dict()
         figures.append(attack_plot(ctx.out / "attack.png", {"network": att.to_dict()}, 1.0).name)
     result["figures"] = figures

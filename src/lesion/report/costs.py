@@ -185,12 +185,16 @@ def _crash(ctx: ReportContext, probe: Probe) -> list[StageOption]:
 
 
 def _geometry(ctx: ReportContext, probe: Probe) -> list[StageOption]:
+    from lesion.geometry.attack import HALVING_STEPS
     from lesion.geometry.spectrum import automatic_route
 
     per_input, m, rows_per_input, n, element = probe.metric
     labelled = ctx.data.y_train is not None and ctx.y_eval is not None
     directions = ctx.size(50, 300)
-    attack_forwards = (directions + 60) * len(ctx.x_eval) * probe.forward if labelled else 0.0
+    # the random directions, the adversarial search, and the ‖du‖ that halves accuracy along 1 + ctx.size(4, 8)
+    # directions (a bracket and HALVING_STEPS bisections: about 12 forwards each on the evaluation inputs)
+    forwards = directions + 60 + (1 + ctx.size(4, 8)) * (HALVING_STEPS + 6)
+    attack_forwards = forwards * len(ctx.x_eval) * probe.forward if labelled else 0.0
     options = []
     inputs = min(ctx.size(100, 500), len(ctx.data.x_train))
     while True:

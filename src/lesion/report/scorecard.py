@@ -13,6 +13,8 @@ Entries (`key`: what it is):
   10%, interpolated in log10(rate); interval from the failure rate's Wilson interval (bitflips);
 - `most_damaging_bit`: the single bit flip that costs most accuracy (bitflips);
 - `perturbation`: accuracy at ‖du‖ = 1, random directions against the adversarial one (geometry);
+- `halving_norm`: the weight perturbation norm ‖du‖ that halves accuracy, random directions (median; interval:
+  their range) against the adversarial direction (geometry);
 - `best_recovery`: the best repair and the share of the lost accuracy it gets back (recovery).
 """
 
@@ -118,6 +120,7 @@ def build_scorecard(results: dict[str, Any]) -> list[dict[str, Any]]:
                            [r["mean"], att["adversarial_accuracy"]],
                            f"{r['mean']:.4f} random (95% CI {r['ci'][0]:.4f}–{r['ci'][1]:.4f}) against "
                            f"{att['adversarial_accuracy']:.4f} adversarial", "geometry", r["ci"]))
+        card.extend(_halving_entry(att.get("halving") or {}))
     rec = results.get("recovery", {})
     if rec.get("methods"):
         methods = rec["methods"]
@@ -133,3 +136,24 @@ def build_scorecard(results: dict[str, Any]) -> list[dict[str, Any]]:
                            "recovery",
                            regained=regained))
     return card
+
+
+def _halving_entry(halving: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ‖du‖ that halves accuracy, random against adversarial (the geometry section's numbers)."""
+    if not halving:
+        return []
+    adversarial = halving["adversarial"]["norm"]
+    random, spread = halving["random_median"], halving["random_range"]
+    if random is None:
+        text = (f"random: {halving['random_reached']} of {halving['directions']} directions halve accuracy below "
+                f"‖du‖ = 1e9")
+    else:
+        text = f"random directions: median {random:.3g} (range {spread[0]:.3g}–{spread[1]:.3g})"
+    if adversarial is None:
+        text += "; the adversarial direction does not halve it"
+    else:
+        text += f" against {adversarial:.3g} adversarial"
+        if random is not None:
+            text += f" ({random / adversarial:.3g}× smaller)"
+    return [_entry("halving_norm", "‖du‖ that halves accuracy: random / adversarial", [random, adversarial], text,
+                   "geometry", spread)]

@@ -116,6 +116,17 @@ def build_sections(results: dict[str, Any], out: Path) -> list[Section]:
         c = att["collapse"]
         s.paragraphs.append(f"Under the adversarial perturbation {c['share']:.1%} of the test inputs are classified "
                             f"as class {c['class']}.")
+        halving = att.get("halving")
+        if halving:
+            def norm(r: dict) -> str:
+                return "not reached" if r["norm"] is None else f"{fmt(r['norm'])} (bracket {fmt(r['bracket'][0])}–" \
+                    f"{fmt(r['bracket'][1])})"
+            rows = [["adversarial direction", norm(halving["adversarial"])]]
+            rows += [[f"random direction {i + 1}", norm(r)] for i, r in enumerate(halving["random"])]
+            if halving["random_median"] is not None:
+                rows.append(["random directions: median (range)", f"{fmt(halving['random_median'])} "
+                             f"({fmt(halving['random_range'][0])}–{fmt(halving['random_range'][1])})"])
+            s.tables.append(([f"‖du‖ that halves accuracy (to ≤ {fmt(halving['level'])})", "norm"], rows))
     s.figures += _figures(geo, out, {"spectrum.png": "sorted eigenvalues of g and their density",
                                      "attack.png": "random against designed perturbations"})
     sections.append(s)
