@@ -117,7 +117,7 @@ def test_halving_norms_on_a_trained_network_match_a_hand_perturbed_copy(trained)
     directions do."""
     import copy
 
-    from lesion.geometry.attack import _accuracy, halving_norms
+    from lesion.geometry.attack import _accuracy
     from lesion.geometry.flat import FlatModel
 
     model, _, data = trained
