@@ -142,12 +142,13 @@ def _certified_crashes(ctx: ReportContext, structure: Any, x: torch.Tensor, rows
     certifies within ε = 1 beside measured Omega_av's answer."""
     from lesion.crash.tolerance import largest_within
     from lesion.crash.worst import worst_case
+    from lesion.report.costs import certificate_seconds
     from lesion.report.scorecard import CERTIFIED_EPSILON
 
     out = []
     for layer in range(1, structure.depth + 1):
         faults = list(range(1, min(3, structure.widths[layer - 1]) + 1))
-        found = worst_case(structure, x, layer, faults, time_limit=ctx.size(1.0, 4.0))
+        found = worst_case(structure, x, layer, faults, time_limit=certificate_seconds(ctx))
         measured = [r["omega_av"] for r in rows if r["layer"] == layer]
         out.append({"layer": layer, "epsilon": CERTIFIED_EPSILON, "faults": faults,
                     "omega_max_lower": [w.omega_max_lower for w in found],
