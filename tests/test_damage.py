@@ -321,3 +321,37 @@ def test_int8_and_float16_flips_through_the_engine(mlp):
     expected = (np.array([half]).view(np.uint16) ^ np.uint16(1 << 14)).view(np.float16)[0]
     _, realised = outputs_of(mlp, "bitflip:fc2.weight:0:14:fmt=float16", X_MLP)
     assert realised.faults[0]["after"] == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_chunk_sizing_counts_what_functions_compute_between_modules():
+    """Attention-like scores made by a function (no module sees them) are counted when chunks are sized: one
+    input's (tokens, tokens) scores, 16× what the modules output here; and the outputs stay exact."""
+    from lesion.damage.apply import _activation_numel
+
+    class Scores(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q = torch.nn.Linear(8, 8)
+            self.out = torch.nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q = self.q(x)
+            scores = torch.softmax(q @ q.transpose(1, 2), dim=-1)  # (batch, 64, 64), from functions only
+            return self.out((scores @ q).mean(1))
+
+    torch.manual_seed(0)
+    model = Scores().eval()
+    x = torch.randn(5, 64, 8)
+    counted = _activation_numel(model, None, x)
+    assert counted >= 2 * 64 * 64  # the product and its softmax
+    leaves_only = 64 * 8 + 3  # what forward hooks on q and out see for one input
+    assert counted > 8 * leaves_only
+    target = Target(model, example=x[:2])
+    configs = [realise(target, [parse_damage("crash:q:count=3")], torch.Generator().manual_seed(i)) for i in range(4)]
+    outputs = batched_damaged_outputs(model, configs, x)
+    for config, out in zip(configs, outputs, strict=True):
+        keep = config.units["q"].keep
+        with torch.no_grad():
+            q = model.q(x) * keep
+            expected = model.out((torch.softmax(q @ q.transpose(1, 2), dim=-1) @ q).mean(1))
+        torch.testing.assert_close(out, expected)

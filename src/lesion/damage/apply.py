@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from lesion import progress
 from lesion.damage.activation_faults import ActivationFaults, check_inputs
@@ -162,12 +163,37 @@ def _activation_numel(model: nn.Module, leaves: list[tuple[str, nn.Module]] | No
     handles = [m.register_forward_hook(count) for m in modules]
     try:
         h = x[:1]
-        for step in ([model] if leaves is None else [m for _, m in leaves]):
-            h = step(h)
+        if leaves is None:  # a whole model: also what its functions compute between modules (attention scores)
+            with _CountingMode() as counted:
+                model(h)
+            total = max(total, counted.numel)
+        else:
+            for _, step in leaves:
+                h = step(h)
     finally:
         for handle in handles:
             handle.remove()
     return max(total, 1)
+
+
+class _CountingMode(TorchDispatchMode):
+    """Counts the values of every new tensor an operation makes (views and in-place results excluded): for one
+    input, about what a forward allocates, including the functional parts that no module hook sees (the
+    (heads, tokens, tokens) scores of `scaled_dot_product_attention`, say); an upper bound of its peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.numel = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        schema = getattr(func, "_schema", None)
+        aliasing = schema is not None and any(r.alias_info is not None for r in schema.returns)
+        if not aliasing:
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    self.numel += t.numel()
+        return out
 
 
 def _suffix_runner(model: nn.Module, leaves: list[tuple[str, nn.Module]] | None, hooks: SiteHooks
