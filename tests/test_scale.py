@@ -121,18 +121,25 @@ def test_exact_and_monte_carlo_omega_on_ray_equal_the_local_figures_to_the_bit()
     assert pool.stats.shards >= 9  # three 2,048-input steps a run
 
 
+def _saved_digits_mlp(path, hidden: int) -> str:
+    """A small untrained digits MLP saved whole (what a user passes as --model); Ray must be importable."""
+    pytest.importorskip("ray")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, hidden), torch.nn.ReLU(),
+                                torch.nn.Linear(hidden, 10))
+    torch.save(model, path)
+    return str(path)
+
+
 @pytest.mark.slow
 def test_report_campaigns_and_omega_on_ray_equal_the_local_report(tmp_path):
     """`lesion report --executor ray`: the bit-flip campaigns, the crash stage's Omega and the deletion curves
     run on the workers and give the local report's figures to the bit (issues 18 and 21)."""
-    pytest.importorskip("ray")
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
-    torch.save(model, tmp_path / "m.pt")
+    model = _saved_digits_mlp(tmp_path / "m.pt", 16)
     runs = {}
     for executor in ("local", "ray"):
         out = tmp_path / executor
-        argv = ["report", "--model", str(tmp_path / "m.pt"), "--data", "digits", "--quick", "--stages",
+        argv = ["report", "--model", model, "--data", "digits", "--quick", "--stages",
                 "crash,breakdown,bitflips", "--out", str(out), "--executor", executor, "--workers", "2"]
         if executor == "local":
             argv = argv[:-2]
@@ -148,13 +155,10 @@ def test_report_campaigns_and_omega_on_ray_equal_the_local_report(tmp_path):
 @pytest.mark.slow
 def test_deletion_curves_on_ray_equal_the_local_ones(tmp_path):
     """`lesion breakdown --executor ray`: each random order's curve on a worker, the local curve to the bit."""
-    pytest.importorskip("ray")
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 20), torch.nn.ReLU(), torch.nn.Linear(20, 10))
-    torch.save(model, tmp_path / "m.pt")
+    model = _saved_digits_mlp(tmp_path / "m.pt", 20)
     out = {}
     for executor in ("local", "ray"):
-        argv = ["breakdown", "--model", str(tmp_path / "m.pt"), "--data", "digits", "--orders", "4", "--points", "6",
+        argv = ["breakdown", "--model", model, "--data", "digits", "--orders", "4", "--points", "6",
                 "--paths", "0", "--json", str(tmp_path / f"{executor}.json"), "--executor", executor]
         assert main(argv) == 0
         out[executor] = json.loads((tmp_path / f"{executor}.json").read_text())
