@@ -82,9 +82,11 @@ def test_distillation_after_compensation_moves_closer_to_the_undamaged_network(t
                                compensate_options={"calibration": 256})
     both = results["compensate+distill:0.5"]
     assert _kl_to_teacher(problem, weights["compensate+distill:0.5"]) < _kl_to_teacher(problem, weights["compensate"])
+    steps = both.details["distill"]["steps"]
+    teacher = min(len(data.x_train), 2048, steps * 8)  # teacher outputs only for inputs the steps read
+    assert both.details["distill"]["calibration"] == teacher
     assert both.epoch_equivalents == pytest.approx(results["compensate"].epoch_equivalents
-                                                   + both.details["distill"]["steps"] * 8 / len(data.x_train)
-                                                   + min(len(data.x_train), 2048) / 3 / len(data.x_train))
+                                                   + steps * 8 / len(data.x_train) + teacher / 3 / len(data.x_train))
     assert results["distill"].details["epochs"] == 0.5
     assert bool((weights["compensate+distill:0.5"][problem.damage.indices] == 0).all())
 

@@ -11,8 +11,8 @@ chip that lost units can be repaired from inputs it sees in the field. Started f
 (`compensate+distill:E`) it refines the closed-form fit.
 
 Compute, in epoch-equivalents (`RecoveryProblem.epochs`): the teacher's forward over the calibration inputs
-(a forward counts 1/3 of a forward and backward pass) plus `epochs` × the training-set size examples passed
-forward and backward.
+(a forward counts 1/3 of a forward and backward pass; no more of them than the run's steps read) plus `epochs` ×
+the training-set size examples passed forward and backward.
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ def distill(problem: Any, epochs: float = 0.5, start_weights: torch.Tensor | Non
         raise LesionError(f"distill needs epochs, calibration, batch, lr and temperature > 0 (got epochs={epochs}, "
                           f"calibration={calibration}, batch={batch}, lr={lr}, temperature={temperature})")
     started = time.perf_counter()
-    x = problem.x_train[:calibration]
+    examples = max(1, int(round(epochs * len(problem.x_train))))
+    steps = math.ceil(examples / batch)
+    x = problem.x_train[:min(calibration, steps * batch)]  # no teacher outputs for inputs a short run never sees
     undamaged = problem.load(problem.w0).eval()
     with torch.no_grad():
         teacher = torch.cat([undamaged(x[i:i + 1024]) for i in range(0, len(x), 1024)])
@@ -65,8 +67,6 @@ def distill(problem: Any, epochs: float = 0.5, start_weights: torch.Tensor | Non
     model = problem.load(w).eval()  # dropout off: the student should match the teacher's deterministic outputs
     masks = problem.flat.unflatten(problem.mask)
     params = [(p, masks.get(name)) for name, p in model.named_parameters()]
-    examples = max(1, int(round(epochs * len(problem.x_train))))
-    steps = math.ceil(examples / batch)
     optimiser = torch.optim.Adam([p for p, _ in params], lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
     order_rng = torch.Generator().manual_seed(seed)
