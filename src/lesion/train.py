@@ -71,7 +71,8 @@ class TrainHistory:
 
 
 @torch.no_grad()
-def _apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Multiply each named parameter by its 0/1 mask in place (deleted weights held at zero)."""
     for name, p in model.named_parameters():
         if name in masks:
             p.mul_(masks[name])
@@ -119,7 +120,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSet
     steps = math.ceil(len(x) / settings.batch_size)
     losses: list[float] = []
     if masks:
-        _apply_masks(model, masks)
+        apply_masks(model, masks)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         model.train()
@@ -137,7 +138,7 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, settings: TrainSet
                     loss.backward()
                     optimiser.step()
                     if masks:
-                        _apply_masks(model, masks)
+                        apply_masks(model, masks)
                     total += float(loss.detach()) * len(idx)
                     pbar.update(1)
                 losses.append(total / len(x))

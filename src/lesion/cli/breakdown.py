@@ -59,20 +59,16 @@ def _cmd_breakdown(args: argparse.Namespace) -> dict[str, Any]:
         if seconds > args.time_limit:
             raise LesionError(f"the deletion paths would take about {seconds:,.0f} s, above --time-limit "
                               f"{args.time_limit:g}; use fewer --paths, --points or --inputs, or raise --time-limit")
-    execution = {}
-    if args.executor not in (None, "local"):  # the deletion orders on Ray workers, one order a call
-        from lesion.scale.executor import executor_for
+    from lesion.scale.executor import executor_for
 
-        executor = executor_for(args.executor, args.workers, args.gpus_per_task, args.worker_threads)
-        try:
-            curve = deletion_curve(loaded.module, data.x_test, data.y_test, args.layer, fractions, args.order,
-                                   args.orders, args.share, args.seed, x_an, executor=executor)
-        finally:
-            executor.close()
-        execution = {"execution": executor.stats.to_dict()}
-    else:
-        curve = deletion_curve(loaded.module, data.x_test, data.y_test, args.layer, fractions, args.order,
-                               args.orders, args.share, args.seed, x_an)
+    remote = args.executor not in (None, "local")  # the deletion orders on Ray workers, one order a call
+    executor = executor_for(args.executor, args.workers, args.gpus_per_task, args.worker_threads)
+    try:
+        curve = deletion_curve(loaded.module, data.x_test, data.y_test, args.layer, fractions, args.order, args.orders,
+                               args.share, args.seed, x_an, executor=executor if remote else None)
+    finally:
+        executor.close()
+    execution = {"execution": executor.stats.to_dict()} if remote else {}
     profiles = []
     for p in range(args.paths):
         sequence = unit_order(loaded.module, args.layer, "random", np.random.default_rng(args.seed + 1000 + p), x_an)

@@ -328,15 +328,6 @@ def _lanes(kernel: Callable, contrib: np.ndarray, f: int, n_sets: int, input_max
     return set_sums, total_sq
 
 
-def norm_of(v: np.ndarray, norm: str) -> np.ndarray:
-    """‖v[:, x]‖_q for every input x of v (outputs, inputs)."""
-    if norm == "inf":
-        return np.abs(v).max(axis=0)
-    if norm == "1":
-        return np.abs(v).sum(axis=0)
-    return np.sqrt((v * v).sum(axis=0))
-
-
 def run_block(contrib: np.ndarray, f: int, norm: str, n_sets: int, threads: int = 1,
               base: np.ndarray | None = None) -> tuple:
     """Every set of f units over a block of inputs (contrib from `contributions`), on the block's live units
@@ -365,7 +356,7 @@ def run_block(contrib: np.ndarray, f: int, norm: str, n_sets: int, threads: int 
             if count == 0:
                 continue
             if k == 0:  # the empty live part: d = ‖base‖ (0 without a prefix)
-                alone = norm_of(base, norm)
+                alone = np.linalg.norm(base, ord=NORM_ORDERS[norm], axis=0)
                 np.maximum(input_max, alone, out=input_max)
                 parts.append(np.array([alone.sum()]))
                 total_sq += math.comb(silent, f) * float((alone * alone).sum())

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from lesion.errors import LesionError
+from lesion.train import apply_masks
 
 DISTILL_LR = 3e-3  # one-cycle peak; 1e-3 … 4e-3 gave the same accuracy on mlp1-400 (benchmarks/recovery.py)
 DISTILL_BATCH = 8
@@ -66,8 +67,7 @@ def distill(problem: Any, epochs: float = 0.5, start_weights: torch.Tensor | Non
     w = problem.w0 * problem.mask if start_weights is None else start_weights
     model = problem.load(w).eval()  # dropout off: the student should match the teacher's deterministic outputs
     masks = problem.flat.unflatten(problem.mask)
-    params = [(p, masks.get(name)) for name, p in model.named_parameters()]
-    optimiser = torch.optim.Adam([p for p, _ in params], lr=lr)
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
     order_rng = torch.Generator().manual_seed(seed)
     order = torch.zeros(0, dtype=torch.long)
@@ -84,10 +84,7 @@ def distill(problem: Any, epochs: float = 0.5, start_weights: torch.Tensor | Non
             loss.backward()
             optimiser.step()
             schedule.step()
-            with torch.no_grad():
-                for p, mask in params:
-                    if mask is not None:
-                        p.mul_(mask)
+            apply_masks(model, masks)
     w = problem.flat.weights_of(model).to(w.dtype) * problem.mask
     acc, loss_value = problem.evaluate(w)
     compute = problem.epochs(len(x) / 3) + problem.epochs(steps * batch)
