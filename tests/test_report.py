@@ -76,28 +76,57 @@ def test_report_refuses_data_without_model(tmp_path, capsys):
     assert main(["report", "--model", "preset:mlp2", "--out", str(tmp_path)]) == 2
 
 
+def _chromium(browser, profile, url, *args):
+    """Run headless Chromium on a page; return its stderr, where `--enable-logging` writes the page's console."""
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+             "--enable-logging=stderr", "--v=0", "--hide-scrollbars"]
+    done = subprocess.run([*flags, *args, url], check=True, timeout=120, capture_output=True, text=True)
+    return done.stdout, done.stderr
+
+
+def _ink_rows(png):
+    """Which pixel rows of a screenshot carry ink (any pixel darker than light grey)."""
+    from PIL import Image
+
+    grey = np.asarray(Image.open(png).convert("L"))
+    return (grey < 200).any(axis=1)
+
+
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium(user_report, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("chromium is not installed (make test-all installs it)")
     out, _ = user_report
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             f"--user-data-dir={tmp_path / 'profile'}"]
-    url = (out / "report.html").resolve().as_uri()
+    page = out / "report.html"
+    url = page.resolve().as_uri()
     shot = tmp_path / "report.png"
-    subprocess.run([*flags, "--window-size=1200,4000", f"--screenshot={shot}", url], check=True, timeout=120,
-                   capture_output=True)
-    assert shot.stat().st_size > 50_000
-    dom = subprocess.run([*flags, "--dump-dom", url], check=True, timeout=120, capture_output=True, text=True).stdout
+    _, log = _chromium(browser, tmp_path / "p1", url, "--window-size=1200,3000", f"--screenshot={shot}")
+    console = [line for line in log.splitlines() if ":CONSOLE" in line]
+    assert console == []  # no script error, no warning, nothing written to the page's console
+    dom, log = _chromium(browser, tmp_path / "p2", url, "--dump-dom")
+    assert [line for line in log.splitlines() if ":CONSOLE" in line] == []
     for section in SECTIONS:
         assert f'<section id="{section}">' in dom
     assert dom.count("<img ") >= 6 and "data:image/png;base64," in dom
     assert dom.index('<section id="summary">') < dom.index('<section id="network">')  # the answer first
+
+    # The screenshot shows the summary at the top: the same page with the summary hidden differs there, and
+    # the rows it fills are a table's worth of ink near the top of the page.
+    hidden = tmp_path / "hidden.html"
+    hidden.write_text(page.read_text().replace("</head>", "<style>#summary{visibility:hidden}</style></head>", 1))
+    shot_hidden = tmp_path / "hidden.png"
+    _chromium(browser, tmp_path / "p3", hidden.resolve().as_uri(), "--window-size=1200,3000",
+              f"--screenshot={shot_hidden}")
+    summary_rows = np.flatnonzero(_ink_rows(shot) & ~_ink_rows(shot_hidden))
+    assert summary_rows.size > 150  # the scorecard's rows of text, not a stray line
+    assert summary_rows[0] < 600  # it starts within the first screen
+
     phone = tmp_path / "phone.png"  # a phone-sized screenshot renders too (the summary table scrolls)
-    subprocess.run([*flags, "--window-size=390,2000", f"--screenshot={phone}", url], check=True, timeout=120,
-                   capture_output=True)
-    assert phone.stat().st_size > 20_000
+    _, log = _chromium(browser, tmp_path / "p4", url, "--window-size=390,2000", f"--screenshot={phone}")
+    assert [line for line in log.splitlines() if ":CONSOLE" in line] == []
+    assert _ink_rows(phone)[:600].sum() > 100
 
 
 def test_report_records_each_stage_estimate(user_report):
