@@ -230,7 +230,7 @@ def mixed_configs(model: nn.Module, count: int) -> list[Realised]:
     target = Target(model)
     gen = seeded(11)
     specs = ["crash:1:frac=0.4", "delete:weights:frac=0.3", "gauss:0.5", "crash:2:count=2",
-             "bitflip:ber=0.002"]
+             "bitflip:ber=0.002:fmt=float32"]  # float64 weights have no format of their own here
     return [realise(target, [parse_damage(specs[i % len(specs)])], gen) for i in range(count)]
 
 
@@ -321,6 +321,42 @@ def test_int8_and_float16_flips_through_the_engine(mlp):
     expected = (np.array([half]).view(np.uint16) ^ np.uint16(1 << 14)).view(np.float16)[0]
     _, realised = outputs_of(mlp, "bitflip:fc2.weight:0:14:fmt=float16", X_MLP)
     assert realised.faults[0]["after"] == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_bit_flips_default_to_the_format_the_weights_and_values_are_held_in(mlp):
+    """Without fmt=, a float16 model's weights flip as float16 words (bit 14, the exponent's top bit, flipped by
+    hand in numpy), random flips draw over its 16-bit words (the same faults as fmt=float16, not float32's),
+    and activation flips take the site's dtype; float64 weights and mixed formats are refused with the reason."""
+    half = copy.deepcopy(mlp).half()
+    x = X_MLP.half()
+    w = half.fc2.weight[0, 0].detach().numpy()
+    expected = (np.array([w]).view(np.uint16) ^ np.uint16(1 << 14)).view(np.float16)[0]
+    out, realised = outputs_of(half, "bitflip:fc2.weight:0:14", x)
+    assert realised.faults[0]["format"] == "float16" and realised.faults[0]["after"] == float(expected)
+    hand = copy.deepcopy(half)
+    with torch.no_grad():
+        hand.fc2.weight[0, 0] = float(expected)
+        torch.testing.assert_close(out, hand(x), rtol=0, atol=0)
+    target = Target(half)
+    default = realise(target, [parse_damage("bitflip:ber=0.02")], seeded(3))
+    explicit = realise(target, [parse_damage("bitflip:ber=0.02:fmt=float16")], seeded(3))
+    as_float32 = realise(target, [parse_damage("bitflip:ber=0.02:fmt=float32")], seeded(3))
+    assert default.faults == explicit.faults and default.faults[0]["format"] == "float16"
+    assert default.faults[0]["flips"] != as_float32.faults[0]["flips"]  # 16 candidate bits a weight, not 32
+    torch.testing.assert_close(damaged_outputs(half, default, x), damaged_outputs(half, explicit, x), rtol=0, atol=0)
+    assert parse_damage("bitflip:ber=0.02").spec() == "bitflip:ber=0.02"  # no format written unless given
+    sites = Target(half, example=x[:2], inputs=x)
+    config = realise(sites, [parse_damage("act-bitflip:1:ber=0.05")], seeded(4))
+    assert config.faults[0]["fmt"] == "float16"
+    assert realise(Target(mlp, example=X_MLP[:2], inputs=X_MLP), [parse_damage("act-bitflip:1:ber=0.05")],
+                   seeded(4)).faults[0]["fmt"] == "float32"
+    with pytest.raises(LesionError, match="stored as float64 have no bit-flip format"):
+        realise(Target(copy.deepcopy(mlp).double()), [parse_damage("bitflip:ber=0.01")], seeded(0))
+    mixed = copy.deepcopy(mlp)
+    mixed.fc1.half()
+    with pytest.raises(LesionError, match="stored in float16 and float32"):
+        realise(Target(mixed), [parse_damage("bitflip:ber=0.01")], seeded(0))
+    realise(Target(mixed), [parse_damage("bitflip:fc1.*:ber=0.01")], seeded(0))  # one format: fine
 
 
 def test_chunk_sizing_counts_what_functions_compute_between_modules():

@@ -131,3 +131,38 @@ def test_validation_reports_nan_weights_and_wrong_shapes(mlp):
 def test_model_returning_a_non_matrix_is_refused():
     with pytest.raises(LesionError, match="must return a"):
         validate_model(nn.Flatten(0), X)
+
+
+def test_a_float16_model_runs_on_float32_data_flips_its_own_bits_and_is_judged_in_float16(tmp_path):
+    """A torch.save'd float16 model: the data's float32 inputs are cast to it (clean accuracy equals a hand
+    forward on x.half()), bit flips default to its float16 words, and recovery scores repaired weights rounded
+    to float16 (`FlatModel.stored`)."""
+    import json
+
+    from lesion.cli import main
+    from lesion.data import load
+    from lesion.geometry.flat import FlatModel
+    from lesion.nets import prepare_model
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)).half().eval()
+    torch.save(model, tmp_path / "m16.pt")
+    data = load("digits")
+    report = tmp_path / "c.json"
+    assert main(["--quiet", "campaign", "--model", str(tmp_path / "m16.pt"), "--data", "digits", "--damage",
+                 "bitflip:ber=1e-3", "--samples", "3", "--json", str(report)]) == 0
+    result = json.loads(report.read_text())["campaign"]
+    with torch.no_grad():
+        hand = (model(data.x_test.half()).argmax(1) == data.y_test).double().mean().item()
+    assert result["clean_accuracy"] == pytest.approx(hand, abs=1e-12)
+    formats = {f["format"] for s in result["samples"] for f in s["faults"]}
+    assert formats == {"float16"}
+    view, _ = prepare_model(model, data.x_test, 10)
+    flat = FlatModel(view, data.x_test[:1])
+    assert flat.weights.dtype == torch.float32 and flat.half_precision == torch.float16
+    w = flat.weights + 1e-4 * torch.randn_like(flat.weights)
+    assert torch.equal(flat.stored(w), w.half().float()) and not torch.equal(flat.stored(w), w)
+    with pytest.raises(LesionError, match="half-precision"):
+        from lesion.crash.structure import mlp_structure
+
+        mlp_structure(view)

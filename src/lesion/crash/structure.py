@@ -69,8 +69,11 @@ def mlp_structure(model: nn.Module) -> MLPStructure:
     """Read the MLP of SPEC §2.2 off `model`, or raise a LesionError saying why it is not one."""
     leaves = chain_leaves(model)
     if leaves is None or (len(leaves) == 1 and leaves[0][0] == "" and list(model.children())):
+        why = (f"{type(model).__name__} has its own forward" if not getattr(model, "lesion_cast_inputs", False)
+               else "this model stores half-precision weights and is read with its inputs cast to them; analyse "
+               "a float32 copy (model.float()) for the bound")
         raise LesionError("the crash bound needs an MLP (a chain of Linear layers and elementwise activations); "
-                          f"{type(model).__name__} has its own forward")
+                          + why)
     weights, biases, acts, linear_names, act_names = [], [], [], [], []
     expecting_activation = False
     for name, module in leaves:

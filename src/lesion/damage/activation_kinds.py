@@ -1,7 +1,8 @@
 """Activation fault descriptions (issue 17, item 1): `act-bitflip` and `act-stuck`, realised per input.
 
-`act-bitflip:SITE:ber=R[:fmt=F][:bits=B1,B2][:permanent]`: every bit of every value of the site (in format F;
-only bit positions B when given), for every evaluation input, flips independently with probability R; the
+`act-bitflip:SITE:ber=R[:fmt=F][:bits=B1,B2][:permanent]`: every bit of every value of the site (in format F,
+by default the site's own dtype; only bit positions B when given), for every evaluation input, flips
+independently with probability R; the
 number of flips is Binomial(inputs × values × bits, R), their (input, position, bit) drawn uniformly without
 replacement (as weight bit flips, `bits.random_bit_positions`). With `permanent` the positions are drawn once
 over one input's values and hit every input.
@@ -61,31 +62,48 @@ class ActivationBitFlip:
 
     site: str
     ber: float
-    fmt: str = "float32"
+    fmt: str | None = None
     positions: tuple[int, ...] | None = None
     permanent: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ber <= 1.0:
             raise LesionError(f"bit-error rate must be in [0, 1], got {self.ber}")
-        if self.fmt not in bitlib.FORMATS:
+        if self.fmt is not None and self.fmt not in bitlib.FORMATS:
             raise LesionError(f"unknown format {self.fmt!r}; formats are {', '.join(bitlib.FORMATS)}")
+        if self.fmt is not None:
+            self._check_bits(self.fmt)
+
+    def _check_bits(self, fmt: str) -> None:
         for bit in self.positions or ():
-            bitlib.bit_name(self.fmt, bit)  # refuses a bit the format does not have
+            bitlib.bit_name(fmt, bit)  # refuses a bit the format does not have
+
+    def value_format(self, site: Site) -> str:
+        """The format the bits are flipped in: `fmt` when given, else the one the site's values are held in
+        (float16 in a half-precision model); float32 where the site's dtype is not recorded."""
+        if self.fmt is not None:
+            return self.fmt
+        fmt = bitlib.format_of(site.dtype) if site.dtype else "float32"
+        if fmt is None:
+            raise LesionError(f"site {site.name} holds {site.dtype} values, which have no bit-flip format here: "
+                              "give fmt=float32 (or float16, bfloat16, int8) to flip the bits of that rounding")
+        self._check_bits(fmt)
+        return fmt
 
     def realise(self, target: Target, state: Realised, generator: torch.Generator) -> Realised:
         """Draw the flipped (input, position, bit) triples and add them as faults at the site."""
         site, per_input = _site(target, self.site)
+        fmt = self.value_format(site)
         inputs = 1 if self.permanent else target.input_count
-        element, bit = bitlib.random_bit_positions(inputs * per_input, self.ber, self.fmt, generator, self.positions)
+        element, bit = bitlib.random_bit_positions(inputs * per_input, self.ber, fmt, generator, self.positions)
         # several bits of one value flip together: one XOR mask per value
         keys, inverse = torch.unique(element, return_inverse=True)
         masks = torch.zeros(keys.numel(), dtype=torch.int64).index_add_(0, inverse, torch.ones_like(bit) << bit)
-        scale = target.activation_scale(site) if self.fmt == "int8" and keys.numel() else None
+        scale = target.activation_scale(site) if fmt == "int8" and keys.numel() else None
         device = target.device
         which = None if self.permanent else (keys // per_input).to(device)
-        faults = ActivationFaults(site, (keys % per_input).to(device), which, masks.to(device), None, self.fmt, scale)
-        options = {"fmt": self.fmt, "ber": self.ber, "permanent": self.permanent}
+        faults = ActivationFaults(site, (keys % per_input).to(device), which, masks.to(device), None, fmt, scale)
+        options = {"fmt": fmt, "ber": self.ber, "permanent": self.permanent}
         if scale is not None:
             options["scale"] = scale
         record = _record("act-bitflip", site, options, None if self.permanent else keys // per_input,
@@ -94,7 +112,7 @@ class ActivationBitFlip:
 
     def spec(self) -> str:
         """SPEC string."""
-        fmt = f":fmt={self.fmt}" if self.fmt != "float32" else ""
+        fmt = f":fmt={self.fmt}" if self.fmt is not None else ""
         bits = f":bits={','.join(map(str, self.positions))}" if self.positions else ""
         return f"act-bitflip:{self.site}:ber={self.ber}{fmt}{bits}{':permanent' if self.permanent else ''}"
 
@@ -167,7 +185,7 @@ def parse_activation_fault(kind: str, parts: Sequence[str]) -> ActivationBitFlip
         if "ber" not in options:
             raise LesionError("act-bitflip needs ber=RATE")
         positions = bitlib.parse_bit_list(options["bits"]) if "bits" in options else None
-        return ActivationBitFlip(parts[0], _number(options["ber"], "ber"), options.get("fmt", "float32"), positions,
+        return ActivationBitFlip(parts[0], _number(options["ber"], "ber"), options.get("fmt"), positions,
                                  permanent)
     if "rate" not in options:
         raise LesionError("act-stuck needs rate=R")

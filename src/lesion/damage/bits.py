@@ -286,6 +286,14 @@ def random_bit_positions(numel: int, ber: float, fmt: str, generator: torch.Gene
     return chosen // per_element, _position_lookup(tuple(positions))[chosen % per_element]
 
 
+def format_of(dtype: torch.dtype | str) -> str | None:
+    """The storage format a tensor of `dtype` is held in (SPEC §1, bit flip: "in its stored format"): float32,
+    float16 or bfloat16, int8 for quantised integers; None for a dtype with no format here (float64, say)."""
+    name = str(dtype).removeprefix("torch.")
+    return {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "qint8": "int8", "quint8": "int8",
+            "int8": "int8"}.get(name)
+
+
 def bit_name(fmt: str, bit: int) -> str:
     """What bit `bit` of a `fmt` word encodes: "sign", "exponent[k]", "mantissa[k]" or, for int8, "magnitude[k]".
 

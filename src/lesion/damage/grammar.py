@@ -17,13 +17,14 @@ gauss:SIGMA | gauss:PARAM:SIGMA     w + du, du_i ~ N(0, SIGMA²/n): E|du|² = SI
 sphere:SIGMA | sphere:PARAM:SIGMA   w + SIGMA·u, u uniform on the unit sphere
 direction:FILE[:SIGMA]        w + du for du read from FILE (.npy vector or .pt), scaled to norm SIGMA if given
 bitflip:[PARAM:]ber=R[:fmt=F][:bits=B1,B2]  random bit flips at bit-error rate R in the stored format F
-                              (float32 default, float16, bfloat16, int8), optionally only at bit positions B
+                              (float32, float16, bfloat16, int8; default: the format the weights are stored
+                              in), optionally only at bit positions B
 bitflip:PARAM:INDEX:BIT[:fmt=F]     flip bit BIT (0 = least significant, top = sign) of one weight
 stuck:PARAM:INDEX:VALUE       one weight stuck at VALUE (a number, inf, -inf, nan)
 act-bitflip:SITE:ber=R[:fmt=F][:bits=B1,B2][:permanent]  bit flips in the values SITE outputs: each bit of
                               each value flips with probability R, drawn per input (a transient soft error hits
-                              one inference); permanent: the same positions on every input; int8 words use the
-                              site's scale (max |clean value| / 127)
+                              one inference); permanent: the same positions on every input; F defaults to the
+                              site's own dtype; int8 words use the site's scale (max |clean value| / 127)
 act-stuck:SITE:rate=R[:value=V][:permanent]  each value SITE outputs is stuck at V (default 0) with probability
                               R, per input (transient) or the same positions on every input (permanent)
 PARAM is a parameter name (fc1.weight), a glob (*.weight), all, weights or biases; INDEX a flat index or i,j."""

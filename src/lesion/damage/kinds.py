@@ -321,57 +321,90 @@ class BitFlip:
     """Bit flips in the stored format of weights (SPEC §1, beyond the papers): either one chosen bit of one
     weight (`param`, `index`, `bit`), or random flips at bit-error rate `ber` over all stored bits of the
     parameters `params` (optionally only at bit positions `positions`). int8 uses a per-tensor scale
-    max|w|/127."""
+    max|w|/127. Without `fmt`, the format is the one the weights are stored in (`stored_format`): float16 for a
+    half-precision model, int8 for a quantised model's integers."""
 
     params: str = "all"
-    fmt: str = "float32"
+    fmt: str | None = None
     ber: float | None = None
     positions: tuple[int, ...] | None = None
     index: str | None = None
     bit: int | None = None
 
     def __post_init__(self) -> None:
-        if self.fmt not in bitlib.FORMATS:
+        if self.fmt is not None and self.fmt not in bitlib.FORMATS:
             raise LesionError(f"unknown storage format {self.fmt!r}; choose one of {', '.join(bitlib.FORMATS)}")
         if (self.ber is None) == (self.bit is None):
             raise LesionError("a bit flip needs either ber=RATE or PARAM:INDEX:BIT")
         if self.ber is not None and not 0.0 <= self.ber <= 1.0:
             raise LesionError(f"a bit-error rate must lie in [0, 1], got {self.ber}")
-        if self.bit is not None and not 0 <= self.bit < bitlib.FORMATS[self.fmt]:
-            raise LesionError(f"bit {self.bit} does not exist in {self.fmt} (0..{bitlib.FORMATS[self.fmt] - 1})")
+        if self.fmt is not None:
+            self._check_bits(self.fmt)
+
+    def _check_bits(self, fmt: str) -> None:
+        width = bitlib.FORMATS[fmt]
+        if self.bit is not None and not 0 <= self.bit < width:
+            raise LesionError(f"bit {self.bit} does not exist in {fmt} (0..{width - 1})")
+        for bit in self.positions or ():
+            bitlib.bit_name(fmt, bit)  # refuses a bit the format does not have
+
+    def stored_format(self, target: Target, names: Sequence[str]) -> str:
+        """The format the bits are flipped in: `fmt` when given, else the one the weights `names` are stored in
+        (int8 when any is a quantised layer's integers, whose float biases then take int8 words as with
+        fmt=int8). Weights of several float formats, or of float64, need `fmt`: refused with a one-line reason."""
+        if self.fmt is not None:
+            return self.fmt
+        if any(n in target.stored for n in names):
+            fmt = "int8"
+        else:
+            found = {bitlib.format_of(target.base[n].dtype) for n in names}
+            if None in found:
+                dtypes = sorted({str(target.base[n].dtype).removeprefix("torch.") for n in names
+                                 if bitlib.format_of(target.base[n].dtype) is None})
+                raise LesionError(f"weights stored as {', '.join(dtypes)} have no bit-flip format here: give "
+                                  f"fmt=float32 (or float16, bfloat16, int8) to flip the bits of that rounding")
+            if len(found) > 1:
+                raise LesionError(f"the weights {self.params!r} selects are stored in {' and '.join(sorted(found))}"
+                                  ": flip each group in its own damage, or give one fmt= for all")
+            fmt = found.pop()
+        self._check_bits(fmt)
+        return fmt
 
     def realise(self, target: Target, state: Realised, generator: torch.Generator) -> Realised:
         """Flip the bits and decode the damaged weights."""
         tensors = target.tensors
         if self.bit is not None:
             name = self.params if self.params in tensors else target.match(self.params, stored=True)[0]
+            fmt = self.stored_format(target, [name])
             flat_index = target.flat_index(name, self.index or "0")
             weight = state.param(name, tensors)
-            touched, values = self._flipped(target, name, weight, torch.tensor([flat_index]), torch.tensor([self.bit]))
+            touched, values = self._flipped(target, name, weight, torch.tensor([flat_index]), torch.tensor([self.bit]),
+                                            fmt)
             after = float(values[0].to(weight.dtype)) if touched.numel() else float(weight.flatten()[flat_index])
-            record = {"kind": "bitflip", "format": self.fmt, "param": name, "index": flat_index, "bit": self.bit,
-                      "bit_name": bitlib.bit_name(self.fmt, self.bit),
+            record = {"kind": "bitflip", "format": fmt, "param": name, "index": flat_index, "bit": self.bit,
+                      "bit_name": bitlib.bit_name(fmt, self.bit),
                       "before": float(weight.flatten()[flat_index]), "after": after}
             return state.with_patch(tensors, name, touched, values, record)
         names = target.match(self.params, stored=True)
+        fmt = self.stored_format(target, names)
         sizes = [tensors[n].numel() for n in names]
-        flat_idx, flat_bits, record = self._draw(target, names, sizes, generator)
+        flat_idx, flat_bits, record = self._draw(target, names, sizes, generator, fmt)
         patches, offset = [], 0
         for name, size in zip(names, sizes, strict=True):
             mine = (flat_idx >= offset) & (flat_idx < offset + size)
             if bool(mine.any()):
                 weight = state.param(name, tensors)
                 patches.append((name, *self._flipped(target, name, weight, flat_idx[mine] - offset,
-                                                     flat_bits[mine])))
+                                                     flat_bits[mine], fmt)))
             offset += size
         return _patched(target, state, patches, record)
 
-    def _draw(self, target: Target, names: list[str], sizes: list[int], generator: torch.Generator
+    def _draw(self, target: Target, names: list[str], sizes: list[int], generator: torch.Generator, fmt: str
               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """Random (flat index, bit) pairs over the concatenated `names` at the rate, less those a protected bit
         (`Target.protected`: corrected by ECC, say) would have taken, and the fault record. The draw itself does
         not depend on the protection, so a protected campaign has the same configurations less those flips."""
-        flat_idx, flat_bits = bitlib.random_bit_positions(sum(sizes), float(self.ber), self.fmt, generator,
+        flat_idx, flat_bits = bitlib.random_bit_positions(sum(sizes), float(self.ber), fmt, generator,
                                                           self.positions)
         extra: dict[str, Any] = {}
         if target.protected:
@@ -382,20 +415,20 @@ class BitFlip:
             hit = table[torch.searchsorted(offsets, flat_idx, right=True), flat_bits]
             flat_idx, flat_bits = flat_idx[~hit], flat_bits[~hit]
             extra["protected"] = int(hit.sum())
-        record = {"kind": "bitflip", "format": self.fmt, "params": names, "ber": self.ber,
+        record = {"kind": "bitflip", "format": fmt, "params": names, "ber": self.ber,
                   "flips": int(flat_idx.numel()), **extra, **index_record(flat_idx * 64 + flat_bits)}
         return flat_idx, flat_bits, record
 
-    def _flipped(self, target: Target, name: str, weight: torch.Tensor, indices: torch.Tensor, bits: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _flipped(self, target: Target, name: str, weight: torch.Tensor, indices: torch.Tensor, bits: torch.Tensor,
+                 fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(distinct flat indices, new values) of the flipped entries: decoded from the format for a parameter,
         the new integer words for the stored weights of a quantised layer."""
         if name in target.stored:
             from lesion.damage.quantised import check_stored_format, flipped_integers
 
-            check_stored_format(name, self.fmt)
+            check_stored_format(name, fmt)
             return flipped_integers(weight, indices, bits)
-        return bitlib.flipped_entries(weight, indices, bits, self.fmt)
+        return bitlib.flipped_entries(weight, indices, bits, fmt)
 
     def realise_each(self, target: Target, seeds: Sequence[int]) -> list[Realised]:
         """`realise(target, [self], Generator(seed))` for every seed, the same numbers and records, with the
@@ -406,11 +439,12 @@ class BitFlip:
         if any(n in target.stored for n in names):  # integer words of a quantised model: one seed at a time
             generator = torch.Generator()
             return [self.realise(target, Realised(), generator.manual_seed(s)) for s in seeds]
+        fmt = self.stored_format(target, names)
         sizes = [target.base[n].numel() for n in names]
         offsets = torch.tensor([0, *np.cumsum(sizes)], dtype=torch.int64)
         total = int(offsets[-1])
         generator = torch.Generator()
-        draws = [self._draw(target, names, sizes, generator.manual_seed(s)) for s in seeds]
+        draws = [self._draw(target, names, sizes, generator.manual_seed(s), fmt) for s in seeds]
         drawn = [(i, b) for i, b, _ in draws]
         records = [record for _, _, record in draws]
         counts = torch.tensor([i.numel() for i, _ in drawn], dtype=torch.int64)
@@ -429,7 +463,7 @@ class BitFlip:
             (chosen,) = torch.nonzero(param == p, as_tuple=True)
             if chosen.numel():
                 local = element[chosen] - offsets[p]
-                values[chosen] = bitlib.flip_words(target.base[name], local, masks[chosen], self.fmt)
+                values[chosen] = bitlib.flip_words(target.base[name], local, masks[chosen], fmt)
         device = target.device
         per_sample = counts.new_zeros(len(seeds)).index_add_(0, keys // total, torch.ones_like(keys))
         out, start = [], 0
@@ -452,7 +486,7 @@ class BitFlip:
 
     def spec(self) -> str:
         """SPEC string."""
-        fmt = f":fmt={self.fmt}" if self.fmt != "float32" else ""
+        fmt = f":fmt={self.fmt}" if self.fmt is not None else ""
         if self.bit is not None:
             return f"bitflip:{self.params}:{self.index}:{self.bit}{fmt}"
         positions = f":bits={','.join(map(str, self.positions))}" if self.positions else ""

@@ -84,7 +84,7 @@ def _parse(kind: str, parts: list[str]) -> Damage | None:
         unknown = set(options) - {"ber", "fmt", "bits"}
         if unknown:
             raise LesionError(f"unknown option(s) {', '.join(sorted(unknown))}; use ber=, fmt=, bits=")
-        fmt = options.get("fmt", "float32")
+        fmt = options.get("fmt")
         if "ber" in options and len(positional) <= 1:
             positions = parse_bit_list(options["bits"]) if "bits" in options else None
             ber = _float(options["ber"], "ber")

@@ -96,9 +96,25 @@ class FlatModel:
         """f(x; w), raw outputs."""
         return self.outputs_fn(x)(w)
 
+    @cached_property
+    def half_precision(self) -> torch.dtype | None:
+        """float16 or bfloat16 when the model stores its weights so (w, in the data's float32, is wider)."""
+        from lesion.nets.outputs import floating_dtype
+
+        dtype = floating_dtype(self.model)
+        return dtype if dtype in (torch.float16, torch.bfloat16) else None
+
+    def stored(self, w: torch.Tensor) -> torch.Tensor:
+        """w rounded to the precision the model stores its weights in (a float16 model's float16), in w's dtype:
+        what a repaired network deployed in the user's format computes with."""
+        return w if self.half_precision is None else w.to(self.half_precision).to(w.dtype)
+
     def load(self, w: torch.Tensor) -> nn.Module:
-        """A private copy of the model carrying w, in eval mode (the user's model is untouched, SPEC §0)."""
+        """A private copy of the model carrying w, in eval mode (the user's model is untouched, SPEC §0); a
+        float16 or bfloat16 model's copy holds w's float32, so that training it does not overflow."""
         private = copy.deepcopy(self.model)
+        if self.half_precision is not None:
+            private = private.to(w.dtype)
         with torch.no_grad():
             for name, value in self.unflatten(w).items():
                 private.get_parameter(name).copy_(value)

@@ -75,7 +75,9 @@ class RecoveryProblem:
         self.m = self.flat.m
 
     def evaluate(self, w: torch.Tensor) -> tuple[float, float]:
-        """(accuracy, loss) on the evaluation inputs."""
+        """(accuracy, loss) on the evaluation inputs, with w rounded to the precision the model stores its weights
+        in (`FlatModel.stored`: a float16 model is judged in float16)."""
+        w = self.flat.stored(w)
         with torch.no_grad():
             out = torch.cat([self.flat(self.x_eval[i:i + 4096], w) for i in range(0, len(self.x_eval), 4096)])
         result = evaluate_outputs(out, self.y_eval)  # non-finite outputs count as wrong

@@ -69,8 +69,10 @@ def flat_labels(y: torch.Tensor) -> torch.Tensor:
     return y.reshape(-1) if y.dim() > 1 else y
 
 
-def logits_view(model: nn.Module, key: str | None = None) -> nn.Module:
-    """A view of `model` whose forward returns `as_rows(select_output(model(x), key))`.
+def logits_view(model: nn.Module, key: str | None = None, cast_inputs: bool = False) -> nn.Module:
+    """A view of `model` whose forward returns `as_rows(select_output(model(x), key))`; with `cast_inputs`,
+    floating inputs are first cast to the dtype of the weights the forward runs with (float32 data into a
+    float16 model; the float32 weights `functional_call` gives it for the metric).
 
     The view shares the model's submodules, parameters and buffers (a shallow copy), so names, sites and
     damage are those of the model; the model object itself is not changed.
@@ -81,11 +83,22 @@ def logits_view(model: nn.Module, key: str | None = None) -> nn.Module:
     # a bound method, not a closure: a deep copy of the view then runs its own modules (copy binds it anew)
     object.__setattr__(view, "forward", types.MethodType(_reduced_forward, view))
     object.__setattr__(view, "lesion_output_key", key)
+    object.__setattr__(view, "lesion_cast_inputs", cast_inputs)
     return view
 
 
 def _reduced_forward(view: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+    if getattr(view, "lesion_cast_inputs", False) and args and isinstance(args[0], torch.Tensor) \
+            and args[0].is_floating_point():
+        dtype = next((p.dtype for p in view.parameters() if p.is_floating_point()), args[0].dtype)
+        args = (args[0].to(dtype), *args[1:])
     return as_rows(select_output(type(view).forward(view, *args, **kwargs), view.lesion_output_key))
+
+
+def floating_dtype(model: nn.Module) -> torch.dtype | None:
+    """The one floating dtype of the model's parameters (None when it has none, or several)."""
+    found = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    return found.pop() if len(found) == 1 else None
 
 
 def is_view(model: nn.Module) -> bool:

@@ -40,9 +40,10 @@ def prepare_model(module: nn.Module, inputs: torch.Tensor, num_classes: int | No
     Checks finite weights; runs a full batch (`inputs[:CHECK_BATCH]`, the size the engines use); when the
     output is not a (batch, m) tensor (or `output_key` is given) the module is read through
     `lesion.nets.outputs.logits_view` (tuples, dicts, ModelOutputs, token sequences as (batch·tokens, m) rows);
-    the outputs must be finite and m ≥ `num_classes`.
+    the outputs must be finite and m ≥ `num_classes`. Floating inputs are cast to the model's floating dtype
+    (float16, bfloat16) by the same view.
     """
-    from lesion.nets.outputs import logits_view, needs_view
+    from lesion.nets.outputs import floating_dtype, logits_view, needs_view
 
     bad = non_finite_parameters(module)
     if bad:
@@ -50,6 +51,10 @@ def prepare_model(module: nn.Module, inputs: torch.Tensor, num_classes: int | No
         raise LesionError(f"the model has NaN/inf weights in {listed}{' …' if len(bad) > 5 else ''}; "
                           "repair or retrain it before analysing it")
     batch = inputs[:CHECK_BATCH]
+    dtype = floating_dtype(module)
+    if batch.is_floating_point() and dtype is not None and dtype != batch.dtype and not isinstance(
+            module, torch.jit.ScriptModule):  # float32 data into a float16 model: read through a casting view
+        module = logits_view(module, output_key, cast_inputs=True)
     out = _run(module, batch, data_name)
     if needs_view(out) or output_key is not None:
         module = logits_view(module, output_key)

@@ -246,9 +246,10 @@ def stage_recovery(ctx: ReportContext) -> dict[str, Any]:
 
 
 def stage_bitflips(ctx: ReportContext) -> dict[str, Any]:
-    """Section 6: accuracy under random float32 bit errors at several rates; the most damaging single bits."""
+    """Section 6: accuracy under random bit errors at several rates, in the format the weights are stored in
+    (float32, float16, bfloat16, int8: `BitFlip.stored_format`); the most damaging single bits."""
     from lesion.damage import BitFlip, batched_damaged_outputs, realise
-    from lesion.damage.bits import bit_name
+    from lesion.damage import bits as bitlib
     from lesion.damage.campaign import Campaign
     from lesion.report.costs import BIT_RATES, SINGLE_BITS
     from lesion.report.plots import Series, line_plot
@@ -256,6 +257,11 @@ def stage_bitflips(ctx: ReportContext) -> dict[str, Any]:
 
     if ctx.y_eval is None:
         return {"skipped": "the data have no test labels"}
+    target = ctx.target
+    try:
+        fmt = BitFlip("all", ber=0.0).stored_format(target, target.match("all", stored=True))
+    except LesionError as err:
+        return {"skipped": str(err)}
     rates = list(BIT_RATES)
     samples = ctx.chosen("bitflips", "samples", ctx.size(20, 100))
     rows = []
@@ -267,10 +273,9 @@ def stage_bitflips(ctx: ReportContext) -> dict[str, Any]:
                      [Series("mean accuracy", rates, [r["mean"] for r in rows], [r["ci"][0] for r in rows],
                              [r["ci"][1] for r in rows]),
                       Series("worst sample", rates, [r["min"] for r in rows], style="--")],
-                     "bit-error rate (float32, all weights)", "test accuracy", "Bit-flip sensitivity",
+                     f"bit-error rate ({fmt}, all weights)", "test accuracy", "Bit-flip sensitivity",
                      f"{samples} random fault patterns per rate on {len(ctx.x_eval)} test inputs; band: "
                      "95% CI of the mean", logx=True)
-    target = ctx.target
     flat = torch.cat([v.reshape(-1) for v in target.base.values()])
     names = list(target.base)
     sizes = np.cumsum([0] + [v.numel() for v in target.base.values()])
@@ -278,18 +283,21 @@ def stage_bitflips(ctx: ReportContext) -> dict[str, Any]:
     candidates = []
     for index in top:
         which = int(np.searchsorted(sizes, index, side="right") - 1)
-        for bit in SINGLE_BITS:
+        width = bitlib.FORMATS[BitFlip(names[which], index="0", bit=0).stored_format(target, names[which:which + 1])]
+        for bit in range(width - 1, width - 1 - SINGLE_BITS, -1):
             candidates.append((names[which], index - int(sizes[which]), bit))
     configs = [realise(target, [BitFlip(n, index=str(i), bit=b)], torch.Generator()) for n, i, b in candidates]
     outputs = batched_damaged_outputs(ctx.model, configs, ctx.x_eval, desc="single bits")
     singles = []
     for (n, i, b), config, out in zip(candidates, configs, outputs, strict=True):
         fault = config.faults[0]
-        singles.append({"param": n, "index": i, "bit": b, "bit_name": bit_name("float32", b),
+        singles.append({"param": n, "index": i, "bit": b, "bit_name": bitlib.bit_name(fault["format"], b),
+                        "format": fault["format"],
                         "before": fault["before"], "after": fault["after"],
                         "accuracy": evaluate_outputs(out, ctx.y_eval).accuracy})
     singles.sort(key=lambda r: r["accuracy"])
-    return {"rates": rows, "single_bits": singles[:10], "candidates": len(candidates), "figures": [plot.name]}
+    return {"format": fmt, "rates": rows, "single_bits": singles[:10], "candidates": len(candidates),
+            "figures": [plot.name]}
 
 
 RUNNERS: dict[str, Callable[[ReportContext], dict[str, Any]]] = {

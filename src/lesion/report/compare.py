@@ -66,7 +66,8 @@ def _overlay(out: Path, runs: list[dict[str, Any]], labels: list[str]) -> list[t
             rates = run["bitflips"]["rates"]
             series.append(Series(label, [r["ber"] for r in rates], [r["mean"] for r in rates],
                                  [r["ci"][0] for r in rates], [r["ci"][1] for r in rates], extra={"color": f"C{i}"}))
-        path = line_plot(out / "compare-bitflips.png", series, "bit-error rate (float32, all weights)",
+        formats = sorted({run["bitflips"].get("format", "float32") for run in runs})
+        path = line_plot(out / "compare-bitflips.png", series, f"bit-error rate ({' / '.join(formats)}, all weights)",
                          "test accuracy", "Bit-flip sensitivity", "band: 95% CI of the mean", logx=True)
         figures.append((path, "accuracy against the bit-error rate, every model"))
     return figures

@@ -312,7 +312,7 @@ def _new_recovery_problem(ctx: ReportContext) -> tuple[Any, str] | str:
 
 
 BIT_RATES = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4)  # from rare to every pattern failing on small nets
-SINGLE_BITS = (31, 30, 29, 28, 27)
+SINGLE_BITS = 5  # the sign and the top exponent bits of each candidate weight, in its own format
 
 
 def _bitflips(ctx: ReportContext, probe: Probe) -> list[StageOption]:
@@ -321,7 +321,7 @@ def _bitflips(ctx: ReportContext, probe: Probe) -> list[StageOption]:
     per_config = len(ctx.x_eval) * probe.forward
     options = []
     for samples, weights in ((ctx.size(20, 100), ctx.size(10, 30)), (10, 5), (4, 2)):
-        configs = len(BIT_RATES) * samples + weights * len(SINGLE_BITS)
+        configs = len(BIT_RATES) * samples + weights * SINGLE_BITS
         options.append(StageOption({"samples": samples, "weights": weights}, configs * per_config,
                                    f"{samples} fault patterns per rate, the top {weights} weights' single bits"))
     return options

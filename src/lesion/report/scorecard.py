@@ -9,8 +9,9 @@ Entries (`key`: what it is):
 - `most_vulnerable_site`: the site with the smallest tolerated fraction (breakdown);
 - `certified_crashes`: per hidden layer of an MLP, the most crashes whose certified worst case keeps every
   output within ε = 1 (raw outputs, ‖·‖∞), beside the measured Omega_av's answer (crash);
-- `ber_failure_1pct`, `ber_failure_10pct`: the float32 bit-error rate at which the failure rate reaches 1% and
-  10%, interpolated in log10(rate); interval from the failure rate's Wilson interval (bitflips);
+- `ber_failure_1pct`, `ber_failure_10pct`: the bit-error rate (in the weights' stored format) at which the
+  failure rate reaches 1% and 10%, interpolated in log10(rate); interval from the failure rate's Wilson
+  interval (bitflips);
 - `most_damaging_bit`: the single bit flip that costs most accuracy (bitflips);
 - `perturbation`: accuracy at ‖du‖ = 1, random directions against the adversarial one (geometry);
 - `halving_norm`: the weight perturbation norm ‖du‖ that halves accuracy, random directions (median; interval:
@@ -107,7 +108,8 @@ def build_scorecard(results: dict[str, Any]) -> list[dict[str, Any]]:
         for level, key in ((0.01, "ber_failure_1pct"), (0.10, "ber_failure_10pct")):
             value, interval, note = ber_at_failure(bits["rates"], level)
             card.append(_entry(key, f"bit-error rate at {level:.0%} failures", value,
-                               note or f"{value:.2g} (float32, all weights)", "bitflips", interval))
+                               note or f"{value:.2g} ({bits.get('format', 'float32')}, all weights)", "bitflips",
+                               interval))
         if bits.get("single_bits"):
             b = bits["single_bits"][0]
             card.append(_entry("most_damaging_bit", "most damaging single bit", b["accuracy"],

@@ -36,7 +36,8 @@ class Site:
     layer whose activation is written as a function, SPEC §6.1). `axis`: the unit axis of that tensor (1 for
     (N, C, ...) convolution outputs, -1 for (N, ..., D) token-like outputs). `layer`: the unit layer whose
     units these are (Linear/Conv/Conv1D), when there is one; `chain`: the modules from that layer to the site
-    (norms, activations), whose per-unit parameters a deletion includes. `refused`: why crash damage is
+    (norms, activations), whose per-unit parameters a deletion includes. `shape`, `dtype`: of one input's values
+    there (the dtype's name, `float16`, say). `refused`: why crash damage is
     refused here, if it is. `heads`: for attention heads, how to reach them.
     """
 
@@ -51,6 +52,7 @@ class Site:
     layer: str | None = None
     chain: tuple[str, ...] = ()
     shape: tuple[int, ...] = ()
+    dtype: str = ""
     note: str = ""
     refused: str = ""
     heads: HeadLayout | None = None
