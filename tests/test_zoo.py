@@ -64,6 +64,43 @@ def test_head_crash_equals_zeroing_the_heads_slice_by_a_hook(build):
     assert realised.faults[0]["indices"] == [1, 3]
 
 
+def test_deletion_curve_over_heads_equals_silencing_them_by_a_hook():
+    """A break-down curve at a site of attention heads deletes whole heads in its order: its accuracies equal
+    the ViT with those heads' slices zeroed before the projection by a hook."""
+    import numpy as np
+
+    from lesion.geometry.breakdown import deletion_curve, order_accuracies, unit_order
+
+    model = zoo.vit()
+    x = torch.rand(24, 1, 28, 28, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        y = model(x).argmax(1)  # the clean model is right everywhere
+    target = Target(model, example=x)
+    site = [s for s in target.sites if s.kind == "attention-head"][1]
+    sequence = [2, 0, 3, 1]
+    got = order_accuracies(model, target, x, y, site.name, sequence, [0.0, 0.25, 0.5, 1.0])
+    projection = dict(model.named_modules())[site.heads.param.rsplit(".", 1)[0]]
+    expected = []
+    for k in (0, 1, 2, 4):
+        def silence(module, args, k=k):
+            h = args[0].clone()
+            for head in sequence[:k]:
+                h[..., head * 8:(head + 1) * 8] = 0.0
+            return (h,)
+
+        handle = projection.register_forward_pre_hook(silence)
+        try:
+            with torch.no_grad():
+                expected.append((model(x).argmax(1) == y).double().mean().item())
+        finally:
+            handle.remove()
+    assert got == pytest.approx(expected, abs=1e-12) and expected[0] == 1.0 and expected[-1] < 1.0
+    curve = deletion_curve(model, x, y, site.name, (0.0, 0.5, 1.0), "random", 2, 0.9, 0)
+    assert curve.units == 4 and curve.accuracy[0] == 1.0 and len(curve.per_order) == 2
+    with pytest.raises(LesionError, match="only the random order"):
+        unit_order(model, site.name, "magnitude", np.random.default_rng(0), x)
+
+
 def test_deleted_bn_conv_filter_is_silent_after_bn_and_activation():
     model = zoo.resnet18()
     out, realised = damaged(model, "filter:conv1:0,7", IMAGES)
@@ -268,6 +305,9 @@ def test_cli_omega_and_report_stages_on_a_transformer(tmp_path):
     assert any(s["kind"] == "attention-head" for s in results["network"]["sites"])
     summary = {e["key"] for e in results["scorecard"]}  # the summary is built for any model
     assert "clean_accuracy" in summary and "tolerated_deletion:encoder.layers.0.linear1" in summary
+    heads = [c for c in results["breakdown"]["curves"] if c["kind"] == "attention-head"]  # heads are sites too
+    assert [c["layer"] for c in heads] == ["encoder.layers.0.self_attn", "encoder.layers.1.self_attn"]
+    assert "tolerated_deletion:encoder.layers.1.self_attn" in summary
     # the path runs through linear1's units: their reader, linear2, is found through the functional ReLU
     path = results["breakdown"]["path"]
     assert results["breakdown"]["curves"] and "skipped" not in path and len(path["t"]) == len(path["speed"]) > 2

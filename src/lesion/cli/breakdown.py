@@ -43,6 +43,12 @@ def fraction_below_one(text: str) -> float:
     return value
 
 
+def _is_head_site(model: Any, layer: str, example: Any) -> bool:
+    from lesion.damage import Target
+
+    return Target(model, example=example).site(layer, None).kind == "attention-head"
+
+
 def _cmd_breakdown(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
@@ -50,6 +56,9 @@ def _cmd_breakdown(args: argparse.Namespace) -> dict[str, Any]:
     from lesion.geometry.breakdown import breakdown_plot, deletion_curve, path_seconds, progressive_path, unit_order
 
     loaded, data = load_model_and_data(args)
+    if args.paths and _is_head_site(loaded.module, args.layer, data.x_test[:2]):
+        raise LesionError(f"{args.layer} is a site of attention heads: a deletion path deletes units; give --paths 0 "
+                          "for its deletion curves")
     fractions = tuple(float(f) for f in np.round(np.linspace(0, 1, args.points), 6))
     x_an = data.x_train[: args.inputs]
     if args.paths:
@@ -77,7 +86,7 @@ def _cmd_breakdown(args: argparse.Namespace) -> dict[str, Any]:
     prediction = _prediction(args, loaded.module, data, curve.layer) if args.predict else None
     predicted = [p.predicted_breakdown for p in profiles if p.predicted_breakdown is not None]
     predicted_fraction = float(np.median(predicted)) if predicted else None
-    print(f"{curve.layer} ({curve.units} units), {curve.order} order ({curve.orders} orders), clean "
+    print(f"{curve.layer} ({curve.units} {curve.unit_word}), {curve.order} order ({curve.orders} orders), clean "
           f"{curve.clean_accuracy:.4f}: break-down (accuracy below {args.share:.0%} of clean) at fraction "
           f"{curve.breakdown_fraction}; predicted from the acceleration spike: {predicted_fraction}")
     for f, a, (lo, hi) in zip(curve.fractions, curve.accuracy, curve.accuracy_ci, strict=True):
@@ -132,7 +141,8 @@ def register(sub: Any) -> None:
                                    "(first spike of acceleration above FACTOR times its start).")
     add_model(p)
     add_data(p)
-    p.add_argument("--layer", default="1", help="hidden-layer index or module name (default 1)")
+    p.add_argument("--layer", default="1", help="site index or name: hidden units, channels, or attention heads "
+                   "(heads: random order, --paths 0) (default 1)")
     p.add_argument("--order", choices=("random", "magnitude", "metric"), default="random",
                    help="deletion order (default random)")
     p.add_argument("--orders", type=positive_int, default=5, help="random orders averaged (default 5)")

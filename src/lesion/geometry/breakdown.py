@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lesion.damage import Explicit, Target, UnitCrash, batched_damaged_outputs, realise
+from lesion.damage import Explicit, HeadCrash, Target, UnitCrash, batched_damaged_outputs, realise
 from lesion.errors import LesionError
 from lesion.geometry.damage_set import unit_damage_set
 from lesion.geometry.metric import MetricOperator
@@ -43,6 +43,12 @@ class DeletionCurve:
     units: int
     inputs: int
     per_order: list[list[float]] = field(default_factory=list)
+    kind: str = ""  # the site's kind (`attention-head`: the units are heads)
+
+    @property
+    def unit_word(self) -> str:
+        """What one of the site's units is: a head or a unit."""
+        return "heads" if self.kind == "attention-head" else "units"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -53,9 +59,11 @@ def unit_order(model: nn.Module, layer: str, order: str, rng: np.random.Generato
                x_analysis: torch.Tensor | None = None) -> list[int]:
     """The order in which the units of `layer` are deleted."""
     target = Target(model, example=x_analysis)
-    site = target.site(layer)
+    site = target.site(layer, None)
     if order == "random":
         return rng.permutation(site.width).tolist()
+    if site.kind == "attention-head" and order in ORDERS:
+        raise LesionError(f"{site.name} is a site of attention heads: only the random order deletes heads")
     if order == "magnitude":
         if site.layer is None:
             raise LesionError(f"{site.name} has no layer of its own: the magnitude order needs one")
@@ -86,7 +94,7 @@ def deletion_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: st
     worker holding the model and inputs (`DeletionWorker`), the same numbers as here (issue 18)."""
     rng = np.random.default_rng(seed)
     target = Target(model, example=x)
-    site = target.site(layer)
+    site = target.site(layer, None)
     runs = orders if order == "random" else 1
     clean = evaluate_outputs(batched_damaged_outputs(model, [realise(target, [], torch.Generator())], x)[0], y)
     sequences = [unit_order(model, layer, order, rng, x if x_analysis is None else x_analysis) for _ in range(runs)]
@@ -101,17 +109,20 @@ def deletion_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: st
     cis = [list(clipped_interval(list(col))) for col in table.T]
     below = [f for f, a in zip(fractions, means, strict=True) if a < share * clean.accuracy]
     return DeletionCurve(site.name, order, [float(f) for f in fractions], means, cis, clean.accuracy,
-                         float(below[0]) if below else None, share, runs, site.width, len(x), table.tolist())
+                         float(below[0]) if below else None, share, runs, site.width, len(x), table.tolist(),
+                         site.kind)
 
 
 def order_accuracies(model: nn.Module, target: Target, x: torch.Tensor, y: torch.Tensor, layer: str,
                      sequence: Sequence[int], fractions: Sequence[float], order: str = "random") -> list[float]:
-    """Accuracy with the first round(f·N) units of `sequence` crashed, for each fraction f (one deletion order)."""
-    width = target.site(layer).width
+    """Accuracy with the first round(f·N) units of `sequence` crashed, for each fraction f (one deletion order);
+    at a site of attention heads, the first heads of the sequence (`HeadCrash`, SPEC §6.1)."""
+    site = target.site(layer, None)
+    kind = HeadCrash if site.kind == "attention-head" else UnitCrash
     configs = []
     for f in fractions:
-        count = int(round(f * width))
-        damage = [UnitCrash(layer, Explicit(tuple(sequence[:count])))] if count else []
+        count = int(round(f * site.width))
+        damage = [kind(layer, Explicit(tuple(sequence[:count])))] if count else []
         configs.append(realise(target, damage, torch.Generator()))
     outputs = batched_damaged_outputs(model, configs, x, desc=f"deletion ({order})")
     return [evaluate_outputs(o, y).accuracy for o in outputs]

@@ -197,11 +197,15 @@ def stage_breakdown(ctx: ReportContext) -> dict[str, Any]:
                              ctx.size(2, 5), 0.9, ctx.seed, executor=ctx.executor) for site in sites]
     if not sites:
         return {"skipped": "the model has no unit sites with a layer of their own"}
-    first = str(sites[0].index)
+    on_path = next((s for s in sites if s.kind != "attention-head"), None)  # a path deletes units, not heads
+    first = str(on_path.index) if on_path is not None else ""
     profiles: list[Any] = []
     path: dict[str, Any]
     if not ctx.chosen("breakdown", "path", True):
         path = {"skipped": "left out to fit --time-limit", "predicted_breakdown": None}
+    elif on_path is None:
+        path = {"skipped": "the sites chosen are all attention heads; a deletion path deletes units",
+                "predicted_breakdown": None}
     else:
         try:
             sequence = unit_order(ctx.model, first, "random", np.random.default_rng(ctx.seed + 1000), ctx.x_eval)
@@ -213,7 +217,7 @@ def stage_breakdown(ctx: ReportContext) -> dict[str, Any]:
     breakdown_plot(str(ctx.out / "breakdown.png"), curves, profiles, "Break-down under unit deletion",
                    f"{len(ctx.x_eval)} test inputs; {ctx.size(2, 5)} random orders per layer (band: 95% CI); dotted: "
                    "measured break-down (below 90% of clean); right: covariant acceleration along a deletion path of "
-                   f"{sites[0].name}")
+                   f"{on_path.name if on_path is not None else '(none)'}")
     return {"curves": [c.to_dict() for c in curves], "path": path, "sites": len(every), "figures": ["breakdown.png"]}
 
 

@@ -226,9 +226,10 @@ def _geometry(ctx: ReportContext, probe: Probe) -> list[StageOption]:
 
 
 def unit_sites(ctx: ReportContext) -> list[Any]:
-    """The sites of the break-down stage: unit sites with a layer of their own, in forward order."""
+    """The sites of the break-down stage, in forward order: unit sites with a layer of their own (hidden units,
+    conv channels, a transformer's MLP neurons) and sites of attention heads (deleted a head at a time)."""
 
-    return [s for s in ctx.target.sites if s.kind != "attention-head" and s.layer]
+    return [s for s in ctx.target.sites if s.kind == "attention-head" or s.layer]
 
 
 def _breakdown(ctx: ReportContext, probe: Probe) -> list[StageOption]:

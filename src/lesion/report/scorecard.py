@@ -85,8 +85,9 @@ def build_scorecard(results: dict[str, Any]) -> list[dict[str, Any]]:
         worst = None
         for curve in bd["curves"]:
             value, interval = tolerated_fraction(curve)
+            what = "heads" if curve.get("kind") == "attention-head" else "units"
             shown = "never below 90% of clean" if value is None else (
-                f"{value:.0%} of {curve['units']} units (about {int(value * curve['units'])})")
+                f"{value:.0%} of {curve['units']} {what} (about {int(value * curve['units'])})")
             card.append(_entry(f"tolerated_deletion:{curve['layer']}", f"deletions tolerated, {curve['layer']}",
                                value, shown, "breakdown", interval))
             if value is not None and (worst is None or value < worst[1]):

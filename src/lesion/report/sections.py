@@ -136,8 +136,8 @@ def build_sections(results: dict[str, Any], out: Path) -> list[Section]:
     if not _skipped(s, bd):
         path = bd["path"]
         s.tables.append((["layer", "units", "orders", "measured break-down fraction"],
-                         [[c["layer"], str(c["units"]), str(c["orders"]), fmt(c["breakdown_fraction"])]
-                          for c in bd["curves"]]))
+                         [[c["layer"], f"{c['units']}{' heads' if c.get('kind') == 'attention-head' else ''}",
+                           str(c["orders"]), fmt(c["breakdown_fraction"])] for c in bd["curves"]]))
         s.paragraphs.append("Predicted break-down of the first layer from the covariant acceleration along a deletion "
                             f"path (first spike above 10× its start): {fmt(path['predicted_breakdown'])}.")
         s.figures += _figures(bd, out, {"breakdown.png": "accuracy against the fraction of units deleted (95% CI over "
