@@ -72,3 +72,17 @@ def test_two_models_side_by_side(tmp_path):
     assert row["differences"][0] == pytest.approx(row["values"][1] - row["values"][0])
     page = (out / "report.html").read_text()
     assert "a/report.html" in page and page.count("<img ") >= 2  # deletion curves and bit flips, shared axes
+
+
+def test_halving_entry_says_larger_when_the_designed_direction_needs_more():
+    base = {"directions": 4, "random_reached": 4, "random_range": [2.0, 8.0], "random_median": 5.0}
+
+    def attack(norm):
+        return {"geometry": {"attack": {"random_accuracy": {"mean": 0.9, "ci": [0.89, 0.91]},
+                                        "adversarial_accuracy": 0.5,
+                                        "halving": {**base, "adversarial": {"norm": norm}}}}}
+
+    (entry,) = [e for e in build_scorecard(attack(0.25)) if e["key"] == "halving_norm"]
+    assert "(20× smaller)" in entry["text"]
+    (entry,) = [e for e in build_scorecard(attack(50.0)) if e["key"] == "halving_norm"]
+    assert "(10× larger: the designed direction does no better than random here)" in entry["text"]

@@ -212,6 +212,40 @@ def test_activation_written_as_a_function_crashes_the_unit_not_its_input():
     torch.testing.assert_close(out, hand(x), atol=1e-6, rtol=0)
 
 
+def test_report_on_a_token_model_gives_per_token_figures_by_position(tmp_path):
+    """The network section of a character GPT-2's report: accuracy and loss at each token position equal a hand
+    computation from the model's logits; the summary says "per token" and gives the loss per token."""
+    import torch.nn.functional as F
+
+    from lesion.cli import main
+    from lesion.data import load
+
+    gpt = tmp_path / "gpt2.pt"
+    torch.manual_seed(0)
+    model = zoo.gpt2().eval()
+    torch.save(model, gpt)
+    out = tmp_path / "r"
+    assert main(["--quiet", "report", "--model", str(gpt), "--data", "text", "--quick", "--stages", "network",
+                 "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    tokens = results["network"]["per_token"]
+    data = load("text")
+    with torch.no_grad():
+        logits = torch.cat([model(data.x_test[i:i + 128]).logits for i in range(0, len(data.x_test), 128)])
+    right = (logits.argmax(-1) == data.y_test).double().mean(0)
+    loss = F.cross_entropy(logits.double().reshape(-1, logits.shape[-1]), data.y_test.reshape(-1),
+                           reduction="none").reshape(data.y_test.shape).mean(0)
+    assert (tokens["sequences"], tokens["tokens_per_sequence"]) == tuple(data.y_test.shape)
+    assert tokens["accuracy_by_position"] == pytest.approx(right.tolist(), abs=1e-12)
+    assert tokens["loss_by_position"] == pytest.approx(loss.tolist(), rel=1e-5)
+    card = {e["key"]: e for e in results["scorecard"]}
+    assert card["clean_loss"]["value"] == pytest.approx(results["network"]["clean"]["loss"])
+    assert card["clean_loss"]["value"] == pytest.approx(float(loss.mean()), rel=1e-5)
+    assert "per token" in card["clean_accuracy"]["text"] and (out / "tokens.png").exists()
+    assert "Clean accuracy by token position" not in (out / "report.md").read_text()  # a figure, not text
+    assert "tokens.png" in (out / "report.md").read_text()
+
+
 def test_torch_transformer_encoder_sites_and_head_crash():
     model = zoo.encoder()
     target = Target(model, example=TOKENS)

@@ -69,16 +69,44 @@ class ReportContext:
 
 
 def stage_network(ctx: ReportContext) -> dict[str, Any]:
-    """Section 1: architecture, parameters, data, clean accuracy with its Wilson interval."""
-    from lesion.train import evaluate
+    """Section 1: architecture, parameters, data, clean accuracy with its Wilson interval; for a sequence model
+    with a label per token, accuracy and loss by token position (`per_token`)."""
+    from lesion.train import evaluate_outputs, predict
 
     result: dict[str, Any] = {"model": ctx.model_info, "data": ctx.data.to_dict(),
                               "parameters": sum(p.numel() for p in ctx.model.parameters()),
                               "architecture": str(ctx.model),
                               "sites": [s.to_dict() for s in ctx.target.sites]}
-    if ctx.data.y_test is not None:
-        result["clean"] = evaluate(ctx.model, ctx.data.x_test, ctx.data.y_test).to_dict()
+    y = ctx.data.y_test
+    if y is not None:
+        outputs = predict(ctx.model, ctx.data.x_test, 256)
+        result["clean"] = evaluate_outputs(outputs, y).to_dict()
+        if y.dim() == 2:
+            result["per_token"] = _per_token(ctx, outputs, y)
     return result
+
+
+def _per_token(ctx: ReportContext, outputs: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    """Accuracy (Wilson interval over the sequences) and mean cross-entropy at each token position of (N, T)
+    labels, and their figure: early positions see little context."""
+    import torch.nn.functional as F
+
+    from lesion.report.plots import Series, line_plot
+    from lesion.stats import wilson_interval
+
+    n, t = y.shape
+    flat = y.reshape(-1)
+    right = ((outputs.argmax(1) == flat) & torch.isfinite(outputs).all(1)).reshape(n, t).sum(0).tolist()
+    loss = F.cross_entropy(outputs.double(), flat, reduction="none").reshape(n, t).mean(0).tolist()
+    accuracy = [r / n for r in right]
+    ci = [list(wilson_interval(int(r), n)) for r in right]
+    positions = list(range(1, t + 1))
+    line_plot(ctx.out / "tokens.png", [Series("accuracy", positions, accuracy, [c[0] for c in ci],
+                                              [c[1] for c in ci], style="-")],
+              "token position", "test accuracy", "Clean accuracy by token position",
+              f"{n} test sequences of {t} tokens; band: 95% Wilson interval at each position")
+    return {"sequences": n, "tokens_per_sequence": t, "accuracy_by_position": accuracy,
+            "accuracy_ci_by_position": ci, "loss_by_position": loss, "figures": ["tokens.png"]}
 
 
 def stage_crash(ctx: ReportContext) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 recomputed, so that each equals the number in its section — each with its interval and its section.
 
 Entries (`key`: what it is):
-- `clean_accuracy`: test accuracy with its Wilson interval (section network);
+- `clean_accuracy`: test accuracy with its Wilson interval (section network), per token for a sequence model;
+- `clean_loss`: a sequence model's mean cross-entropy per token, with its perplexity (network);
 - `tolerated_deletion:<site>`: the fraction of a site's units that can be deleted (random order) before mean
   accuracy falls below 90% of clean, interpolated on the deletion curve; interval: where the curve's 95% band
   crosses the same level (section breakdown);
@@ -78,8 +79,14 @@ def build_scorecard(results: dict[str, Any]) -> list[dict[str, Any]]:
     net = results.get("network", {})
     if net.get("clean"):
         clean = net["clean"]
+        tokens = net.get("per_token")
+        where = (f"per token, on {clean['n']:,} tokens of {tokens['sequences']:,} test sequences" if tokens
+                 else f"on {clean['n']} test inputs")
         card.append(_entry("clean_accuracy", "clean test accuracy", clean["accuracy"],
-                           f"{clean['accuracy']:.4f} on {clean['n']} test inputs", "network", clean["accuracy_ci"]))
+                           f"{clean['accuracy']:.4f} {where}", "network", clean["accuracy_ci"]))
+        if tokens:
+            card.append(_entry("clean_loss", "clean loss per token", clean["loss"],
+                               f"{clean['loss']:.4f} nats (perplexity {clean['perplexity']:.4g})", "network"))
     bd = results.get("breakdown", {})
     if bd.get("curves"):
         worst = None
@@ -156,7 +163,9 @@ def _halving_entry(halving: dict[str, Any]) -> list[dict[str, Any]]:
         text += "; the adversarial direction does not halve it"
     else:
         text += f" against {adversarial:.3g} adversarial"
-        if random is not None:
+        if random is not None and adversarial <= random:
             text += f" ({random / adversarial:.3g}× smaller)"
+        elif random is not None:  # the attack's direction (the metric's top eigenvector) did worse than chance
+            text += f" ({adversarial / random:.3g}× larger: the designed direction does no better than random here)"
     return [_entry("halving_norm", "‖du‖ that halves accuracy: random / adversarial", [random, adversarial], text,
                    "geometry", spread)]

@@ -59,10 +59,22 @@ def build_sections(results: dict[str, Any], out: Path) -> list[Section]:
     clean = net.get("clean")
     description = net.get("data", {}).get("description", "")
     s.paragraphs.append(f"{net.get('parameters', 0):,} trainable parameters; data: {description}")
+    tokens = net.get("per_token")
     if clean:
         lo, hi = clean["accuracy_ci"]
-        s.paragraphs.append(f"Clean test accuracy {clean['accuracy']:.4f} (95% Wilson interval {lo:.4f}–{hi:.4f}, "
-                            f"n = {clean['n']}), loss {clean['loss']:.4f}.")
+        n = (f"{clean['n']:,} tokens of {tokens['sequences']:,} sequences" if tokens else f"n = {clean['n']}")
+        s.paragraphs.append(f"Clean test accuracy {clean['accuracy']:.4f}{' per token' if tokens else ''} (95% Wilson "
+                            f"interval {lo:.4f}–{hi:.4f}, {n}), loss {clean['loss']:.4f}"
+                            + (f" nats per token (perplexity {clean['perplexity']:.4g})." if tokens else "."))
+    if tokens:
+        s.paragraphs.append("A sequence model with a label at every token: every accuracy in this report is per "
+                            "token, over all positions of the test sequences. By position:")
+        acc, loss = tokens["accuracy_by_position"], tokens["loss_by_position"]
+        shown = sorted({0, 1, 2, 3, len(acc) // 4, len(acc) // 2, len(acc) - 1} & set(range(len(acc))))
+        s.tables.append((["position", "accuracy", "95% CI", "loss (nats)"],
+                         [[str(i + 1), f"{acc[i]:.4f}", f"{tokens['accuracy_ci_by_position'][i][0]:.4f}–"
+                           f"{tokens['accuracy_ci_by_position'][i][1]:.4f}", f"{loss[i]:.4f}"] for i in shown]))
+        s.figures += _figures(tokens, out, {"tokens.png": "clean accuracy at each token position"})
     layers = net.get("sites", [])
     s.tables.append((["site", "name", "units", "kind"],
                      [[str(h["index"]), h["name"], str(h["width"]), h["kind"]] for h in layers]))
