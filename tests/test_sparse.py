@@ -118,6 +118,29 @@ def test_dense_changes_go_the_dense_way(net):
                         torch.stack([hand_forward(net, c, X) for c in configs]))
 
 
+def test_planning_a_batch_equals_planning_each_configuration(net):
+    """`plan_all` (patched entries of a whole batch gathered and divided at once) gives every configuration the
+    plan `plan` gives it alone: the same first leaf, rows, columns, deltas and overrides, or None for both."""
+    target = Target(net, example=X[:2])
+    engine = SparseChain(CleanChain.of(net, X), target.base, max_fraction=0.02)
+    texts = ["bitflip:ber=0.002", "stuck:4.bias:3:2.5", "bitflip:7.weight:1,2:30", "crash:1:count=2",
+             "delete:weights:frac=0.5", "bitflip:ber=0.05", "gauss:0.1", "stuck:7.weight:1,1:nan"]
+    configs = [realise(target, [parse_damage(t)], seeded(i)) for i in range(24) for t in texts[i % len(texts):][:1]]
+    together = engine.plan_all(configs)
+    assert sum(p is None for p in together) >= 3 and sum(p is not None for p in together) >= 12
+    for config, plan in zip(configs, together, strict=True):
+        alone = engine.plan(config)
+        assert (plan is None) == (alone is None)
+        if plan is None:
+            continue
+        assert (plan.first, set(plan.changes), plan.inputs.keys(), plan.outputs.keys()) == \
+            (alone.first, set(alone.changes), alone.inputs.keys(), alone.outputs.keys())
+        for i, entries in plan.changes.items():
+            for field in ("rows", "cols", "delta", "bias_rows", "bias_delta"):
+                torch.testing.assert_close(getattr(entries, field), getattr(alone.changes[i], field), rtol=0, atol=0,
+                                           equal_nan=True)
+
+
 def test_convolutions_before_the_damage_are_read_from_the_cache():
     torch.manual_seed(2)
     model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 8), nn.ReLU(),

@@ -280,8 +280,7 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
         dense = list(range(len(configs)))
         if chain is not None and sparse:
             engine, dense, planned = SparseChain(chain, base), [], []
-            for k, config in enumerate(configs):
-                plan = engine.plan(config)
+            for k, plan in enumerate(engine.plan_all(list(configs))):
                 if plan is None:
                     dense.append(k)
                 else:

@@ -231,14 +231,24 @@ def distinct_uniform(total: int, count: int, generator: torch.Generator) -> torc
         return torch.sort(torch.randperm(total, generator=generator)[:count]).values
     # Sparse case: draw with replacement until `count` distinct values are seen. The set of distinct values is
     # exchangeable over 0..total-1, so a uniform subset of it of size `count` is a uniform subset of 0..total-1.
-    seen = torch.unique(torch.randint(0, total, (2 * count + 16,), generator=generator, dtype=torch.int64))
-    while seen.numel() < count:
-        need = count - seen.numel()
-        draws = torch.randint(0, total, (2 * need + 16,), generator=generator, dtype=torch.int64)
-        seen = torch.unique(torch.cat([seen, draws]))
-    if seen.numel() > count:
-        seen = torch.sort(seen[torch.randperm(seen.numel(), generator=generator)[:count]]).values
-    return seen
+    # (a few dozen values: Python's set and sort cost less than torch's unique and sort on them; same values)
+    if count > 4096:
+        seen = torch.unique(torch.randint(0, total, (2 * count + 16,), generator=generator, dtype=torch.int64))
+        while seen.numel() < count:
+            need = count - seen.numel()
+            draws = torch.randint(0, total, (2 * need + 16,), generator=generator, dtype=torch.int64)
+            seen = torch.unique(torch.cat([seen, draws]))
+        if seen.numel() > count:
+            seen = torch.sort(seen[torch.randperm(seen.numel(), generator=generator)[:count]]).values
+        return seen
+    values = set(torch.randint(0, total, (2 * count + 16,), generator=generator, dtype=torch.int64).tolist())
+    while len(values) < count:
+        need = count - len(values)
+        values.update(torch.randint(0, total, (2 * need + 16,), generator=generator, dtype=torch.int64).tolist())
+    ordered = sorted(values)
+    if len(ordered) > count:
+        ordered = sorted(ordered[i] for i in torch.randperm(len(ordered), generator=generator)[:count].tolist())
+    return torch.tensor(ordered, dtype=torch.int64)
 
 
 @functools.lru_cache(maxsize=64)

@@ -193,6 +193,58 @@ class SparseChain:
             changes[i] = entries
         return Plan(first, changes, inputs, outputs)
 
+    def plan_all(self, configs: list[Realised]) -> list[Plan | None]:
+        """`plan` of every configuration; those that only patch entries of Linear layers (random bit flips,
+        stuck-at weights) are planned together: each parameter's changed entries of all of them in one
+        gather, subtraction and division, then split back (a campaign's batch has hundreds)."""
+        plans: list[Plan | None] = [None] * len(configs)
+        patched: dict[str, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
+        simple = []
+        for k, config in enumerate(configs):
+            if config.units or config.params or config.activations or not config.patches \
+                    or any(n not in self.owner for n in config.patches):
+                plans[k] = self.plan(config)
+                continue
+            simple.append(k)
+            for name, (flat, values) in config.patches.items():
+                patched.setdefault(name, []).append((k, flat, values))
+        entries: dict[int, dict[str, tuple[torch.Tensor, ...]]] = {k: {} for k in simple}
+        for name, items in patched.items():
+            trained = self.base[name].reshape(-1)
+            flat = torch.cat([f for _, f, _ in items])
+            delta = torch.cat([v for _, _, v in items]) - trained[flat]
+            counts = [f.numel() for _, f, _ in items]
+            leaf = self.leaves[self.owner[name]]
+            if name == leaf.weight:
+                columns = self.base[name].shape[1]
+                parts = zip(torch.split(flat // columns, counts), torch.split(flat % columns, counts),
+                            torch.split(delta, counts), strict=True)
+            else:
+                parts = zip(torch.split(flat, counts), torch.split(delta, counts), strict=True)
+            for (k, _, _), part in zip(items, parts, strict=True):
+                entries[k][name] = part
+        for k in simple:
+            changes = {}
+            for name in entries[k]:
+                i = self.owner[name]
+                if i in changes:
+                    continue
+                leaf = self.leaves[i]
+                weight = self.base[leaf.weight]
+                rows, cols, delta = entries[k].get(leaf.weight, (self._empty, self._empty, weight.new_zeros(0)))
+                if rows.numel() > self.max_fraction * weight.numel():
+                    break
+                bias_rows, bias_delta = entries[k].get(leaf.bias, (self._empty, weight.new_zeros(0)))
+                changes[i] = _Entries(rows, cols, delta, bias_rows, bias_delta)
+            else:
+                first = min(changes)
+                plans[k] = Plan(first, changes, {}, {}) if first >= self.last_other else None
+        return plans
+
+    @property
+    def _empty(self) -> torch.Tensor:
+        return torch.zeros(0, dtype=torch.long, device=self.chain.values[0].device)
+
     def _entries(self, leaf: _Leaf, config: Realised) -> _Entries | None:
         weight = self.base[leaf.weight]
         empty = torch.zeros(0, dtype=torch.long, device=weight.device)
