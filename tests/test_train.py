@@ -81,3 +81,39 @@ def test_non_finite_outputs_count_as_misclassified():
     outputs = torch.tensor([[float("nan"), 0.0], [2.0, 1.0], [float("inf"), 0.0], [0.0, 1.0]])
     result = evaluate_outputs(outputs, torch.tensor([0, 0, 0, 1]))
     assert result.correct == 2 and result.accuracy == 0.5  # argmax alone would have said 4 of 4
+
+
+def test_one_cycle_training_starts_at_a_25th_of_the_peak_keeps_masks_and_repeats_by_seed():
+    """Adam's first step moves each weight by exactly its learning rate: one-cycle starts at peak / 25; masked
+    weights stay 0; the same seed gives the same weights, another seed other minibatches."""
+    from lesion.train import train_one_cycle
+
+    model = torch.nn.Linear(1, 2, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.0], [5.0]]))
+    target = torch.tensor([3.0, 3.0])
+    seen = []
+
+    def loss(idx):
+        seen.append(model.weight[:, 0].detach().clone())
+        return 0.5 * ((model.weight[:, 0] - target) ** 2).sum()
+
+    train_one_cycle(model, 4, 10, 2, 0.1, 0, loss)
+    torch.testing.assert_close(seen[1], torch.tensor([0.004, 5.0 - 0.004]))  # after the first step
+
+    x = torch.randn(40, 3, generator=torch.Generator().manual_seed(0))
+    y = x @ torch.tensor([1.0, -2.0, 0.5])
+
+    def trained(seed):
+        net = torch.nn.Linear(3, 1)
+        with torch.no_grad():
+            net.weight.zero_()
+            net.bias.zero_()
+        masks = {"weight": torch.tensor([[1.0, 0.0, 1.0]])}
+        train_one_cycle(net, len(x), 30, 4, 0.05, seed,
+                        lambda idx: ((net(x[idx]).squeeze(1) - y[idx]) ** 2).mean(), masks)
+        return net.weight.detach().clone()
+
+    first, again, other = trained(1), trained(1), trained(2)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert first[0, 1] == 0.0 and first[0, 0] > 0.3  # the masked weight held at 0; the others learn

@@ -33,7 +33,7 @@ CASES = {
 # the paper's methods, closed-form compensation alone and followed by one epoch of fine-tuning, and label-free
 # distillation alone and after compensation (issue 15)
 RECOVERY_METHODS = ("naive", "geodesic", "finetune", "prune-retrain", "obs", "obs-metric", "compensate",
-                    "compensate+finetune:1", "distill", "compensate+distill:0.5", "compensate+distill:1")
+                    "compensate+finetune:0.95", "distill", "compensate+distill:0.5", "compensate+distill:1")
 
 
 def case_problem(name: str, quick: bool = False, seed: int = 0) -> tuple[RecoveryProblem, dict[str, Any]]:

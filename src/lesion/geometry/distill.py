@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from lesion.errors import LesionError
-from lesion.train import apply_masks
+from lesion.train import train_one_cycle
 
 DISTILL_LR = 3e-3  # one-cycle peak; 1e-3 … 4e-3 gave the same accuracy on mlp1-400 (benchmarks/recovery.py)
 DISTILL_BATCH = 8
@@ -66,25 +66,9 @@ def distill(problem: Any, epochs: float = 0.5, start_weights: torch.Tensor | Non
     teacher = teacher.reshape(len(x), -1, teacher.shape[-1])  # per input: its rows (tokens of a per-token view)
     w = problem.w0 * problem.mask if start_weights is None else start_weights
     model = problem.load(w).eval()  # dropout off: the student should match the teacher's deterministic outputs
-    masks = problem.flat.unflatten(problem.mask)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.1)
-    order_rng = torch.Generator().manual_seed(seed)
-    order = torch.zeros(0, dtype=torch.long)
-    with torch.enable_grad():
-        for step in range(steps):
-            if len(order) < batch:
-                order = torch.cat([order, torch.randperm(len(x), generator=order_rng)])
-            idx, order = order[:batch], order[batch:]
-            optimiser.zero_grad(set_to_none=True)
-            loss = distill_loss(model(x[idx]), teacher[idx], temperature)
-            if not torch.isfinite(loss):
-                raise LesionError(f"distillation diverged (loss {float(loss.detach())}) at step {step + 1}; "
-                                  "lower its learning rate")
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            apply_masks(model, masks)
+    train_one_cycle(model, len(x), steps, batch, lr, seed,
+                    lambda idx: distill_loss(model(x[idx]), teacher[idx], temperature),
+                    problem.flat.unflatten(problem.mask), "distillation")
     w = problem.flat.weights_of(model).to(w.dtype) * problem.mask
     acc, loss_value = problem.evaluate(w)
     compute = problem.epochs(len(x) / 3) + problem.epochs(steps * batch)
