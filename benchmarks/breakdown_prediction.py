@@ -138,20 +138,22 @@ def main() -> None:
         rng = np.random.default_rng(1234)
         half = rng.permutation(width)[: int(round((truth0.fraction or 1.0) / 2 * width))].tolist()
         truth_t = measured_breakdown(model, x_test, y_test, layer, half, problem=measure)
+        # a layer that never breaks down counts as breaking down at its end (1.0), as the predictors say it
+        whole0, whole_t = (1.0 if t.fraction is None else t.fraction for t in (truth0, truth_t))
         print(f"{net} {measure.layer} ({width} units), clean {truth0.clean_accuracy:.4f}: measured break-down "
-              f"{truth0.fraction:.3f} from 0 ({truth0.forward_passes} forward passes, {seconds0:.1f} s), "
-              f"{truth_t.fraction:.3f} from t = {truth_t.start:.3f}", flush=True)
+              f"{whole0:.3f} from 0 ({truth0.forward_passes} forward passes, {seconds0:.1f} s), "
+              f"{whole_t:.3f} from t = {truth_t.start:.3f}", flush=True)
         for method in METHODS:
-            for start, truth in ((list(()), truth0), (half, truth_t)):
+            for start, truth in ((list(()), whole0), (half, whole_t)):
                 p = predict_breakdown(model, x_free, layer, method, start, problem=free)
-                error = abs(p.fraction - truth.fraction)
+                error = abs(p.fraction - truth)
                 errors.setdefault((method, "0" if not start else "t"), []).append(error)
                 costs.setdefault((method, "0" if not start else "t"), []).append(p.forward_passes)
                 print(f"  {method:<17} from {p.start:.3f}: {p.fraction:.3f} [{p.interval[0]:.3f}, "
                       f"{p.interval[1]:.3f}], error {error:.3f}, {p.forward_passes:.0f} forward passes, "
                       f"{p.seconds:.1f} s", flush=True)
         if not args.no_acceleration:
-            acceleration(model, layer, width, x_free, x_test, y_test, truth0.fraction, errors)
+            acceleration(model, layer, width, x_free, x_test, y_test, whole0, errors)
     print("mean absolute error (fraction of the layer's width) and mean cost:")
     for (method, start), values in sorted(errors.items()):
         cost = costs.get((method, start))

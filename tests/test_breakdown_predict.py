@@ -157,3 +157,30 @@ def test_cli_breakdown_predict(tmp_path, capsys):
     for bad in (["--deleted", "1,1"], ["--deleted", "10"], ["--deleted", "1", "--from", "0.2"], ["--deleted", "x"]):
         assert main(["breakdown", "--model", str(ckpt), "--data", f"npz:{tmp_path / 'd.npz'}", "--paths", "0",
                      "--predict", *bad]) == 2
+
+
+def test_two_point_calibration_recovers_a_known_scale_and_growth():
+    """Points read off a curve of known (scale, growth) give them back; growth 0 is the one-scale fit; the grown
+    curve is the first-order formula with every effect multiplied by 1 + growth·k/n (checked at one k by hand)."""
+    from lesion.geometry.breakdown_predict import FirstOrder
+
+    g = torch.Generator().manual_seed(3)
+    inputs, n = 300, 40
+    model = FirstOrder(torch.randn(inputs, generator=g, dtype=torch.float64) * 0.05,
+                       torch.rand(inputs, generator=g, dtype=torch.float64) * 0.02,
+                       torch.rand(inputs, generator=g, dtype=torch.float64) * 2 + 0.1,
+                       torch.full((inputs, 1), 0.9, dtype=torch.float64),
+                       torch.full((inputs, 1), 0.05, dtype=torch.float64), n, 0.9)
+    truth = model.curve(1.7, 3.0)
+    scale, growth = model.fit_two((10, float(truth[10])), (30, float(truth[30])))
+    assert scale == pytest.approx(1.7, rel=1e-3) and growth == pytest.approx(3.0, rel=1e-3)
+    plain = model.curve(2.5)
+    assert model.scale_to(20, float(plain[20])) == pytest.approx(2.5, rel=1e-6)
+    k, grow = 25, 1.0 + 3.0 * 25 / n
+    mean = k * model.mu * 1.7 * grow
+    var = k * (n - k) / (n - 1) * model.var * (1.7 * grow) ** 2
+    from scipy.stats import norm
+
+    flip = torch.from_numpy(norm.cdf(((mean - model.margin) / var.sqrt()).numpy()))
+    by_hand = float(((1 - flip) * model.right[:, 0] + flip * model.wrong[:, 0]).mean() / 0.9)
+    assert truth[k] == pytest.approx(by_hand, rel=1e-9)

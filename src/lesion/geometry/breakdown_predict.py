@@ -21,8 +21,11 @@ Predictors (each reports its cost in forward passes over the inputs, a backward 
   order, then predicted again), along a few orders.
 - `margin-calibrated`: `margin` with every unit's effect rescaled so that the model passes through Â measured
   (label-free) where it predicts the break-down, twice. First-order effects underestimate what many
-  deletions do together; the rescaling corrects the level, not the shape of the curve (it fails on the
-  transformer case of the benchmark, where the measured curve falls gradually and the model's does not).
+  deletions do together; the rescaling corrects the level, not the shape of the curve. Where no single scale
+  brings the curve to the share before the layer's end (a first-order curve that falls at once and then
+  flattens, while the network degrades gradually: the benchmark's transformer), both probes fit a scale and a
+  growth of the effects with the damage. On cases it was not tuned on it errs more than `probe`
+  (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from lesion.sites import Site
 from lesion.stats import clipped_interval
 
 METHODS = ("probe", "margin", "margin-steps", "margin-calibrated")
+GROWTH_MIN, GROWTH_MAX = -0.9, 64.0  # the growth of units' effects with the damage, `FirstOrder.fit_two`
 BACKWARD_COST = 2.0  # a backward pass costs about two forward passes
 SMALL_CHUNK = 8  # configurations a step for models that are not chains of modules
 
@@ -191,27 +195,46 @@ class FirstOrder:
     n: int
     reference_accuracy: float
 
-    def curve(self, scale: float = 1.0) -> np.ndarray:
-        """Â(k) / Â(undamaged) for k = 0 … n, with every unit's effect multiplied by `scale` (1: first order)."""
-        k = torch.arange(self.n + 1, dtype=torch.float64)
+    def curve(self, scale: float = 1.0, growth: float = 0.0, ks: Sequence[int] | None = None) -> np.ndarray:
+        """Â(k) / Â(undamaged) for k = 0 … n (or the `ks` given), with every unit's effect multiplied by `scale`
+        (1: first order) and by 1 + growth·k/n after k deletions (the effects of a unit compound as the layer
+        loses others: growth > 0)."""
+        k = torch.arange(self.n + 1, dtype=torch.float64) if ks is None else torch.tensor(ks, dtype=torch.float64)
         mean, spread = sum_moments(k, self.n, self.mu * scale, self.var * scale * scale)  # rows × (n + 1)
+        grow = 1.0 + growth * k / self.n
+        mean, spread = mean * grow, spread * grow * grow
         shift = mean - self.margin.unsqueeze(1)  # flip when the sum exceeds the margin
         flip = torch.where(spread > 0, torch.special.ndtr(shift / spread.clamp(min=1e-300).sqrt()),
                            (shift > 0).double())
         estimate = ((1 - flip) * self.right + flip * self.wrong).mean(0)
         return (estimate / self.reference_accuracy).numpy()
 
-    def scale_to(self, k: int, measured: float) -> float:
+    def scale_to(self, k: int, measured: float, growth: float = 0.0) -> float:
         """The scale whose curve passes through the measured Â ratio after k further deletions (bisection in
         log scale; the curve falls as the scale grows)."""
         lo, hi = math.log(1e-3), math.log(1e6)
         for _ in range(40):
             mid = (lo + hi) / 2
-            if self.curve(math.exp(mid))[k] > measured:
+            if self.curve(math.exp(mid), growth, [k])[0] > measured:
                 lo = mid
             else:
                 hi = mid
         return math.exp((lo + hi) / 2)
+
+    def fit_two(self, near: tuple[int, float], far: tuple[int, float]) -> tuple[float, float]:
+        """(scale, growth) whose curve passes through two measured (k, Â ratio) points, k_near < k_far: the scale
+        fitted at the near point for each growth, the growth by bisection on the far point (a larger growth lowers
+        the curve beyond the near point). Growth is kept in [GROWTH_MIN, GROWTH_MAX]."""
+        (k1, m1), (k2, m2) = near, far
+        lo, hi = GROWTH_MIN, GROWTH_MAX
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            if self.curve(self.scale_to(k1, m1, mid), mid, [k2])[0] > m2:
+                lo = mid
+            else:
+                hi = mid
+        growth = (lo + hi) / 2
+        return self.scale_to(k1, m1, growth), growth
 
 
 def _orders(problem: BreakdownProblem, deleted: Sequence[int], orders: int, seed: int) -> list[list[int]]:
@@ -272,18 +295,33 @@ def predict_margin_calibrated(problem: BreakdownProblem, deleted: Sequence[int],
                               orders: int = 4, seed: int = 0) -> tuple[float, list[float]]:
     """One linearisation at the current damage; then `probes` times: Â measured (label-free) along `orders`
     random continuations where the model predicts the break-down, and the units' effects rescaled so that the
-    model passes through the mean (per order too, for the interval)."""
+    model passes through the mean (per order too, for the interval). Where one scale cannot bring the curve to
+    the share within the layer (the first-order curve falls steeply, then flattens), the curve is fitted through
+    this probe and the last (at another depth): a scale and a growth of the effects with the damage
+    (`FirstOrder.fit_two`), which bends it into the gradual, then faster, fall of a network whose remaining units
+    matter more as others go."""
     model = problem.first_order_curve(deleted)
     fraction = problem.crossing(model.curve(), len(deleted))
     continuations = _orders(problem, deleted, orders, seed)
     per_order = [fraction] * orders
+    last: tuple[int, np.ndarray] | None = None
     for _ in range(probes):
         # measure where the model predicts the break-down, short of the layer's end (where deleting every
         # unit leaves no randomness to calibrate against)
         k = min(math.ceil(0.75 * model.n), max(1, int(round(fraction * problem.width)) - len(deleted)))
         measured = problem.estimated_accuracy([[*deleted, *order[:k]] for order in continuations])
-        fraction = problem.crossing(model.curve(model.scale_to(k, float(measured.mean()))), len(deleted))
-        per_order = [problem.crossing(model.curve(model.scale_to(k, float(m))), len(deleted)) for m in measured]
+        fits = [(model.scale_to(k, float(m)), 0.0) for m in (measured.mean(), *measured)]
+        curves = [model.curve(scale, growth) for scale, growth in fits]
+        if last is not None and last[0] != k and curves[0][:-1].min() >= problem.share:
+            # one scale cannot bring the curve down to the share before the layer's last unit (its shape is wrong: it
+            # flattens): fit a scale and a growth through this probe and the last
+            (k1, m1), (k2, m2) = sorted([last, (k, measured)], key=lambda pair: pair[0])
+            fits = [model.fit_two((k1, float(m1.mean())), (k2, float(m2.mean())))]
+            fits += [model.fit_two((k1, float(a)), (k2, float(b))) for a, b in zip(m1, m2, strict=True)]
+            curves = [model.curve(scale, growth) for scale, growth in fits]
+        fraction = problem.crossing(curves[0], len(deleted))
+        per_order = [problem.crossing(c, len(deleted)) for c in curves[1:]]
+        last = (k, measured)
     return fraction, per_order
 
 
