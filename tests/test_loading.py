@@ -166,3 +166,28 @@ def test_a_float16_model_runs_on_float32_data_flips_its_own_bits_and_is_judged_i
         from lesion.crash.structure import mlp_structure
 
         mlp_structure(view)
+
+
+def test_recover_out_writes_the_users_module_in_its_own_precision(tmp_path):
+    """A float16 model read through lesion's casting view: the repaired model `recover --out` writes is the
+    user's class, float16, without the view's forward, and it scores what recover reported."""
+    import json
+
+    from lesion.cli import main
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).half().eval()
+    torch.save(model, tmp_path / "m16.pt")
+    assert main(["--quiet", "recover", "--model", str(tmp_path / "m16.pt"), "--data", "digits", "--delete",
+                 "units:1:frac=0.5", "--method", "compensate", "--out", str(tmp_path / "r.pt"), "--json",
+                 str(tmp_path / "r.json")]) == 0
+    repaired = torch.load(tmp_path / "r.pt", weights_only=False)
+    assert type(repaired) is nn.Sequential and "forward" not in vars(repaired)
+    assert {p.dtype for p in repaired.parameters()} == {torch.float16}
+    reported = json.loads((tmp_path / "r.json").read_text())
+    assert main(["--quiet", "evaluate", "--model", str(tmp_path / "r.pt"), "--data", "digits", "--json",
+                 str(tmp_path / "e.json")]) == 0
+    evaluated = json.loads((tmp_path / "e.json").read_text())
+    # scored with float16-rounded weights in float32, evaluated in float16: one test digit at most apart
+    assert evaluated["evaluation"]["accuracy"] == pytest.approx(reported["methods"]["compensate"]["accuracy"],
+                                                                abs=1 / 360)

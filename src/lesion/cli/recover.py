@@ -61,7 +61,11 @@ def _cmd_recover(args: argparse.Namespace) -> dict[str, Any]:
         from lesion.nets import save_checkpoint
 
         best = max(results, key=lambda n: (results[n].accuracy, -results[n].epoch_equivalents))
-        model = problem.load(weights[best])
+        from lesion.nets.outputs import without_view
+
+        model = without_view(problem.load(weights[best]))  # the user's own module, not lesion's reading of it
+        if problem.flat.half_precision is not None:  # written in the user's format, as it was scored
+            model = model.to(problem.flat.half_precision)
         config = loaded.metadata.get("config")
         if config is None:
             torch.save(model, args.out)

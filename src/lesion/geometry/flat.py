@@ -106,7 +106,8 @@ class FlatModel:
 
     def stored(self, w: torch.Tensor) -> torch.Tensor:
         """w rounded to the precision the model stores its weights in (a float16 model's float16), in w's dtype:
-        what a repaired network deployed in the user's format computes with."""
+        the weights a repaired network holds in the user's format (the forward that scores them runs in w's
+        dtype)."""
         return w if self.half_precision is None else w.to(self.half_precision).to(w.dtype)
 
     def load(self, w: torch.Tensor) -> nn.Module:

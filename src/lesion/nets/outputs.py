@@ -101,6 +101,14 @@ def floating_dtype(model: nn.Module) -> torch.dtype | None:
     return found.pop() if len(found) == 1 else None
 
 
+def without_view(model: nn.Module) -> nn.Module:
+    """`model` with a `logits_view`'s own forward and settings removed, in place (for a private copy about to be
+    saved: the user's class, its own forward; a bound method of the view would not unpickle). Returns it."""
+    for name in ("forward", "lesion_output_key", "lesion_cast_inputs"):
+        vars(model).pop(name, None)
+    return model
+
+
 def is_view(model: nn.Module) -> bool:
     """True for a `logits_view` (its forward is not its class's)."""
     return "forward" in vars(model)
