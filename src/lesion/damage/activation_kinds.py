@@ -83,10 +83,7 @@ class ActivationBitFlip:
         (float16 in a half-precision model); float32 where the site's dtype is not recorded."""
         if self.fmt is not None:
             return self.fmt
-        fmt = bitlib.format_of(site.dtype) if site.dtype else "float32"
-        if fmt is None:
-            raise LesionError(f"site {site.name} holds {site.dtype} values, which have no bit-flip format here: "
-                              "give fmt=float32 (or float16, bfloat16, int8) to flip the bits of that rounding")
+        fmt = bitlib.format_for(site.dtype, f"values of site {site.name}") if site.dtype else "float32"
         self._check_bits(fmt)
         return fmt
 

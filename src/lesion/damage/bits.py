@@ -304,6 +304,15 @@ def format_of(dtype: torch.dtype | str) -> str | None:
             "int8": "int8"}.get(name)
 
 
+def format_for(dtype: torch.dtype | str, what: str) -> str:
+    """`format_of(dtype)`, or a LesionError saying that `what` (values of that dtype) needs an explicit fmt=."""
+    fmt = format_of(dtype)
+    if fmt is None:
+        raise LesionError(f"{what} stored as {str(dtype).removeprefix('torch.')} have no bit-flip format here: "
+                          "give fmt=float32 (or float16, bfloat16, int8) to flip the bits of that rounding")
+    return fmt
+
+
 def bit_name(fmt: str, bit: int) -> str:
     """What bit `bit` of a `fmt` word encodes: "sign", "exponent[k]", "mantissa[k]" or, for int8, "magnitude[k]".
 

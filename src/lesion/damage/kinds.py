@@ -357,12 +357,7 @@ class BitFlip:
         if any(n in target.stored for n in names):
             fmt = "int8"
         else:
-            found = {bitlib.format_of(target.base[n].dtype) for n in names}
-            if None in found:
-                dtypes = sorted({str(target.base[n].dtype).removeprefix("torch.") for n in names
-                                 if bitlib.format_of(target.base[n].dtype) is None})
-                raise LesionError(f"weights stored as {', '.join(dtypes)} have no bit-flip format here: give "
-                                  f"fmt=float32 (or float16, bfloat16, int8) to flip the bits of that rounding")
+            found = {bitlib.format_for(target.base[n].dtype, "weights") for n in names}
             if len(found) > 1:
                 raise LesionError(f"the weights {self.params!r} selects are stored in {' and '.join(sorted(found))}"
                                   ": flip each group in its own damage, or give one fmt= for all")

@@ -118,7 +118,8 @@ def record(model: nn.Module, example: torch.Tensor) -> Recording:
     return rec
 
 
-def _dtype_name(tensor: torch.Tensor) -> str:
+def dtype_name(tensor: torch.Tensor) -> str:
+    """The name of a tensor's dtype without the module (`float16`), as `Site.dtype` records it."""
     return str(tensor.dtype).removeprefix("torch.")
 
 
@@ -220,7 +221,7 @@ def discover_sites(model: nn.Module, example: torch.Tensor, rec: Recording | Non
         site = Site(0, site_call.path, site_call.call, rec.counts[site_call.path], kind, axis,
                     int(output.shape[axis]), layer=layer_call.path,
                     chain=tuple(leaves[k].path for k in chain[1:end - position + 1]),
-                    shape=tuple(output.shape[1:]), dtype=_dtype_name(output))
+                    shape=tuple(output.shape[1:]), dtype=dtype_name(output))
         raw = end == position or all(is_pass_through(leaves[k].module) for k in chain[1:end - position + 1])
         reader_index = chain[-1] + 1
         if reader_index < len(leaves) and not _reads_directly(leaves[reader_index], leaves[chain[-1]]):
@@ -239,7 +240,7 @@ def discover_sites(model: nn.Module, example: torch.Tensor, rec: Recording | Non
             continue
         axis, kind = _axis(None, c.output, conv_seen)
         found.append((c.order, Site(0, c.path, c.call, rec.counts[c.path], kind, axis, int(c.output.shape[axis]),
-                                    shape=tuple(c.output.shape[1:]), dtype=_dtype_name(c.output))))
+                                    shape=tuple(c.output.shape[1:]), dtype=dtype_name(c.output))))
     for c in rec.calls:
         if c.leaf or c.call > 0:
             continue

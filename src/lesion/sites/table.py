@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from lesion.errors import LesionError
-from lesion.sites.discover import Recording, discover_sites, record
+from lesion.sites.discover import Recording, discover_sites, dtype_name, record
 from lesion.sites.modules import is_conv, is_unit_layer
 from lesion.sites.site import Site
 
@@ -99,7 +99,7 @@ class SiteTable:
         kind = "linear" if tensor.dim() == 2 else "conv-channel" if conv else "token-feature"
         site = Site(0, path, call, len(calls), kind, axis, int(tensor.shape[axis]),
                     hook="input" if as_input else "output", shape=tuple(tensor.shape[1:]),
-                    dtype=str(tensor.dtype).removeprefix("torch."),
+                    dtype=dtype_name(tensor),
                     note="a module's raw " + ("input" if as_input else "output"),
                     layer=path if is_unit_layer(c.module) and not as_input else None)
         return site
