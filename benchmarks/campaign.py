@@ -46,7 +46,7 @@ installs them without their dependencies).
 Every time is the least of `--repeats` runs (default 3), for every tool alike.
 
 Run: `.venv/bin/python benchmarks/campaign.py [--configs-bitflip 500] [--configs-crash 1000] [--configs-act 500]
-[--threads 1] [--skip-peers] [--repeats 3]`
+[--threads 1] [--skip-peers] [--repeats 3] [--scenarios ABC]`
 """
 
 from __future__ import annotations
@@ -359,6 +359,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-peers", action="store_true", help="only lesion and the hand-written loops")
     parser.add_argument("--repeats", type=int, default=3, help="runs per tool; the least time is kept (default 3)")
+    parser.add_argument("--scenarios", default="ABC", help="which scenarios to run, e.g. A (default ABC)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     has_pytorchfi = not args.skip_peers and peer_available("pytorchfi.core")
@@ -372,6 +373,16 @@ def main() -> None:
     base = {name: p.detach() for name, p in model.named_parameters()}
     print(f"mlp2 (LeNet-300-100) trained 3 epochs on mnist5k; {len(x)} test inputs; {args.threads} threads")
 
+    if "A" in args.scenarios:
+        run_bitflips(args, model, x, y, base, has_pytorchfi, has_mrfi)
+    if "B" in args.scenarios:
+        run_crashes(args, model, x, y, has_pytorchfi, has_mrfi)
+    if "C" in args.scenarios:
+        run_activation_flips(args, model, x, y, has_pytorchfi, has_mrfi)
+
+
+def run_bitflips(args, model, x, y, base, has_pytorchfi: bool, has_mrfi: bool) -> None:
+    """Scenario A."""
     def bitflip_faults(configs):
         return [entries(c, base) for c in configs]
 
@@ -385,6 +396,9 @@ def main() -> None:
         in_bias = sum(any(n.endswith(".bias") for n in c.changed) for c in configs)
         print(f"(pytorchfi: {in_bias} configurations with a flip in a bias, written outside its API)")
 
+
+def run_crashes(args, model, x, y, has_pytorchfi: bool, has_mrfi: bool) -> None:
+    """Scenario B."""
     def crashed_units(configs):
         return [(c.units[CRASH_SITE].keep == 0).nonzero().flatten().tolist() for c in configs]
 
@@ -395,6 +409,9 @@ def main() -> None:
         tools.append(("mrfi", crashed_units, mrfi_crashes))
     scenario("B, unit crashes", CRASH, args.configs_crash, model, x, y, tools, args.repeats)
 
+
+def run_activation_flips(args, model, x, y, has_pytorchfi: bool, has_mrfi: bool) -> None:
+    """Scenario C."""
     clean_h1 = hidden1(model, x)
 
     def act_faults(configs):

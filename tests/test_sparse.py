@@ -105,6 +105,29 @@ def test_composed_faults_and_chunks(net):
         assert_same_numbers(batched_damaged_outputs(net, configs, X, chunk_size=chunk, class_major=True), dense)
 
 
+def test_changes_that_reach_nothing_are_dropped_and_nan_kept():
+    # ReLU network, input column 2 always 0: a changed weight reading it changes nothing downstream (dropped
+    # before the second layer's product); a NaN there still poisons its unit (0·NaN), and a configuration
+    # whose changes all vanish gets the clean outputs
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 20), nn.ReLU(), nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    x = torch.rand(50, 6, generator=seeded(4))
+    x[:, 2] = 0.0
+    target = Target(model, example=x[:2])
+    texts = ["stuck:0.weight:5,2:7.0", "stuck:0.weight:5,2:7.0", "stuck:0.weight:1,2:nan",
+             "stuck:0.weight:3,1:4.0", "stuck:0.weight:8,2:-3.0"]
+    configs = [realise(target, [parse_damage(t)], seeded(0)) for t in texts]
+    configs[1] = realise(target, [parse_damage(texts[1]), parse_damage("stuck:0.weight:4,0:2.0")], seeded(0))
+    chain = CleanChain.of(model, x)
+    assert all(SparseChain(chain, target.base).plan(c) is not None for c in configs)
+    hand = torch.stack([hand_forward(model, c, x) for c in configs])
+    for chunk in (1, None):
+        sparse = batched_damaged_outputs(model, configs, x, chain=chain, chunk_size=chunk)
+        assert_same_numbers(sparse, hand)
+        assert torch.equal(sparse[0], chain.output) and torch.equal(sparse[4], chain.output)
+    assert bool(torch.isnan(hand[2]).any()) and not bool(torch.isnan(hand[3]).any())
+
+
 def test_dense_changes_go_the_dense_way(net):
     target = Target(net, example=X[:2])
     engine = SparseChain(CleanChain.of(net, X), target.base)

@@ -20,9 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from lesion.damage import bits as bitlib
+from lesion.damage import keyed_random
 from lesion.damage.activation_faults import ActivationFaults
 from lesion.damage.realised import Realised
 from lesion.damage.target import Target
@@ -132,14 +134,9 @@ class ActivationStuck:
         """Draw the stuck (input, position) pairs and add them as faults at the site."""
         site, per_input = _site(target, self.site)
         total = (1 if self.permanent else target.input_count) * per_input
-        count = 0
-        if self.rate == 1.0:
-            count = total
-        elif self.rate > 0.0 and total:
-            drawn = torch.binomial(torch.tensor(float(total), dtype=torch.float64),
-                                   torch.tensor(self.rate, dtype=torch.float64), generator=generator)
-            count = min(int(drawn.item()), total)
-        chosen = bitlib.distinct_uniform(total, count, generator)
+        _, chosen = keyed_random.at_rate(np.array([keyed_random.key_of(generator)]), total, float(self.rate))
+        chosen = torch.from_numpy(chosen)
+        count = chosen.numel()
         device = target.device
         which = None if self.permanent else (chosen // per_input).to(device)
         values = torch.full((count,), self.value, dtype=torch.float32, device=device)

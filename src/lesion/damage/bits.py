@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
+from lesion.damage import keyed_random
 from lesion.errors import LesionError
 
 FORMATS: dict[str, int] = {"float32": 32, "float16": 16, "bfloat16": 16, "int8": 8}
@@ -31,8 +32,6 @@ _WORD_DTYPES: dict[str, torch.dtype] = {
 _FLOAT_DTYPES: dict[str, torch.dtype] = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 # Number of mantissa bits (bits 0..m-1); exponent bits follow up to the sign bit.
 _MANTISSA_BITS: dict[str, int] = {"float32": 23, "float16": 10, "bfloat16": 7}
-# Below this many candidate bits, sample positions with one randperm instead of rejection.
-_RANDPERM_MAX = 1 << 16
 
 
 def _width(fmt: str) -> int:
@@ -223,43 +222,16 @@ def _bit_positions(fmt: str, bits: Sequence[int] | None) -> list[int]:
     return sorted(positions)
 
 
-def distinct_uniform(total: int, count: int, generator: torch.Generator) -> torch.Tensor:
-    """`count` distinct integers drawn uniformly without replacement from 0..total-1, sorted."""
-    if count == 0:
-        return torch.zeros(0, dtype=torch.int64)
-    if total <= _RANDPERM_MAX or 2 * count >= total:
-        return torch.sort(torch.randperm(total, generator=generator)[:count]).values
-    # Sparse case: draw with replacement until `count` distinct values are seen. The set of distinct values is
-    # exchangeable over 0..total-1, so a uniform subset of it of size `count` is a uniform subset of 0..total-1.
-    # (a few dozen values: Python's set and sort cost less than torch's unique and sort on them; same values)
-    if count > 4096:
-        seen = torch.unique(torch.randint(0, total, (2 * count + 16,), generator=generator, dtype=torch.int64))
-        while seen.numel() < count:
-            need = count - seen.numel()
-            draws = torch.randint(0, total, (2 * need + 16,), generator=generator, dtype=torch.int64)
-            seen = torch.unique(torch.cat([seen, draws]))
-        if seen.numel() > count:
-            seen = torch.sort(seen[torch.randperm(seen.numel(), generator=generator)[:count]]).values
-        return seen
-    values = set(torch.randint(0, total, (2 * count + 16,), generator=generator, dtype=torch.int64).tolist())
-    while len(values) < count:
-        need = count - len(values)
-        values.update(torch.randint(0, total, (2 * need + 16,), generator=generator, dtype=torch.int64).tolist())
-    ordered = sorted(values)
-    if len(ordered) > count:
-        ordered = sorted(ordered[i] for i in torch.randperm(len(ordered), generator=generator)[:count].tolist())
-    return torch.tensor(ordered, dtype=torch.int64)
-
-
-@functools.lru_cache(maxsize=64)
-def _binomial_arguments(total: int, ber: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (trials, probability) tensors of `torch.binomial`, made once per rate (a campaign draws thousands)."""
-    return torch.tensor(float(total), dtype=torch.float64), torch.tensor(ber, dtype=torch.float64)
-
-
 @functools.lru_cache(maxsize=64)
 def _position_lookup(positions: tuple[int, ...]) -> torch.Tensor:
     return torch.tensor(positions, dtype=torch.int64)
+
+
+def _check_rate(numel: int, ber: float) -> None:
+    if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
+        raise LesionError(f"numel must be a non-negative integer, got {numel!r}")
+    if isinstance(ber, bool) or not isinstance(ber, numbers.Real) or not 0.0 <= float(ber) <= 1.0:
+        raise LesionError(f"bit-error rate must be a number in [0, 1], got {ber!r}")
 
 
 def random_bit_positions(numel: int, ber: float, fmt: str, generator: torch.Generator,
@@ -267,33 +239,35 @@ def random_bit_positions(numel: int, ber: float, fmt: str, generator: torch.Gene
     """Random bit flips at bit-error rate `ber` among the stored bits of `numel` weights in format `fmt`.
 
     SPEC §1, bit flip: flip bit b of weight i in its stored format. The candidate bits are `numel × B` where B
-    is every bit of the format, or only the positions in `bits`. The number of flips is Binomial(numel·B, ber)
-    drawn with `generator`; that many distinct (element, bit) positions are then drawn uniformly without
-    replacement with the same generator, so the result is reproducible from the generator's seed. Returns
-    (flat_indices, bits), both int64, sorted by element then bit, ready for `flip_bits`.
+    is every bit of the format, or only the positions in `bits`. One key is drawn from `generator`
+    (`keyed_random.key_of`); from it, the number of flips is Binomial(numel·B, ber) and that many distinct
+    (element, bit) positions are drawn uniformly without replacement, so the result is reproducible from the
+    generator's seed and equals this key's share of `random_bit_positions_batch`. Returns (flat_indices, bits),
+    both int64, sorted by element then bit, ready for `flip_bits`.
     """
-    _width(fmt)
-    if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
-        raise LesionError(f"numel must be a non-negative integer, got {numel!r}")
-    if isinstance(ber, bool) or not isinstance(ber, numbers.Real) or not 0.0 <= float(ber) <= 1.0:
-        raise LesionError(f"bit-error rate must be a number in [0, 1], got {ber!r}")
     if not isinstance(generator, torch.Generator):
         raise LesionError("random_bit_positions needs a torch.Generator (e.g. torch.Generator().manual_seed(0))")
+    _width(fmt)
+    _check_rate(numel, ber)
+    _, element, bit = random_bit_positions_batch(numel, ber, fmt, [keyed_random.key_of(generator)], bits)
+    return element, bit
+
+
+def random_bit_positions_batch(numel: int, ber: float, fmt: str, keys: Sequence[int],
+                               bits: Sequence[int] | None = None
+                               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`random_bit_positions` for many keys at once (a campaign's batch of configurations, one key each):
+    (key index, flat index, bit), int64, sorted by key index, element, bit."""
+    _width(fmt)
+    _check_rate(numel, ber)
     positions = _bit_positions(fmt, bits)
     per_element = len(positions)
     total = numel * per_element
-    ber = float(ber)
-    if total == 0 or ber == 0.0:
-        count = 0
-    elif ber == 1.0:
-        count = total
-    else:
-        drawn = torch.binomial(*_binomial_arguments(total, ber), generator=generator)
-        count = min(max(int(drawn.item()), 0), total)
-    chosen = distinct_uniform(total, count, generator)
+    owner, chosen = keyed_random.at_rate(keys, total, float(ber))
+    owner, chosen = torch.from_numpy(owner), torch.from_numpy(chosen)
     if per_element == 32 and bits is None:  # every bit of a float32 word: shifts instead of a division
-        return chosen >> 5, chosen & 31
-    return chosen // per_element, _position_lookup(tuple(positions))[chosen % per_element]
+        return owner, chosen >> 5, chosen & 31
+    return owner, chosen // per_element, _position_lookup(tuple(positions))[chosen % per_element]
 
 
 def format_of(dtype: torch.dtype | str) -> str | None:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from lesion.damage import bits as bitlib
+from lesion.damage import keyed_random
 from lesion.damage.activation_kinds import ActivationBitFlip, ActivationStuck
 from lesion.damage.realised import Realised, UnitOverride
 from lesion.damage.selectors import Selector
@@ -396,23 +397,36 @@ class BitFlip:
 
     def _draw(self, target: Target, names: list[str], sizes: list[int], generator: torch.Generator, fmt: str
               ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """Random (flat index, bit) pairs over the concatenated `names` at the rate, less those a protected bit
-        (`Target.protected`: corrected by ECC, say) would have taken, and the fault record. The draw itself does
-        not depend on the protection, so a protected campaign has the same configurations less those flips."""
-        flat_idx, flat_bits = bitlib.random_bit_positions(sum(sizes), float(self.ber), fmt, generator,
-                                                          self.positions)
-        extra: dict[str, Any] = {}
+        """Random (flat index, bit) pairs over the concatenated `names` at the rate and the fault record, from
+        one key drawn from `generator` (`_draw_each` of that key)."""
+        _, flat_idx, flat_bits, records = self._draw_each(target, names, sizes, [keyed_random.key_of(generator)],
+                                                          fmt)
+        return flat_idx, flat_bits, records[0]
+
+    def _draw_each(self, target: Target, names: list[str], sizes: list[int], keys: Sequence[int], fmt: str
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+        """(key index, flat index, bit) of the random flips over the concatenated `names` at the rate, for every
+        key at once (`bits.random_bit_positions_batch`), less those a protected bit (`Target.protected`:
+        corrected by ECC, say) would have taken, and each key's fault record. The draw itself does not depend on
+        the protection, so a protected campaign has the same configurations less those flips."""
+        owner, flat_idx, flat_bits = bitlib.random_bit_positions_batch(sum(sizes), float(self.ber), fmt, keys,
+                                                                       self.positions)
+        protected = None
         if target.protected:
             table = torch.zeros(len(names), 64, dtype=torch.bool)
             for p, name in enumerate(names):
                 table[p, list(target.protected.get(name, ()))] = True
             offsets = torch.tensor(np.cumsum(sizes), dtype=torch.int64)
             hit = table[torch.searchsorted(offsets, flat_idx, right=True), flat_bits]
-            flat_idx, flat_bits = flat_idx[~hit], flat_bits[~hit]
-            extra["protected"] = int(hit.sum())
-        record = {"kind": "bitflip", "format": fmt, "params": names, "ber": self.ber,
-                  "flips": int(flat_idx.numel()), **extra, **index_record(flat_idx * 64 + flat_bits)}
-        return flat_idx, flat_bits, record
+            protected = torch.bincount(owner[hit], minlength=len(keys)).tolist()
+            owner, flat_idx, flat_bits = owner[~hit], flat_idx[~hit], flat_bits[~hit]
+        counts = torch.bincount(owner, minlength=len(keys)).tolist()
+        records = []
+        for k, words in enumerate(torch.split(flat_idx * 64 + flat_bits, counts)):
+            extra = {} if protected is None else {"protected": protected[k]}
+            records.append({"kind": "bitflip", "format": fmt, "params": names, "ber": self.ber, "flips": counts[k],
+                            **extra, **index_record(words)})
+        return owner, flat_idx, flat_bits, records
 
     def _flipped(self, target: Target, name: str, weight: torch.Tensor, indices: torch.Tensor, bits: torch.Tensor,
                  fmt: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -439,15 +453,10 @@ class BitFlip:
         offsets = torch.tensor([0, *np.cumsum(sizes)], dtype=torch.int64)
         total = int(offsets[-1])
         generator = torch.Generator()
-        draws = [self._draw(target, names, sizes, generator.manual_seed(s), fmt) for s in seeds]
-        drawn = [(i, b) for i, b, _ in draws]
-        records = [record for _, _, record in draws]
-        counts = torch.tensor([i.numel() for i, _ in drawn], dtype=torch.int64)
-        if not int(counts.sum()):
+        keys = [keyed_random.key_of(generator.manual_seed(s)) for s in seeds]
+        sample, element, bits, records = self._draw_each(target, names, sizes, keys, fmt)
+        if not element.numel():
             return [Realised().with_params({}, r) for r in records]
-        sample = torch.repeat_interleave(torch.arange(len(seeds)), counts)
-        element = torch.cat([i for i, _ in drawn])
-        bits = torch.cat([b for _, b in drawn])
         # the (element, bit) pairs of one sample are distinct, so the bits flipped in one word combine by a sum
         keys, inverse = torch.unique(sample * total + element, return_inverse=True)
         masks = torch.zeros(keys.numel(), dtype=torch.int64).index_add_(0, inverse, torch.ones_like(bits) << bits)
@@ -459,24 +468,15 @@ class BitFlip:
             if chosen.numel():
                 local = element[chosen] - offsets[p]
                 values[chosen] = bitlib.flip_words(target.base[name], local, masks[chosen], fmt)
-        device = target.device
-        per_sample = counts.new_zeros(len(seeds)).index_add_(0, keys // total, torch.ones_like(keys))
-        out, start = [], 0
-        params, locals_ = param.tolist(), (element - offsets[param]).to(device)
-        values = values.to(device)
-        for k, record in enumerate(records):
-            stop = start + int(per_sample[k])
-            patches = {}
-            at = start
-            while at < stop:
-                p, end = params[at], at
-                while end < stop and params[end] == p:
-                    end += 1
-                name = names[p]
-                patches[name] = (locals_[at:end], values[at:end].to(target.base[name].dtype))
-                at = end
-            out.append(Realised({}, {}, (record,), patches))
-            start = stop
+        # runs of one (sample, parameter): the keys are sorted, so each is contiguous
+        groups, sizes_ = torch.unique_consecutive((keys // total) * len(names) + param, return_counts=True)
+        locals_, values = (element - offsets[param]).to(target.device), values.to(target.device)
+        patches: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] = [{} for _ in seeds]
+        for group, start, stop in zip(groups.tolist(), (torch.cumsum(sizes_, 0) - sizes_).tolist(),
+                                      torch.cumsum(sizes_, 0).tolist(), strict=True):
+            name = names[group % len(names)]
+            patches[group // len(names)][name] = (locals_[start:stop], values[start:stop].to(target.base[name].dtype))
+        out = [Realised({}, {}, (record,), patch) for record, patch in zip(records, patches, strict=True)]
         return out
 
     def spec(self) -> str:

@@ -223,6 +223,8 @@ class SparseChain:
                 parts = zip(torch.split(flat, counts), torch.split(delta, counts), strict=True)
             for (k, _, _), part in zip(items, parts, strict=True):
                 entries[k][name] = part
+        empty = self._empty
+        none = {i: self.base[leaf.weight].new_zeros(0) for i, leaf in enumerate(self.leaves) if leaf.weight}
         for k in simple:
             changes = {}
             for name in entries[k]:
@@ -231,10 +233,16 @@ class SparseChain:
                     continue
                 leaf = self.leaves[i]
                 weight = self.base[leaf.weight]
-                rows, cols, delta = entries[k].get(leaf.weight, (self._empty, self._empty, weight.new_zeros(0)))
-                if rows.numel() > self.max_fraction * weight.numel():
-                    break
-                bias_rows, bias_delta = entries[k].get(leaf.bias, (self._empty, weight.new_zeros(0)))
+                if leaf.weight in entries[k]:
+                    rows, cols, delta = entries[k][leaf.weight]
+                    if rows.numel() > self.max_fraction * weight.numel():
+                        break
+                else:
+                    rows, cols, delta = empty, empty, none[i]
+                if leaf.bias in entries[k]:
+                    bias_rows, bias_delta = entries[k][leaf.bias]
+                else:
+                    bias_rows, bias_delta = empty, none[i]
                 changes[i] = _Entries(rows, cols, delta, bias_rows, bias_delta)
             else:
                 first = min(changes)
@@ -399,12 +407,12 @@ def _stack_entries(changes: list[_Entries | None], weight: torch.Tensor) -> tupl
     if not present:
         empty = torch.zeros(0, dtype=torch.long, device=device)
         return empty, empty, empty, weight.new_zeros(0), empty, empty, weight.new_zeros(0)
-    counts = torch.tensor([e.rows.numel() for _, e in present], device=device)
-    bias_counts = torch.tensor([e.bias_rows.numel() for _, e in present], device=device)
-    ids = torch.tensor([c for c, _ in present], device=device)
-    return (torch.repeat_interleave(ids, counts), torch.cat([e.rows for _, e in present]),
+    e_cfg = [c for c, e in present for _ in range(e.rows.numel())]
+    b_cfg = [c for c, e in present for _ in range(e.bias_rows.numel())]
+    configs = torch.tensor(e_cfg + b_cfg, dtype=torch.long, device=device)
+    return (configs[:len(e_cfg)], torch.cat([e.rows for _, e in present]),
             torch.cat([e.cols for _, e in present]), torch.cat([e.delta for _, e in present]),
-            torch.repeat_interleave(ids, bias_counts), torch.cat([e.bias_rows for _, e in present]),
+            configs[len(e_cfg):], torch.cat([e.bias_rows for _, e in present]),
             torch.cat([e.bias_delta for _, e in present]))
 
 
@@ -434,19 +442,24 @@ def _pair_products(clean: torch.Tensor, state: _State, weight: torch.Tensor, out
     """out ← clean + Σ over each configuration's pairs of Δh[:, col]·W[:, col]ᵀ (out: configurations, inputs,
     outputs): one batched product over the pairs, padded per configuration."""
     count = len(out)
-    configs = state.configs
+    configs, cols, delta = state.configs, state.cols, state.delta
+    reaching = delta.abs().amax(dim=1) != 0  # a flip lost to rounding or to an inactive unit adds nothing (NaN stays)
+    if not bool(reaching.all()):
+        configs, cols, delta = configs[reaching], cols[reaching], delta[reaching]
+    if not configs.numel():
+        return out.copy_(clean.expand(count, -1, -1))
     per_config = torch.bincount(configs, minlength=count)
     width = int(per_config.max())
     if int(per_config.min()) == width:  # as many pairs in every configuration (a crash of k units): no padding
-        padded = state.delta.reshape(count, width, -1)
-        columns = weight[:, state.cols].T.reshape(count, width, -1)
+        padded = delta.reshape(count, width, -1)
+        columns = weight[:, cols].T.reshape(count, width, -1)
     else:
         starts = torch.cumsum(per_config, 0) - per_config
         slot = torch.arange(configs.numel(), device=configs.device) - starts[configs]
-        padded = state.delta.new_zeros(count, width, state.delta.shape[1])
-        padded[configs, slot] = state.delta
+        padded = delta.new_zeros(count, width, delta.shape[1])
+        padded[configs, slot] = delta
         columns = weight.new_zeros(count, width, weight.shape[0])
-        columns[configs, slot] = weight[:, state.cols].T
+        columns[configs, slot] = weight[:, cols].T
     return torch.baddbmm(clean.expand(count, -1, -1), padded.transpose(1, 2), columns, out=out)
 
 
