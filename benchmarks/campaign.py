@@ -43,7 +43,8 @@ Prints, per scenario, seconds, the ratio (tool time / lesion time) and the numbe
 accuracy differs from lesion's (expected 0). pytorchfi and mrfi are benchmark-only dependencies (`make bench`
 installs them without their dependencies).
 
-Every time is the least of `--repeats` runs (default 3), for every tool alike.
+Every time is the least of `--repeats` runs (default 3), for every tool alike, in rounds (each tool once per
+round), so that a slow spell of this shared machine slows every tool alike.
 
 Run: `.venv/bin/python benchmarks/campaign.py [--configs-bitflip 500] [--configs-crash 1000] [--configs-act 500]
 [--threads 1] [--skip-peers] [--repeats 3] [--scenarios ABC]`
@@ -321,16 +322,12 @@ def peer_available(module: str) -> bool:
 def scenario(title: str, spec: str, samples: int, model, x, y, tools: list[tuple[str, Callable, Callable]],
              repeats: int = 1) -> list:
     """Time lesion's campaign, realise its fault list again, hand it to each tool, print the table; returns the
-    realised configurations. Every tool's time is the least of `repeats` runs (this shared machine's timings
-    vary by ±20% from run to run)."""
+    realised configurations. Every tool's time is the least of `repeats` runs, taken in rounds of every tool
+    (this shared machine's timings vary by ±20% from run to run, in spells)."""
     lesion_campaign(model, x, y, spec, WARM_UP)
-    t_lesion = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        reference, clean = lesion_campaign(model, x, y, spec, samples)
-        t_lesion = min(t_lesion, time.perf_counter() - start)
-    start = time.perf_counter()
+    reference, clean = lesion_campaign(model, x, y, spec, samples)
     target = Target(model, example=x[:2], inputs=x)  # the inputs: for faults drawn per input (C)
+    start = time.perf_counter()
     configs = [realise(target, [parse_damage(spec)], torch.Generator().manual_seed(sample_seed(SEED, i)))
                for i in range(samples)]
     t_realise = time.perf_counter() - start
@@ -338,13 +335,20 @@ def scenario(title: str, spec: str, samples: int, model, x, y, tools: list[tuple
     print(f"\n{title}: {spec}, {samples} configurations x {len(x)} inputs\nlesion mean accuracy "
           f"{sum(reference) / len(reference):.4f} (clean {clean:.4f}; {changed} configurations change it); "
           f"realising the fault list for the others (not timed): {t_realise:.2f} s")
-    rows = [("lesion Campaign", t_lesion, 0)]
+    runners = [("lesion Campaign", lambda: lesion_campaign(model, x, y, spec, samples)[0])]
     for name, convert, run in tools:
         faults = convert(configs)
         run(model, x, y, faults[:WARM_UP])
-        runs = [timed(lambda run=run, faults=faults: run(model, x, y, faults)) for _ in range(repeats)]
-        seconds, accuracies = min(runs, key=lambda r: r[0])
-        rows.append((name, seconds, sum(a != b for a, b in zip(accuracies, reference, strict=True))))
+        runners.append((name, lambda run=run, faults=faults: run(model, x, y, faults)))
+    best = {name: float("inf") for name, _ in runners}
+    differing = {}
+    for _ in range(repeats):  # rounds of every tool in turn: a slow spell of the machine hits them alike
+        for name, runner in runners:
+            seconds, accuracies = timed(runner)
+            best[name] = min(best[name], seconds)
+            differing[name] = sum(a != b for a, b in zip(accuracies, reference, strict=True))
+    t_lesion = best["lesion Campaign"]
+    rows = [(name, best[name], differing[name]) for name, _ in runners]
     print("{:18s} {:>9s} {:>7s} {:>14s}".format("tool", "seconds", "ratio", "differing acc."))
     for name, seconds, differing in rows:
         print(f"{name:18s} {seconds:9.3f} {seconds / t_lesion:6.1f}x {differing:14d}")

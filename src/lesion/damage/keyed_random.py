@@ -13,6 +13,7 @@ of its exact CDF, then that many distinct positions, uniform without replacement
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 
@@ -39,6 +40,18 @@ def _mix(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+_MASK = (1 << 64) - 1
+
+
+def _uniform_int(key: int, counter: int) -> float:
+    """`uniforms` of one (key, counter) pair in Python integers: the same bits, the same float (a single
+    configuration's few draws cost less this way than through numpy's array set-up)."""
+    z = (key + counter * 0x9E3779B97F4A7C15) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return float((z ^ (z >> 31)) >> 11) * 2.0 ** -53
+
+
 def uniforms(keys: np.ndarray, counters: np.ndarray) -> np.ndarray:
     """Uniform float64 values in [0, 1) with 53 random bits, one per (key, counter) pair (broadcast)."""
     with np.errstate(over="ignore"):
@@ -61,6 +74,11 @@ def _binomial_table(total: int, p: float) -> tuple[int, np.ndarray]:
     return lo, cdf / cdf[-1]
 
 
+@functools.lru_cache(maxsize=64)
+def _as_list(total: int, p: float) -> list[float]:
+    return _binomial_table(total, p)[1].tolist()
+
+
 def binomial_counts(keys: np.ndarray, total: int, p: float) -> np.ndarray:
     """Binomial(total, p) counts, one per key, by inversion of the exact CDF at the key's uniform of counter
     `COUNT_COUNTER` (int64)."""
@@ -70,6 +88,9 @@ def binomial_counts(keys: np.ndarray, total: int, p: float) -> np.ndarray:
     if p == 1.0:
         return np.full(len(keys), total, dtype=np.int64)
     lo, cdf = _binomial_table(total, p)
+    if len(keys) == 1:
+        u1 = _uniform_int(int(keys[0]), COUNT_COUNTER)
+        return np.array([min(lo + bisect.bisect_right(_as_list(total, p), u1), total)], dtype=np.int64)
     u = uniforms(keys, np.uint64(COUNT_COUNTER))
     return np.minimum(lo + np.searchsorted(cdf, u, side="right"), total).astype(np.int64)
 
@@ -86,6 +107,13 @@ def distinct_positions(keys: np.ndarray, counts: np.ndarray, total: int) -> tupl
     distinct values of floor(u_j · total) over counters j = 1, 2, … (any subset of the distinct values seen is
     equally likely, by symmetry); where a key keeps at least half of the candidates, the `count` candidates of
     smallest keyed priority instead. Returns (key index, position), sorted by key index then position."""
+    if len(keys) == 1 and 0 < int(counts[0]) <= 256 and int(counts[0]) < _DENSE_SHARE * total:
+        # one configuration: its first `count` distinct values, in Python (a few dozen cost less that way)
+        key, need, seen, j = int(keys[0]), int(counts[0]), set(), 1
+        while len(seen) < need:
+            seen.add(math.floor(_uniform_int(key, j) * total))
+            j += 1
+        return np.zeros(need, dtype=np.int64), np.array(sorted(seen), dtype=np.int64)
     keys = np.asarray(keys, dtype=np.uint64)
     counts = np.asarray(counts, dtype=np.int64)
     dense = counts >= _DENSE_SHARE * total
