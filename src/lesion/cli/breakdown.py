@@ -53,7 +53,8 @@ def _cmd_breakdown(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
     from lesion.cli.options import load_model_and_data
-    from lesion.geometry.breakdown import breakdown_plot, deletion_curve, path_seconds, progressive_path, unit_order
+    from lesion.geometry.breakdown import deletion_curve, path_seconds, progressive_path, unit_order
+    from lesion.report.plots import breakdown_plot
 
     loaded, data = load_model_and_data(args)
     if args.paths and _is_head_site(loaded.module, args.layer, data.x_test[:2]):

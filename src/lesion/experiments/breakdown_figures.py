@@ -14,10 +14,11 @@ from typing import Any
 import numpy as np
 
 from lesion.data import load
-from lesion.geometry.breakdown import breakdown_plot, deletion_curve, path_embedding, progressive_path, unit_order
+from lesion.geometry.breakdown import deletion_curve, path_embedding, progressive_path, unit_order
 from lesion.geometry.breakdown_predict import predict_breakdown
 from lesion.nets import build_net
 from lesion.report.jsonio import provenance, write_json
+from lesion.report.plots import breakdown_plot
 from lesion.train import TrainSettings, train
 
 ACCELERATION_NOTE = (

@@ -212,8 +212,9 @@ def stage_geometry(ctx: ReportContext) -> dict[str, Any]:
 
 def stage_breakdown(ctx: ReportContext) -> dict[str, Any]:
     """Section 4: deletion curves per hidden layer, measured and predicted break-down points."""
-    from lesion.geometry.breakdown import breakdown_plot, deletion_curve, progressive_path, unit_order
+    from lesion.geometry.breakdown import deletion_curve, progressive_path, unit_order
     from lesion.report.costs import FRACTIONS, unit_sites
+    from lesion.report.plots import breakdown_plot
 
     if ctx.y_eval is None:
         return {"skipped": "the data have no test labels: deletion curves need accuracy"}

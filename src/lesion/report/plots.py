@@ -6,11 +6,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+if TYPE_CHECKING:
+    from lesion.geometry.breakdown import DeletionCurve, PathProfileResult
 
 
 def save(fig: plt.Figure, path: str | Path, note: str = "", bottom: float = 0.22) -> Path:
@@ -109,3 +113,42 @@ def attack_plot(path: str | Path, attacks: dict[str, dict], sigma: float) -> Pat
     fig.suptitle("random (mean; whisker min–max) vs designed", fontsize=10)
     fig.tight_layout()
     return save(fig, path)
+
+
+def breakdown_plot(path: str | Path, curves: Sequence[DeletionCurve], profiles: Sequence[PathProfileResult],
+                   title: str, note: str = "", predictions: Sequence[Any] = ()) -> None:
+    """Accuracy against deleted fraction (band: 95% CI over random orders) and the covariant acceleration
+    along deletion paths, with measured and predicted break-down points; label-free `predictions`
+    (`breakdown_predict.Prediction`) as solid vertical lines with their interval shaded, on both panels."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    for curve in curves:
+        (line,) = left.plot(curve.fractions, curve.accuracy, "-o", markersize=3, label=f"{curve.layer}, {curve.order}")
+        lo, hi = zip(*curve.accuracy_ci, strict=True)
+        left.fill_between(curve.fractions, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        if curve.breakdown_fraction is not None:
+            left.axvline(curve.breakdown_fraction, color=line.get_color(), linestyle=":", linewidth=1)
+    left.set_xlabel("fraction of units deleted")
+    left.set_ylabel("test accuracy")
+    left.legend(fontsize=7)
+    left.grid(True, alpha=0.3)
+    for i, profile in enumerate(profiles):
+        (line,) = right.plot(profile.t, profile.covariant_acceleration, "-", label=f"path {i + 1}")
+        if profile.predicted_breakdown is not None:
+            right.axvline(profile.predicted_breakdown, color=line.get_color(), linestyle="--", linewidth=1)
+    right.set_yscale("log")
+    right.set_xlabel("fraction of units deleted (path time t)")
+    right.set_ylabel("covariant acceleration ‖∇γ'γ'‖_g")
+    right.grid(True, which="both", alpha=0.3)
+    if profiles:
+        right.legend(fontsize=7)
+    for i, p in enumerate(predictions):
+        color = f"C{(i + 5) % 10}"
+        for axis in (left, right):
+            axis.axvline(p.fraction, color=color, linewidth=1.5,
+                         label=f"label-free prediction ({p.method})" if axis is left else None)
+            axis.axvspan(p.interval[0], p.interval[1], color=color, alpha=0.08)
+    if predictions:
+        left.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.subplots_adjust(wspace=0.32)
+    save(fig, path, note, bottom=0.22)
