@@ -9,9 +9,10 @@ import torch
 from scipy.optimize import brentq, minimize
 
 from lesion.data import load
+from lesion.errors import LesionError
 from lesion.geometry.damage_set import parse_delete
 from lesion.geometry.recovery import RecoveryProblem, finetune, geodesic, naive, obs_metric, prune_retrain, transitions
-from lesion.geometry.rows import ExplicitRows
+from lesion.geometry.rows import ExplicitRows, stacked_rows
 from lesion.geometry.trust_region import trust_region_step
 from lesion.nets import MLP, build_net
 from lesion.train import TrainSettings, train
@@ -99,6 +100,78 @@ def test_mlp_rows_equal_the_explicit_jacobian():
     torch.testing.assert_close(rows.masked_gram(mask), explicit.masked_gram(mask))
 
 
+def test_stacked_rows_equal_the_stacked_jacobians_at_their_own_weights():
+    # a running metric stacks the rows of minibatches taken at different weights: through the MLP's factors it
+    # must equal the autograd Jacobians of each minibatch at its own weights, one above the other
+    torch.manual_seed(2)
+    model = MLP(5, [6, 4], 3, activation="tanh").double().eval()
+    x1, x2 = torch.rand(7, 5, dtype=torch.float64), torch.rand(4, 5, dtype=torch.float64)
+    problem = RecoveryProblem(model, x1, torch.zeros(7, dtype=torch.long), x1, torch.zeros(7, dtype=torch.long),
+                              parse_delete(model, "units:1:0", torch.Generator()))
+    w1 = problem.w0
+    w2 = w1 + 0.1 * torch.randn_like(w1)
+    stacked = stacked_rows([problem.flat.jacobian_rows(w1, x1), problem.flat.jacobian_rows(w2, x2)])
+    dense = torch.cat([torch.func.jacrev(problem.flat.outputs_fn(x))(w).reshape(-1, problem.flat.n)
+                       for x, w in ((x1, w1), (x2, w2))])
+    explicit = ExplicitRows(dense)
+    assert stacked.rows == explicit.rows == 33
+    v, u = torch.randn(problem.flat.n, dtype=torch.float64), torch.randn(33, dtype=torch.float64)
+    torch.testing.assert_close(stacked.gram(), dense @ dense.T)
+    torch.testing.assert_close(stacked.apply(v), dense @ v)
+    torch.testing.assert_close(stacked.apply_t(u), dense.T @ u)
+    both = stacked_rows([ExplicitRows(dense[:21]), ExplicitRows(dense[21:])])
+    torch.testing.assert_close(both.gram(), explicit.gram())
+
+
+def test_a_running_window_steps_with_the_stacked_metric():
+    # geodesic(window=2): step 1 on its minibatch alone, step 2 with g from both minibatches' rows (each at its
+    # own weights), batch normalised by their 2b inputs — replayed by hand with dense Jacobians
+    torch.manual_seed(3)
+    model = MLP(4, [8], 3, activation="relu").double().eval()
+    x = torch.rand(40, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (40,))
+    problem = RecoveryProblem(model, x, y, x, y, parse_delete(model, "units:1:0,1,2", torch.Generator()))
+    _, w = geodesic(problem, beta=1.0, radius=0.05, batch=6, seed=5, max_steps=2, window=2)
+    gen = torch.Generator().manual_seed(5)
+    selected = 1.0 - problem.mask
+    w_hand, parts = problem.w0.clone(), []
+    for _ in range(2):
+        gap = -w_hand * selected
+        idx = torch.randint(0, len(x), (6,), generator=gen)
+        parts.append(torch.func.jacrev(problem.flat.outputs_fn(x[idx]))(w_hand).reshape(-1, problem.flat.n))
+        step = trust_region_step(ExplicitRows(torch.cat(parts)), 6 * len(parts), gap / gap.norm(), 1.0,
+                                 min(0.05, float(gap.norm())))
+        w_hand = w_hand + step.theta
+    w_hand = w_hand * problem.mask
+    torch.testing.assert_close(w, w_hand)
+    _, plain = geodesic(problem, beta=1.0, radius=0.05, batch=6, seed=5, max_steps=2)
+    assert not torch.allclose(plain, w_hand)  # the second step differs from [G]'s fresh-minibatch step
+
+
+def test_paths_chosen_by_validation_accuracy(damaged_problem):
+    from lesion.geometry.recovery import VALIDATION_INPUTS, geodesic_best
+
+    p = damaged_problem
+    kwargs = {"radius": 0.5, "batch": 16, "max_steps": 60}
+    by_length, _ = geodesic_best(p, betas=(0.1, 10.0), **kwargs)
+    by_validation, w = geodesic_best(p, betas=(0.1, 10.0), choose="validation", **kwargs)
+    paths = by_validation.details["paths"]
+    x, y = p.x_train[-VALIDATION_INPUTS:], p.y_train[-VALIDATION_INPUTS:]
+    # each path's validation accuracy by hand, and the chosen one is the best of them
+    for path in paths:
+        _, w_path = geodesic(p, path["beta"], **kwargs)
+        outputs = p.flat(x, w_path)
+        assert path["validation_accuracy"] == pytest.approx(float((outputs.argmax(1) == y).double().mean()))
+    assert by_validation.details["chosen_by"] == "validation"
+    best = max(paths, key=lambda q: (q["validation_accuracy"], -q["length"]))
+    assert by_validation.details["beta"] == best["beta"]
+    assert by_length.details["beta"] == min(paths, key=lambda q: q["length"])["beta"]
+    extra = len(paths) * min(VALIDATION_INPUTS, len(p.x_train)) / 3 / len(p.x_train)
+    assert by_validation.epoch_equivalents == pytest.approx(by_length.epoch_equivalents + extra)
+    with pytest.raises(LesionError, match="length or validation"):
+        geodesic_best(p, choose="accuracy")
+
+
 @pytest.fixture(scope="module")
 def damaged_problem():
     data = load("digits")
@@ -154,8 +227,9 @@ def test_cli_recover(tmp_path, capsys):
                  "--method", "all", "--budget", "1", "--beta", "1", "--json", str(out), "--plot", str(plot),
                  "--out", str(fixed)]) == 0
     result = json.loads(out.read_text())
-    assert set(result["methods"]) == {"geodesic", "naive", "finetune", "prune-retrain", "obs", "compensate",
-                                      "distill", "obs-metric"}
+    assert set(result["methods"]) == {"geodesic", "geodesic-running", "naive", "finetune", "prune-retrain", "obs",
+                                      "compensate", "distill", "obs-metric"}
+    assert result["methods"]["geodesic-running"]["details"]["window"] == 4
     for r in result["methods"].values():
         assert {"accuracy", "epoch_equivalents", "wall_seconds"} <= r.keys()
     assert result["methods"]["geodesic"]["progress"][-1] == 1.0 and result["methods"]["geodesic"]["path_accuracy"]

@@ -116,9 +116,21 @@ class MLPGramProduct:
     """
 
     def __init__(self, structure: MLPStructure, x: torch.Tensor, output: str = "raw") -> None:
-        self.factors = mlp_factors(structure, x, output)
-        self.inputs = len(x)
-        self.m = self.factors[0][1].shape[1]
+        self._set(mlp_factors(structure, x, output))
+
+    def _set(self, factors: list[tuple[torch.Tensor, torch.Tensor, bool]]) -> None:
+        self.factors = factors
+        self.inputs = len(factors[0][0])
+        self.m = factors[0][1].shape[1]
+
+    @classmethod
+    def stacked(cls, products: list[MLPGramProduct]) -> MLPGramProduct:
+        """The product over the inputs of several (each taken at its own weights): the layer factors of all,
+        concatenated input by input."""
+        out = cls.__new__(cls)
+        out._set([(torch.cat([a for a, _, _ in layer]), torch.cat([d for _, d, _ in layer]), layer[0][2])
+                  for layer in zip(*[p.factors for p in products], strict=True)])
+        return out
 
     @property
     def size(self) -> int:

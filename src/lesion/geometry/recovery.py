@@ -36,7 +36,7 @@ from lesion import progress
 from lesion.errors import LesionError
 from lesion.geometry.damage_set import DamageSet
 from lesion.geometry.flat import FlatModel
-from lesion.geometry.rows import JacobianRows
+from lesion.geometry.rows import JacobianRows, stacked_rows
 from lesion.geometry.trust_region import trust_region_step
 from lesion.nets.outputs import flat_labels
 from lesion.train import evaluate_outputs, train_one_cycle
@@ -80,13 +80,15 @@ class RecoveryProblem:
         self.mask[damage.indices] = 0.0
         self.m = self.flat.m
 
-    def evaluate(self, w: torch.Tensor) -> tuple[float, float]:
-        """(accuracy, loss) on the evaluation inputs, with w rounded to the precision the model stores its weights
-        in (`FlatModel.stored`: a float16 model is judged in float16)."""
+    def evaluate(self, w: torch.Tensor, x: torch.Tensor | None = None, y: torch.Tensor | None = None
+                 ) -> tuple[float, float]:
+        """(accuracy, loss) on the evaluation inputs (or on x, y), with w rounded to the precision the model stores
+        its weights in (`FlatModel.stored`: a float16 model is judged in float16)."""
         w = self.flat.stored(w)
+        x, y = (self.x_eval, self.y_eval) if x is None else (x, y)
         with torch.no_grad():
-            out = torch.cat([self.flat(self.x_eval[i:i + 4096], w) for i in range(0, len(self.x_eval), 4096)])
-        result = evaluate_outputs(out, self.y_eval)  # non-finite outputs count as wrong
+            out = torch.cat([self.flat(x[i:i + 4096], w) for i in range(0, len(x), 4096)])
+        result = evaluate_outputs(out, y)  # non-finite outputs count as wrong
         return result.accuracy, result.loss
 
     def jacobian(self, w: torch.Tensor, x: torch.Tensor) -> JacobianRows:
@@ -111,14 +113,19 @@ def naive(problem: RecoveryProblem) -> MethodResult:
 
 def geodesic(problem: RecoveryProblem, beta: float = 1.0, radius: float = 1.0, batch: int = 32, seed: int = 0,
              max_steps: int = 200, tol: float = 1e-3, eval_every: int = 1, start: torch.Tensor | None = None,
-             selected: torch.Tensor | None = None, target: torch.Tensor | None = None
+             selected: torch.Tensor | None = None, target: torch.Tensor | None = None, window: int = 1
              ) -> tuple[MethodResult, torch.Tensor]:
     """One geodesic path (SPEC §3.6) and its final weights.
 
     By default from the trained weights to the damage hyperplane w_D = 0. In general (transitions between
     configurations, [G] Fig. 4F) from `start` to the hyperplane {w_S = target_S} for the 0/1 vector `selected`
     (S): v = P_S(target − w)/‖P_S(target − w)‖, so deleted weights go to 0 and restored ones to their values.
+    `window` > 1 estimates the metric of each step from the Jacobian rows of the last `window` minibatches
+    (each taken at the weights of its own step: g = Σ AᵢᵀAᵢ / Σbᵢ), a running estimate over window·batch
+    inputs at the cost of one minibatch's rows a step; 1 is [G]'s step on a fresh minibatch.
     """
+    if window < 1:
+        raise LesionError(f"the geodesic's window counts minibatches: at least 1, got {window}")
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     w = (problem.w0 if start is None else start).clone()
@@ -127,6 +134,7 @@ def geodesic(problem: RecoveryProblem, beta: float = 1.0, radius: float = 1.0, b
     initial = float(((target - w) * selected).norm())
     first_acc, first_loss = problem.evaluate(w)
     progress_, path_acc, path_loss, length, examples, mus = [0.0], [first_acc], [first_loss], 0.0, 0.0, []
+    recent: list[JacobianRows] = []
     with progress.bar(max_steps, f"geodesic β={beta:g}", "step") as bar:
         for step in range(max_steps):
             gap = (target - w) * selected
@@ -134,8 +142,10 @@ def geodesic(problem: RecoveryProblem, beta: float = 1.0, radius: float = 1.0, b
             if initial == 0 or remaining <= tol * initial:
                 break
             idx = torch.randint(0, len(problem.x_train), (batch,), generator=gen)
-            rows = problem.jacobian(w, problem.x_train[idx])
-            result = trust_region_step(rows, batch, gap / remaining, beta, min(radius, remaining))
+            recent = [*recent[1 - window:], problem.jacobian(w, problem.x_train[idx])] if window > 1 else \
+                [problem.jacobian(w, problem.x_train[idx])]
+            result = trust_region_step(stacked_rows(recent), batch * len(recent), gap / remaining, beta,
+                                       min(radius, remaining))
             w = w + result.theta.to(w.dtype)
             length += result.metric_length
             mus.append(result.mu)
@@ -153,22 +163,39 @@ def geodesic(problem: RecoveryProblem, beta: float = 1.0, radius: float = 1.0, b
     path_acc.append(acc)
     path_loss.append(loss)
     details = {"beta": beta, "radius": radius, "batch": batch, "seed": seed, "steps": len(mus),
-               "residual_before_projection": residual}
+               "residual_before_projection": residual, "window": window}
     return MethodResult("geodesic", acc, loss, problem.epochs(examples), time.perf_counter() - started, progress_,
                         path_acc, length, path_loss, details), w
 
 
+VALIDATION_INPUTS = 1000  # labelled training inputs that judge a path's end point (`geodesic_best`)
+
+
 def geodesic_best(problem: RecoveryProblem, betas: Sequence[float] = (0.1, 1.0, 10.0), seeds: Sequence[int] = (0,),
-                  **kwargs: Any) -> tuple[MethodResult, torch.Tensor]:
-    """Several paths (β values, minibatch seeds); the shortest is kept, the compute of all is counted."""
+                  choose: str = "length", name: str = "geodesic", **kwargs: Any) -> tuple[MethodResult, torch.Tensor]:
+    """Several paths (β values, minibatch seeds), the compute of all counted. `choose="length"` keeps the
+    shortest ([G]); `"validation"` the one whose end point classifies the last VALIDATION_INPUTS training inputs
+    best (the path never reads their labels; ties go to the shorter path), their forward passes counted at a
+    third of an example each."""
+    if choose not in ("length", "validation"):
+        raise LesionError(f"choose a geodesic path by length or validation, not {choose!r}")
     runs = [geodesic(problem, beta, seed=seed, **kwargs) for beta in betas for seed in seeds]
-    best, w = min(runs, key=lambda r: r[0].path_length)
     total_ee = sum(r[0].epoch_equivalents for r in runs)
     total_s = sum(r[0].wall_seconds for r in runs)
+    validation = [None] * len(runs)
+    if choose == "validation":
+        started = time.perf_counter()
+        x, y = problem.x_train[-VALIDATION_INPUTS:], problem.y_train[-VALIDATION_INPUTS:]
+        validation = [problem.evaluate(w, x, y)[0] for _, w in runs]
+        total_ee += problem.epochs(len(runs) * len(x) / 3)
+        total_s += time.perf_counter() - started
+        best, w = max(zip(runs, validation, strict=True), key=lambda rv: (rv[1], -rv[0][0].path_length))[0]
+    else:
+        best, w = min(runs, key=lambda r: r[0].path_length)
     tried = [{"beta": r[0].details["beta"], "seed": r[0].details["seed"], "length": r[0].path_length,
-              "accuracy": r[0].accuracy} for r in runs]
-    return MethodResult("geodesic", best.accuracy, best.loss, total_ee, total_s, best.progress, best.path_accuracy,
-                        best.path_length, best.path_loss, {**best.details, "paths": tried}), w
+              "accuracy": r[0].accuracy, "validation_accuracy": v} for r, v in zip(runs, validation, strict=True)]
+    return MethodResult(name, best.accuracy, best.loss, total_ee, total_s, best.progress, best.path_accuracy,
+                        best.path_length, best.path_loss, {**best.details, "paths": tried, "chosen_by": choose}), w
 
 
 def finetune(problem: RecoveryProblem, epochs: float, seed: int = 0, lr: float = FINETUNE_LR,
@@ -265,7 +292,9 @@ def obs_metric(problem: RecoveryProblem, batch: int | None = None, damping: floa
                         time.perf_counter() - start, details={"batch": batch, "damping": lam}), new
 
 
-METHODS = ("geodesic", "naive", "finetune", "prune-retrain", "obs", "compensate", "distill", "obs-metric")
+METHODS = ("geodesic", "geodesic-running", "naive", "finetune", "prune-retrain", "obs", "compensate", "distill",
+           "obs-metric")
+RUNNING_WINDOW = 4  # `geodesic-running`: the metric of each step from the last four minibatches' rows
 THEN = ("finetune", "distill")  # what may follow a method: `M+finetune[:EPOCHS]`, `M+distill[:EPOCHS]`
 DISTILL_EPOCHS = 0.5  # `distill` alone, and the default after another method: a twentieth of the default budget
 
@@ -330,7 +359,7 @@ def estimate_seconds(problem: RecoveryProblem, methods: Sequence[str], budget: f
             seconds += DISTILL_EPOCHS * epoch
         if first in ("finetune", "prune-retrain"):
             seconds += budget * epoch
-        elif first == "geodesic":
+        elif first in ("geodesic", "geodesic-running"):  # the running one reuses its window's rows
             seconds += betas * max_steps * batch * times.jacobian_per_input
         elif first == "obs-metric":
             seconds += obs_batch(problem) * times.jacobian_per_input
@@ -347,12 +376,15 @@ def check_jacobian_batch(problem: RecoveryProblem, methods: Sequence[str], batch
         return
     fits = problem.flat.largest_jacobian_batch()
     bases = {m.partition("+")[0] for m in methods}
-    wanted = [n for n, b in (("geodesic", batch), ("obs-metric", 1)) if n in bases and b > fits]
+    held = {"geodesic": batch, "geodesic-running": batch * RUNNING_WINDOW, "obs-metric": 1}  # rows kept at once
+    wanted = [n for n, b in held.items() if n in bases and b > fits]
     if wanted:
-        size = problem.flat.jacobian_bytes(batch if "geodesic" in wanted else 1) / 2**30
-        raise LesionError(f"{' and '.join(wanted)}: the Jacobian rows of {batch if 'geodesic' in wanted else 1} "
-                          f"input(s) would take {size:.1f} GiB of memory; "
-                          + (f"use --batch {fits} or less" if fits else
+        inputs = max(held[n] for n in wanted)
+        size = problem.flat.jacobian_bytes(inputs) / 2**30
+        per = RUNNING_WINDOW if "geodesic-running" in wanted else 1
+        raise LesionError(f"{' and '.join(wanted)}: the Jacobian rows of {inputs} input(s) would take {size:.1f} GiB "
+                          "of memory; "
+                          + (f"use --batch {max(1, fits // per)} or less" if fits >= per else
                              "this model is too large for Jacobian rows: use --method finetune or prune-retrain"))
 
 
@@ -367,7 +399,8 @@ def obs_batch(problem: RecoveryProblem) -> int:
     return max(1, min(OBS_BATCH, problem.flat.largest_jacobian_batch()))
 
 
-FOLLOW_UPS = ("naive", "geodesic", "obs", "compensate", "obs-metric")  # methods a fine-tune or distillation may follow
+# methods a fine-tune or distillation may follow
+FOLLOW_UPS = ("naive", "geodesic", "geodesic-running", "obs", "compensate", "obs-metric")
 
 
 def parse_methods(text: str) -> list[str]:
@@ -428,6 +461,9 @@ def _run_method(problem: RecoveryProblem, method: str, budget: float, seed: int,
         return naive(problem), problem.w0 * problem.mask
     if method == "geodesic":
         return geodesic_best(problem, seeds=(seed,), **(geodesic_options or {}))
+    if method == "geodesic-running":  # issue 15 item 3: a running metric, the path judged on labelled inputs
+        options = {**(geodesic_options or {}), "window": RUNNING_WINDOW}
+        return geodesic_best(problem, seeds=(seed,), choose="validation", name="geodesic-running", **options)
     if method == "finetune":
         return finetune(problem, budget, seed)
     if method == "prune-retrain":

@@ -73,6 +73,13 @@ class MLPRows:
         self.names = names
         self.linear = structure.linear_names
 
+    @classmethod
+    def of_product(cls, product: MLPGramProduct, names: list[str], linear: tuple[str, ...]) -> MLPRows:
+        """Rows over the factors of an existing product (`stacked_rows`)."""
+        out = cls.__new__(cls)
+        out.product, out.rows, out.names, out.linear = product, product.size, names, linear
+        return out
+
     def gram(self) -> torch.Tensor:
         """K from the factors: Σ_l (δδᵀ) ⊙ (aaᵀ + [bias])."""
         return gram_from_factors(self.product.factors)
@@ -103,3 +110,19 @@ class MLPRows:
         """A diag(mask) Aᵀ, one row at a time through the factors."""
         eye = torch.eye(self.rows, dtype=torch.float64, device=mask.device)
         return torch.stack([self.apply(self.apply_t(e) * mask.double()) for e in eye], dim=1)
+
+
+def stacked_rows(parts: list[JacobianRows]) -> JacobianRows:
+    """The rows of several minibatches as one A = [A₁; A₂; …] (a running estimate g = AᵀA/Σb over the last few
+    steps of a path, each part computed at the weights of its own step): explicit rows concatenated, MLP rows
+    through their concatenated layer factors (K's cross terms come from the same factor products)."""
+    if len(parts) == 1:
+        return parts[0]
+    if all(isinstance(p, ExplicitRows) for p in parts):
+        return ExplicitRows(torch.cat([p.A for p in parts]))  # type: ignore[union-attr]
+    if not all(isinstance(p, MLPRows) for p in parts):
+        raise TypeError("stacked_rows takes rows of one kind")
+    first = parts[0]
+    assert isinstance(first, MLPRows)
+    return MLPRows.of_product(MLPGramProduct.stacked([p.product for p in parts]),  # type: ignore[union-attr]
+                              first.names, first.linear)
