@@ -91,10 +91,10 @@ def register(sub: Any) -> None:
                    help="units:LAYER:UNITS (LAYER = hidden-layer index or module name; UNITS = 1,2,3 | frac=F | "
                         "count=K); filters:MODULE:UNITS for conv filters; repeat to delete in several layers")
     p.add_argument("--method", default="all", metavar="M[,M...]",
-                   help="recovery methods, comma list (default all): geodesic ([G]: a fresh minibatch's metric "
-                        "per step, the shortest path kept), geodesic-running (the metric from the last 4 "
-                        "minibatches' Jacobian rows, the path whose end classifies the last 1,000 training inputs "
-                        "best), naive, finetune, prune-retrain, obs "
+                   help="recovery methods, comma list (default all, which leaves out geodesic-running): geodesic "
+                        "([G]: a fresh minibatch's metric per step, the shortest path kept), geodesic-running (the "
+                        "metric from the last 4 minibatches' Jacobian rows, the path whose end classifies the last "
+                        "1,000 training inputs best; about 17 times slower), naive, finetune, prune-retrain, obs "
                         "(layer-wise OBS on the layer reading the units, from its input Hessian over the calibration "
                         "inputs), obs-metric (OBS with the whole network's metric on 64 inputs), "
                         "compensate (each deleted unit modelled as an affine function of the kept units of its site, "

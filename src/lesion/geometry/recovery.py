@@ -22,6 +22,7 @@ the Jacobian costs one backward pass, so a geodesic step on b inputs with m outp
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Sequence
@@ -295,6 +296,7 @@ def obs_metric(problem: RecoveryProblem, batch: int | None = None, damping: floa
 METHODS = ("geodesic", "geodesic-running", "naive", "finetune", "prune-retrain", "obs", "compensate", "distill",
            "obs-metric")
 RUNNING_WINDOW = 4  # `geodesic-running`: the metric of each step from the last four minibatches' rows
+OPT_IN = ("geodesic-running",)  # not in `all`: a step solves a Gram four times the size (17× the geodesic's time)
 THEN = ("finetune", "distill")  # what may follow a method: `M+finetune[:EPOCHS]`, `M+distill[:EPOCHS]`
 DISTILL_EPOCHS = 0.5  # `distill` alone, and the default after another method: a twentieth of the default budget
 
@@ -359,14 +361,26 @@ def estimate_seconds(problem: RecoveryProblem, methods: Sequence[str], budget: f
             seconds += DISTILL_EPOCHS * epoch
         if first in ("finetune", "prune-retrain"):
             seconds += budget * epoch
-        elif first in ("geodesic", "geodesic-running"):  # the running one reuses its window's rows
+        elif first in ("geodesic", "geodesic-running"):
             seconds += betas * max_steps * batch * times.jacobian_per_input
+            if first == "geodesic-running":  # its window's rows are reused, but each step solves a larger Gram
+                seconds += betas * max_steps * _eigh_seconds(RUNNING_WINDOW * batch * problem.m)
         elif first == "obs-metric":
             seconds += obs_batch(problem) * times.jacobian_per_input
         elif first in ("compensate", "obs"):  # two forwards over the calibration inputs per damaged site
             sites = len(problem.damage.parts) or 1
             seconds += 2 * sites * min(calibration, len(problem.x_train)) * times.adam_per_example / 3
     return seconds
+
+
+@functools.lru_cache(maxsize=8)
+def _eigh_seconds(size: int) -> float:
+    """Time of one eigen-decomposition of a symmetric size × size float64 matrix here (a step's Gram; forming it
+    through the factors costs far less)."""
+    a = torch.randn(size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    started = time.perf_counter()
+    torch.linalg.eigh(a @ a.T)
+    return time.perf_counter() - started
 
 
 def check_jacobian_batch(problem: RecoveryProblem, methods: Sequence[str], batch: int) -> None:
@@ -404,11 +418,12 @@ FOLLOW_UPS = ("naive", "geodesic", "geodesic-running", "obs", "compensate", "obs
 
 
 def parse_methods(text: str) -> list[str]:
-    """`all` (every method of METHODS), or a comma list of METHODS and combinations `M+finetune[:EPOCHS]` or
-    `M+distill[:EPOCHS]` (M in FOLLOW_UPS: the method, then a fine-tune of EPOCHS epochs, default the budget, or a
-    label-free distillation of EPOCHS epoch-equivalents, default DISTILL_EPOCHS, from its weights)."""
+    """`all` (every method of METHODS but those of OPT_IN, which are slower: asked for by name), or a comma list
+    of METHODS and combinations `M+finetune[:EPOCHS]` or `M+distill[:EPOCHS]` (M in FOLLOW_UPS: the method, then a
+    fine-tune of EPOCHS epochs, default the budget, or a label-free distillation of EPOCHS epoch-equivalents,
+    default DISTILL_EPOCHS, from its weights)."""
     if text.strip() == "all":
-        return list(METHODS)
+        return [m for m in METHODS if m not in OPT_IN]
     methods = [m.strip() for m in text.split(",") if m.strip()]
     for method in methods:
         first, plus, then = method.partition("+")
