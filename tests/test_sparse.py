@@ -128,6 +128,29 @@ def test_changes_that_reach_nothing_are_dropped_and_nan_kept():
     assert bool(torch.isnan(hand[2]).any()) and not bool(torch.isnan(hand[3]).any())
 
 
+def test_sparse_layers_together_and_dense_layers_in_steps(net):
+    # weight patches only: the sparse layers run for several chunks at once, the dense ones a chunk at a time
+    # (SparseChain.outputs' dense_step); a tiny memory budget makes chunks of 1 or 2 configurations
+    target = Target(net, example=X[:2])
+    configs = [realise(target, [parse_damage("bitflip:ber=0.0005")], seeded(i)) for i in range(11)]
+    configs.append(realise(target, [parse_damage("stuck:4.weight:2,9:-inf")], seeded(0)))
+    dense = batched_damaged_outputs(net, configs, X, sparse=False)
+    chain = CleanChain.of(net, X)
+    per_config = 4 * max(v[0].numel() for v in chain.values[1:])
+    for budget in (per_config, 2 * per_config):
+        for class_major in (False, True):
+            assert_same_numbers(batched_damaged_outputs(net, configs, X, chain=chain, memory_bytes=budget,
+                                                        class_major=class_major), dense)
+    engine = SparseChain(chain, target.base)
+    planned = [(c, p) for c, p in zip(configs, engine.plan_all(configs), strict=True) if p is not None]
+    assert len(planned) >= 8
+    configs, plans = [c for c, _ in planned], [p for _, p in planned]
+    whole = engine.outputs(configs, plans)
+    for step in (1, 5):  # the same up to float32 rounding (a part's padding changes the products' blocking)
+        assert_same_numbers(engine.outputs(configs, plans, dense_step=step), whole)
+        assert_same_numbers(engine.outputs(configs, plans, class_major=True, dense_step=step), whole)
+
+
 def test_dense_changes_go_the_dense_way(net):
     target = Target(net, example=X[:2])
     engine = SparseChain(CleanChain.of(net, X), target.base)

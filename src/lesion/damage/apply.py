@@ -22,7 +22,7 @@ from lesion.damage.activation_faults import ActivationFaults, check_inputs
 from lesion.damage.chain import chain_leaves, first_touched
 from lesion.damage.clean_chain import CleanChain
 from lesion.damage.realised import Realised, UnitOverride
-from lesion.damage.sparse import CPU_CHUNK_BYTES, SparseChain
+from lesion.damage.sparse import CPU_CHUNK_BYTES, SPARSE_CHUNKS, SparseChain
 from lesion.errors import LesionError
 from lesion.functional import eval_mode, parameters_of, traceable
 from lesion.nets.outputs import as_rows, select_output
@@ -294,10 +294,14 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
             first = min((plan.first for _, plan in planned), default=0)
             widest = max((v.numel() for v in chain.values[first + 1:]), default=chain.output.numel())  # per config
             step = chunk_size or max(1, budget // (chain.output.element_size() * widest))
-            for start in range(0, len(planned), step):
-                part = planned[start:start + step]
+            # configurations that only patch weights carry a sparse difference until a layer turns it dense: the
+            # sparse layers run for SPARSE_CHUNKS chunks at once, the dense ones a chunk at a time
+            patches_only = chunk_size is None and all(not p.inputs and not p.outputs for _, p in planned)
+            outer = step * SPARSE_CHUNKS if patches_only else step
+            for start in range(0, len(planned), outer):
+                part = planned[start:start + outer]
                 place([k for k, _ in part], engine.outputs([configs[k] for k, _ in part], [p for _, p in part],
-                                                           class_major))
+                                                           class_major, dense_step=step if patches_only else None))
                 bar.update(len(part))
         if dense:
             place(dense, _vectorised(model, [configs[k] for k in dense], x, base, chain, chunk_size, input_batch,

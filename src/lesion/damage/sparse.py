@@ -34,6 +34,7 @@ from lesion.nets.activations import ScaledReLU, ScaledSigmoid
 
 SPARSE_FRACTION = 0.05  # a layer whose weights change in more than this share of entries takes the dense path
 GEMM_RATIO = 16  # changed rows × layer inputs ≤ this × changed entries: one matrix product beats gathers
+SPARSE_CHUNKS = 8  # chunks whose sparse layers run together (`SparseChain.outputs`, dense_step)
 CPU_CHUNK_BYTES = 16 << 20  # a chunk's working set on a CPU: cache-sized (8 to 16 configurations of LeNet-300-100
 # on 1,000 inputs ran 20% faster than 28 or 64 in benchmarks/campaign.py; a GPU takes `chunk_memory`)
 FOLD_BYTES = 64 << 20  # unit overrides are folded into a Linear layer's weights while the copies fit in this
@@ -270,16 +271,28 @@ class SparseChain:
         return _Entries(rows, cols, delta, bias_rows, bias_delta)
 
     @torch.no_grad()
-    def outputs(self, configs: list[Realised], plans: list[Plan], class_major: bool = False) -> torch.Tensor:
+    def outputs(self, configs: list[Realised], plans: list[Plan], class_major: bool = False,
+                dense_step: int | None = None) -> torch.Tensor:
         """The damaged networks' outputs on the chain's inputs, shape (configs, inputs, outputs); with
         `class_major`, a view of (outputs, configs, inputs) storage where a last Linear layer computes them
-        (`batch_metrics` reduces over classes in that layout; the product is faster that way round too)."""
+        (`batch_metrics` reduces over classes in that layout; the product is faster that way round too). With
+        `dense_step`, the layers from the one where a sparse difference turns dense run `dense_step`
+        configurations at a time (a cache-sized working set), the sparse layers before it all at once."""
         values = self.chain.values
         first = min(p.first for p in plans)
         h = values[first]
         state = _State(h.shape[1], torch.zeros(0, dtype=torch.long, device=h.device), h.new_zeros(0, len(h)))
+        return self._from(first, configs, plans, state, class_major, dense_step)
+
+    def _from(self, first: int, configs: list[Realised], plans: list[Plan], state: _State, class_major: bool,
+              dense_step: int | None) -> torch.Tensor:
+        """`outputs` from leaf `first` on, the difference at its input being `state`."""
+        values = self.chain.values
         for i in range(first, len(self.leaves)):
             leaf = self.leaves[i]
+            if leaf.kind == "linear" and dense_step and len(plans) > dense_step and state.keys.numel() \
+                    and state.full is None and state.keep is None and all(i not in p.inputs for p in plans):
+                return self._in_steps(i, configs, plans, state, class_major, dense_step)
             state = self._override(i, state, [p.inputs.get(i) for p in plans])
             if leaf.kind == "linear":
                 last = class_major and i == len(self.leaves) - 1
@@ -297,6 +310,29 @@ class SparseChain:
         state = self._unmasked(len(self.leaves), state)
         out = values[-1].unsqueeze(0).repeat(len(plans), 1, 1)
         out.transpose(1, 2).index_put_((state.configs, state.cols), state.delta, accumulate=True)
+        return out
+
+    def _in_steps(self, i: int, configs: list[Realised], plans: list[Plan], state: _State, class_major: bool,
+                  step: int) -> torch.Tensor:
+        """`_from(i, …)` `step` configurations at a time: each part takes its configurations' rows of the sparse
+        difference (the keys are sorted by configuration), the results are stacked in order."""
+        width, parts = state.width, []
+        bounds = torch.searchsorted(state.keys, torch.arange(0, len(plans) + step, step, device=state.keys.device)
+                                    * width).tolist()
+        for k, start in enumerate(range(0, len(plans), step)):
+            stop = min(start + step, len(plans))
+            lo, hi = bounds[k], bounds[k + 1]
+            part = _State(width, state.keys[lo:hi] - start * width, state.delta[lo:hi])
+            parts.append(self._from(i, configs[start:stop], plans[start:stop], part, class_major, None))
+        shape = parts[0].shape
+        if class_major:  # (outputs, configurations, inputs) storage, as one part's
+            out = parts[0].new_empty((shape[2], len(plans), shape[1])).permute(1, 2, 0)
+        else:
+            out = parts[0].new_empty((len(plans), *shape[1:]))
+        start = 0
+        for part_out in parts:
+            out[start:start + len(part_out)] = part_out
+            start += len(part_out)
         return out
 
     def _unmasked(self, boundary: int, state: _State) -> _State:
