@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from fractions import Fraction
 from statistics import NormalDist
@@ -58,6 +59,7 @@ def student_t_cdf(t: float, df: float) -> float:
     return 1.0 - tail if t > 0 else tail
 
 
+@functools.lru_cache(maxsize=256)  # a campaign asks for the same few (p, df) again and again
 def student_t_quantile(p: float, df: float) -> float:
     """The t with P(T ≤ t) = p (0.5 < p < 1): Newton steps on `student_t_cdf` with its density, kept inside a
     bracket that bisection narrows whenever a step would leave it, to the last bits of a double."""
@@ -116,10 +118,7 @@ def mean_interval(values: list[float], confidence: float = 0.95) -> tuple[float,
     """
     if not values:
         raise ValueError("a mean needs at least one value")
-    running = RunningMean()
-    for value in values:
-        running.add(float(value))
-    return running.interval(confidence)
+    return RunningMean.of([float(v) for v in values]).interval(confidence)
 
 
 def sample_size_for_mean(sd: float, width: float, confidence: float = 0.95) -> int:
@@ -151,6 +150,18 @@ class RunningMean:
         self._m2 = 0.0
         self.min = math.inf
         self.max = -math.inf
+
+    @classmethod
+    def of(cls, values: list[float]) -> RunningMean:
+        """The summary of `values` at once (numpy's mean and squared deviations: what adding them one by one
+        gives, up to rounding)."""
+        out = cls()
+        if values:
+            data = np.asarray(values, dtype=np.float64)
+            out.n, out.mean = len(data), float(data.mean())
+            out._m2 = float(((data - out.mean) ** 2).sum())
+            out.min, out.max = float(data.min()), float(data.max())
+        return out
 
     def add(self, value: float) -> None:
         """Take one more value (non-finite values make the mean non-finite, as they should)."""
@@ -194,6 +205,7 @@ def clipped_interval(values: list[float], low: float = 0.0, high: float = 1.0,
     return max(low, lo), min(high, hi)
 
 
+@functools.lru_cache(maxsize=256)
 def _median_rank(n: int, confidence: float) -> int:
     """The smallest r with P(B ≤ r) ≥ α/2 for B ~ Binomial(n, 1/2) and α = 1 − confidence, so that
     P(B ≤ r − 1) < α/2. Exact rational arithmetic up to n = 1000; beyond, bisection on the incomplete beta
@@ -255,9 +267,7 @@ def heavy_tailed_summary(values: list[float]) -> dict[str, float | int | list[fl
     if not finite:
         return {**out, "mean": None, "ci": None, "median": None, "median_ci": None, "min": None, "max": None,
                 "sd": None}
-    running = RunningMean()
-    for v in finite:
-        running.add(v)
+    running = RunningMean.of(finite)
     ordered = sorted(finite)
     middle = len(ordered) // 2
     median = ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])

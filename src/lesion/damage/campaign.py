@@ -213,12 +213,9 @@ class Campaign:
 
     def result(self, ci_width: float | None = None, planned: int | None = None) -> CampaignResult:
         """Summaries of the samples drawn so far."""
-        accuracy = RunningMean()
-        failures = 0
-        for s in self.samples:
-            if self.y is not None:
-                accuracy.add(s.accuracy)
-                failures += s.accuracy < self.clean_accuracy - self.tolerance
+        accuracy = RunningMean.of([s.accuracy for s in self.samples] if self.y is not None else [])
+        failures = 0 if self.y is None else sum(s.accuracy < self.clean_accuracy - self.tolerance
+                                                for s in self.samples)
         n = len(self.samples)
         accuracy_summary = None
         if self.y is not None and n:
