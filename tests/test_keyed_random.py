@@ -108,3 +108,14 @@ def test_batched_bitflip_realisation_equals_each_seed_alone():
         assert sorted(together.changed) == sorted(alone.changed)
         for name in together.changed:
             assert torch.equal(together.param(name, target.base), alone.param(name, target.base))
+
+
+@pytest.mark.parametrize("seed", [0, 3, 2 ** 32 - 1, 2 ** 40])
+def test_sample_seeds_equal_numpy_seed_sequence_one_by_one(seed):
+    from lesion.damage.campaign import sample_seed, sample_seeds
+
+    indices = [*range(300), *np.random.default_rng(seed % 97).integers(0, 2 ** 32, 200).tolist(), 2 ** 32 - 1]
+    assert sample_seeds(seed, indices) == [sample_seed(seed, i) for i in indices]  # array-wide (32-bit pairs)
+    wide = [7, 2 ** 33]  # a 64-bit index: one at a time
+    assert sample_seeds(seed, wide) == [sample_seed(seed, i) for i in wide]
+    assert sample_seeds(seed, []) == []

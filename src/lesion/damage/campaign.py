@@ -50,6 +50,47 @@ def sample_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+_U32 = 0xFFFFFFFF
+
+
+def sample_seeds(seed: int, indices: Sequence[int]) -> list[int]:
+    """`sample_seed(seed, i)` for every index at once: numpy's SeedSequence hash (pool of four 32-bit words,
+    entropy [seed, i]) computed array-wide, the same numbers (tested); one pair at a time where seed or an index
+    does not fit in 32 bits (more entropy words)."""
+    if not indices or not 0 <= seed <= _U32 or min(indices) < 0 or max(indices) > _U32:
+        return [sample_seed(seed, i) for i in indices]
+    u32 = np.uint32
+    hash_const = 0x43B0D7E5
+
+    def hashmix(value: np.ndarray) -> np.ndarray:
+        nonlocal hash_const
+        value = value ^ u32(hash_const)
+        hash_const = (hash_const * 0x931E8875) & _U32
+        value = value * u32(hash_const)
+        return value ^ (value >> u32(16))
+
+    def mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        result = u32(0xCA01F9DD) * x - u32(0x4973F715) * y
+        return result ^ (result >> u32(16))
+
+    n = len(indices)
+    with np.errstate(over="ignore"):
+        entropy = [np.full(n, seed, dtype=u32), np.asarray(indices, dtype=np.uint64).astype(u32),
+                   np.zeros(n, u32), np.zeros(n, u32)]
+        pool = [hashmix(e) for e in entropy]
+        for src in range(4):
+            for dst in range(4):
+                if src != dst:
+                    pool[dst] = mix(pool[dst], hashmix(pool[src]))
+        const, words = 0x8B51F9DD, []
+        for word in pool[:2]:  # generate_state(1, uint64): two 32-bit words, little end first
+            word = word ^ u32(const)
+            const = (const * 0x58F38DED) & _U32
+            word = word * u32(const)
+            words.append((word ^ (word >> u32(16))).astype(np.uint64))
+        return ((words[0] | (words[1] << np.uint64(32))) >> np.uint64(1)).tolist()
+
+
 @dataclass(frozen=True)
 class SampleResult:
     """One damage configuration: its seed, fault record and measured figures."""
@@ -147,7 +188,7 @@ class Campaign:
     def evaluate_range(self, start: int, stop: int) -> list[SampleResult]:
         """Samples start … stop − 1 (each from its own seed), evaluated as one batch."""
         indices = list(range(start, stop))
-        return self._evaluate(indices, [sample_seed(self.seed, i) for i in indices])
+        return self._evaluate(indices, sample_seeds(self.seed, indices))
 
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same campaign (a checkpoint of finished shards is bound to it)."""
