@@ -62,6 +62,26 @@ def test_campaign_is_reproducible_and_each_sample_replays_alone(digits_model):
     assert a.failure_rate["failures"] == failures
 
 
+def test_a_configuration_that_changes_nothing_reports_the_clean_figures():
+    # timm's ViT is no chain of modules: a campaign runs it through the vectorised forward, whose rounding differs
+    # from the clean forward's (4.5e-8 in the outputs); a draw that hits no weight must still report 0 and the
+    # clean accuracy exactly
+    import zoo
+
+    data = load("mnist5k")
+    model = zoo.vit().eval()
+    x, y = data.x_test[:64], data.y_test[:64]
+    result = Campaign(model, x, y, [parse_damage("bitflip:ber=1e-6")], seed=1).run(samples=12)
+    clean = [s for s in result.samples if s.faults[0]["flips"] == 0]
+    hit = [s for s in result.samples if s.faults[0]["flips"] > 0]
+    assert clean and hit  # 27,978 weights: 0.9 flips a configuration
+    assert all(s.output_error == 0.0 and s.accuracy == result.clean_accuracy for s in clean)
+    assert any(s.output_error > 0 for s in hit)  # (a flip can also vanish in rounding)
+    # a batch in which no draw hits anything takes a shortcut (one clean forward for all): the same exact zeros
+    quiet = Campaign(model, x, y, [parse_damage("bitflip:ber=1e-9")], seed=1).run(samples=8)
+    assert all(s.faults[0]["flips"] == 0 and s.output_error == 0.0 for s in quiet.samples)
+
+
 def test_campaign_stops_once_the_interval_is_narrow_enough(digits_model):
     model, _, data = digits_model
     campaign = Campaign(model, data.x_test, data.y_test, [parse_damage("delete:weights:frac=0.3")], seed=0)

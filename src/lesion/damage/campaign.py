@@ -199,6 +199,9 @@ class Campaign:
         configs = realise_each(self.target, self.damages, seeds)
         outputs = batched_damaged_outputs(self.model, configs, self.x, desc="configurations", chain=self.chain,
                                           class_major=True)
+        for k, config in enumerate(configs):
+            if config.undamaged:  # exactly the clean outputs (a second clean forward differs in rounding)
+                outputs[k] = self.clean
         errors, accuracies, losses = batch_metrics(outputs, self.clean, self.y)
         return [SampleResult(index, seed, config.faults, float(errors[k]),
                              None if accuracies is None else float(accuracies[k]),

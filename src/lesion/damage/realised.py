@@ -63,6 +63,11 @@ class Realised:
                 and all(f.inputs is not None for faults in self.activations.values() for f in faults))
 
     @property
+    def undamaged(self) -> bool:
+        """Whether the configuration changes nothing (a random draw that hit no weight, unit or value)."""
+        return not (self.params or self.patches or self.units or self.activations)
+
+    @property
     def changed(self) -> list[str]:
         """Names of the parameters this configuration changes."""
         return [*self.params, *(n for n in self.patches if n not in self.params)]
