@@ -52,8 +52,9 @@ def _cmd_recover(args: argparse.Namespace) -> dict[str, Any]:
                                {"calibration": args.calibration, "ridge": args.ridge})
     column = max(14, *(len(name) for name in results))  # combinations name themselves at length
     for name, r in results.items():
+        length = f"  path length {r.path_length:.4g}" if r.path_length is not None else ""
         print(f"{name:{column}s} accuracy {r.accuracy:.4f}  loss {r.loss:.4f}  "
-              f"{r.epoch_equivalents:7.2f} epoch-equivalents  {r.wall_seconds:6.1f} s" + (f"  path length {r.path_length:.4g}" if r.path_length is not None else ""))
+              f"{r.epoch_equivalents:7.2f} epoch-equivalents  {r.wall_seconds:6.1f} s{length}")
     if args.plot:
         series = [Series(n, [r.epoch_equivalents], [r.accuracy], style="o") for n, r in results.items()]
         line_plot(args.plot, series, "epoch-equivalents", "test accuracy", f"Recovery: {damage.describe()}",
