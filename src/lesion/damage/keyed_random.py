@@ -20,8 +20,8 @@ import math
 import numpy as np
 import torch
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX_1, _MIX_2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+GOLDEN, MIX_1, MIX_2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # SplitMix64's constants
+_GOLDEN, _MIX_1, _MIX_2 = np.uint64(GOLDEN), np.uint64(MIX_1), np.uint64(MIX_2)
 _KEY_LIMIT = 1 << 63
 COUNT_COUNTER = 0  # counter of the uniform that sets a configuration's count; positions use 1, 2, ...
 # Where a configuration keeps at least this share of its candidates, positions come from a keyed permutation.
@@ -46,9 +46,9 @@ _MASK = (1 << 64) - 1
 def _uniform_int(key: int, counter: int) -> float:
     """`uniforms` of one (key, counter) pair in Python integers: the same bits, the same float (a single
     configuration's few draws cost less this way than through numpy's array set-up)."""
-    z = (key + counter * 0x9E3779B97F4A7C15) & _MASK
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    z = (key + counter * GOLDEN) & _MASK
+    z = ((z ^ (z >> 30)) * MIX_1) & _MASK
+    z = ((z ^ (z >> 27)) * MIX_2) & _MASK
     return float((z ^ (z >> 31)) >> 11) * 2.0 ** -53
 
 
