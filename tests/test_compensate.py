@@ -162,9 +162,10 @@ def test_compensated_weights_stay_on_the_damage_hyperplane(ridge):
 
 def test_methods_and_combinations_are_parsed_and_a_combination_counts_both_parts(tmp_path):
     from lesion.errors import LesionError
-    from lesion.geometry.recovery import METHODS, parse_methods
+    from lesion.geometry.recovery import METHODS, OPT_IN, parse_methods
 
-    assert parse_methods("all") == list(METHODS)
+    assert parse_methods("all") == [m for m in METHODS if m not in OPT_IN] and "geodesic-running" in OPT_IN
+    assert parse_methods("geodesic-running,compensate") == ["geodesic-running", "compensate"]  # by name
     assert parse_methods("naive, compensate+finetune:0.5") == ["naive", "compensate+finetune:0.5"]
     for bad in ("bogus", "compensate+geodesic", "finetune+finetune:1", "compensate+finetune:-1",
                 "compensate+finetune:x", ","):
