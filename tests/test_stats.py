@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 from scipy import stats as sps
 
@@ -62,3 +63,18 @@ def test_median_rank_matches_binomial_quantile():
     for confidence in (0.9, 0.95, 0.99):
         for n in list(range(1, 300)) + [999, 1000, 1001, 1500, 4000, 100_000]:
             assert _median_rank(n, confidence) == int(sps.binom.ppf((1 - confidence) / 2, n, 0.5)), (n, confidence)
+
+
+def test_moments_at_once_keep_the_mean_within_the_extremes():
+    from lesion.stats import RunningMean
+
+    for value in (0.1, 0.7, 1 / 3, 0.9070):
+        same = RunningMean.of([value] * 37)  # numpy's mean of 37 equal values can round below them
+        assert same.mean == same.min == same.max == value and same.sd == 0.0
+    values = np.random.default_rng(0).normal(size=200).tolist()
+    running = RunningMean()
+    for v in values:
+        running.add(v)
+    at_once = RunningMean.of(values)
+    assert at_once.mean == pytest.approx(running.mean, rel=1e-12) and at_once.sd == pytest.approx(running.sd)
+    assert (at_once.min, at_once.max, at_once.n) == (running.min, running.max, running.n)

@@ -158,9 +158,10 @@ class RunningMean:
         out = cls()
         if values:
             data = np.asarray(values, dtype=np.float64)
-            out.n, out.mean = len(data), float(data.mean())
-            out._m2 = float(((data - out.mean) ** 2).sum())
             out.min, out.max = float(data.min()), float(data.max())
+            # within the extremes, as a mean is (numpy's rounding can leave them: 0.1 ten times → 0.09999…)
+            out.n, out.mean = len(data), min(max(float(data.mean()), out.min), out.max)
+            out._m2 = float(((data - out.mean) ** 2).sum())
         return out
 
     def add(self, value: float) -> None:
