@@ -247,8 +247,6 @@ def random_bit_positions(numel: int, ber: float, fmt: str, generator: torch.Gene
     """
     if not isinstance(generator, torch.Generator):
         raise LesionError("random_bit_positions needs a torch.Generator (e.g. torch.Generator().manual_seed(0))")
-    _width(fmt)
-    _check_rate(numel, ber)
     _, element, bit = random_bit_positions_batch(numel, ber, fmt, [keyed_random.key_of(generator)], bits)
     return element, bit
 

@@ -256,7 +256,7 @@ class SparseChain:
 
     def _entries(self, leaf: _Leaf, config: Realised) -> _Entries | None:
         weight = self.base[leaf.weight]
-        empty = torch.zeros(0, dtype=torch.long, device=weight.device)
+        empty = self._empty
         rows, cols, delta = empty, empty, weight.new_zeros(0)
         changed = _changed_entries(config, leaf.weight, weight)
         if changed is not None:

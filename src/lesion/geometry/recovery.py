@@ -143,8 +143,7 @@ def geodesic(problem: RecoveryProblem, beta: float = 1.0, radius: float = 1.0, b
             if initial == 0 or remaining <= tol * initial:
                 break
             idx = torch.randint(0, len(problem.x_train), (batch,), generator=gen)
-            recent = [*recent[1 - window:], problem.jacobian(w, problem.x_train[idx])] if window > 1 else \
-                [problem.jacobian(w, problem.x_train[idx])]
+            recent = [*recent, problem.jacobian(w, problem.x_train[idx])][-window:]
             result = trust_region_step(stacked_rows(recent), batch * len(recent), gap / remaining, beta,
                                        min(radius, remaining))
             w = w + result.theta.to(w.dtype)
