@@ -184,3 +184,32 @@ def test_two_point_calibration_recovers_a_known_scale_and_growth():
     flip = torch.from_numpy(norm.cdf(((mean - model.margin) / var.sqrt()).numpy()))
     by_hand = float(((1 - flip) * model.right[:, 0] + flip * model.wrong[:, 0]).mean() / 0.9)
     assert truth[k] == pytest.approx(by_hand, rel=1e-9)
+
+
+def test_first_order_crossing_is_read_between_counts():
+    """The break-down read off a first-order curve: interpolated between the two counts around the share (as a
+    measured curve is read), the layer's end when the curve never falls, the current damage when it is below."""
+    model, x, _ = small_net(4)
+    problem = BreakdownProblem(model, x, "1")  # 12 units, share 0.9
+    assert problem.crossing(np.array([1.0, 0.95, 0.85, 0.5]), 2) == pytest.approx((2 + 1.5) / 12)
+    assert problem.crossing(np.array([1.0, 0.95, 0.92]), 3) == pytest.approx((3 + 2) / 12)
+    assert problem.crossing(np.array([0.8, 0.5]), 4) == pytest.approx(4 / 12)
+
+
+def test_calibration_reads_between_probes_that_bracket_the_share():
+    """A network whose label-free accuracy falls at once from 1 to 0.5 after 6 more deletions (a step no curve of
+    the first-order model's shape follows): the probes end on both sides of the step, and the prediction is the
+    straight line between the two nearest of them (`crossing_fraction`), whatever the model says."""
+    model, x, _ = small_net(4)
+    problem = BreakdownProblem(model, x, "1")
+    seen: list[int] = []
+
+    def step(sets):
+        seen.append(len(sets[0]))
+        return np.full(len(sets), 1.0 if len(sets[0]) < 6 else 0.5)
+
+    problem.estimated_accuracy = step
+    p = predict_breakdown(model, x, "1", "margin-calibrated", problem=problem)
+    above, below = max(k for k in seen if k < 6), min(k for k in seen if k >= 6)
+    assert p.fraction == pytest.approx(crossing_fraction([above / 12, below / 12], [1.0, 0.5], 0.9))
+    assert p.details["per_order"] == pytest.approx([p.fraction] * 4)  # every order measured the same step

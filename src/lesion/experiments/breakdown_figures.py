@@ -27,7 +27,7 @@ ACCELERATION_NOTE = (
     "removal is about as curved as the last (3e4–1.3e5 from 0% to 100% on mlp2 and mlp1-400) — while accuracy "
     "breaks down from the accumulated change of the outputs against the margins of the inputs. The label-free "
     "predictors (issue 20) measure that instead: the margins' first-order sensitivity to the remaining units, "
-    "rescaled by a label-free estimate of accuracy at the predicted point.")
+    "calibrated by label-free estimates of accuracy at the predicted points.")
 
 
 def _trained(net: str, data_name: str, epochs: int, keep: int | None = None, seed: int = 0):  # noqa: ANN202

@@ -21,11 +21,13 @@ Predictors (each reports its cost in forward passes over the inputs, a backward 
   order, then predicted again), along a few orders.
 - `margin-calibrated`: `margin` with every unit's effect rescaled so that the model passes through Â measured
   (label-free) where it predicts the break-down, twice. First-order effects underestimate what many
-  deletions do together; the rescaling corrects the level, not the shape of the curve. Where no single scale
-  brings the curve to the share before the layer's end (a first-order curve that falls at once and then
-  flattens, while the network degrades gradually: the benchmark's transformer), both probes fit a scale and a
-  growth of the effects with the damage. On cases it was not tuned on it errs more than `probe`
-  (BENCHMARKS.md).
+  deletions do together; the rescaling corrects the level, not the shape of the curve. Once two probes lie on
+  either side of the share, the model is fitted through both by a scale and a growth of the effects with the
+  damage (`FirstOrder.fit_two`), so that its crossing falls between them, and where no curve of that shape
+  passes through both (a fall steeper than the model can bend to), the crossing is read on the straight line
+  between the two measurements. Where one scale cannot bring the curve to the share before the layer's end (a
+  first-order curve that falls at once and then flattens, while the network degrades gradually: the
+  benchmark's transformer), the two probes are fitted the same way.
 """
 
 from __future__ import annotations
@@ -167,10 +169,15 @@ class BreakdownProblem:
                           self.reference_accuracy)
 
     def crossing(self, curve: np.ndarray, already: int) -> float:
-        """The break-down fraction read from a curve over further deletions k = 0, 1, … (first k below share;
-        the whole layer when it never falls)."""
+        """The break-down fraction read from a curve over further deletions k = 0, 1, …: where it first falls
+        below the share, interpolated between the two counts that bracket it (as a measured curve is read,
+        `crossing_fraction`); the whole layer when it never falls."""
         below = np.flatnonzero(curve < self.share)
-        k = int(below[0]) if len(below) else len(curve) - 1
+        if not len(below):
+            return (already + len(curve) - 1) / self.width
+        k = int(below[0])
+        if k > 0:
+            k -= (self.share - curve[k]) / (curve[k - 1] - curve[k])
         return (already + k) / self.width
 
 
@@ -295,34 +302,68 @@ def predict_margin_calibrated(problem: BreakdownProblem, deleted: Sequence[int],
                               orders: int = 4, seed: int = 0) -> tuple[float, list[float]]:
     """One linearisation at the current damage; then `probes` times: Â measured (label-free) along `orders`
     random continuations where the model predicts the break-down, and the units' effects rescaled so that the
-    model passes through the mean (per order too, for the interval). Where one scale cannot bring the curve to
-    the share within the layer (the first-order curve falls steeply, then flattens), the curve is fitted through
-    this probe and the last (at another depth): a scale and a growth of the effects with the damage
-    (`FirstOrder.fit_two`), which bends it into the gradual, then faster, fall of a network whose remaining units
-    matter more as others go."""
+    model passes through the mean (per order too, for the interval); fitted through two probes where they
+    bracket the share, or where one scale cannot bring the curve to the share within the layer (`_calibrations`,
+    module note). A probe where one was already taken is not repeated (its forward passes are saved)."""
     model = problem.first_order_curve(deleted)
     fraction = problem.crossing(model.curve(), len(deleted))
     continuations = _orders(problem, deleted, orders, seed)
     per_order = [fraction] * orders
-    last: tuple[int, np.ndarray] | None = None
-    for _ in range(probes):
-        # measure where the model predicts the break-down, short of the layer's end (where deleting every
-        # unit leaves no randomness to calibrate against)
-        k = min(math.ceil(0.75 * model.n), max(1, int(round(fraction * problem.width)) - len(deleted)))
-        measured = problem.estimated_accuracy([[*deleted, *order[:k]] for order in continuations])
-        fits = [(model.scale_to(k, float(m)), 0.0) for m in (measured.mean(), *measured)]
+    taken: dict[int, np.ndarray] = {}  # further deletions → Â ratio per order
+    for probe in range(probes):
+        # measure where the model predicts the break-down; the first probe short of the layer's end (a first-order
+        # curve that never falls says little about where), the later ones up to one unit before it
+        cap = math.ceil(0.75 * model.n) if probe == 0 else model.n - 1
+        k = min(cap, max(1, int(round(fraction * problem.width)) - len(deleted)))
+        if k in taken:
+            break  # the model predicts where it was already measured: a probe more would add nothing
+        last = max(taken, key=lambda j: abs(j - k)) if taken else None
+        taken[k] = problem.estimated_accuracy([[*deleted, *order[:k]] for order in continuations])
+        fits, bracket = _calibrations(model, problem.share, taken, k, last)
         curves = [model.curve(scale, growth) for scale, growth in fits]
-        if last is not None and last[0] != k and curves[0][:-1].min() >= problem.share:
-            # one scale cannot bring the curve down to the share before the layer's last unit (its shape is wrong: it
-            # flattens): fit a scale and a growth through this probe and the last
-            (k1, m1), (k2, m2) = sorted([last, (k, measured)], key=lambda pair: pair[0])
-            fits = [model.fit_two((k1, float(m1.mean())), (k2, float(m2.mean())))]
-            fits += [model.fit_two((k1, float(a)), (k2, float(b))) for a, b in zip(m1, m2, strict=True)]
-            curves = [model.curve(scale, growth) for scale, growth in fits]
         fraction = problem.crossing(curves[0], len(deleted))
         per_order = [problem.crossing(c, len(deleted)) for c in curves[1:]]
-        last = (k, measured)
+        if bracket is not None:  # the crossing lies between the probes that bracket the share
+            ends = [(len(deleted) + j) / problem.width for j in bracket]
+            fraction = _between(fraction, ends, [taken[j].mean() for j in bracket], problem.share)
+            per_order = [_between(f, ends, [taken[j][o] for j in bracket], problem.share)
+                         for o, f in enumerate(per_order)]
     return fraction, per_order
+
+
+def _between(fraction: float, ends: list[float], measured: list[float], share: float) -> float:
+    """A calibrated crossing kept between the two probes at `ends` where their `measured` values bracket the
+    share: where the fitted curve crosses outside them (no curve of the model's shape passes through both: a
+    fall steeper than it can bend to), the straight line between the two measurements is read instead. One
+    order's own measurements need not bracket the share; its crossing then stands as fitted."""
+    lo, hi = ends
+    if lo <= fraction <= hi or not measured[0] >= share > measured[1]:
+        return fraction
+    read = crossing_fraction(ends, [float(m) for m in measured], share)
+    return fraction if read is None else read
+
+
+def _calibrations(model: FirstOrder, share: float, taken: dict[int, np.ndarray], latest: int, last: int | None
+                  ) -> tuple[list[tuple[float, float]], tuple[int, int] | None]:
+    """(scale, growth) of the first-order model for the mean of the probes and for each order, and the pair of
+    probes that brackets the share if there is one. Through the two probes nearest the crossing on either side of
+    the share when there are such; else through the latest probe by a scale, or, where one scale cannot bring
+    the curve down to the share before the layer's last unit (a first-order curve that flattens), through it and
+    the `last` by a scale and a growth. Fitted through two probes, each order keeps the mean's growth and takes
+    its scale from its own measurement at the probe nearer the share."""
+    above = [k for k, m in taken.items() if m.mean() >= share]
+    below = [k for k, m in taken.items() if m.mean() < share]
+    bracket = (max(above), min(below)) if above and below and max(above) < min(below) else None
+    if bracket is None:
+        fits = [(model.scale_to(latest, float(m)), 0.0) for m in (taken[latest].mean(), *taken[latest])]
+        if last is None or model.curve(*fits[0])[:-1].min() < share:
+            return fits, None
+    k1, k2 = bracket or sorted((latest, last))  # type: ignore[type-var]
+    scale, growth = model.fit_two((k1, float(taken[k1].mean())), (k2, float(taken[k2].mean())))
+    # each order: the same shape through its own measurement at the probe nearer the share (two points of one
+    # order can ask for any growth at all)
+    near = min((k1, k2), key=lambda k: abs(float(taken[k].mean()) - share))
+    return [(scale, growth)] + [(model.scale_to(near, float(m), growth), growth) for m in taken[near]], bracket
 
 
 def predict_breakdown(model: nn.Module, x: torch.Tensor, layer: str, method: str = "probe",
