@@ -317,9 +317,9 @@ def predict_margin_calibrated(problem: BreakdownProblem, deleted: Sequence[int],
         k = min(cap, max(1, int(round(fraction * problem.width)) - len(deleted)))
         if k in taken:
             break  # the model predicts where it was already measured: a probe more would add nothing
-        last = max(taken, key=lambda j: abs(j - k)) if taken else None
+        other = max(taken, key=lambda j: abs(j - k)) if taken else None  # the probe farthest from this one
         taken[k] = problem.estimated_accuracy([[*deleted, *order[:k]] for order in continuations])
-        fits, bracket = _calibrations(model, problem.share, taken, k, last)
+        fits, bracket = _calibrations(model, problem.share, taken, k, other)
         curves = [model.curve(scale, growth) for scale, growth in fits]
         fraction = problem.crossing(curves[0], len(deleted))
         per_order = [problem.crossing(c, len(deleted)) for c in curves[1:]]
@@ -343,22 +343,22 @@ def _between(fraction: float, ends: list[float], measured: list[float], share: f
     return fraction if read is None else read
 
 
-def _calibrations(model: FirstOrder, share: float, taken: dict[int, np.ndarray], latest: int, last: int | None
+def _calibrations(model: FirstOrder, share: float, taken: dict[int, np.ndarray], latest: int, other: int | None
                   ) -> tuple[list[tuple[float, float]], tuple[int, int] | None]:
     """(scale, growth) of the first-order model for the mean of the probes and for each order, and the pair of
     probes that brackets the share if there is one. Through the two probes nearest the crossing on either side of
     the share when there are such; else through the latest probe by a scale, or, where one scale cannot bring
     the curve down to the share before the layer's last unit (a first-order curve that flattens), through it and
-    the `last` by a scale and a growth. Fitted through two probes, each order keeps the mean's growth and takes
+    the `other` by a scale and a growth. Fitted through two probes, each order keeps the mean's growth and takes
     its scale from its own measurement at the probe nearer the share."""
     above = [k for k, m in taken.items() if m.mean() >= share]
     below = [k for k, m in taken.items() if m.mean() < share]
     bracket = (max(above), min(below)) if above and below and max(above) < min(below) else None
     if bracket is None:
         fits = [(model.scale_to(latest, float(m)), 0.0) for m in (taken[latest].mean(), *taken[latest])]
-        if last is None or model.curve(*fits[0])[:-1].min() < share:
+        if other is None or model.curve(*fits[0])[:-1].min() < share:
             return fits, None
-    k1, k2 = bracket or sorted((latest, last))  # type: ignore[type-var]
+    k1, k2 = bracket or sorted((latest, other))  # type: ignore[type-var]
     scale, growth = model.fit_two((k1, float(taken[k1].mean())), (k2, float(taken[k2].mean())))
     # each order: the same shape through its own measurement at the probe nearer the share (two points of one
     # order can ask for any growth at all)
