@@ -213,3 +213,43 @@ def test_calibration_reads_between_probes_that_bracket_the_share():
     above, below = max(k for k in seen if k < 6), min(k for k in seen if k >= 6)
     assert p.fraction == pytest.approx(crossing_fraction([above / 12, below / 12], [1.0, 0.5], 0.9))
     assert p.details["per_order"] == pytest.approx([p.fraction] * 4)  # every order measured the same step
+
+
+def test_a_network_already_broken_down_is_told_so_at_one_forward_pass():
+    """From a damage where the label-free estimate is already below the share, the prediction is the current
+    damage itself (no further unit can go), flagged, after one forward pass beyond the undamaged one."""
+    model, x, _ = small_net(4)
+    with torch.no_grad():  # decisive outputs that follow the hidden units (no biases to fall back on)
+        model[4].weight.mul_(10)
+        model[4].bias.zero_()
+        model[2].bias.zero_()
+    deleted = list(range(11))  # 11 of the 12 units gone
+    problem = BreakdownProblem(model, x, "1")
+    assert problem.estimated_accuracy([deleted])[0] < 0.9
+    for method in ("probe", "margin-calibrated"):
+        p = predict_breakdown(model, x, "1", method, deleted, problem=problem)
+        assert p.fraction == pytest.approx(11 / 12) and p.interval == (p.fraction, p.fraction)
+        assert p.details["already_broken"] and p.forward_passes == 2
+
+
+def test_margin_predictors_refuse_a_model_with_several_rows_per_input_before_any_work():
+    """A per-token model (3 output rows per input) takes only the probe: refused at once, in one line."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 4), nn.Flatten(0, 1)).eval()
+    x = torch.randn(20, 3, 5)
+    problem = BreakdownProblem(model, x, "1")
+    with pytest.raises(LesionError, match="one output row per input .*3 per input.*--predict probe"):
+        predict_breakdown(model, x, "1", "margin-calibrated", problem=problem)
+    assert problem.forward_passes == 1
+    assert 0 < predict_breakdown(model, x, "1", "probe", problem=problem).fraction <= 1
+
+
+def test_cli_breakdown_refuses_prediction_options_without_predict(tmp_path):
+    model, config = build_net("mlp:10", (4,), 3, seed=0)
+    ckpt = save_checkpoint(tmp_path / "m.pt", model, "mlp:10", config)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((50, 4)).astype(np.float32), y=rng.integers(0, 3, 50),
+             x_test=rng.random((40, 4)).astype(np.float32), y_test=rng.integers(0, 3, 40))
+    for extra in (["--from", "0.3"], ["--deleted", "1,2"]):
+        assert main(["breakdown", "--model", str(ckpt), "--data", f"npz:{tmp_path / 'd.npz'}", "--paths", "0",
+                     *extra]) == 2

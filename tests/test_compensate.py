@@ -12,7 +12,7 @@ from torch import nn
 
 import zoo
 from lesion.geometry.compensate import compensate
-from lesion.geometry.damage_set import parse_delete
+from lesion.geometry.damage_set import parse_delete, union
 from lesion.geometry.recovery import RecoveryProblem, naive, recover
 
 
@@ -48,6 +48,40 @@ def test_a_duplicated_and_a_constant_unit_are_compensated_exactly():
     assert bool((w[problem.damage.indices] == 0).all())
     assert _outputs(problem, problem.w0 * problem.mask).sub(model(x)).abs().max() > 0.05  # naive is not exact
     assert result.details["sites"][0] == {"site": "1#0", "reader": "2", "deleted": 2, "kept": 6, "rows": 200}
+
+
+@pytest.mark.parametrize("fit", ["regression", "obs"])
+def test_a_layer_deleted_whole_is_compensated_by_its_mean(fit):
+    """No unit left to model the deleted ones from: both fits fold the units' mean activation over the calibration
+    inputs into the reader's bias (the outputs become constant, equal to the clean outputs' mean); a hand
+    computation of that bias."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    x = torch.randn(80, 4, dtype=torch.float64)
+    problem = _problem(model, x, "units:1:0,1,2,3,4")
+    _, w = compensate(problem, calibration=80, ridge=1e-12, fit=fit)
+    with torch.no_grad():
+        mean = torch.relu(model[0](x)).mean(0)
+        expected = model[2].bias + model[2].weight @ mean
+    torch.testing.assert_close(_outputs(problem, w), expected.expand(80, -1), atol=1e-6, rtol=1e-6)
+    assert bool((w[problem.damage.indices] == 0).all())
+
+
+def test_deletions_of_one_layer_given_apart_are_one_set_of_its_units():
+    """Two --delete options on the same layer, overlapping: the set of units 1, 2, 3 (not 4 units of a layer
+    twice as wide), equal to deleting the three at once; compensation sees the layer once."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2), nn.ReLU(), nn.Linear(2, 3))
+    x = torch.randn(30, 4)
+
+    def part(spec):
+        return parse_delete(model, spec, torch.Generator().manual_seed(0), x[:2])
+
+    merged, direct = union([part("units:1:1,2"), part("units:1:2,3")]), part("units:1:1,2,3")
+    assert torch.equal(merged.indices, direct.indices) and merged.units == (1, 2, 3) and merged.width == 6
+    assert merged.describe() == direct.describe() and not merged.parts
+    both = union([part("units:1:1,2"), part("units:3#0:0"), part("units:1:3")])
+    assert [(p.layer, p.units) for p in both.parts] == [(direct.layer, (1, 2, 3)), (part("units:3#0:0").layer, (0,))]
 
 
 def test_folded_weights_equal_a_dense_least_squares_reference():

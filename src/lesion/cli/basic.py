@@ -120,6 +120,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     if damages:
         print(f"mean output error ‖ΔF‖∞ {out['damage']['output_error']:.6g}; faults: "
               + "; ".join(_fault_summary(f) for f in out["damage"]["faults"]))
+        broken = int((~torch.isfinite(outputs.reshape(len(outputs), -1)).all(dim=1)).sum())
+        if broken:  # say where a nan/inf loss and error come from (they count as misclassified)
+            print(f"{broken} of {len(outputs)} inputs gave inf/NaN outputs under this damage (counted as "
+                  "misclassified; they make the mean loss and output error inf or NaN)")
     return out
 
 
@@ -144,6 +148,12 @@ def _cmd_campaign(args: argparse.Namespace) -> dict[str, Any]:
 
         protected = parse_protection(args.protect, Target(loaded.module, example=x[:2]))
     if args.replay:
+        ignored = [option for option, given in (("--damage", args.damage), ("--samples", args.samples),
+                                                ("--ci-width", args.ci_width)) if given]
+        if ignored:
+            verb = "does" if len(ignored) == 1 else "do"
+            raise LesionError(f"--replay runs the recorded configurations, all of them: {' and '.join(ignored)} "
+                              f"{verb} not apply")
         result = replay(loaded.module, x, y, load_fault_list(args.replay), args.tolerance, protected)
     else:
         if not args.damage:

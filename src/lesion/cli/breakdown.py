@@ -56,10 +56,16 @@ def _cmd_breakdown(args: argparse.Namespace) -> dict[str, Any]:
     from lesion.geometry.breakdown import deletion_curve, path_seconds, progressive_path, unit_order
     from lesion.report.plots import breakdown_plot
 
+    if not args.predict and (args.start or args.deleted is not None):
+        raise LesionError("--from and --deleted set the damage a prediction starts from: give them with --predict")
     loaded, data = load_model_and_data(args)
-    if args.paths and _is_head_site(loaded.module, args.layer, data.x_test[:2]):
+    heads = _is_head_site(loaded.module, args.layer, data.x_test[:2])
+    if args.paths and heads:
         raise LesionError(f"{args.layer} is a site of attention heads: a deletion path deletes units; give --paths 0 "
                           "for its deletion curves")
+    if args.predict and heads:
+        raise LesionError(f"{args.layer} is a site of attention heads: --predict works on sites of units or channels")
+    start = _prediction_problem(args, loaded.module, data) if args.predict else None  # refused before any work
     fractions = tuple(float(f) for f in np.round(np.linspace(0, 1, args.points), 6))
     x_an = data.x_train[: args.inputs]
     if args.paths:
@@ -84,20 +90,18 @@ def _cmd_breakdown(args: argparse.Namespace) -> dict[str, Any]:
         sequence = unit_order(loaded.module, args.layer, "random", np.random.default_rng(args.seed + 1000 + p), x_an)
         profiles.append(progressive_path(loaded.module, args.layer, sequence, x_an, data.x_test, data.y_test,
                                          fractions, factor=args.factor, order_seed=args.seed + 1000 + p))
-    prediction = _prediction(args, loaded.module, data, curve.layer) if args.predict else None
+    prediction = _prediction(args, loaded.module, data, *start) if start is not None else None
     predicted = [p.predicted_breakdown for p in profiles if p.predicted_breakdown is not None]
     predicted_fraction = float(np.median(predicted)) if predicted else None
+    spike = ("not computed (--paths 0)" if not profiles else "no spike on any path" if predicted_fraction is None
+             else f"{predicted_fraction:.3f}")
     print(f"{curve.layer} ({curve.units} {curve.unit_word}), {curve.order} order ({curve.orders} orders), clean "
           f"{curve.clean_accuracy:.4f}: break-down (accuracy below {args.share:.0%} of clean) at fraction "
-          f"{curve.breakdown_fraction}; predicted from the acceleration spike: {predicted_fraction}")
+          f"{_fraction(curve.breakdown_fraction)}; predicted from the acceleration spike: {spike}")
     for f, a, (lo, hi) in zip(curve.fractions, curve.accuracy, curve.accuracy_ci, strict=True):
         print(f"  {f:5.2f}  {a:.4f}  ({lo:.4f}–{hi:.4f})")
     if prediction is not None:
-        p, measured = prediction
-        print(f"predicted without labels ({p.method}, {p.details['inputs']} unlabelled inputs, "
-              f"{p.forward_passes:.0f} forward passes) from {p.start:.3f} deleted: break-down at {p.fraction:.3f} "
-              f"(95% interval over orders {p.interval[0]:.3f}–{p.interval[1]:.3f}); measured with labels from there: "
-              f"{measured.fraction}")
+        print(_prediction_line(*prediction))
     if args.plot:
         breakdown_plot(args.plot, [curve], profiles, f"Break-down of {curve.layer}",
                        f"{data.name}: accuracy on {len(data.x_test)} test inputs; geometry on {len(x_an)} training "
@@ -111,22 +115,49 @@ def _cmd_breakdown(args: argparse.Namespace) -> dict[str, Any]:
                                               "measured_from": prediction[1].to_dict()})}
 
 
-def _prediction(args: argparse.Namespace, model: Any, data: Any, layer: str) -> tuple[Any, Any]:
-    """The label-free prediction (issue 20) from the damage --from, and the measured break-down from there."""
+def _fraction(value: float | None) -> str:
+    return "not reached" if value is None else f"{value:.3f}"
+
+
+def _prediction_line(p: Any, measured: Any) -> str:
+    """The prediction as one line: where it stands, what it cost, its interval over orders (none for a
+    deterministic predictor), and the labelled measurement from the same damage."""
+    if p.details.get("already_broken"):
+        told = (f"already below {p.details['share']:.0%} of the undamaged network's estimated accuracy at this "
+                "damage: broken down")
+    else:
+        spread = (f" (95% interval over orders {p.interval[0]:.3f}–{p.interval[1]:.3f})"
+                  if len(p.details["per_order"]) > 1 else " (one linearisation: no interval)")
+        told = f"break-down at {p.fraction:.3f}{spread}"
+    return (f"predicted without labels ({p.method}, {p.details['inputs']} unlabelled inputs, {p.forward_passes:.0f} "
+            f"forward passes) from {p.start:.3f} deleted: {told}; measured with labels from there: "
+            f"{_fraction(measured.fraction)}")
+
+
+def _prediction_problem(args: argparse.Namespace, model: Any, data: Any) -> tuple[Any, list[int]]:
+    """The unlabelled inputs and the undamaged network's beliefs for --predict, the predictor checked against
+    the model (a language model takes only the probe), and the units already deleted (--from or --deleted)."""
     import numpy as np
 
-    from lesion.geometry.breakdown_predict import BreakdownProblem, measured_breakdown, predict_breakdown
+    from lesion.geometry.breakdown_predict import BreakdownProblem
 
-    free = BreakdownProblem(model, data.x_train[: args.predict_inputs], layer, args.share)
-    width = free.width
+    free = BreakdownProblem(model, data.x_train[: args.predict_inputs], args.layer, args.share)
+    free.check(args.predict)
+    layer, width = free.layer, free.width
     if args.deleted is not None:
         if args.start:
             raise LesionError("give either --from (a random damage) or --deleted (the units already gone), not both")
-        deleted = args.deleted
-        if any(u >= width for u in deleted) or len(set(deleted)) != len(deleted):
+        if any(u >= width for u in args.deleted) or len(set(args.deleted)) != len(args.deleted):
             raise LesionError(f"--deleted takes distinct unit indices of {layer}, 0..{width - 1}")
-    else:
-        deleted = np.random.default_rng(args.seed + 77).permutation(width)[: int(round(args.start * width))].tolist()
+        return free, args.deleted
+    return free, np.random.default_rng(args.seed + 77).permutation(width)[: int(round(args.start * width))].tolist()
+
+
+def _prediction(args: argparse.Namespace, model: Any, data: Any, free: Any, deleted: list[int]) -> tuple[Any, Any]:
+    """The label-free prediction (issue 20) from the damage `deleted`, and the measured break-down from there."""
+    from lesion.geometry.breakdown_predict import measured_breakdown, predict_breakdown
+
+    layer = free.layer
     prediction = predict_breakdown(model, free.x, layer, args.predict, deleted, args.share, seed=args.seed,
                                    problem=free)
     measured = measured_breakdown(model, data.x_test, data.y_test, layer, deleted, args.share, seed=args.seed)

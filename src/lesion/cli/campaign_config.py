@@ -145,7 +145,10 @@ def expand(argv: Sequence[str]) -> list[str]:
         config = read_config(path)
         tail = _without(tail, "--config")
     elif _option_value(tail, "--replay") is not None and _option_value(tail, "--model") is None:
-        config = embedded_config(_option_value(tail, "--replay") or "") or {}
+        replayed = Path(_option_value(tail, "--replay") or "").expanduser()
+        if not replayed.is_file():
+            raise LesionError(f"--replay: no file {replayed}")
+        config = embedded_config(replayed) or {}
         config = {k: v for k, v in config.items() if k in ("model", "weights", "device", "output_key", "data",
                                                            "inputs", "tolerance", "protect")}
     else:

@@ -32,7 +32,7 @@ def announce_cost(op: Any, k: int, time_limit: float, method: str = "auto") -> N
     from lesion.geometry.spectrum import route_for
 
     if route_for(op, method) == "gram":
-        print(f"Gram route: K of {op.inputs * op.m:,}² from {op.inputs:,} rows", flush=True)
+        print(f"Gram route: K of {op.inputs * op.m:,}² from {op.inputs:,} rows of {op.m} outputs", flush=True)
         return
     seconds = op.time_matvec()
     products = max(2 * k + 1, 20)
@@ -53,7 +53,11 @@ def _cmd_spectrum(args: argparse.Namespace) -> dict[str, Any]:
     op = MetricOperator(loaded.module, x, args.output)
     announce_cost(op, args.top, args.time_limit, args.method)
     result = spectrum(op, args.top, args.tau, full=args.all, method=args.method)
-    shown = ", ".join(f"{v:.4g}" for v in result.eigenvalues[:min(args.top, 8)])
+    shown = ", ".join(f"{v:.4g}" for v in result.eigenvalues[:8])
+    if len(result.eigenvalues) > 8:
+        shown += f", … ({len(result.eigenvalues)} in the JSON)"
+    if len(result.eigenvalues) < args.top:  # g = JᵀJ has rank at most m·|X|: no more nonzero eigenvalues exist
+        shown += f" (all {len(result.eigenvalues)}: g has rank at most {op.m} outputs × {op.inputs:,} rows)"
     rows = f" ({result.inputs:,} (input, token) rows)" if result.inputs != len(x) else ""
     print(f"g on {len(x)} {args.split} inputs{rows} of {data.name} ({args.output} outputs), "
           f"n = {result.parameters:,}; {result.method} route, {result.seconds:.1f} s")

@@ -154,8 +154,10 @@ def _additive(structure: MLPStructure, x: torch.Tensor, layer: int, faults: list
                                    dtype=torch.float64), common=True, deadline=deadline)
                 chosen = torch.nonzero(units).flatten().tolist()
                 common = search.run(chosen, search.value(chosen), max(0.0, time_limit - (time.perf_counter() - began)))
+            # a search that proved its set the best: its bound is the set's value, up to the rounding of another sum
+            upper = common.lower if common.exact else min(common.upper, exact_mav)
             results.append(WorstCase(
-                f, exact_max, exact_max, exact_mav, exact_mav, common.lower, min(common.upper, exact_mav),
+                f, exact_max, exact_max, exact_mav, exact_mav, common.lower, upper,
                 common.units, common.exact, time.perf_counter() - began + shared, top,
                 worst_set_of(hidden[top], out_weight, f), "exact (sorted contributions)",
                 {"worst_set_nodes": common.nodes}))

@@ -329,9 +329,9 @@ def replay(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, fault_list
         results = campaign._evaluate([e["index"] for e in chunk], [e["seed"] for e in chunk])
         for entry, result in zip(chunk, results, strict=True):
             if to_jsonable(list(result.faults)) != entry["faults"]:
-                raise LesionError(f"sample {entry['index']} no longer realises to its recorded faults (lists "
-                                  "saved before 2026-12-03 drew random bit flips differently: run the campaign "
-                                  "again)")
+                raise LesionError(f"sample {entry['index']} no longer realises to its recorded faults: the list "
+                                  "was edited, or saved by a lesion older than 2026-12-03 (random bit flips were "
+                                  "drawn differently then: run the campaign again)")
         campaign.samples.extend(results)
     return campaign.result()
 

@@ -9,9 +9,10 @@ a sha256 digest of the indices (replays re-realise from the seed and compare).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -497,7 +498,8 @@ def realise_each(target: Target, damages: Sequence[Damage], seeds: Sequence[int]
     """`realise(target, damages, torch.Generator().manual_seed(seed))` for every seed (a campaign's batch); a lone
     random bit flip is realised for all seeds at once (`BitFlip.realise_each`)."""
     if len(damages) == 1 and isinstance(damages[0], BitFlip) and damages[0].ber is not None:
-        return damages[0].realise_each(target, seeds)
+        with _naming(damages[0]):
+            return damages[0].realise_each(target, seeds)
     generator = torch.Generator()
     return [realise(target, list(damages), generator.manual_seed(s)) for s in seeds]
 
@@ -506,5 +508,18 @@ def realise(target: Target, damages: list[Damage] | tuple[Damage, ...], generato
     """Realise several descriptions in order, each on the network the previous ones left (composition)."""
     state = Realised()
     for damage in damages:
-        state = damage.realise(target, state, generator)
+        with _naming(damage):
+            state = damage.realise(target, state, generator)
     return state
+
+
+@contextlib.contextmanager
+def _naming(damage: Damage) -> Iterator[None]:
+    """A description that cannot be realised on this model (more units than the site has, an index out of range,
+    a bit the format lacks) is refused as the spec parser refuses a malformed one: naming the spec."""
+    try:
+        yield
+    except LesionError as err:
+        if str(err).startswith("bad damage"):
+            raise
+        raise LesionError(f"bad damage {damage.spec()!r}: {err}") from err

@@ -113,7 +113,8 @@ def greedy_bitflips(view: FlatModel, x: torch.Tensor, y: torch.Tensor, sigma: fl
         flipped = flip_bits(flat[idx].float(), torch.arange(len(idx)), bits).to(flat.dtype)
         delta = flipped - flat[idx]
         room = sigma**2 - spent
-        ok = torch.isfinite(flipped) & (delta**2 <= room) & (delta != 0)
+        exact = flipped.double() - flat[idx].double()  # the budget in float64: a float32 square can round below it
+        ok = torch.isfinite(flipped) & (exact**2 <= room) & (delta != 0)
         if not bool(ok.any()):
             break
         gain = torch.where(ok, grad[idx] * delta, torch.tensor(-math.inf, dtype=flat.dtype, device=flat.device))
@@ -132,10 +133,11 @@ def greedy_bitflips(view: FlatModel, x: torch.Tensor, y: torch.Tensor, sigma: fl
         if float(losses[best]) <= current:
             break
         j = order[best].item()
+        before = float(flat[idx[j]])
         flat[idx[j]] = flipped[j]
-        spent += float(delta[j] ** 2)
-        flips.append({"weight": int(idx[j]), "bit": int(bits[j]), "before": float(flat[idx[j]] - delta[j]),
-                      "after": float(flipped[j]), "loss": float(losses[best])})
+        spent += float(exact[j] ** 2)
+        flips.append({"weight": int(idx[j]), "bit": int(bits[j]), "before": before, "after": float(flipped[j]),
+                      "loss": float(losses[best])})
     return flat, flips
 
 

@@ -121,6 +121,14 @@ class BreakdownProblem:
         return batched_damaged_outputs(self.model, configs, self.x, chunk_size=self.chunk,
                                        input_batch=self.batch_size)
 
+    def check(self, method: str) -> None:
+        """Refuses, before any work, a predictor this model cannot take: the margin predictors need one output
+        row per input (a classifier), where a language model gives one per token."""
+        rows = len(self.reference) // max(len(self.x), 1)
+        if method != "probe" and len(self.reference) != len(self.x):
+            raise LesionError(f"the margin predictors need one output row per input (this model gives {rows} per "
+                              "input); use --predict probe")
+
     def estimated_accuracy(self, deleted_sets: Sequence[Sequence[int]]) -> np.ndarray:
         """Â / Â(undamaged) for each set of deleted units (label-free; one forward pass each)."""
         out = self.outputs(deleted_sets)
@@ -132,6 +140,7 @@ class BreakdownProblem:
     def linearise(self, deleted: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """At the damage `deleted`: per input, ∂margin/∂α_i for every unit (rows × N), the margin, and the top
         and runner-up classes (one forward and one backward)."""
+        self.check("margin")
         keep = torch.ones(self.width, dtype=torch.float64)
         keep[list(deleted)] = 0.0
         grads, margins, tops, seconds = [], [], [], []
@@ -144,9 +153,6 @@ class BreakdownProblem:
                 alpha = keep.to(device).expand(len(xb), -1).clone().requires_grad_(True)
                 hooks.alpha = alpha
                 out = hooks.run(self.model, params, {}, xb)
-                if out.shape[0] != len(xb):
-                    raise LesionError("the margin predictors need one output row per input (this model gives "
-                                      f"{out.shape[0] // len(xb)} per input); use --predict probe")
                 order = out.detach().topk(2, dim=-1).indices
                 margin = out.gather(1, order[:, :1]) - out.gather(1, order[:, 1:2])
                 (g,) = torch.autograd.grad(margin.sum(), alpha)
@@ -378,6 +384,12 @@ def predict_breakdown(model: nn.Module, x: torch.Tensor, layer: str, method: str
     problem.forward_passes = 1.0  # the undamaged network's outputs
     if len(set(deleted)) != len(deleted) or any(not 0 <= u < problem.width for u in deleted):
         raise LesionError(f"the deleted units must be distinct indices in 0..{problem.width - 1}")
+    problem.check(method)
+    start = len(deleted) / problem.width
+    if len(deleted) and problem.estimated_accuracy([list(deleted)])[0] < problem.share:
+        # broken down already at the current damage: no further unit can go (one forward pass to know it)
+        return Prediction(start, (start, start), method, problem.forward_passes, start, time.perf_counter() - began,
+                          {"per_order": [], "inputs": len(x), "share": share, "already_broken": True})
     if method == "probe":
         value, values = predict_probe(problem, deleted, orders, seed)
     elif method == "margin-calibrated":
@@ -386,9 +398,8 @@ def predict_breakdown(model: nn.Module, x: torch.Tensor, layer: str, method: str
         values = predict_margin_steps(problem, deleted, 1 if method == "margin" else steps, orders, seed)
         value = float(np.mean(values))
     interval = clipped_interval(values) if len(values) > 1 else (value, value)
-    return Prediction(float(value), (float(interval[0]), float(interval[1])), method, problem.forward_passes,
-                      len(deleted) / problem.width, time.perf_counter() - began,
-                      {"per_order": values, "inputs": len(x), "share": share})
+    return Prediction(float(value), (float(interval[0]), float(interval[1])), method, problem.forward_passes, start,
+                      time.perf_counter() - began, {"per_order": values, "inputs": len(x), "share": share})
 
 
 @dataclass(frozen=True)

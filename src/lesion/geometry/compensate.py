@@ -185,8 +185,8 @@ def fold(params: dict[str, torch.Tensor], original: dict[str, torch.Tensor], rea
 
     shape = weight.movedim(axis, 1).shape
     w = units_first(weight)
-    S = torch.tensor(deleted.units, device=w.device)
-    K = torch.tensor(deleted.kept, device=w.device)
+    S = torch.tensor(deleted.units, dtype=torch.long, device=w.device)
+    K = torch.tensor(deleted.kept, dtype=torch.long, device=w.device)  # empty where every unit is deleted
     w_s = units_first(original[f"{reader_path}.weight"]).index_select(1, S)
     new = w.clone()
     new[:, K] += torch.einsum("os...,ks->ok...", w_s, M.to(w.device))

@@ -125,6 +125,13 @@ def union(sets: list[DamageSet]) -> DamageSet:
     """One damage set deleting the units of several (the hyperplane where all of them are zero)."""
     if not sets:
         raise LesionError("give at least one --delete")
+    by_layer: dict[str, list[DamageSet]] = {}
+    for s in sets:  # sets of the same layer (overlapping or not) are one set of its units
+        by_layer.setdefault(s.layer, []).append(s)
+    sets = [same[0] if len(same) == 1 else
+            DamageSet(torch.unique(torch.cat([s.indices for s in same])), layer,
+                      tuple(sorted({u for s in same for u in s.units})), same[0].width)
+            for layer, same in by_layer.items()]
     if len(sets) == 1:
         return sets[0]
     indices = torch.unique(torch.cat([s.indices for s in sets]))

@@ -119,8 +119,7 @@ def _load_file(path: Path) -> LoadedModel:
     except pickle.UnpicklingError:
         payload = _load_pickled_module(path)
     except Exception as err:  # noqa: BLE001 - zip, EOF, pickle and runtime errors all mean "not readable"
-        raise LesionError(f"cannot read model file {path}: it is not a lesion checkpoint, a torch.save'd "
-                          f"module or TorchScript ({type(err).__name__}: {_first_line(err)})") from err
+        raise LesionError(_unreadable(path, err)) from err
     if is_checkpoint(payload):
         return _from_checkpoint(payload, path)
     if isinstance(payload, nn.Module):
@@ -131,6 +130,11 @@ def _load_file(path: Path) -> LoadedModel:
     raise LesionError(f"{path} holds a {type(payload).__name__}, not a model")
 
 
+def _unreadable(path: Path, err: Exception) -> str:
+    return (f"cannot read model file {path}: it is not a lesion checkpoint, a torch.save'd module or TorchScript "
+            f"({type(err).__name__}: {_first_line(err)})")
+
+
 def _load_pickled_module(path: Path) -> Any:
     """torch.save(model) files need full unpickling, which imports and runs the class's code."""
     try:
@@ -139,7 +143,7 @@ def _load_pickled_module(path: Path) -> Any:
         raise LesionError(f"{path} is a pickled module whose class cannot be imported ({err}); make its package "
                           "importable (PYTHONPATH) or save a state dict and use package.module:factory") from err
     except Exception as err:  # noqa: BLE001
-        raise LesionError(f"cannot read model file {path} ({type(err).__name__}: {_first_line(err)})") from err
+        raise LesionError(_unreadable(path, err)) from err
 
 
 def _archive_kind(path: Path) -> str | None:
