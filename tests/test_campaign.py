@@ -171,6 +171,9 @@ def test_cli_bad_spec_exits_2(checkpoint, spec, capsys):
 def test_cli_campaign_needs_samples_or_width(checkpoint, capsys):
     assert main(["campaign", "--model", str(checkpoint), "--data", "digits", "--damage", "gauss:0.1"]) == 2
     assert "--samples N or --ci-width W" in capsys.readouterr().err
+    assert main(["campaign", "--model", str(checkpoint), "--data", "digits", "--damage", "gauss:0.1",
+                 "--ci-width", "5"]) == 2  # an accuracy interval is met before any sample
+    assert "at most 1 wide" in capsys.readouterr().err
 
 
 def _per_sample(result: dict) -> np.ndarray:

@@ -160,6 +160,9 @@ def _cmd_campaign(args: argparse.Namespace) -> dict[str, Any]:
             raise LesionError("give at least one --damage SPEC (or --replay FILE)")
         if (args.samples is None) == (args.ci_width is None):
             raise LesionError("give either --samples N or --ci-width W")
+        if args.ci_width is not None and y is not None and args.ci_width >= 1:
+            raise LesionError(f"--ci-width {args.ci_width:g} is met before any sample: an interval of the accuracy "
+                              "is at most 1 wide (e.g. 0.02 for ±1 point)")
         campaign = Campaign(loaded.module, x, y, [parse_damage(t) for t in args.damage], args.seed, args.tolerance,
                             protected)
         import torch

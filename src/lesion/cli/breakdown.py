@@ -65,7 +65,7 @@ def _cmd_breakdown(args: argparse.Namespace) -> dict[str, Any]:
                           "for its deletion curves")
     if args.predict and heads:
         raise LesionError(f"{args.layer} is a site of attention heads: --predict works on sites of units or channels")
-    start = _prediction_problem(args, loaded.module, data) if args.predict else None  # refused before any work
+    predicting = _prediction_problem(args, loaded.module, data) if args.predict else None  # refused before work
     fractions = tuple(float(f) for f in np.round(np.linspace(0, 1, args.points), 6))
     x_an = data.x_train[: args.inputs]
     if args.paths:
@@ -90,7 +90,7 @@ def _cmd_breakdown(args: argparse.Namespace) -> dict[str, Any]:
         sequence = unit_order(loaded.module, args.layer, "random", np.random.default_rng(args.seed + 1000 + p), x_an)
         profiles.append(progressive_path(loaded.module, args.layer, sequence, x_an, data.x_test, data.y_test,
                                          fractions, factor=args.factor, order_seed=args.seed + 1000 + p))
-    prediction = _prediction(args, loaded.module, data, *start) if start is not None else None
+    prediction = _prediction(args, loaded.module, data, *predicting) if predicting is not None else None
     predicted = [p.predicted_breakdown for p in profiles if p.predicted_breakdown is not None]
     predicted_fraction = float(np.median(predicted)) if predicted else None
     spike = ("not computed (--paths 0)" if not profiles else "no spike on any path" if predicted_fraction is None
