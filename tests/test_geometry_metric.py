@@ -123,6 +123,27 @@ def test_top_only_spectrum_of_an_mlp_has_the_exact_trace_from_the_factor_diagona
     assert top.eigenvalues == pytest.approx(spectrum(op, full=True).eigenvalues[:4], rel=1e-8)
 
 
+def test_the_cost_estimate_counts_the_trace_products_the_spectrum_spends():
+    """`trace_products` (in `lesion spectrum`'s time estimate) says 0 where the top-only spectrum reads the trace
+    off the factors and HUTCHINSON_SAMPLES where it estimates it: counted here on the operator's vᵀgv passes."""
+    from lesion.geometry.spectrum import HUTCHINSON_SAMPLES, trace_products
+
+    torch.manual_seed(4)
+    cases = ((MLP(6, [7], 3, activation="tanh").double().eval(), torch.rand(10, 6, dtype=torch.float64)),
+             (ConvNet(1, 6, 3, (3, "M", 4), (5,)).double().eval(), torch.rand(4, 1, 6, 6, dtype=torch.float64)))
+    for model, x in cases:
+        op = MetricOperator(model, x)
+        hutchinson = trace_products(op)
+        assert hutchinson in (0, HUTCHINSON_SAMPLES)
+        calls: list[int] = []
+        original = op.quadratic
+        op.quadratic = lambda v, original=original, calls=calls: calls.append(1) or original(v)
+        result = spectrum(op, top=2, full=False, method="lanczos")
+        assert result.extra["trace_method"].startswith("hutchinson" if hutchinson else "exact")
+        assert len(calls) == hutchinson  # one vᵀgv a Rademacher vector, none from the factors
+    assert hutchinson == HUTCHINSON_SAMPLES  # the CNN has no MLP factors
+
+
 def test_activation_derivatives_in_closed_form_match_autograd():
     # the closed forms used by the layer factors (ReLU's derivative at 0 is 0, as autograd takes it)
     from lesion.geometry.gram import _activation_derivative

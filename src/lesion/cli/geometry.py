@@ -26,22 +26,25 @@ def _analysis_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     return loaded, data, x[: args.inputs], (None if y is None else y[: args.inputs])
 
 
-def announce_cost(op: Any, k: int, time_limit: float, method: str = "auto") -> None:
-    """When the operator route (Lanczos) will run: print what one g·v costs and what Lanczos for the top k will
-    take (SPEC §3.2), before the work, and refuse when even the low end is above `time_limit` (issue 14)."""
-    from lesion.geometry.spectrum import route_for
+def announce_cost(op: Any, k: int, time_limit: float, method: str = "auto", with_trace: bool = False) -> None:
+    """When the operator route (Lanczos) will run: print what one g·v costs and what Lanczos for the top k (and,
+    `with_trace`, the spectrum's trace) will take (SPEC §3.2), before the work, and refuse when even the low end
+    is above `time_limit` (issue 14)."""
+    from lesion.geometry.spectrum import route_for, trace_products
 
     if route_for(op, method) == "gram":
         print(f"Gram route: K of {op.inputs * op.m:,}² from {op.inputs:,} rows of {op.m} outputs", flush=True)
         return
     seconds = op.time_matvec()
     products = max(2 * k + 1, 20)
+    trace = trace_products(op) if with_trace else 0
+    low, high = (2 * products + trace) * seconds, (4 * products + trace) * seconds
+    for_trace = f" and {trace} for the trace" if trace else ""
     print(f"one g·v product on {op.inputs:,} rows and {op.n:,} weights takes {seconds:.2g} s; Lanczos for the top "
-          f"{k} needs some {2 * products}–{4 * products} products: about {2 * products * seconds:.1f}–"
-          f"{4 * products * seconds:.1f} s for the eigenvalues (the Gram route, when it applies, is usually faster)",
-          flush=True)
-    if 2 * products * seconds > time_limit:
-        raise LesionError(f"the spectrum would take at least about {2 * products * seconds:,.0f} s, above --time-limit "
+          f"{k} needs some {2 * products}–{4 * products} products{for_trace}: about {low:.1f}–{high:.1f} s (the Gram "
+          "route, when it applies, is usually faster)", flush=True)
+    if low > time_limit:
+        raise LesionError(f"the spectrum would take at least about {low:,.0f} s, above --time-limit "
                           f"{time_limit:g}; use fewer --inputs or a smaller --top, or raise --time-limit")
 
 
@@ -51,7 +54,7 @@ def _cmd_spectrum(args: argparse.Namespace) -> dict[str, Any]:
 
     loaded, data, x, _ = _analysis_inputs(args)
     op = MetricOperator(loaded.module, x, args.output)
-    announce_cost(op, args.top, args.time_limit, args.method)
+    announce_cost(op, args.top, args.time_limit, args.method, with_trace=True)
     result = spectrum(op, args.top, args.tau, full=args.all, method=args.method)
     shown = ", ".join(f"{v:.4g}" for v in result.eigenvalues[:8])
     if len(result.eigenvalues) > 8:

@@ -144,7 +144,22 @@ def trace_exact(op: MetricOperator, K: torch.Tensor | None = None) -> float:
     return float(torch.diagonal(gram_matrix(op) if K is None else K).double().sum() / op.inputs)
 
 
-def trace_hutchinson(op: MetricOperator, samples: int = 100, seed: int = 0) -> tuple[float, tuple[float, float]]:
+HUTCHINSON_SAMPLES = 100  # Rademacher vectors of the trace estimate where diag K is not at hand
+
+
+def trace_products(op: MetricOperator) -> int:
+    """The passes the top eigenvalues' route spends on the trace (`spectrum`): none where diag K comes from an
+    MLP's layer factors, else `HUTCHINSON_SAMPLES` of vᵀgv (a forward-mode pass each, measured at about the cost
+    of a g·v product: 100 of them took 5.7 s where a product took 0.042 s, LeNet-300-100 on 4,000 inputs)."""
+    return 0 if _trace_from_factors(op) else HUTCHINSON_SAMPLES
+
+
+def _trace_from_factors(op: MetricOperator) -> bool:
+    return op.flat.mlp is not None and op.inputs * op.m <= GRAM_LIMIT
+
+
+def trace_hutchinson(op: MetricOperator, samples: int = HUTCHINSON_SAMPLES, seed: int = 0
+                     ) -> tuple[float, tuple[float, float]]:
     """Hutchinson's estimate E[vᵀ g v] over Rademacher v, with a 95% interval over the samples."""
     gen = torch.Generator().manual_seed(seed)
     running = RunningMean()
@@ -183,7 +198,7 @@ def spectrum(op: MetricOperator, top: int = 20, tau: float = 1e-3, full: bool | 
         counts, edges = np.histogram(np.log10(positive), bins=40) if len(positive) else (np.zeros(0), np.zeros(0))
         extra: dict[str, Any] = {"density": {"log10_eigenvalue_edges": edges.tolist(), "counts": counts.tolist()}}
     else:
-        exact = op.flat.mlp is not None and rows <= GRAM_LIMIT  # the trace from diag K through the factors
+        exact = _trace_from_factors(op)  # the trace from diag K through the factors
         product = MLPGramProduct(op.flat.mlp, op.x, op.output) if exact else None
         values, _, route = top_eigenpairs(op, top, route, vectors=False, product=product)
         rank = rho = vulnerable = None
@@ -192,6 +207,6 @@ def spectrum(op: MetricOperator, top: int = 20, tau: float = 1e-3, full: bool | 
             extra = {"trace_method": "exact, diag K from the layer factors"}
         else:
             trace, ci = trace_hutchinson(op)
-            extra = {"trace_ci": list(ci), "trace_method": "hutchinson, 100 Rademacher vectors"}
+            extra = {"trace_ci": list(ci), "trace_method": f"hutchinson, {HUTCHINSON_SAMPLES} Rademacher vectors"}
     return Spectrum([float(v) for v in values], trace, rank, rho, tau, op.inputs, op.n, op.output, route, full,
                     time.perf_counter() - started, vulnerable, extra)
