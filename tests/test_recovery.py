@@ -203,6 +203,26 @@ def test_baselines_keep_the_damage(damaged_problem):
     assert prune_retrain(p, 3, 0.5)[0].epoch_equivalents == 1.5
 
 
+def test_a_fine_tune_after_another_method_runs_without_dropout(damaged_problem, monkeypatch):
+    """From naive deletion a fine-tune trains as the network was trained (dropout on); after another method it
+    refines the repaired network in eval mode."""
+    import lesion.geometry.recovery as recovery
+
+    modes = []
+    real = recovery.train_one_cycle
+
+    def recording(model, *args, **kwargs):
+        modes.append(model.training)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(recovery, "train_one_cycle", recording)
+    p = damaged_problem
+    _, plain = finetune(p, 0.1)
+    _, after = finetune(p, 0.1, start_weights=p.w0 * p.mask)
+    assert modes == [True, False]
+    assert bool((after[p.damage.indices] == 0).all())
+
+
 def test_transitions_delete_and_restore(damaged_problem):
     p = damaged_problem
     keep_1 = p.mask.clone()
