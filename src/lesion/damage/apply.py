@@ -208,7 +208,7 @@ def _suffix_runner(model: nn.Module, leaves: list[tuple[str, nn.Module]] | None,
         hooks.current = units
         hooks.reset()
         try:
-            h = inputs
+            h = inputs.clone()  # the clean values of a boundary: an in-place first leaf must not overwrite them
             for _, module, names in owned:
                 local = {local: params[full] for full, local in names.items() if full in params}
                 h = functional_call(module, local, (h,), strict=False) if local else module(h)
@@ -303,11 +303,28 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
                 place([k for k, _ in part], engine.outputs([configs[k] for k, _ in part], [p for _, p in part],
                                                            class_major, dense_step=step if patches_only else None))
                 bar.update(len(part))
-        if dense:
-            place(dense, _vectorised(model, [configs[k] for k in dense], x, base, chain, chunk_size, input_batch,
+        for group in _by_first_damaged_leaf(chain, [configs[k] for k in dense], dense):
+            place(group, _vectorised(model, [configs[k] for k in group], x, base, chain, chunk_size, input_batch,
                                      memory_bytes, bar))
     assert results is not None
     return results
+
+
+def _by_first_damaged_leaf(chain: CleanChain | None, configs: list[Realised], indices: list[int]
+                           ) -> list[list[int]]:
+    """`indices` grouped by the first leaf of the chain that their configuration damages, so that each group
+    starts from the clean values there (a flip in a ResNet's last block reruns that block and the head only,
+    not the network); one group without a chain or with sites called more than once."""
+    if not indices:
+        return []
+    if chain is None or len(chain.leaves) < 2 or any(o.site.calls > 1 for c in configs for o in c.units.values()):
+        return [indices]
+    leaves = list(chain.leaves)
+    groups: dict[int, list[int]] = {}
+    for k, config in zip(indices, configs, strict=True):
+        first = first_touched(leaves, set(config.changed), {o.site.path for o in config.units.values()})
+        groups.setdefault(first, []).append(k)
+    return [groups[first] for first in sorted(groups)]
 
 
 def _with_activation_faults(model: nn.Module, configs: Sequence[Realised], x: torch.Tensor, chunk_size: int | None,
@@ -349,7 +366,7 @@ def _vectorised(model: nn.Module, configs: list[Realised], x: torch.Tensor, base
     names = sorted({name for c in configs for name in c.changed}, key=list(base).index)
     sites = {name: o.site for c in configs for name, o in c.units.items()}
     device = next(iter(base.values())).device if base else x.device
-    leaves = chain_leaves(model)
+    leaves = list(chain.leaves) if chain is not None else chain_leaves(model)
     if any(s.calls > 1 for s in sites.values()):
         leaves = None  # a module run more than once: calls are counted over the whole forward
     with traceable(model):
@@ -376,13 +393,22 @@ def _vectorised(model: nn.Module, configs: list[Realised], x: torch.Tensor, base
             per_config_inputs, first_error = False, None
             for start in range(0, len(configs), chunk_size):
                 chunk = configs[start:start + chunk_size]
-                params = {n: torch.stack([c.param(n, base) for c in chunk]) for n in names}
+                # only what the chunk changes is stacked; the other parameters are the model's own
+                params = {n: torch.stack([c.param(n, base) for c in chunk]) if len(chunk) > 1
+                          else chunk[0].param(n, base)[None] for n in names
+                          if any(n in c.params or n in c.patches for c in chunk)}
                 units = {}
                 for name, site in sites.items():
                     overrides = [c.units.get(name) or UnitOverride.identity(site, device) for c in chunk]
                     units[name] = (torch.stack([o.keep for o in overrides]),
                                    torch.stack([o.value for o in overrides]))
                 parts = []
+                if len(chunk) == 1:  # one configuration (a large model): its own forward, nothing stacked
+                    alone = ({n: t[0] for n, t in params.items()}, {n: (k[0], v[0]) for n, (k, v) in units.items()})
+                    outputs.append(torch.cat([runner(*alone, x[i:i + input_batch]) for i in range(0, len(x),
+                                                                                                 input_batch)])[None])
+                    bar.update(1)
+                    continue
                 for i in range(0, len(x), input_batch):
                     part = x[i:i + input_batch]
                     if not per_config_inputs:

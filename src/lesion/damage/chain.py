@@ -7,6 +7,10 @@ output: the batched engine computes it once and runs only the rest per configura
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import torch
 from torch import nn
 
 
@@ -22,6 +26,55 @@ def chain_leaves(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Modul
             leaves.extend(sub)
         return leaves
     return [(prefix.rstrip("."), model)]  # a leaf, or a container with its own forward as one opaque step
+
+
+def traced_chain_leaves(model: nn.Module, example: torch.Tensor, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    """The leaves of `model` in execution order, found by watching a forward on `example` where the module is
+    not an ``nn.Sequential``: a module whose forward only passes one tensor from child to child (each child
+    called once, positionally, on exactly the tensor the child before it returned, unchanged, the first on the
+    module's input, the module returning the last child's output unchanged, no parameter or buffer of its own)
+    is a chain of its children, and each child is examined the same way; any other module is one opaque leaf
+    (a residual block, a transformer's embedding). timm's ResNet is a chain of stem, blocks, pooling and
+    classifier this way. The caller checks the result (`CleanChain.of` compares the leaves' output with the
+    model's own)."""
+    static = chain_leaves(model, prefix)
+    if static is not None and len(static) > 1:
+        return static
+    children = dict(model.named_children())
+    if not children or any(True for _ in model.parameters(recurse=False)) \
+            or any(True for _ in model.buffers(recurse=False)):
+        return [(prefix.rstrip("."), model)]
+    calls: list[dict[str, Any]] = []
+    state: dict[str, Any] = {"current": example, "kept": example.detach().clone(), "ok": True}
+
+    def before(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            # checked when the child is called: an in-place child (ReLU(inplace=True)) changes its input after
+            passed = (not kwargs and len(args) == 1 and args[0] is state["current"]
+                      and torch.equal(args[0], state["kept"]))
+            state["ok"] = state["ok"] and passed
+            calls.append({"name": name, "input": args[0] if args else None})
+        return hook
+
+    def after(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if not isinstance(output, torch.Tensor):
+            state["ok"] = False
+            return
+        state["current"], state["kept"] = output, output.detach().clone()
+
+    handles = [h for child in children.values() for h in (child.register_forward_hook(after),)]
+    handles += [child.register_forward_pre_hook(before(name), with_kwargs=True) for name, child in children.items()]
+    try:
+        with torch.no_grad():
+            result = model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    once = len({c["name"] for c in calls}) == len(calls)
+    if not (calls and once and state["ok"] and result is state["current"] and torch.equal(result, state["kept"])):
+        return [(prefix.rstrip("."), model)]
+    return [leaf for call in calls
+            for leaf in traced_chain_leaves(children[call["name"]], call["input"], f"{prefix}{call['name']}.")]
 
 
 def first_touched(leaves: list[tuple[str, nn.Module]], params: set[str], sites: set[str]) -> int:

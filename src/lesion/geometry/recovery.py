@@ -7,8 +7,8 @@ length is Σ θᵀgθ ([G] Eq. 6). Several β and minibatch seeds may be tried; 
 
 Baselines at the same damage: naive (w_D = 0, nothing else), fine-tuning (w_D = 0, then Adam for E epochs
 with D held at 0, minibatches of FINETUNE_BATCH, the learning rate one-cycle to a peak of FINETUNE_LR: a short
-fine-tune after compensation and the 10-epoch baseline alike; dropout off after another method), iterative prune-then-retrain (the units deleted
-in R rounds, retraining after each),
+fine-tune after compensation and the 10-epoch baseline alike; dropout off after another method), iterative
+prune-then-retrain (the units deleted in R rounds, retraining after each),
 one-shot OBS with the whole network's damped metric (`obs-metric`: δw = −g⁻¹E_Dᵀ(E_D g⁻¹ E_Dᵀ)⁻¹ w_D), and
 closed-form compensation on the layer that reads the deleted units, without labels or gradients
 (`lesion.geometry.compensate`): ridge regression of the deleted units on the kept ones (`compensate`) and
