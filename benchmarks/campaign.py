@@ -1,12 +1,15 @@
 """Benchmark: a fault campaign in lesion against pytorchfi, mrfi and hand-written loops, on the same faults.
 
 LeNet-300-100 (mlp2) trained 3 epochs on mnist5k, evaluated on the first 1,000 test inputs; per configuration,
-the accuracy. Three scenarios:
+the accuracy. Three scenarios by default, a fourth on request:
 - A, float32 weight bit flips at bit-error rate 1e-6 over all parameters (about 8.5 flips per configuration),
   500 configurations by default;
 - B, crashes (output 0) of 30% of the units of hidden layer 2 (after act2), 1,000 configurations by default;
 - C, transient float32 bit flips in the values of hidden layer 1 (after act1; per input, position and bit) at
   bit-error rate 1e-6 over the 1,000 inputs (about 9.6 flips per configuration), 500 configurations by default.
+- D (`--scenarios D`, not in the default): timm's resnet18 from `tests/zoo.py`, float32 weight bit flips at
+  bit-error rate 1e-8 (about 3.6 flips per configuration), 100 configurations on 64 test images, against the
+  copy loop only (`run_resnet_bitflips`).
 lesion runs a `Campaign` (construction and run timed: what a user runs). Each configuration is then realised
 again from its seed (`sample_seed(0, i)`, as the campaign does) and that fault list, already converted to each
 tool's own input format, is handed to the others; realising and converting it is NOT in their timings. In C
@@ -47,7 +50,7 @@ Every time is the least of `--repeats` runs (default 3), for every tool alike, i
 round), so that a slow spell of this shared machine slows every tool alike.
 
 Run: `.venv/bin/python benchmarks/campaign.py [--configs-bitflip 500] [--configs-crash 1000] [--configs-act 500]
-[--threads 1] [--skip-peers] [--repeats 3] [--scenarios ABC]`
+[--threads 1] [--skip-peers] [--repeats 3] [--scenarios ABC] [--configs-resnet 100] [--resnet-ber 1e-8]`
 """
 
 from __future__ import annotations
@@ -363,7 +366,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-peers", action="store_true", help="only lesion and the hand-written loops")
     parser.add_argument("--repeats", type=int, default=3, help="runs per tool; the least time is kept (default 3)")
-    parser.add_argument("--scenarios", default="ABC", help="which scenarios to run, e.g. A (default ABC)")
+    parser.add_argument("--scenarios", default="ABC", help="which scenarios to run, e.g. A (default ABC; D: resnet18)")
+    parser.add_argument("--configs-resnet", type=int, default=100)
+    parser.add_argument("--resnet-ber", type=float, default=1e-8)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     has_pytorchfi = not args.skip_peers and peer_available("pytorchfi.core")
@@ -383,6 +388,26 @@ def main() -> None:
         run_crashes(args, model, x, y, has_pytorchfi, has_mrfi)
     if "C" in args.scenarios:
         run_activation_flips(args, model, x, y, has_pytorchfi, has_mrfi)
+    if "D" in args.scenarios:
+        run_resnet_bitflips(args, data)
+
+
+def run_resnet_bitflips(args, data) -> None:
+    """Scenario D: timm's resnet18 (`tests/zoo.py`, for 1×28×28 inputs, untrained: its accuracies are chance,
+    the check that lesion and the copy loop agree configuration by configuration still holds) against the copy
+    loop, weight bit flips at `--resnet-ber` over every parameter, on the first 64 test images."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import zoo
+
+    model = zoo.resnet18().eval()
+    x, y = data.x_test[:64].reshape(-1, 1, 28, 28), data.y_test[:64]
+    base = {name: p.detach() for name, p in model.named_parameters()}
+    tools = [("copy loop", lambda cs: [entries(c, base) for c in cs], copy_loop)]
+    scenario("D, resnet18 weight bit flips", f"bitflip:ber={args.resnet_ber:g}", args.configs_resnet, model, x, y,
+             tools, args.repeats)
 
 
 def run_bitflips(args, model, x, y, base, has_pytorchfi: bool, has_mrfi: bool) -> None:
