@@ -22,7 +22,7 @@ from lesion.damage.activation_faults import ActivationFaults, check_inputs
 from lesion.damage.chain import chain_leaves, first_touched
 from lesion.damage.clean_chain import CleanChain
 from lesion.damage.realised import Realised, UnitOverride
-from lesion.damage.sparse import CPU_CHUNK_BYTES, SPARSE_CHUNKS, SparseChain
+from lesion.damage.sparse import CPU_CHUNK_BYTES, CPU_DENSE_BYTES, SPARSE_CHUNKS, SparseChain
 from lesion.errors import LesionError
 from lesion.functional import eval_mode, parameters_of, traceable
 from lesion.nets.outputs import as_rows, select_output
@@ -274,7 +274,11 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
                 results = outputs.new_empty((outputs.shape[2], len(configs), outputs.shape[1])).permute(1, 2, 0)
             else:
                 results = outputs.new_empty((len(configs), *outputs.shape[1:]))
-        results.index_copy_(0, torch.tensor(indices, device=outputs.device), outputs)
+        index = torch.tensor(indices, device=outputs.device)
+        if class_major and outputs.dim() == 3:  # along the (outputs, configs, inputs) storage: whole rows
+            results.permute(2, 0, 1).index_copy_(1, index, outputs.permute(2, 0, 1))
+        else:
+            results.index_copy_(0, index, outputs)
 
     with progress.bar(len(configs), desc, "config") as bar:
         dense = list(range(len(configs)))
@@ -300,8 +304,10 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
             outer = step * SPARSE_CHUNKS if patches_only else step
             for start in range(0, len(planned), outer):
                 part = planned[start:start + outer]
+                dense_bytes = (CPU_DENSE_BYTES if memory_bytes is None and device.type != "cuda" else budget) \
+                    if patches_only else None
                 place([k for k, _ in part], engine.outputs([configs[k] for k, _ in part], [p for _, p in part],
-                                                           class_major, dense_step=step if patches_only else None))
+                                                           class_major, dense_bytes=dense_bytes))
                 bar.update(len(part))
         for group in _by_first_damaged_leaf(chain, [configs[k] for k in dense], dense):
             place(group, _vectorised(model, [configs[k] for k in group], x, base, chain, chunk_size, input_batch,

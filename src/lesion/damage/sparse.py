@@ -34,9 +34,11 @@ from lesion.nets.activations import ScaledReLU, ScaledSigmoid
 
 SPARSE_FRACTION = 0.05  # a layer whose weights change in more than this share of entries takes the dense path
 GEMM_RATIO = 16  # changed rows × layer inputs ≤ this × changed entries: one matrix product beats gathers
-SPARSE_CHUNKS = 8  # chunks whose sparse layers run together (`SparseChain.outputs`, dense_step)
+SPARSE_CHUNKS = 8  # chunks whose sparse layers run together (`SparseChain.outputs`)
 CPU_CHUNK_BYTES = 16 << 20  # a chunk's working set on a CPU: cache-sized (8 to 16 configurations of LeNet-300-100
 # on 1,000 inputs ran 20% faster than 28 or 64 in benchmarks/campaign.py; a GPU takes `chunk_memory`)
+CPU_DENSE_BYTES = 2 << 20  # one boundary's values of a chunk in the dense layers after a sparse difference (an L2
+# cache: 5 configurations of LeNet-300-100's second hidden layer on 1,000 inputs; 8% faster campaigns than 13)
 FOLD_BYTES = 64 << 20  # unit overrides are folded into a Linear layer's weights while the copies fit in this
 
 _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
@@ -272,27 +274,32 @@ class SparseChain:
 
     @torch.no_grad()
     def outputs(self, configs: list[Realised], plans: list[Plan], class_major: bool = False,
-                dense_step: int | None = None) -> torch.Tensor:
+                dense_step: int | None = None, dense_bytes: int | None = None) -> torch.Tensor:
         """The damaged networks' outputs on the chain's inputs, shape (configs, inputs, outputs); with
         `class_major`, a view of (outputs, configs, inputs) storage where a last Linear layer computes them
-        (`batch_metrics` reduces over classes in that layout; the product is faster that way round too). With
-        `dense_step`, the layers from the one where a sparse difference turns dense run `dense_step`
-        configurations at a time (a cache-sized working set), the sparse layers before it all at once."""
+        (`batch_metrics` reduces over classes in that layout; the product is faster that way round too). Where
+        no configuration overrides units, the sparse layers run for all of them at once and the layers from the
+        one where the difference turns dense run a few configurations at a time (`_in_steps`): `dense_step` of
+        them, or as many as keep one boundary's values within `dense_bytes` (cache-sized on a CPU)."""
         values = self.chain.values
         first = min(p.first for p in plans)
         h = values[first]
         state = _State(h.shape[1], torch.zeros(0, dtype=torch.long, device=h.device), h.new_zeros(0, len(h)))
-        return self._from(first, configs, plans, state, class_major, dense_step)
+        steps = (dense_step, dense_bytes) if dense_step or dense_bytes else None
+        return self._from(first, configs, plans, state, class_major, steps)
 
     def _from(self, first: int, configs: list[Realised], plans: list[Plan], state: _State, class_major: bool,
-              dense_step: int | None) -> torch.Tensor:
+              steps: tuple[int | None, int | None] | None = None) -> torch.Tensor:
         """`outputs` from leaf `first` on, the difference at its input being `state`."""
         values = self.chain.values
         for i in range(first, len(self.leaves)):
             leaf = self.leaves[i]
-            if leaf.kind == "linear" and dense_step and len(plans) > dense_step and state.keys.numel() \
-                    and state.full is None and state.keep is None and all(i not in p.inputs for p in plans):
-                return self._in_steps(i, configs, plans, state, class_major, dense_step)
+            if steps and leaf.kind == "linear" and state.keys.numel() and state.full is None \
+                    and state.keep is None and all(not p.inputs and not p.outputs for p in plans):
+                step = steps[0] or max(1, steps[1] // (values[i].element_size() * max(
+                    v.numel() for v in values[i + 1:])))  # type: ignore[operator]
+                if len(plans) > step:
+                    return self._in_steps(i, plans, state, class_major, step)
             state = self._override(i, state, [p.inputs.get(i) for p in plans])
             if leaf.kind == "linear":
                 last = class_major and i == len(self.leaves) - 1
@@ -312,27 +319,55 @@ class SparseChain:
         out.transpose(1, 2).index_put_((state.configs, state.cols), state.delta, accumulate=True)
         return out
 
-    def _in_steps(self, i: int, configs: list[Realised], plans: list[Plan], state: _State, class_major: bool,
-                  step: int) -> torch.Tensor:
-        """`_from(i, …)` `step` configurations at a time: each part takes its configurations' rows of the sparse
-        difference (the keys are sorted by configuration), the results are stacked in order."""
-        width, parts = state.width, []
-        bounds = torch.searchsorted(state.keys, torch.arange(0, len(plans) + step, step, device=state.keys.device)
-                                    * width).tolist()
-        for k, start in enumerate(range(0, len(plans), step)):
-            stop = min(start + step, len(plans))
-            lo, hi = bounds[k], bounds[k + 1]
-            part = _State(width, state.keys[lo:hi] - start * width, state.delta[lo:hi])
-            parts.append(self._from(i, configs[start:stop], plans[start:stop], part, class_major, None))
-        shape = parts[0].shape
-        if class_major:  # (outputs, configurations, inputs) storage, as one part's
-            out = parts[0].new_empty((shape[2], len(plans), shape[1])).permute(1, 2, 0)
-        else:
-            out = parts[0].new_empty((len(plans), *shape[1:]))
-        start = 0
-        for part_out in parts:
-            out[start:start + len(part_out)] = part_out
-            start += len(part_out)
+    def _in_steps(self, i: int, plans: list[Plan], state: _State, class_major: bool, step: int) -> torch.Tensor:
+        """`_from(i, …)` `step` configurations at a time, for configurations without unit overrides: what does
+        not depend on a chunk's dense values is prepared once for all of them (the padded pair products of the
+        difference reaching leaf i, every Linear layer's changed entries with each chunk's share of them, the
+        products of leaf i's changed entries), so that a chunk costs a few operations per layer and chunks
+        small enough to stay in cache pay (`CPU_DENSE_BYTES`)."""
+        leaves, values, count = self.leaves, self.chain.values, len(plans)
+        starts = list(range(0, count, step))
+        marks = torch.tensor([*starts, count], device=state.keys.device)
+        pairs = _padded_pairs(state, self.base[leaves[i].weight], count)
+        if pairs is not None:  # each chunk reads only the slots its own configurations fill (sorted alike by size)
+            per_config = torch.nn.functional.pad(pairs[2], (0, len(starts) * step - count))
+            widths = per_config.view(-1, step).amax(dim=1).tolist()
+        entries, shares = {}, {}
+        for j in range(i, len(leaves)):
+            if leaves[j].kind == "linear":
+                stacked = entries[j] = _stack_entries([p.changes.get(j) for p in plans], self.base[leaves[j].weight])
+                shares[j] = (torch.searchsorted(stacked[0], marks).tolist(),
+                             torch.searchsorted(stacked[4], marks).tolist())
+        e_cfg, rows, cols, delta = entries[i][:4]
+        products = (self._columns(i, cols) + _lookup(state, e_cfg * state.width + cols)) * delta.unsqueeze(1)
+        clean = values[i + 1]
+        out: torch.Tensor | None = None
+        for k, start in enumerate(starts):
+            stop = min(start + step, count)
+            full = self._buffer(i + 1, stop - start)
+            if pairs is None:
+                full.copy_(clean.expand(len(full), -1, -1))
+            else:
+                torch.baddbmm(clean.expand(len(full), -1, -1), pairs[0][start:stop, :widths[k]].transpose(1, 2),
+                              pairs[1][start:stop, :widths[k]], out=full)
+            _add_entries(full, _share(entries[i], shares[i], k, start), products[shares[i][0][k]:shares[i][0][k + 1]])
+            for j in range(i + 1, len(leaves)):
+                leaf = leaves[j]
+                if leaf.kind == "elementwise":
+                    full = _in_place(leaf.module, full)
+                elif leaf.kind == "linear":
+                    part = _share(entries[j], shares[j], k, start)
+                    reached = full[part[0], :, part[2]] * part[3].unsqueeze(1)
+                    full = self._dense_linear(j, full, class_major and j == len(leaves) - 1)
+                    _add_entries(full, part, reached)
+            if out is None:
+                shape = full.shape
+                if class_major:  # (outputs, configurations, inputs) storage, as a chunk's
+                    out = full.new_empty((shape[2], count, shape[1])).permute(1, 2, 0)
+                else:
+                    out = full.new_empty((count, *shape[1:]))
+            out[start:stop] = full
+        assert out is not None
         return out
 
     def _unmasked(self, boundary: int, state: _State) -> _State:
@@ -401,18 +436,9 @@ class SparseChain:
             return _State(width, new_keys, out)
         if state.full is not None:  # dense already
             full = state.full
-            if class_major:  # W·Hᵀ: (outputs, configurations·inputs), the faster orientation for few outputs
-                out = torch.mm(weight, full.reshape(-1, full.shape[2]).T).view(width, len(changes), -1)
-                if leaf.bias:
-                    out += self.base[leaf.bias].view(-1, 1, 1)
-                out = out.permute(1, 2, 0)
-            else:
-                out = self._buffer(i + 1, len(changes))
-                torch.mm(full.reshape(-1, full.shape[2]), weight.T, out=out.view(-1, width))
-                if leaf.bias:
-                    out += self.base[leaf.bias]
             e_cfg, rows, cols, delta, b_cfg, b_rows, b_delta = entries
             contributions = full[e_cfg, :, cols] * delta.unsqueeze(1)
+            out = self._dense_linear(i, full, class_major)
         elif state.keep is not None:  # unit overrides at the input, folded into the weights: W(h·k + v) = (W·k)h + Wv
             assert state.value is not None
             count = len(changes)
@@ -430,10 +456,25 @@ class SparseChain:
             e_cfg, rows, cols, delta, b_cfg, b_rows, b_delta = entries
             reached = self._columns(i, cols) + _lookup(state, e_cfg * state.width + cols)
             contributions = reached * delta.unsqueeze(1)
-        by_row = out.transpose(1, 2)
-        by_row.index_put_((e_cfg, rows), contributions, accumulate=True)
-        by_row.index_put_((b_cfg, b_rows), b_delta.unsqueeze(1).expand(-1, out.shape[1]), accumulate=True)
+        _add_entries(out, entries, contributions)
         return _State(width, state.keys[:0], state.delta[:0], out)
+
+    def _dense_linear(self, i: int, full: torch.Tensor, class_major: bool) -> torch.Tensor:
+        """The undamaged Linear leaf i on dense values `full` (configurations, inputs, features); `class_major`:
+        as a view of (outputs, configurations, inputs) storage."""
+        leaf = self.leaves[i]
+        weight = self.base[leaf.weight]
+        width = weight.shape[0]
+        if class_major:  # W·Hᵀ: (outputs, configurations·inputs), the faster orientation for few outputs
+            out = torch.mm(weight, full.reshape(-1, full.shape[2]).T).view(width, len(full), -1)
+            if leaf.bias:
+                out += self.base[leaf.bias].view(-1, 1, 1)
+            return out.permute(1, 2, 0)
+        out = self._buffer(i + 1, len(full))
+        torch.mm(full.reshape(-1, full.shape[2]), weight.T, out=out.view(-1, width))
+        if leaf.bias:
+            out += self.base[leaf.bias]
+        return out
 
 
 def _stack_entries(changes: list[_Entries | None], weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -474,29 +515,59 @@ def _in_place(module: nn.Module, t: torch.Tensor) -> torch.Tensor:
     return module(t)
 
 
-def _pair_products(clean: torch.Tensor, state: _State, weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out ← clean + Σ over each configuration's pairs of Δh[:, col]·W[:, col]ᵀ (out: configurations, inputs,
-    outputs): one batched product over the pairs, padded per configuration."""
-    count = len(out)
+def _padded_pairs(state: _State, weight: torch.Tensor, count: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """A sparse difference reaching a Linear layer as two batched operands, padded per configuration: the
+    differences (count, pairs, inputs) and the weight columns they meet (count, pairs, outputs), with the
+    number of pairs of each configuration (count,); None where no pair reaches anything."""
     configs, cols, delta = state.configs, state.cols, state.delta
     reaching = delta.abs().amax(dim=1) != 0  # a flip lost to rounding or to an inactive unit adds nothing (NaN stays)
     if not bool(reaching.all()):
         configs, cols, delta = configs[reaching], cols[reaching], delta[reaching]
     if not configs.numel():
-        return out.copy_(clean.expand(count, -1, -1))
+        return None
     per_config = torch.bincount(configs, minlength=count)
     width = int(per_config.max())
     if int(per_config.min()) == width:  # as many pairs in every configuration (a crash of k units): no padding
-        padded = delta.reshape(count, width, -1)
-        columns = weight.index_select(1, cols).T.reshape(count, width, -1)
-    else:
-        starts = torch.cumsum(per_config, 0) - per_config
-        slot = torch.arange(configs.numel(), device=configs.device) - starts[configs]
-        padded = delta.new_zeros(count, width, delta.shape[1])
-        padded[configs, slot] = delta
-        columns = weight.new_zeros(count, width, weight.shape[0])
-        columns[configs, slot] = weight.index_select(1, cols).T
-    return torch.baddbmm(clean.expand(count, -1, -1), padded.transpose(1, 2), columns, out=out)
+        return (delta.reshape(count, width, -1), weight.index_select(1, cols).T.reshape(count, width, -1),
+                per_config)
+    starts = torch.cumsum(per_config, 0) - per_config
+    slot = torch.arange(configs.numel(), device=configs.device) - starts[configs]
+    padded = delta.new_zeros(count, width, delta.shape[1])
+    padded[configs, slot] = delta
+    columns = weight.new_zeros(count, width, weight.shape[0])
+    columns[configs, slot] = weight.index_select(1, cols).T
+    return padded, columns, per_config
+
+
+def _pair_products(clean: torch.Tensor, state: _State, weight: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out ← clean + Σ over each configuration's pairs of Δh[:, col]·W[:, col]ᵀ (out: configurations, inputs,
+    outputs): one batched product over the pairs, padded per configuration."""
+    pairs = _padded_pairs(state, weight, len(out))
+    if pairs is None:
+        return out.copy_(clean.expand(len(out), -1, -1))
+    return torch.baddbmm(clean.expand(len(out), -1, -1), pairs[0].transpose(1, 2), pairs[1], out=out)
+
+
+def _add_entries(out: torch.Tensor, entries: tuple[torch.Tensor, ...], products: torch.Tensor) -> None:
+    """Adds the changed entries' terms to a Linear layer's dense output (configurations, inputs, outputs):
+    ΔW[row, col]·h'[:, col] (`products`, one row per weight entry) and Δb[row], at each entry's configuration."""
+    e_cfg, rows, _, _, b_cfg, b_rows, b_delta = entries
+    by_row = out.transpose(1, 2)
+    if rows.numel():
+        by_row.index_put_((e_cfg, rows), products, accumulate=True)
+    if b_rows.numel():
+        by_row.index_put_((b_cfg, b_rows), b_delta.unsqueeze(1).expand(-1, out.shape[1]), accumulate=True)
+
+
+def _share(entries: tuple[torch.Tensor, ...], shares: tuple[list[int], list[int]], k: int, start: int
+           ) -> tuple[torch.Tensor, ...]:
+    """Chunk k's share of a batch's stacked entries (`_stack_entries`), its configurations counted from the
+    chunk's `start`."""
+    (lo, hi), (b_lo, b_hi) = shares[0][k:k + 2], shares[1][k:k + 2]
+    e_cfg, rows, cols, delta, b_cfg, b_rows, b_delta = entries
+    return (e_cfg[lo:hi] - start, rows[lo:hi], cols[lo:hi], delta[lo:hi], b_cfg[b_lo:b_hi] - start,
+            b_rows[b_lo:b_hi], b_delta[b_lo:b_hi])
 
 
 def _changed_entries(config: Realised, name: str, trained: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
