@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from lesion.cli import main
 from lesion.damage import Target, damaged_outputs, parse_damage, realise
@@ -237,3 +238,19 @@ def test_cli_campaign_file_with_a_bad_site_or_rate(checkpoint, tmp_path, capsys,
     assert main(["campaign", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_a_description_that_names_nothing_fails_before_any_forward():
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
+    calls: list[int] = []  # the batch size of each forward of the first layer
+
+    def count(module, inputs, output):
+        calls.append(len(inputs[0]))
+
+    model[0].register_forward_hook(count)
+    x, y = torch.rand(20, 4), torch.randint(0, 3, (20,))
+    with pytest.raises(LesionError, match="no parameter matches 'nope.weight'"):
+        Campaign(model, x, y, [parse_damage("bitflip:nope.weight:ber=1e-3")])
+    assert 20 not in calls  # no forward over the inputs
+    Campaign(model, x, y, [parse_damage("bitflip:0.weight:ber=1e-3")])
+    assert 20 in calls  # a valid description goes on to the clean forward over the inputs

@@ -179,6 +179,7 @@ class Campaign:
         self.damages = list(damages)
         self.seed, self.tolerance = seed, tolerance
         self.target = Target(model, example=x[:2], inputs=x, protected=dict(protected or {}))
+        realise_each(self.target, self.damages, [seed])  # a description that names nothing fails here, in one line
         self.chain = CleanChain.of(model, x)  # the clean activations, once for the whole campaign
         self.clean = self.chain.output if self.chain is not None else forward_with(model, self.target.base, x)
         self.clean_accuracy = None if y is None else evaluate_outputs(self.clean, y).accuracy
