@@ -6,7 +6,7 @@ from torch import nn
 
 import lesion.damage.clean_chain as clean_chain
 import zoo
-from lesion.damage import Target, parse_damage, realise
+from lesion.damage import Realised, Target, parse_damage, realise
 from lesion.damage.apply import batched_damaged_outputs, damaged_outputs
 from lesion.damage.chain import traced_chain_leaves
 from lesion.damage.clean_chain import CleanChain
@@ -39,6 +39,25 @@ class ScalesInPlace(Passes):
         return self.b(h)
 
 
+class GuardsInPlace(Passes):
+    def forward(self, x):
+        h = self.a(x)
+        h.clamp_(-1e3, 1e3)  # changes nothing on clean values, everything on a damaged one
+        return self.b(self.act(h))
+
+
+class Tied(nn.Module):
+    """A forward that passes one tensor from child to child, two of which share their weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.act, self.b, self.c = nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6), nn.Linear(6, 3)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.c(self.b(self.act(self.a(x))))
+
+
 class Twice(Passes):
     def __init__(self) -> None:
         super().__init__()
@@ -58,7 +77,7 @@ class OwnParameter(Passes):
         return self.b(self.act(self.a(x)))
 
 
-@pytest.mark.parametrize("cls", [Scales, ScalesInPlace, Twice, OwnParameter])
+@pytest.mark.parametrize("cls", [Scales, ScalesInPlace, GuardsInPlace, Twice, OwnParameter])
 def test_a_forward_that_does_more_than_pass_one_tensor_is_one_leaf(cls):
     torch.manual_seed(0)
     model = cls().eval()
@@ -134,3 +153,87 @@ def test_resnet_bit_flips_and_crashes_from_their_first_damaged_block_match_the_l
     # and one at a time (a chunk of one runs without vmap)
     alone = batched_damaged_outputs(model, configs, IMAGES, chunk_size=1)
     torch.testing.assert_close(alone, loop, atol=1e-4, rtol=1e-4, equal_nan=True)
+
+
+def loop_of(model, configs, x):
+    return torch.stack([damaged_outputs(model, c, x) for c in configs])
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_an_in_place_guard_between_children_acts_on_damaged_values():
+    # clamp_ between children keeps the tensor and its clean values: only its version counter tells
+    torch.manual_seed(0)
+    model = GuardsInPlace().eval()
+    x = torch.randn(20, 5)
+    target = Target(model, example=x[:2])
+    configs = [realise(target, [parse_damage(t)], seeded(0)) for t in ("stuck:a.weight:1,2:5000.0",
+                                                                      "stuck:a.bias:3:-4000.0")]
+    loop = loop_of(model, configs, x)
+    assert float(loop.abs().max()) < 1e5  # the guard held the damaged values (to ±1e3) in the model's forward
+    torch.testing.assert_close(batched_damaged_outputs(model, configs, x), loop)
+
+
+def tied_sequential() -> nn.Sequential:
+    torch.manual_seed(0)
+    a, b = nn.Linear(6, 6), nn.Linear(6, 6)
+    b.weight = a.weight
+    return nn.Sequential(a, nn.Tanh(), b, nn.Linear(6, 3)).eval()
+
+
+def test_a_parameter_shared_by_two_leaves_is_damaged_in_both():
+    sequential = tied_sequential()
+    x = torch.randn(20, 6)
+    assert CleanChain.of(sequential, x) is None  # each leaf would see the damaged value under its own name only
+    target = Target(sequential, example=x[:2])
+    configs = [realise(target, [parse_damage(t)], seeded(0))
+               for t in ("stuck:0.weight:1,2:3.0", "bitflip:0.weight:7:30")]
+    for sparse in (True, False):
+        torch.testing.assert_close(batched_damaged_outputs(sequential, configs, x, sparse=sparse),
+                                   loop_of(sequential, configs, x), equal_nan=True)
+    model = Tied().eval()
+    assert len(CleanChain.of(model, x).leaves) == 1
+    target = Target(model, example=x[:2])
+    configs = [realise(target, [parse_damage("stuck:a.weight:1,2:3.0")], seeded(0))]
+    torch.testing.assert_close(batched_damaged_outputs(model, configs, x), loop_of(model, configs, x))
+
+
+def test_a_module_listed_twice_in_a_sequential_runs_twice():
+    torch.manual_seed(0)
+    act = nn.ReLU()
+    model = nn.Sequential(nn.Linear(6, 8), act, nn.Linear(8, 8), act, nn.Linear(8, 3)).eval()
+    x = torch.randn(20, 6)
+    target = Target(model, example=x[:2])
+    configs = [realise(target, [parse_damage(t)], seeded(0)) for t in ("stuck:0.bias:3:-2.0", "stuck:2.bias:1:-3.0")]
+    with torch.no_grad():
+        assert not torch.equal(model(x), model[4](model[2](model[0](x)).relu()))  # the second ReLU matters
+    torch.testing.assert_close(batched_damaged_outputs(model, configs, x), loop_of(model, configs, x))
+
+
+def test_an_in_place_first_leaf_leaves_the_campaigns_clean_boundary_alone():
+    # the dense engine sizes its chunks by running the leaves on one input of the boundary: on a copy
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4), nn.LeakyReLU(0.1, inplace=True), nn.Flatten(),
+                          nn.Linear(64, 3)).eval()
+    x = torch.randn(10, 2, 6, 6)
+    chain = CleanChain.of(model, x)
+    boundary = chain.values[2].clone()
+    assert bool((boundary < 0).any())
+    target = Target(model, example=x[:2])
+    configs = [realise(target, [parse_damage("crash:2#0:count=1")], seeded(i)) for i in range(2)]
+    torch.testing.assert_close(batched_damaged_outputs(model, configs, x, chain=chain), loop_of(model, configs, x))
+    assert torch.equal(chain.values[2], boundary)
+
+
+def test_undamaged_configurations_on_the_dense_path():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 40), nn.ReLU(), nn.Linear(40, 5)).eval()
+    x = torch.randn(16, 12)
+    target = Target(model, example=x[:2])
+    configs = [realise(target, [parse_damage("bitflip:0.weight:3:30")], seeded(0)), Realised(), Realised(),
+               realise(target, [parse_damage("stuck:2.bias:1:3.0")], seeded(0))]
+    for class_major in (False, True):
+        torch.testing.assert_close(batched_damaged_outputs(model, configs, x, sparse=False, class_major=class_major),
+                                   loop_of(model, configs, x), equal_nan=True)

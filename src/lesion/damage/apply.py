@@ -162,7 +162,7 @@ def _activation_numel(model: nn.Module, leaves: list[tuple[str, nn.Module]] | No
     modules = [m for m in model.modules() if not list(m.children())] if leaves is None else [m for _, m in leaves]
     handles = [m.register_forward_hook(count) for m in modules]
     try:
-        h = x[:1]
+        h = x[:1].clone()  # x may be a chain's clean boundary: an in-place first leaf must not overwrite it
         if leaves is None:  # a whole model: also what its functions compute between modules (attention scores)
             with _CountingMode() as counted:
                 model(h)
@@ -409,11 +409,13 @@ def _vectorised(model: nn.Module, configs: list[Realised], x: torch.Tensor, base
                     units[name] = (torch.stack([o.keep for o in overrides]),
                                    torch.stack([o.value for o in overrides]))
                 parts = []
-                if len(chunk) == 1:  # one configuration (a large model): its own forward, nothing stacked
+                if len(chunk) == 1 or not (params or units):
+                    # one configuration (a large model), or a chunk that changes nothing from these leaves on
+                    # (undamaged configurations): one forward, nothing stacked
                     alone = ({n: t[0] for n, t in params.items()}, {n: (k[0], v[0]) for n, (k, v) in units.items()})
-                    outputs.append(torch.cat([runner(*alone, x[i:i + input_batch]) for i in range(0, len(x),
-                                                                                                 input_batch)])[None])
-                    bar.update(1)
+                    out = torch.cat([runner(*alone, x[i:i + input_batch]) for i in range(0, len(x), input_batch)])
+                    outputs.append(out.unsqueeze(0).expand(len(chunk), *out.shape))
+                    bar.update(len(chunk))
                     continue
                 for i in range(0, len(x), input_batch):
                     part = x[i:i + input_batch]
