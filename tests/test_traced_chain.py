@@ -8,6 +8,7 @@ import lesion.damage.clean_chain as clean_chain
 import zoo
 from lesion.damage import Realised, Target, parse_damage, realise
 from lesion.damage.apply import batched_damaged_outputs, damaged_outputs
+from lesion.damage.campaign import Campaign
 from lesion.damage.chain import traced_chain_leaves
 from lesion.damage.clean_chain import CleanChain
 
@@ -237,3 +238,59 @@ def test_undamaged_configurations_on_the_dense_path():
     for class_major in (False, True):
         torch.testing.assert_close(batched_damaged_outputs(model, configs, x, sparse=False, class_major=class_major),
                                    loop_of(model, configs, x), equal_nan=True)
+
+
+def test_an_infinite_batch_norm_weight_gives_what_the_configuration_gives_alone():
+    # vmap's batch-norm rule and the plain kernel differ where a weight is inf (finite against inf − inf = NaN)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Tanh(), nn.Linear(3, 2)).eval()
+    x = torch.randn(6, 4)
+    target = Target(model, example=x[:2])
+    configs = [realise(target, [parse_damage(t)], seeded(i)) for i, t in enumerate(
+        ["stuck:1.weight:0:inf", "stuck:1.weight:1:inf", "stuck:1.bias:2:0.5", "bitflip:1.weight:2:30"])]
+    loop = loop_of(model, configs, x)
+    assert bool(torch.isnan(loop[0]).any())
+    for chunk in (None, 2):
+        torch.testing.assert_close(batched_damaged_outputs(model, configs, x, chunk_size=chunk), loop, equal_nan=True)
+
+
+class ChangesItsInput(nn.Module):
+    """A forward that changes its input in place, and a site called twice (the whole-model path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pre, self.act = nn.LeakyReLU(0.5, inplace=True), nn.Tanh()
+        self.a, self.b, self.out = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.out(self.act(self.b(self.act(self.a(self.pre(x))))))
+
+
+def test_a_model_that_changes_its_input_in_place_sees_the_callers_values_every_time():
+    torch.manual_seed(0)
+    x = torch.randn(8, 4)
+    kept = x.clone()
+    for model, texts in ((ChangesItsInput().eval(), ["crash:act#1:count=2", "stuck:b.bias:1:2.0"]),
+                         (nn.Sequential(nn.LeakyReLU(0.5, inplace=True), nn.Linear(4, 6), nn.Tanh(),
+                                        nn.Linear(6, 3)).eval(), ["act-stuck:2:rate=0.3:value=2:permanent"])):
+        target = Target(model, example=x[:2], inputs=x)
+        configs = [realise(target, [parse_damage(t)], seeded(i)) for i in range(3) for t in texts]
+        reference = torch.stack([damaged_outputs(model, c, kept.clone()) for c in configs])
+        for chunk in (None, 1):
+            torch.testing.assert_close(batched_damaged_outputs(model, configs, x, chunk_size=chunk), reference)
+        assert torch.equal(x, kept)
+
+
+def test_token_outputs_of_a_chain_take_the_dense_way():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    x = torch.randn(6, 3, 5)
+    target = Target(model, example=x[:2])
+    configs = [Realised(), realise(target, [parse_damage("stuck:0.weight:3:2.0")], seeded(0))]
+    batched = batched_damaged_outputs(model, configs, x)
+    torch.testing.assert_close(batched, loop_of(model, configs, x))
+    assert batched.shape == (2, 18, 4)
+    y = torch.randint(0, 4, (6, 3), generator=seeded(1))
+    result = Campaign(model, x, y, [parse_damage("stuck:0.weight:3:2.0")]).run(samples=2)
+    expected = float((loop_of(model, configs[1:], x)[0].argmax(1) == y.reshape(-1)).double().mean())
+    assert [s.accuracy for s in result.samples] == [expected, expected]

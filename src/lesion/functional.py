@@ -66,7 +66,8 @@ def forward_with(model: nn.Module, params: dict[str, torch.Tensor], x: torch.Ten
     if isinstance(model, torch.jit.ScriptModule):
         return _scripted_forward_with(model, params, x, batch_size)
     with eval_mode(model):
-        return torch.cat([functional_call(model, params, (x[i:i + batch_size],), strict=False)
+        # each batch on a copy: a model that changes its input in place must not change the caller's
+        return torch.cat([functional_call(model, params, (x[i:i + batch_size].clone(),), strict=False)
                           for i in range(0, len(x), batch_size)])
 
 

@@ -83,7 +83,8 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Raw outputs f(x; w) of `model` on `x` in eval mode, in batches; the model's mode is restored."""
     with eval_mode(model):
-        return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        # each batch on a copy: a model that changes its input in place must not change the caller's
+        return torch.cat([model(x[i:i + batch_size].clone()) for i in range(0, len(x), batch_size)])
 
 
 def evaluate_outputs(outputs: torch.Tensor, y: torch.Tensor) -> Evaluation:

@@ -137,7 +137,7 @@ def site_values(model: nn.Module, site: Site, x: torch.Tensor, batch_size: int =
         with torch.no_grad(), eval_mode(model):
             for i in range(0, len(x), batch_size):
                 calls[0] = 0
-                model(x[i:i + batch_size])
+                model(x[i:i + batch_size].clone())  # a copy: the model may change its input in place
     finally:
         handle.remove()
     return seen

@@ -125,7 +125,8 @@ class SiteHooks:
         self.current, self.start = units, start
         self.reset()
         try:
-            return as_rows(select_output(functional_call(module, params, (x,), strict=False)))
+            # on a copy: a model that changes its input in place would change the caller's for the next call
+            return as_rows(select_output(functional_call(module, params, (x.clone(),), strict=False)))
         finally:
             self.current = {}
 
@@ -282,7 +283,7 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
 
     with progress.bar(len(configs), desc, "config") as bar:
         dense = list(range(len(configs)))
-        if chain is not None and sparse:
+        if chain is not None and sparse and chain.output.dim() == 2:  # (inputs, outputs); tokens: the dense way
             engine, dense, planned = SparseChain(chain, base), [], []
             for k, plan in enumerate(engine.plan_all(list(configs))):
                 if plan is None:
@@ -309,11 +310,37 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
                 place([k for k, _ in part], engine.outputs([configs[k] for k, _ in part], [p for _, p in part],
                                                            class_major, dense_bytes=dense_bytes))
                 bar.update(len(part))
+        norms = _normalisation_parameters(model)
+        alone = {k for k in dense if norms and _sets_extreme_values(configs[k], norms)}
         for group in _by_first_damaged_leaf(chain, [configs[k] for k in dense], dense):
-            place(group, _vectorised(model, [configs[k] for k in group], x, base, chain, chunk_size, input_batch,
-                                     memory_bytes, bar))
+            together, apart = [k for k in group if k not in alone], [k for k in group if k in alone]
+            for part, size in ((together, chunk_size), (apart, 1)):
+                if part:
+                    place(part, _vectorised(model, [configs[k] for k in part], x, base, chain, size, input_batch,
+                                            memory_bytes, bar))
     assert results is not None
     return results
+
+
+EXTREME_NORM_VALUE = 1e15  # a normalisation parameter beyond this (or not finite) is evaluated alone
+
+
+def _normalisation_parameters(model: nn.Module) -> set[str]:
+    """Names of the parameters of the model's batch and instance normalisation layers."""
+    return {f"{name}.{p}" if name else p for name, module in model.named_modules()
+            if isinstance(module, nn.modules.batchnorm._NormBase) for p, _ in module.named_parameters(recurse=False)}
+
+
+def _sets_extreme_values(config: Realised, names: set[str]) -> bool:
+    """Whether `config` gives a normalisation parameter a value that is not finite or above `EXTREME_NORM_VALUE` in
+    magnitude. vmap's batch-norm rule computes (x − mean)/σ·w, the plain kernel x·(w/σ) + (b − mean·w/σ): with
+    such a value one gives a finite number where the other gives NaN (inf − inf), so a configuration like this
+    runs alone, as it would on its own (`damaged_outputs`)."""
+    for name in names & set(config.changed):
+        values = config.params[name] if name in config.params else config.patches[name][1]
+        if not bool((values.abs() <= EXTREME_NORM_VALUE).all()):  # NaN compares False too
+            return True
+    return False
 
 
 def _by_first_damaged_leaf(chain: CleanChain | None, configs: list[Realised], indices: list[int]

@@ -31,7 +31,7 @@ from lesion.damage.target import Target
 from lesion.errors import LesionError
 from lesion.functional import forward_with
 from lesion.nets.loading import model_digest
-from lesion.nets.outputs import flat_labels
+from lesion.nets.outputs import as_rows, flat_labels
 from lesion.report.jsonio import to_jsonable, write_json
 from lesion.stats import (
     RunningMean,
@@ -181,7 +181,8 @@ class Campaign:
         self.target = Target(model, example=x[:2], inputs=x, protected=dict(protected or {}))
         realise_each(self.target, self.damages, [seed])  # a description that names nothing fails here, in one line
         self.chain = CleanChain.of(model, x)  # the clean activations, once for the whole campaign
-        self.clean = self.chain.output if self.chain is not None else forward_with(model, self.target.base, x)
+        self.clean = as_rows(self.chain.output) if self.chain is not None \
+            else forward_with(model, self.target.base, x)
         self.clean_accuracy = None if y is None else evaluate_outputs(self.clean, y).accuracy
         self.samples: list[SampleResult] = []
         self.execution: Any = None  # what the last run's executor did (lesion.scale.executor.ExecutionStats)

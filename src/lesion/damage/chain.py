@@ -69,6 +69,7 @@ def _version(t: torch.Tensor) -> int | None:
 
 
 def _traced(model: nn.Module, example: torch.Tensor, prefix: str) -> list[tuple[str, nn.Module]]:
+    example = example.clone()  # the caller's values (a slice of the inputs): the model may change them in place
     children = dict(model.named_children())
     if not children or any(True for _ in model.parameters(recurse=False)) \
             or any(True for _ in model.buffers(recurse=False)):

@@ -75,7 +75,7 @@ class CleanChain:
 def _same_outputs(model: nn.Module, x: torch.Tensor, chained: torch.Tensor, input_batch: int) -> bool:
     """Whether the model's own forward on `x` gives the leaves' output `chained`: exactly, or within a few units
     of rounding where a device picks its kernels call by call."""
-    own = torch.cat([model(x[i:i + input_batch]) for i in range(0, len(x), input_batch)])
+    own = torch.cat([model(x[i:i + input_batch].clone()) for i in range(0, len(x), input_batch)])
     if own.shape != chained.shape or own.dtype != chained.dtype:
         return False
     if torch.equal(own, chained):

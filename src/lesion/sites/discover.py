@@ -107,7 +107,7 @@ def record(model: nn.Module, example: torch.Tensor) -> Recording:
         handles.append(module.register_forward_hook(after, with_kwargs=True))
     try:
         with eval_mode(model), torch.no_grad():
-            rec.output = model(example)
+            rec.output = model(example.clone())  # a copy: the model may change its input in place
     except Exception as err:  # noqa: BLE001 - the user's forward
         raise LesionError(f"the model does not run on an example batch of shape {tuple(example.shape)} "
                           f"({type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''})"
@@ -163,7 +163,7 @@ def _reader_input_with_zeroed(model: nn.Module, example: torch.Tensor, site: Cal
     handles = [site.module.register_forward_hook(zero), reader.module.register_forward_pre_hook(look, with_kwargs=True)]
     try:
         with eval_mode(model), torch.no_grad():
-            model(example)
+            model(example.clone())
     finally:
         for handle in handles:
             handle.remove()
