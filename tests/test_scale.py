@@ -54,6 +54,16 @@ def test_a_checkpoint_resumes_where_the_run_stopped(tmp_path):
         other.run(samples=10, checkpoint=path)
 
 
+def test_a_checkpoint_of_another_length_or_batch_reuses_only_the_samples_asked_for(tmp_path):
+    model, x, y = _model_and_data()
+    whole = _figures(_campaign(model, x, y).run(samples=100))
+    path = tmp_path / "shards.json"
+    _campaign(model, x, y).run(samples=10, checkpoint=path)  # a last shard of 10, not of a whole batch
+    assert _figures(_campaign(model, x, y).run(samples=100, checkpoint=path)) == whole
+    assert _figures(_campaign(model, x, y).run(samples=50, checkpoint=path)) == whole[:50]
+    assert _figures(_campaign(model, x, y).run(samples=100, checkpoint=path, batch=32)) == whole
+
+
 def test_ray_gives_the_local_numbers_even_when_a_worker_dies():
     pytest.importorskip("ray")
     from lesion.scale.ray_executor import RayExecutor

@@ -68,7 +68,7 @@ class LocalExecutor:
                 ) -> Iterator[list[SampleResult]]:
         """The samples from `len(campaign.samples)` to `goal`, a shard at a time, in order."""
         for start in shard_starts(len(campaign.samples), goal, batch):
-            stored = store.get(start) if store is not None else None
+            stored = store.get(start, min(goal, start + batch)) if store is not None else None
             if stored is not None:
                 self.stats.resumed += 1
                 yield from_records(stored)

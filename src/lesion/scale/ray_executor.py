@@ -186,7 +186,7 @@ class RayExecutor(RayPool):
                 ) -> Iterator[list[SampleResult]]:
         """The samples from `len(campaign.samples)` to `goal`, a shard at a time, in index order."""
         starts = shard_starts(len(campaign.samples), goal, batch)
-        stored = {s: store.get(s) for s in starts} if store is not None else {}
+        stored = {s: store.get(s, min(goal, s + batch)) for s in starts} if store is not None else {}
         stored = {s: r for s, r in stored.items() if r is not None}
         self.stats.resumed += len(stored)
         todo = [(s, min(goal, s + batch)) for s in starts if s not in stored]

@@ -34,14 +34,20 @@ class ShardStore:
                 raise LesionError(f"{self.path} holds shards of another campaign (damage, seed, model, inputs or "
                                   "protection differ); give another --checkpoint file")
             self.shards = {int(k): v for k, v in payload["shards"].items()}
+        self.by_index = {int(r["index"]): r for records in self.shards.values() for r in records}
 
-    def get(self, start: int) -> list[dict[str, Any]] | None:
-        """The samples of the shard starting at `start`, if it finished before."""
-        return self.shards.get(start)
+    def get(self, start: int, stop: int) -> list[dict[str, Any]] | None:
+        """Samples start … stop − 1 if every one of them finished before, from whichever shards hold them: a run
+        with another number of samples or another batch size reuses what applies and no more (each sample is
+        drawn from its own seed, so a sample is the same in any shard)."""
+        if all(i in self.by_index for i in range(start, stop)):
+            return [self.by_index[i] for i in range(start, stop)]
+        return None
 
     def put(self, start: int, samples: list[dict[str, Any]]) -> None:
         """Record a finished shard (atomically)."""
         self.shards[start] = samples
+        self.by_index.update((int(r["index"]), r) for r in samples)
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps({"format": FORMAT, "identity": self.identity,
                                    "shards": {str(k): v for k, v in sorted(self.shards.items())}}))
