@@ -254,3 +254,16 @@ def test_a_description_that_names_nothing_fails_before_any_forward():
     assert 20 not in calls  # no forward over the inputs
     Campaign(model, x, y, [parse_damage("bitflip:0.weight:ber=1e-3")])
     assert 20 in calls  # a valid description goes on to the clean forward over the inputs
+
+
+def test_a_drop_of_exactly_the_tolerance_is_not_a_failure():
+    from fractions import Fraction
+
+    from lesion.damage.campaign import fails
+
+    for n, tolerance in ((20, 0.05), (100, 0.05), (30, 0.1), (1000, 0.02)):
+        limit = Fraction(str(tolerance))  # the tolerance as the user wrote it, exactly
+        for clean in range(n + 1):
+            for damaged in range(0, clean + 1, max(1, n // 50)):
+                exact = Fraction(clean - damaged, n) > limit
+                assert fails(damaged / n, clean / n, tolerance) == exact, (n, tolerance, clean, damaged)

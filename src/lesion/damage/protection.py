@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lesion.damage.bits import FORMATS
-from lesion.damage.campaign import CampaignResult
+from lesion.damage.campaign import CampaignResult, fails
 from lesion.damage.target import Target
 from lesion.errors import LesionError
 from lesion.stats import binomial_upper_tail, wilson_interval
@@ -119,13 +119,13 @@ def rank(result: CampaignResult, target: Target, groups: list[set[tuple[str, int
     failures: dict[tuple[str, int], int] = {}
     hits: dict[tuple[str, int], int] = {}
     for sample, hit in zip(result.samples, groups, strict=True):
-        failed = sample.accuracy < result.clean_accuracy - tolerance
+        failed = fails(sample.accuracy, result.clean_accuracy, tolerance)
         for group in hit:
             hits[group] = hits.get(group, 0) + 1
             failures[group] = failures.get(group, 0) + failed
     sizes = {name: target.tensors[name].numel() for name in width}
     n = len(result.samples)
-    failed_total = sum(1 for s in result.samples if s.accuracy < result.clean_accuracy - tolerance)
+    failed_total = sum(1 for s in result.samples if fails(s.accuracy, result.clean_accuracy, tolerance))
     ranked = []
     threshold = 0.05 / max(len(hits), 1)
     for (name, bit), hit in hits.items():
@@ -159,7 +159,7 @@ def predicted_failure_rate(result: CampaignResult, target: Target, chosen: list[
     assert clean is not None
     groups = flipped_groups(result, target) if groups is None else groups
     remaining = sum(1 for sample, hit in zip(result.samples, groups, strict=True)
-                    if sample.accuracy < clean - tolerance and not hit & protected)
+                    if fails(sample.accuracy, clean, tolerance) and not hit & protected)
     n = len(result.samples)
     return remaining / n, wilson_interval(remaining, n), remaining
 
