@@ -235,6 +235,19 @@ def test_batch_metrics_against_float64_cross_entropy():
             assert abs(loss[k] - ref_loss) <= 1e-6 * ref_loss
 
 
+def test_batch_metrics_of_half_precision_outputs_do_not_overflow():
+    # finite float16 outputs whose difference from the clean ones is beyond float16's range (65,504)
+    clean = torch.tensor([[-40.0, 2.0, 1.0], [0.5, 3.0, -1.0]], dtype=torch.float16)
+    damaged = torch.tensor([[[65500.0, 2.0, 1.0], [-65000.0, 3.0, 60000.0]]], dtype=torch.float16)
+    y = torch.tensor([0, 2])
+    for dtype in (torch.float16, torch.bfloat16):
+        error, accuracy, loss = batch_metrics(damaged.to(dtype), clean.to(dtype), y)
+        d, c = damaged.to(dtype).double()[0], clean.to(dtype).double()
+        assert error[0] == pytest.approx(float((d - c).abs().amax(1).mean()), rel=1e-6)
+        assert accuracy[0] == 1.0
+        assert loss[0] == pytest.approx(float(nn.functional.cross_entropy(d, y)), rel=1e-6, abs=1e-6)
+
+
 def test_campaign_figures_equal_the_dense_engine():
     torch.manual_seed(1)
     model = MLP(10, [16, 12], 4).eval()

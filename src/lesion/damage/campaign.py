@@ -122,8 +122,11 @@ def batch_metrics(outputs: torch.Tensor, clean: torch.Tensor, y: torch.Tensor | 
                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Per configuration of `outputs` (configurations, inputs, classes): mean over inputs of ‖F_damaged − F‖_∞
     (SPEC §2.1 default norm), accuracy and cross-entropy. Differences and log-probabilities are computed in the
-    model's dtype, means accumulated in float64; an input whose damaged outputs are not finite counts as
+    model's dtype (float32 for a float16 or bfloat16 model: a difference of two finite half-precision outputs
+    can overflow), means accumulated in float64; an input whose damaged outputs are not finite counts as
     misclassified and makes the loss non-finite (inf for an infinite logit of a wrong class, else NaN)."""
+    if outputs.dtype in (torch.float16, torch.bfloat16):
+        outputs, clean = outputs.float(), clean.float()
     # class-major copies: reductions over a short class axis are ten times faster as a leading axis
     by_class = outputs.permute(2, 0, 1).contiguous()  # (classes, configurations, inputs)
     scratch = torch.sub(by_class, clean.T.contiguous().unsqueeze(1))  # one working tensor, reused below
