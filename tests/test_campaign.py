@@ -267,3 +267,14 @@ def test_a_drop_of_exactly_the_tolerance_is_not_a_failure():
             for damaged in range(0, clean + 1, max(1, n // 50)):
                 exact = Fraction(clean - damaged, n) > limit
                 assert fails(damaged / n, clean / n, tolerance) == exact, (n, tolerance, clean, damaged)
+
+
+def test_without_labels_a_met_width_is_the_width_of_the_reported_interval():
+    # the stopping rule watched the Student-t width while the result reports the bootstrap interval
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    x = torch.randn(50, 4)
+    width = float(np.linspace(0.005, 0.08, 40)[3])
+    result = Campaign(model, x, None, [parse_damage("gauss:1.0")], seed=2).run(ci_width=width, max_samples=1500)
+    low, high = result.output_error["ci"]
+    assert result.target_met and high - low <= width
