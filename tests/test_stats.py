@@ -78,3 +78,12 @@ def test_moments_at_once_keep_the_mean_within_the_extremes():
     at_once = RunningMean.of(values)
     assert at_once.mean == pytest.approx(running.mean, rel=1e-12) and at_once.sd == pytest.approx(running.sd)
     assert (at_once.min, at_once.max, at_once.n) == (running.min, running.max, running.n)
+
+
+def test_a_clipped_interval_of_one_value_is_the_whole_range():
+    from lesion.stats import clipped_interval
+
+    assert clipped_interval([0.3]) == (0.0, 1.0)
+    lo, hi = clipped_interval([0.3, 0.5])  # two values: Student-t with one degree of freedom, clipped
+    half = float(sps.t.ppf(0.975, 1)) * float(np.std([0.3, 0.5], ddof=1)) / np.sqrt(2)
+    assert (lo, hi) == (0.0, pytest.approx(min(1.0, 0.4 + half)))

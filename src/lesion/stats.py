@@ -201,7 +201,10 @@ class RunningMean:
 def clipped_interval(values: list[float], low: float = 0.0, high: float = 1.0,
                      confidence: float = 0.95) -> tuple[float, float]:
     """`mean_interval` clipped to [low, high]: for means of bounded quantities (accuracies, rates) over few
-    configurations, where a Student-t interval can otherwise leave the range (issue 14)."""
+    configurations, where a Student-t interval can otherwise leave the range (issue 14). One value says nothing of
+    the spread: the interval is then the whole range, not the value alone."""
+    if len(values) < 2:
+        return low, high
     lo, hi = mean_interval(values, confidence)
     return max(low, lo), min(high, hi)
 
