@@ -267,3 +267,22 @@ def test_campaign_figures_equal_the_dense_engine():
         if np.isfinite(s.output_error):
             ref = float((out.double() - clean.double()).abs().amax(1).mean())
             assert abs(s.output_error - ref) <= 1e-5 * max(ref, 1.0)
+
+
+def test_a_difference_that_overflows_where_the_damaged_value_does_not_takes_the_dense_path():
+    # float16: a bias set to 65,504 from -100 is a finite value but a difference of 65,604, beyond float16's range
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).half().eval()
+    with torch.no_grad():
+        model[0].bias.copy_(torch.tensor([-100.0, 0.5, 0.25]))
+        model[2].weight.mul_(1e-4)
+    x = torch.randn(8, 4).half()
+    target = Target(model, example=x[:2])
+    configs = [realise(target, [parse_damage(t)], seeded(0)) for t in ("stuck:0.bias:0:65504", "stuck:0.bias:1:2.0")]
+    chain = CleanChain.of(model, x)
+    engine = SparseChain(chain, target.base)
+    assert engine.plan_all(configs)[0] is None and engine.plan(configs[0]) is None
+    assert engine.plan_all(configs)[1] is not None
+    hand = torch.stack([hand_forward(model, c, x) for c in configs])
+    assert bool(torch.isfinite(hand).all())
+    torch.testing.assert_close(batched_damaged_outputs(model, configs, x, chain=chain), hand)

@@ -212,11 +212,16 @@ class SparseChain:
             for name, (flat, values) in config.patches.items():
                 patched.setdefault(name, []).append((k, flat, values))
         entries: dict[int, dict[str, tuple[torch.Tensor, ...]]] = {k: {} for k in simple}
+        dense: set[int] = set()  # configurations whose difference overflows where the new values do not
         for name, items in patched.items():
             trained = self.base[name].reshape(-1)
-            flat = torch.cat([f for _, f, _ in items])
-            delta = torch.cat([v for _, _, v in items]) - trained.index_select(0, flat)
+            flat, values = torch.cat([f for _, f, _ in items]), torch.cat([v for _, _, v in items])
+            delta = values - trained.index_select(0, flat)
             counts = [f.numel() for _, f, _ in items]
+            overflowed = _overflowed(values, delta)
+            if bool(overflowed.any()):
+                dense.update(k for (k, _, _), part in zip(items, torch.split(overflowed, counts), strict=True)
+                             if bool(part.any()))
             leaf = self.leaves[self.owner[name]]
             if name == leaf.weight:
                 columns = self.base[name].shape[1]
@@ -229,6 +234,8 @@ class SparseChain:
         empty = self._empty
         none = {i: self.base[leaf.weight].new_zeros(0) for i, leaf in enumerate(self.leaves) if leaf.weight}
         for k in simple:
+            if k in dense:
+                continue
             changes = {}
             for name in entries[k]:
                 i = self.owner[name]
@@ -262,14 +269,16 @@ class SparseChain:
         rows, cols, delta = empty, empty, weight.new_zeros(0)
         changed = _changed_entries(config, leaf.weight, weight)
         if changed is not None:
-            flat, delta = changed
-            if flat.numel() > self.max_fraction * weight.numel():
+            flat, new, delta = changed
+            if flat.numel() > self.max_fraction * weight.numel() or bool(_overflowed(new, delta).any()):
                 return None
             rows, cols = flat // weight.shape[1], flat % weight.shape[1]
         bias_rows, bias_delta = empty, weight.new_zeros(0)
         changed = _changed_entries(config, leaf.bias, self.base[leaf.bias]) if leaf.bias else None
         if changed is not None:
-            bias_rows, bias_delta = changed
+            bias_rows, new, bias_delta = changed
+            if bool(_overflowed(new, bias_delta).any()):
+                return None
         return _Entries(rows, cols, delta, bias_rows, bias_delta)
 
     @torch.no_grad()
@@ -570,12 +579,22 @@ def _share(entries: tuple[torch.Tensor, ...], shares: tuple[list[int], list[int]
             b_rows[b_lo:b_hi], b_delta[b_lo:b_hi])
 
 
-def _changed_entries(config: Realised, name: str, trained: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(flat indices, new − trained) of the entries of parameter `name` that `config` changes, or None."""
+def _overflowed(new: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Where a difference new − trained is infinite though the new value is finite (a float16 bias set to 65,504
+    from −100; a float32 weight flipped to 3e38 from −1e38): clean + difference would give inf where the damaged
+    network computes a finite value, so such a configuration takes the dense path."""
+    return torch.isinf(delta) & torch.isfinite(new)
+
+
+def _changed_entries(config: Realised, name: str, trained: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(flat indices, new values, new − trained) of the entries of parameter `name` that `config` changes, or
+    None."""
     if name in config.params:
         (flat,) = torch.nonzero((config.params[name] != trained).reshape(-1), as_tuple=True)
-        return flat, config.params[name].reshape(-1)[flat] - trained.reshape(-1)[flat]
+        new = config.params[name].reshape(-1)[flat]
+        return flat, new, new - trained.reshape(-1)[flat]
     if name in config.patches:
         flat, values = config.patches[name]
-        return flat, values - trained.reshape(-1)[flat]
+        return flat, values, values - trained.reshape(-1)[flat]
     return None
