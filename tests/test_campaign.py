@@ -278,3 +278,19 @@ def test_without_labels_a_met_width_is_the_width_of_the_reported_interval():
     result = Campaign(model, x, None, [parse_damage("gauss:1.0")], seed=2).run(ci_width=width, max_samples=1500)
     low, high = result.output_error["ci"]
     assert result.target_met and high - low <= width
+
+
+def test_labels_of_other_integer_types_are_class_indices_and_one_hot_ones_are_refused():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    x = torch.randn(60, 4)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    damage = [parse_damage("crash:1:frac=0.5")]
+    reference = [s.accuracy for s in Campaign(model, x, y, damage, seed=1).run(samples=4).samples]
+    for labels in (y.to(torch.uint8), y.to(torch.int32), y.float(), y.view(-1, 1)):
+        assert [s.accuracy for s in Campaign(model, x, labels, damage, seed=1).run(samples=4).samples] == reference
+    for labels, message in ((nn.functional.one_hot(y, 3), "one-hot"), (nn.functional.one_hot(y, 3).float(), "one-hot"),
+                            (y.float() + 0.5, "whole numbers")):
+        with pytest.raises(LesionError, match=message):
+            Campaign(model, x, labels, damage)

@@ -92,6 +92,17 @@ def sample_seeds(seed: int, indices: Sequence[int]) -> list[int]:
         return ((words[0] | (words[1] << np.uint64(32))) >> np.uint64(1)).tolist()
 
 
+def class_indices(y: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """Labels as int64 class indices: other integer types and whole-number floats converted; one-hot rows (one
+    per row of the model's `outputs`) and fractional labels refused in one line."""
+    one_hot_shaped = y.shape == outputs.shape and y.dim() == 2 and y.shape[1] > 1
+    if one_hot_shaped and bool(((y == 0) | (y == 1)).all()) and bool((y.sum(1) == 1).all()):
+        raise LesionError("the labels look one-hot: give class indices (y.argmax(1))")
+    if y.is_floating_point() and not bool((y == y.round()).all()):
+        raise LesionError("labels must be class indices (whole numbers), not probabilities or fractions")
+    return y if y.dtype == torch.long else y.long()
+
+
 def fails(accuracy: float, clean: float, tolerance: float) -> bool:
     """Whether a configuration fails: its accuracy more than `tolerance` below the clean accuracy. A drop of
     exactly the tolerance does not count, though floating point can make it a hair more (clean 0.20, damaged 0.15,
@@ -186,7 +197,7 @@ class Campaign:
                  ) -> None:
         if not damages:
             raise LesionError("a campaign needs at least one --damage")
-        self.model, self.x, self.y = model, x, y
+        self.model, self.x = model, x
         self.damages = list(damages)
         self.seed, self.tolerance = seed, tolerance
         self.target = Target(model, example=x[:2], inputs=x, protected=dict(protected or {}))
@@ -194,6 +205,7 @@ class Campaign:
         self.chain = CleanChain.of(model, x)  # the clean activations, once for the whole campaign
         self.clean = as_rows(self.chain.output) if self.chain is not None \
             else forward_with(model, self.target.base, x)
+        self.y = y = None if y is None else class_indices(y, self.clean)
         self.clean_accuracy = None if y is None else evaluate_outputs(self.clean, y).accuracy
         self.samples: list[SampleResult] = []
         self.execution: Any = None  # what the last run's executor did (lesion.scale.executor.ExecutionStats)
