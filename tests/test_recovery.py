@@ -257,3 +257,26 @@ def test_cli_recover(tmp_path, capsys):
     assert plot.exists()
     assert main(["recover", "--model", str(ckpt), "--data", "digits", "--delete", "units:9:frac=0.5"]) == 2
     assert main(["recover", "--model", str(ckpt), "--data", "digits", "--delete", "nonsense"]) == 2
+
+
+def test_a_fine_tune_of_a_batch_norm_model_is_the_network_it_reports():
+    # the fine-tune runs on a private copy; the result is scored (and saved) with the model's own running
+    # statistics, so the copy must not train against statistics of its own
+    torch.manual_seed(0)
+    x = torch.randn(700, 6)
+    y = (x[:, 0] + x[:, 1] * x[:, 2] > 0).long() + (x[:, 3] > 1).long()
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU(), torch.nn.Linear(16, 12),
+                                torch.nn.BatchNorm1d(12), torch.nn.ReLU(), torch.nn.Linear(12, 3))
+    train(model, x[:400], y[:400], TrainSettings(epochs=5, seed=0))
+    model.eval()
+    damage = parse_delete(model, "units:1:count=10", torch.Generator().manual_seed(0), x[400:402])
+    problem = RecoveryProblem(model, x[:400], y[:400], x[400:], y[400:], damage)
+    loaded = []
+    load = problem.load
+    problem.load = lambda w: loaded.append(load(w)) or loaded[-1]
+    result, _ = finetune(problem, 1.0)
+    trained = loaded[0].eval()  # the copy the fine-tune trained
+    with torch.no_grad():
+        own = float((trained(x[400:]).argmax(1) == y[400:]).double().mean())
+    assert result.accuracy == own
+    assert torch.equal(trained[3].running_mean, model[3].running_mean)

@@ -217,11 +217,15 @@ def finetune(problem: RecoveryProblem, epochs: float, seed: int = 0, lr: float =
 def _retrain(problem: RecoveryProblem, w: torch.Tensor, mask: torch.Tensor, epochs: float, seed: int,
              lr: float, dropout: bool = True) -> torch.Tensor:
     """`epochs` epochs of labelled minibatches (one-cycle Adam, `train_one_cycle`), D held at 0; dropout on
-    unless `dropout` is False."""
+    unless `dropout` is False. Batch-norm layers keep the model's running statistics (eval mode): the repaired
+    weights are evaluated and saved with those, so they are trained against them too."""
     model = problem.load(w)
     x, y = problem.x_train, problem.y_train
     steps = max(1, math.ceil(epochs * len(x) / FINETUNE_BATCH))
     model.train(dropout)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._NormBase):
+            module.eval()
     try:
         train_one_cycle(model, len(x), steps, FINETUNE_BATCH, lr, seed,
                         lambda idx: F.cross_entropy(model(x[idx]), flat_labels(y[idx])), problem.flat.unflatten(mask),
