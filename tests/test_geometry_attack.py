@@ -144,3 +144,20 @@ def test_halving_norms_on_a_trained_network_match_a_hand_perturbed_copy(trained)
     first = h["random"][0]
     assert by_hand(u, first["norm"]) <= h["level"] < by_hand(u, first["bracket"][0])
     assert h["adversarial"]["norm"] < h["random_median"]
+
+
+def test_random_directions_of_a_model_with_frozen_weights_live_where_the_designed_ones_do():
+    from lesion.damage import Perturbation
+    from lesion.damage.campaign import Campaign
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 10), torch.nn.Tanh(), torch.nn.Linear(10, 3)).eval()
+    model[0].weight.requires_grad_(False)  # 43 trainable weights of 103
+    x = torch.randn(80, 6)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    result = attack(model, x[:40], y[:40], x[40:], y[40:], sigma=2.0, directions=40, k=4, bitflips=False)
+    trainable = Perturbation("sphere", 2.0, "0.bias,2.weight,2.bias")
+    expected = Campaign(model, x[40:], y[40:], [trainable], seed=0).run(samples=40).accuracy
+    everywhere = Campaign(model, x[40:], y[40:], [Perturbation("sphere", 2.0)], seed=0).run(samples=40).accuracy
+    assert result.random_accuracy["mean"] == expected["mean"] != everywhere["mean"]

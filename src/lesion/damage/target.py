@@ -92,7 +92,8 @@ class Target:
         return {**self.base, **self.stored}
 
     def match(self, pattern: str, stored: bool = False) -> list[str]:
-        """Parameter names a pattern selects: an exact name, a glob (`*.weight`), `all`/`*`, `weights`, `biases`;
+        """Parameter names a pattern selects: an exact name, a comma-separated list of names, a glob (`*.weight`),
+        `all`/`*`, `weights`, `biases`;
         with `stored`, the stored integer weights of a quantised model too."""
         chosen = _matching(list(self.tensors if stored else self.base), pattern)
         if not chosen and not stored and _matching(list(self.stored), pattern):
@@ -132,4 +133,7 @@ def _matching(names: list[str], pattern: str) -> list[str]:
         return [n for n in names if n.endswith("bias")]
     if pattern in names:
         return [pattern]
+    if "," in pattern:  # a list of names (parameter names hold no commas)
+        listed = set(pattern.split(","))
+        return [n for n in names if n in listed]
     return [n for n in names if fnmatch.fnmatchcase(n, pattern)]

@@ -239,7 +239,10 @@ def attack(model: nn.Module, x_analysis: torch.Tensor, y_analysis: torch.Tensor,
     op = MetricOperator(model, x_analysis)
     view = op.flat
     clean, _ = _accuracy(view, view.weights, x_eval, y_eval)
-    campaign = Campaign(model, x_eval, y_eval, [Perturbation("sphere", sigma)], seed=seed)
+    # the random directions in the same space as the designed ones: the trainable weights w (SPEC §0), not frozen ones
+    frozen = set(dict(model.named_parameters())) - set(view.layout.names)
+    trainable = ",".join(view.layout.names) if frozen else "all"
+    campaign = Campaign(model, x_eval, y_eval, [Perturbation("sphere", sigma, trainable)], seed=seed)
     random = campaign.run(samples=directions).accuracy
     eigenpairs = top_eigenpairs(op, k)
     u_adv, info = adversarial_direction(op, x_analysis, y_analysis, sigma, k, eigenpairs=eigenpairs)
