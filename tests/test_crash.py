@@ -461,3 +461,38 @@ def test_crash_sets_by_rank_equal_the_enumeration():
             count = rng.randrange(len(every) - start + 1)
             expected = np.array(every[start:start + count], dtype=np.int64).reshape(count, budget.total)
             assert np.array_equal(budget.sets_at(start, count), expected)
+
+
+def _crash_max(model: nn.Sequential, x: torch.Tensor, crashed: int) -> float:
+    """max over sets of `crashed` units of the first hidden layer and inputs of ‖F_crashed − F‖_∞, by hand
+    (a one-hidden-layer or two-hidden-layer Sequential)."""
+    hidden = model[0].out_features
+
+    def forward(units) -> torch.Tensor:
+        h = model[1](model[0](x).clone())
+        h[:, list(units)] = 0.0
+        return model[2:](h)
+
+    with torch.no_grad():
+        clean = forward(())
+        return max(float((forward(s) - clean).abs().max()) for s in itertools.combinations(range(hidden), crashed))
+
+
+@pytest.mark.parametrize("act", [nn.ReLU6(), nn.Hardtanh(-4.0, 4.0)])
+def test_the_bound_of_a_clipped_activation_uses_its_range(act):
+    # ReLU6 is a Hardtanh: its C is 6, and a Hardtanh(-4, 4)'s is 4, not 1
+    model = nn.Sequential(nn.Linear(3, 4), act, nn.Linear(4, 2)).double()
+    with torch.no_grad():
+        model[0].weight.fill_(2.0)
+        model[0].bias.fill_(0.0)
+    x = torch.ones(5, 3, dtype=torch.float64)
+    structure = mlp_structure(model)
+    bound = budget_bound(structure, 1, (1,), output_bounds(structure)).erf
+    true = _crash_max(model, x, 1)
+    assert true > 1.0 and bound >= true * (1 - 1e-12)  # tight here: equal up to the log-space rounding
+
+
+def test_an_input_range_refuses_activations_that_dip():
+    model = nn.Sequential(nn.Linear(1, 1), nn.SiLU(), nn.Linear(1, 1)).double()
+    with pytest.raises(LesionError, match="monotone"):
+        output_bounds(mlp_structure(model), box=(0.0, 1.0))

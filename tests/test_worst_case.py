@@ -16,6 +16,7 @@ from lesion.crash.propagate import CrashPropagation, relax, top_sum
 from lesion.crash.tolerance import largest_within
 from lesion.crash.worst import worst_case
 from lesion.crash.worst_additive import per_input_maxima
+from lesion.errors import LesionError
 from lesion.nets import build_net, save_checkpoint
 from test_crash import brute_force, make, nets
 
@@ -221,3 +222,44 @@ def test_monte_carlo_omega_is_bracketed_by_the_certificate(tmp_path):
     assert result["omega_mav"] <= cert["omega_mav_upper"] * (1 + TOL)
     d = brute_force(model.double(), x.astype(np.float64), CrashBudget((1,), (6,), 2))
     assert cert["omega_max_upper"] == pytest.approx(d.max(), rel=1e-6)  # small: enumerated, exact
+
+
+def test_in_place_activations_leave_the_certified_worst_case_exact():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 10), torch.nn.ReLU(inplace=True), torch.nn.Linear(10, 10),
+                                torch.nn.ReLU(inplace=True), torch.nn.Linear(10, 3)).double()
+    x = torch.randn(12, 4, dtype=torch.float64)
+    result = worst_case(mlp_structure(model), x, 1, [3], time_limit=0.5, enumerate_small=False)[0]
+
+    def forward(units) -> torch.Tensor:
+        h = torch.relu(model[0](x))
+        h[:, list(units)] = 0.0
+        return model[4](torch.relu(model[2](h)))
+
+    with torch.no_grad():
+        clean = forward(())
+        true = max(float((forward(s) - clean).abs().max()) for s in itertools.combinations(range(10), 3))
+    assert result.exact and result.omega_max_lower == pytest.approx(true) == result.omega_max_upper
+
+
+@pytest.mark.parametrize("make", [lambda: torch.nn.LeakyReLU(-1.0), lambda: torch.nn.ELU(alpha=-0.5), torch.nn.SiLU])
+def test_activations_that_are_not_monotone_are_refused_by_the_certified_worst_case(make):
+    model = torch.nn.Sequential(torch.nn.Linear(4, 10), make(), torch.nn.Linear(10, 10), make(),
+                                torch.nn.Linear(10, 2))
+    with pytest.raises(LesionError, match="monotone"):
+        worst_case(mlp_structure(model), torch.randn(6, 4), 1, [2], time_limit=0.5, enumerate_small=False)
+
+
+def test_nan_weights_are_refused():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+    with torch.no_grad():
+        model[0].weight[1, 2] = float("nan")
+    with pytest.raises(LesionError, match="NaN"):
+        mlp_structure(model)
+
+
+def test_a_sequential_that_uses_one_activation_twice_is_refused_in_one_line():
+    act = torch.nn.ReLU()
+    model = torch.nn.Sequential(torch.nn.Linear(4, 10), act, torch.nn.Linear(10, 10), act, torch.nn.Linear(10, 2))
+    with pytest.raises(LesionError, match="serves two of its layers"):
+        mlp_structure(model)

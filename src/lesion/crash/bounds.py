@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from lesion.crash.propagate import is_monotone
 from lesion.crash.structure import MLPStructure, hidden_activations
 from lesion.errors import LesionError
 
@@ -33,7 +34,8 @@ def output_bounds(structure: MLPStructure, x: torch.Tensor | None = None, given:
                   box: tuple[float, float] | None = None) -> OutputBounds:
     """C_l = max |y| of a unit of layer l (SPEC §2.2).
 
-    Order of preference: `given` values; 1 for every layer if all activations are bounded (sigmoid, tanh);
+    Order of preference: `given` values; the bound of every layer's activation if all are bounded (1 for sigmoid
+    and tanh, max(|min|, |max|) for Hardtanh and ReLU6);
     the maximum observed on inputs `x` (data-dependent: the bound then holds on those inputs); an interval
     propagation of the input box [lo, hi]^d through the network (data-free and sound).
     """
@@ -74,6 +76,9 @@ def _interval_bounds(structure: MLPStructure, box: tuple[float, float]) -> tuple
         mid = weight @ centre + (0 if bias is None else bias.double())
         spread = weight.abs() @ radius
         act = structure.activations[layer]
+        if not is_monotone(act):
+            raise LesionError(f"an input range bounds C only through monotone activations; {act} is not: "
+                              "measure C on data instead (--data)")
         with torch.no_grad():
             lower, upper = act(mid - spread), act(mid + spread)
         values.append(float(torch.maximum(lower.abs(), upper.abs()).max()))

@@ -39,13 +39,23 @@ def relu_slope(act: nn.Module) -> float | None:
     return None
 
 
+def is_monotone(act: nn.Module) -> bool:
+    """Whether the activation is non-decreasing, so that its image of an interval is given by the end points
+    (LeakyReLU only with a slope ≥ 0, ELU with α ≥ 0: LeakyReLU(−1) is |z|; SiLU, GELU and Mish dip below 0)."""
+    if isinstance(act, nn.LeakyReLU):
+        return act.negative_slope >= 0
+    if isinstance(act, nn.ELU):
+        return act.alpha >= 0
+    if isinstance(act, ScaledReLU) or type(act).__name__ == "ScaledSigmoid":
+        return getattr(act, "k", 1.0) >= 0
+    return isinstance(act, (nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.Softplus))
+
+
 def check_monotone(act: nn.Module) -> None:
     """Refuse activations whose interval image is not given by their end points."""
-    monotone = (nn.ReLU, ScaledReLU, nn.Sigmoid, nn.Tanh, nn.Hardtanh, nn.LeakyReLU, nn.Softplus, nn.ELU)
-    if isinstance(act, monotone) or type(act).__name__ == "ScaledSigmoid":
-        return
-    raise LesionError(f"certified crash bounds need monotone activations (ReLU, sigmoid, tanh); "
-                      f"{type(act).__name__} is not supported")
+    if not is_monotone(act):
+        raise LesionError(f"certified crash bounds need monotone non-decreasing activations (ReLU, sigmoid, tanh); "
+                          f"{act} is not")
 
 
 def top_sum(g: torch.Tensor, inside: torch.Tensor, free: torch.Tensor, remaining: torch.Tensor,
@@ -121,7 +131,7 @@ class CrashPropagation:
                 z = h @ weight.T + (0 if self.biases[j] is None else self.biases[j])
                 pre.append(z)
                 if j < structure.depth:
-                    h = structure.activations[j](z)
+                    h = structure.activations[j](z.clone())  # a copy: an in-place activation would overwrite `pre`
                 if j + 1 == layer:
                     self.hidden = h  # h_l, (X, N)
         self.pre = pre

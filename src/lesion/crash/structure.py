@@ -8,12 +8,13 @@ after Linear layer l; the output layer is Linear layer L+1.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from lesion.damage.chain import chain_leaves
+from lesion.damage.chain import chain_leaves, sequential_leaves
 from lesion.errors import LesionError
 from lesion.nets.activations import lipschitz_constant, output_bound
 
@@ -72,6 +73,8 @@ def mlp_structure(model: nn.Module) -> MLPStructure:
         why = (f"{type(model).__name__} has its own forward" if not getattr(model, "lesion_cast_inputs", False)
                else "this model stores half-precision weights and is read with its inputs cast to them; analyse "
                "a float32 copy (model.float()) for the bound")
+        if leaves is None and sequential_leaves(model) is not None:
+            why = "one module or parameter serves two of its layers; give each layer its own"
         raise LesionError("the crash bound needs an MLP (a chain of Linear layers and elementwise activations); "
                           + why)
     weights, biases, acts, linear_names, act_names = [], [], [], [], []
@@ -83,12 +86,17 @@ def mlp_structure(model: nn.Module) -> MLPStructure:
             if expecting_activation:
                 raise LesionError(f"Linear layer {name} follows another Linear layer without an activation; "
                                   "merge them or add the activation")
+            if any(bool(torch.isnan(t).any()) for t in (module.weight, module.bias) if t is not None):
+                raise LesionError(f"{name} holds NaN weights: crash figures of such a network mean nothing")
             weights.append(module.weight.detach())
             biases.append(None if module.bias is None else module.bias.detach())
             linear_names.append(name)
             expecting_activation = True
             continue
         if expecting_activation and (lipschitz_constant(module) is not None or _is_activation(module)):
+            if getattr(module, "inplace", False):  # an in-place activation would overwrite the values it reads
+                module = copy.copy(module)
+                module.inplace = False
             acts.append(module)
             act_names.append(name)
             expecting_activation = False

@@ -17,18 +17,19 @@ from torch import nn
 def chain_leaves(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]] | None:
     """The (qualified name, module) leaves of `model` in execution order, or None if it is not a chain (also
     where two leaves are one module or share a parameter: `distinct_leaves`)."""
-    leaves = _sequential_leaves(model, prefix)
+    leaves = sequential_leaves(model, prefix)
     return leaves if leaves is None or distinct_leaves(leaves) else None
 
 
-def _sequential_leaves(model: nn.Module, prefix: str) -> list[tuple[str, nn.Module]] | None:
+def sequential_leaves(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]] | None:
+    """`chain_leaves` before the check that no two leaves share a module or a parameter."""
     if (isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward
             and "forward" not in vars(model)):  # a `logits_view` has a forward of its own
         leaves: list[tuple[str, nn.Module]] = []
         for name, child in model._modules.items():  # named_children() would skip a module listed twice
             if child is None:
                 continue
-            sub = _sequential_leaves(child, f"{prefix}{name}.")
+            sub = sequential_leaves(child, f"{prefix}{name}.")
             if sub is None:
                 return None
             leaves.extend(sub)

@@ -73,10 +73,10 @@ def lipschitz_constant(act: nn.Module) -> float | None:
 
 def output_bound(act: nn.Module) -> float | None:
     """C of SPEC §2.2 when the activation bounds it (max |φ|), None for unbounded activations."""
-    if isinstance(act, ScaledSigmoid | nn.Sigmoid | nn.Tanh | nn.Hardtanh):
+    if isinstance(act, nn.Hardtanh):  # ReLU6 too (Hardtanh(0, 6)): max |φ| over its range
+        return max(abs(float(act.min_val)), abs(float(act.max_val)))
+    if isinstance(act, ScaledSigmoid | nn.Sigmoid | nn.Tanh):
         return 1.0
-    if isinstance(act, nn.ReLU6):
-        return 6.0
     return None
 
 
