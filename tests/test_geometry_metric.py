@@ -157,3 +157,17 @@ def test_activation_derivatives_in_closed_form_match_autograd():
         out = act(leaf + 0)
         (reference,) = torch.autograd.grad(out, leaf, torch.ones_like(out))
         torch.testing.assert_close(_activation_derivative(act, z), reference, rtol=1e-12, atol=1e-15)
+
+
+def test_eigenvectors_beyond_the_rank_lie_in_the_null_space():
+    # two distinct inputs, each twice: rank 6 (2 inputs × 3 outputs); the Gram route's vectors for the zero
+    # eigenvalues were A^T u of rounding noise, neither null nor orthogonal to the others
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    x = torch.randn(2, 4, dtype=torch.float64).repeat(2, 1)
+    g = dense_reference(model, x)
+    values, vectors, _ = top_eigenpairs(MetricOperator(model, x), 9, method="gram")
+    reference = np.linalg.eigvalsh(g.numpy())[::-1]
+    assert np.allclose(values, reference[:9], atol=1e-10)
+    assert torch.allclose(vectors.T @ vectors, torch.eye(9, dtype=torch.float64), atol=1e-10)
+    assert float((g @ vectors[:, 6:]).abs().max()) < 1e-10

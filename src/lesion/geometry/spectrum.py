@@ -89,14 +89,25 @@ def gram_eigen(op: MetricOperator, k: int | None = None, K: torch.Tensor | None 
 
 
 def eigenvectors_from_gram(op: MetricOperator, values: np.ndarray, gram_vectors: np.ndarray) -> torch.Tensor:
-    """Unit eigenvectors of g, v = Aᵀu/√(|X|λ), one vjp each: (n, k)."""
+    """Unit eigenvectors of g, v = Aᵀu/√(|X|λ), one vjp each: (n, k). Where λ is zero to rounding (k beyond the
+    rank: duplicated inputs, dead units), Aᵀu is rounding noise, not a null vector: those columns are unit vectors
+    orthogonal to the others (the range of g is spanned by the eigenvectors of its nonzero eigenvalues, so
+    these lie in its null space), from a fixed seed."""
     m = len(gram_vectors) // op.inputs
     columns = []
     rows = None if op.flat.mlp is None else op.flat.jacobian_rows(op.weights, op.x, op.output)  # Aᵀu by factors
-    for lam, u in zip(values, gram_vectors.T, strict=True):
+    rank, _, _ = rank_and_rho(np.asarray(values), op.n, op.inputs * m, 0.0, op.weights.dtype)
+    for lam, u in zip(values[:rank], gram_vectors.T[:rank], strict=True):
         cot = torch.from_numpy(np.ascontiguousarray(u)).to(op.weights).reshape(op.inputs, m)
         atu = op.vjp(cot) if rows is None else rows.apply_t(cot.reshape(-1)).to(op.weights)
         v = atu / math.sqrt(op.inputs * max(float(lam), 1e-300))
+        columns.append(v / v.norm())
+    generator = torch.Generator().manual_seed(0)
+    while len(columns) < len(values):
+        v = torch.randn(op.n, generator=generator, dtype=torch.float64).to(op.weights)
+        for _ in range(2):  # twice: orthogonal to rounding
+            for c in columns:
+                v = v - (c @ v) * c
         columns.append(v / v.norm())
     return torch.stack(columns, dim=1)
 
@@ -169,11 +180,13 @@ def trace_hutchinson(op: MetricOperator, samples: int = HUTCHINSON_SAMPLES, seed
     return running.mean, running.interval()
 
 
-def rank_and_rho(eigenvalues: np.ndarray, n: int, rows: int, tau: float) -> tuple[int, float, int]:
-    """Numerical rank (λ > λ_max·rows·ε), ρ(τ) = #{λ > τ}/n, and #{λ > τ}."""
+def rank_and_rho(eigenvalues: np.ndarray, n: int, rows: int, tau: float, dtype: torch.dtype = torch.float64
+                 ) -> tuple[int, float, int]:
+    """Numerical rank (λ > λ_max·rows·ε, ε of the `dtype` the Gram matrix was formed in), ρ(τ) = #{λ > τ}/n,
+    and #{λ > τ}."""
     if len(eigenvalues) == 0:
         return 0, 0.0, 0
-    tol = float(eigenvalues[0]) * rows * np.finfo(np.float64).eps
+    tol = float(eigenvalues[0]) * rows * torch.finfo(dtype).eps
     vulnerable = int((eigenvalues > tau).sum())
     return int((eigenvalues > tol).sum()), vulnerable / n, vulnerable
 
@@ -191,7 +204,7 @@ def spectrum(op: MetricOperator, top: int = 20, tau: float = 1e-3, full: bool | 
             raise LesionError("all nonzero eigenvalues need the Gram route; use fewer inputs")
         K = gram_matrix(op)  # once, for the eigenvalues and the trace
         values, _ = gram_eigen(op, K=K)
-        rank, rho, vulnerable = rank_and_rho(values, op.n, rows, tau)
+        rank, rho, vulnerable = rank_and_rho(values, op.n, rows, tau, K.dtype)
         values = values[:max(rank, 1)]
         trace = trace_exact(op, K)
         positive = values[values > 0]
