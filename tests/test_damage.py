@@ -340,9 +340,10 @@ def test_bit_flips_default_to_the_format_the_weights_and_values_are_held_in(mlp)
     target = Target(half)
     default = realise(target, [parse_damage("bitflip:ber=0.02")], seeded(3))
     explicit = realise(target, [parse_damage("bitflip:ber=0.02:fmt=float16")], seeded(3))
-    as_float32 = realise(target, [parse_damage("bitflip:ber=0.02:fmt=float32")], seeded(3))
     assert default.faults == explicit.faults and default.faults[0]["format"] == "float16"
-    assert default.faults[0]["flips"] != as_float32.faults[0]["flips"]  # 16 candidate bits a weight, not 32
+    assert max(i % 64 for i in default.faults[0]["indices"]) < 16  # 16 candidate bits a weight, not 32
+    with pytest.raises(LesionError, match="cannot hold every float32 word"):  # most float32 flips would vanish
+        realise(target, [parse_damage("bitflip:ber=0.02:fmt=float32")], seeded(3))
     torch.testing.assert_close(damaged_outputs(half, default, x), damaged_outputs(half, explicit, x), rtol=0, atol=0)
     assert parse_damage("bitflip:ber=0.02").spec() == "bitflip:ber=0.02"  # no format written unless given
     sites = Target(half, example=x[:2], inputs=x)
@@ -391,3 +392,25 @@ def test_chunk_sizing_counts_what_functions_compute_between_modules():
             q = model.q(x) * keep
             expected = model.out((torch.softmax(q @ q.transpose(1, 2), dim=-1) @ q).mean(1))
         torch.testing.assert_close(out, expected)
+
+
+def test_options_that_would_do_less_than_they_say_are_refused_or_recorded_as_done():
+    half = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).half()
+    target = Target(half)
+    with pytest.raises(LesionError, match="bits= restricts random flips"):
+        parse_damage("bitflip:0.weight:3:5:bits=30")
+    for text in ("bitflip:*.weight:3:5", "stuck:*.weight:3:5.0"):  # the first match alone, before
+        with pytest.raises(LesionError, match="selects 2 parameters"):
+            realise(target, [parse_damage(text)], seeded(0))
+    record = realise(target, [parse_damage("stuck:0.weight:0:1e6")], seeded(0)).faults[0]
+    assert record["value"] == float("inf") and record["asked"] == 1e6  # what float16 holds, and what was asked
+    from lesion.damage.protection import parse_protection
+
+    protected = Target(half, protected=parse_protection(["weights@31"], target))
+    with pytest.raises(LesionError, match="bit 31 of 0.weight does not exist in float16"):
+        realise(protected, [parse_damage("bitflip:weights:ber=0.05")], seeded(0))
+    bfloat = Target(nn.Sequential(nn.Linear(4, 6)).to(torch.bfloat16))
+    with pytest.raises(LesionError, match="cannot hold every float16 word"):
+        realise(bfloat, [parse_damage("bitflip:ber=0.05:fmt=float16")], seeded(0))
+    wide = Target(nn.Sequential(nn.Linear(4, 6)).double())  # float64 holds float32 words exactly: allowed
+    assert realise(wide, [parse_damage("bitflip:ber=0.05:fmt=float32")], seeded(0)).faults[0]["format"] == "float32"

@@ -149,3 +149,18 @@ def test_the_model_digest_sees_a_quantised_layers_integers(int8):
     edited = _flip_stored(model, "1.7.weight", [(0, 0)])
     assert model_digest(edited) != model_digest(model)
     assert model_digest(copy.deepcopy(model)) == model_digest(model)
+
+
+def test_activation_flips_of_an_int8_model_in_a_wider_format_are_refused():
+    # the stored byte is the word: float32 words drawn over 32 bits had 24 of them dropped
+    from torch import nn as torch_nn
+
+    from lesion.nets.quantise import quantise_int8
+
+    torch.manual_seed(0)
+    model = torch_nn.Sequential(torch_nn.Linear(4, 6), torch_nn.ReLU(), torch_nn.Linear(6, 3)).eval()
+    x = torch.randn(40, 4)
+    target = Target(quantise_int8(model, x), example=x[:2], inputs=x)
+    with pytest.raises(LesionError, match="use fmt=int8"):
+        realise(target, [parse_damage("act-bitflip:1.1:ber=0.02:fmt=float32")], torch.Generator().manual_seed(1))
+    realise(target, [parse_damage("act-bitflip:1.1:ber=0.02:fmt=int8")], torch.Generator().manual_seed(1))

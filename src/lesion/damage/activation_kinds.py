@@ -84,6 +84,9 @@ class ActivationBitFlip:
         """The format the bits are flipped in: `fmt` when given, else the one the site's values are held in
         (float16 in a half-precision model); float32 where the site's dtype is not recorded."""
         if self.fmt is not None:
+            if site.dtype in ("quint8", "qint8") and self.fmt != "int8":  # its words are the stored bytes
+                raise LesionError(f"site {site.name} holds int8-quantised values: their bits are those of a byte, "
+                                  f"not of {self.fmt} words; use fmt=int8")
             return self.fmt
         fmt = bitlib.format_for(site.dtype, f"values of site {site.name}") if site.dtype else "float32"
         self._check_bits(fmt)

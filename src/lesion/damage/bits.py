@@ -276,6 +276,20 @@ def format_of(dtype: torch.dtype | str) -> str | None:
             "int8": "int8"}.get(name)
 
 
+_HOLDS = {"float64": {"float32", "float16", "bfloat16", "int8"}, "float32": {"float32", "float16", "bfloat16", "int8"},
+          "float16": {"float16", "int8"}, "bfloat16": {"bfloat16", "int8"}}
+
+
+def check_format_fits(fmt: str, dtype: torch.dtype, what: str) -> None:
+    """Refuse flipping the bits of `fmt` words in values held as `dtype` when `dtype` cannot hold every such word
+    (fmt=float32 on float16 weights: a flip of a low mantissa bit vanishes on the cast back, while the record and
+    the rate count it; float16 in bfloat16 loses mantissa, bfloat16 in float16 range)."""
+    held = str(dtype).removeprefix("torch.")
+    if held in _HOLDS and fmt not in _HOLDS[held]:
+        raise LesionError(f"{what} are held as {held}, which cannot hold every {fmt} word exactly (flips would vanish "
+                          f"or overflow on the way back): use fmt={held}")
+
+
 def format_for(dtype: torch.dtype | str, what: str) -> str:
     """`format_of(dtype)`, or a LesionError saying that `what` (values of that dtype) needs an explicit fmt=."""
     fmt = format_of(dtype)

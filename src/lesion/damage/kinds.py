@@ -219,12 +219,14 @@ class StuckAt:
 
     def realise(self, target: Target, state: Realised, generator: torch.Generator) -> Realised:
         """Set the weight to the value."""
-        name = target.match(self.param)[0] if self.param not in target.base else self.param
+        name = self.param if self.param in target.base else single_match(target, self.param)
         flat_index = target.flat_index(name, self.index)
         index = torch.tensor([flat_index], device=target.device)
         value = torch.tensor([self.value], dtype=target.base[name].dtype, device=target.device)
-        return state.with_patch(target.base, name, index, value, {"kind": "stuck", "param": name,
-                                                                  "index": flat_index, "value": self.value})
+        record = {"kind": "stuck", "param": name, "index": flat_index, "value": float(value[0])}
+        if float(value[0]) != self.value and not math.isnan(self.value):
+            record["asked"] = self.value  # the value the weight's dtype holds differs (1e6 in float16 is inf)
+        return state.with_patch(target.base, name, index, value, record)
 
     def spec(self) -> str:
         """SPEC string."""
@@ -318,6 +320,15 @@ def load_direction(path: str, names: list[str], target: Target) -> torch.Tensor:
     raise LesionError(f"direction {file} holds a {type(payload).__name__}, not a tensor")
 
 
+def single_match(target: Target, pattern: str, stored: bool = False) -> str:
+    """The one parameter a single-weight damage names: a pattern that selects several is refused."""
+    names = target.match(pattern, stored=stored)
+    if len(names) > 1:
+        shown = ", ".join(names[:4]) + (" …" if len(names) > 4 else "")
+        raise LesionError(f"{pattern!r} selects {len(names)} parameters ({shown}): a single weight needs one name")
+    return names[0]
+
+
 @dataclass(frozen=True)
 class BitFlip:
     """Bit flips in the stored format of weights (SPEC §1, beyond the papers): either one chosen bit of one
@@ -355,6 +366,9 @@ class BitFlip:
         (int8 when any is a quantised layer's integers, whose float biases then take int8 words as with
         fmt=int8). Weights of several float formats, or of float64, need `fmt`: refused with a one-line reason."""
         if self.fmt is not None:
+            for name in names:
+                if name not in target.stored:
+                    bitlib.check_format_fits(self.fmt, target.base[name].dtype, f"the weights of {name}")
             return self.fmt
         if any(n in target.stored for n in names):
             fmt = "int8"
@@ -371,7 +385,7 @@ class BitFlip:
         """Flip the bits and decode the damaged weights."""
         tensors = target.tensors
         if self.bit is not None:
-            name = self.params if self.params in tensors else target.match(self.params, stored=True)[0]
+            name = self.params if self.params in tensors else single_match(target, self.params, stored=True)
             fmt = self.stored_format(target, [name])
             flat_index = target.flat_index(name, self.index or "0")
             weight = state.param(name, tensors)
@@ -415,7 +429,11 @@ class BitFlip:
         protected = None
         if target.protected:
             table = torch.zeros(len(names), 64, dtype=torch.bool)
+            width = bitlib.FORMATS[fmt]
             for p, name in enumerate(names):
+                beyond = sorted(b for b in target.protected.get(name, ()) if b >= width)
+                if beyond:  # bit 31 of a float16 weight protects nothing: say so rather than run unprotected
+                    raise LesionError(f"protected bit {beyond[0]} of {name} does not exist in {fmt} (0..{width - 1})")
                 table[p, list(target.protected.get(name, ()))] = True
             offsets = torch.tensor(np.cumsum(sizes), dtype=torch.int64)
             hit = table[torch.searchsorted(offsets, flat_idx, right=True), flat_bits]

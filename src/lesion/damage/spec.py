@@ -92,6 +92,8 @@ def _parse(kind: str, parts: list[str]) -> Damage | None:
                 raise LesionError("ber must be finite")
             return BitFlip(positional[0] if positional else "all", fmt, ber=ber, positions=positions)
         if "ber" not in options and len(positional) == 3:
+            if "bits" in options:
+                raise LesionError("bits= restricts random flips (ber=); PARAM:INDEX:BIT flips the one bit it names")
             try:
                 bit = int(positional[2])
             except ValueError as err:
