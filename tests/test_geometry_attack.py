@@ -91,6 +91,8 @@ def test_cli_spectrum_and_attack(trained, tmp_path, capsys):
     rows, floor = 500, s["eigenvalues"][0] * 500 * float(np.finfo(np.float32).eps)
     assert -1e-6 * s["trace"] <= s["trace"] - sum(s["eigenvalues"]) <= (rows - s["rank"]) * floor + 1e-6 * s["trace"]
     assert s["eigenvalues"][-1] > floor
+    # ρ(τ) counts the reported eigenvalues above τ, none below the floor
+    assert round(s["rho"] * s["parameters"]) == sum(e > s["threshold"] for e in s["eigenvalues"])
     assert plot.stat().st_size > 10_000
     att = tmp_path / "a.json"
     assert main(["attack", "--model", str(ckpt), "--data", "digits", "--inputs", "100", "--sigma", "1",

@@ -140,6 +140,16 @@ def test_cli_quantise_writes_an_int8_checkpoint_every_command_loads(tmp_path, ca
                  "bitflip:ber=1e-3:fmt=int8", "--samples", "5"]) == 0
     assert "5 configurations of bitflip:ber=0.001:fmt=int8" in capsys.readouterr().out
     assert main(["quantise", "--model", str(int8_path), "--data", "digits", "--out", str(tmp_path / "again.pt")]) == 2
+    capsys.readouterr()
+    # the metric has no float weights to differentiate: one line, and a report leaves its stages out, saying why
+    assert main(["spectrum", "--model", str(int8_path), "--data", "digits", "--inputs", "10", "--top", "3"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    out = tmp_path / "report"
+    assert main(["--quiet", "report", "--model", str(int8_path), "--data", "digits", "--out", str(out), "--quick",
+                 "--stages", "geometry,bitflips"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert "no float parameters" in results["geometry"]["skipped"]
+    assert results["bitflips"]["format"] == "int8" and results["bitflips"]["single_bits"]
 
 
 def test_the_model_digest_sees_a_quantised_layers_integers(int8):

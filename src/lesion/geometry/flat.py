@@ -41,6 +41,9 @@ class FlatModel:
                               "TorchScript); save the model with torch.save or give package.module:factory")
         self.model = model
         self.layout = ParameterLayout.of(model)
+        if self.layout.n == 0:
+            raise LesionError("the model has no float parameters to differentiate (an int8 model stores integers): "
+                              "analyse the float model it was quantised from")
         flat = self.layout.flatten(parameters_of(model)) if weights is None else weights
         dtype = example.dtype if example.is_floating_point() else flat.dtype
         self.weights = flat.to(dtype).detach()

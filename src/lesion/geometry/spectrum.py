@@ -187,7 +187,7 @@ def rank_and_rho(eigenvalues: np.ndarray, n: int, rows: int, tau: float, dtype: 
     if len(eigenvalues) == 0:
         return 0, 0.0, 0
     tol = float(eigenvalues[0]) * rows * torch.finfo(dtype).eps
-    vulnerable = int((eigenvalues > tau).sum())
+    vulnerable = int((eigenvalues > max(tau, tol)).sum())  # below the rank's floor an eigenvalue is not resolved
     return int((eigenvalues > tol).sum()), vulnerable / n, vulnerable
 
 

@@ -358,7 +358,12 @@ def plan_report(ctx: ReportContext, stages: tuple[str, ...], time_limit: float |
     """The size of every stage in `stages`, the largest that keep the estimated total within `time_limit`
     (None: the richest); a LesionError when even the leanest sizes are above it."""
     probe = Probe(ctx)
-    options = {name: ESTIMATORS[name](ctx, probe) for name in stages}
+    options = {}
+    for name in stages:
+        try:
+            options[name] = ESTIMATORS[name](ctx, probe)
+        except LesionError as err:  # a stage this model cannot have (the metric of an int8 model): left out, said
+            options[name] = [StageOption({"skip": True}, 0.0, str(err))]
     for name in stages:
         full = options[name][0]
         if name != "network" and full.seconds > 0:
