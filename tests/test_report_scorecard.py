@@ -86,3 +86,14 @@ def test_halving_entry_says_larger_when_the_designed_direction_needs_more():
     assert "(20× smaller)" in entry["text"]
     (entry,) = [e for e in build_scorecard(attack(50.0)) if e["key"] == "halving_norm"]
     assert "(10× larger: the designed direction does no better than random here)" in entry["text"]
+
+
+def test_the_summary_shows_one_sided_intervals():
+    from lesion.report.sections import summary_section
+
+    card = [{"key": "ber_failure_1pct", "label": "bit-error rate at 1% failures", "value": 8e-7, "text": "8e-07",
+             "section": "bitflips", "interval": [None, 1.23e-6]},
+            {"key": "a", "label": "a", "value": 0.5, "text": "0.5", "section": "network", "interval": [0.25, None]},
+            {"key": "b", "label": "b", "value": 0.5, "text": "0.5", "section": "network", "interval": [None, None]}]
+    rows = summary_section(card).tables[0][1]
+    assert [row[2] for row in rows] == ["≤ 1.230e-06", "≥ 0.2500", "–"]

@@ -221,8 +221,11 @@ def _cmd_tolerance(args: argparse.Namespace) -> dict[str, Any]:
               f"{measured} (ε = {args.epsilon}, ε' = {args.epsilon_own}, C from {C.source})")
     ranking = sorted(range(len(rows)), key=lambda i: -rows[i]["tolerance"]["by_erf_av"])
     if len(rows) > 1:
-        print("ranking by Erf_av tolerance (no data needed): "
-              + " > ".join(f"{args.model[i]} ({rows[i]['tolerance']['by_erf_av']})" for i in ranking))
+        shown = f"{args.model[ranking[0]]} ({rows[ranking[0]]['tolerance']['by_erf_av']})"
+        for before, i in zip(ranking, ranking[1:], strict=False):
+            tied = rows[i]["tolerance"]["by_erf_av"] == rows[before]["tolerance"]["by_erf_av"]
+            shown += f" {'=' if tied else '>'} {args.model[i]} ({rows[i]['tolerance']['by_erf_av']})"
+        print(f"ranking by Erf_av tolerance (no data needed): {shown}")
     return {"networks": rows, "ranking": [args.model[i] for i in ranking]}
 
 

@@ -94,14 +94,16 @@ def build_scorecard(results: dict[str, Any]) -> list[dict[str, Any]]:
             value, interval = tolerated_fraction(curve)
             what = "heads" if curve.get("kind") == "attention-head" else "units"
             shown = "never below 90% of clean" if value is None else (
-                f"{value:.0%} of {curve['units']} {what} (about {int(value * curve['units'])})")
+                f"{value:.0%} of {curve['units']} {what} (about {round(value * curve['units'])}; interpolated "
+                "between the curve's points, where the section lists the first point below 90% of clean)")
             card.append(_entry(f"tolerated_deletion:{curve['layer']}", f"deletions tolerated, {curve['layer']}",
                                value, shown, "breakdown", interval))
             if value is not None and (worst is None or value < worst[1]):
                 worst = (curve["layer"], value)
         if worst:
             card.append(_entry("most_vulnerable_site", "most vulnerable site", worst[0],
-                               f"{worst[0]}: breaks down after {worst[1]:.0%} of its units", "breakdown"))
+                               f"{worst[0]}: breaks down after about {worst[1]:.0%} of its units (interpolated)",
+                               "breakdown"))
     elif "skipped" in bd:
         card.append(_entry("tolerated_deletion", "deletions tolerated", None, f"not computed: {bd['skipped']}",
                            "breakdown"))

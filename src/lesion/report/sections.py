@@ -41,11 +41,20 @@ def _skipped(section: Section, result: dict[str, Any]) -> bool:
 def summary_section(card: list[dict[str, Any]]) -> Section:
     """The summary first (issue 21): one row per scorecard entry, with its interval and a link to its section."""
     s = Section("summary", "Summary")
-    s.paragraphs.append("The figures that decide, each read from the section it links to; intervals are 95%.")
+    s.paragraphs.append("The figures that decide, each read from the section it links to (interpolated between its "
+                        "measured points where the text says so); intervals are 95%, one-sided where a side is "
+                        "beyond the points measured.")
     rows = []
     for entry in card:
         interval = entry.get("interval")
-        shown = "–" if not interval or None in interval else f"{fmt(interval[0])}–{fmt(interval[1])}"
+        if not interval or interval[0] is None and interval[1] is None:
+            shown = "–"
+        elif interval[0] is None:
+            shown = f"≤ {fmt(interval[1])}"
+        elif interval[1] is None:
+            shown = f"≥ {fmt(interval[0])}"
+        else:
+            shown = f"{fmt(interval[0])}–{fmt(interval[1])}"
         rows.append([entry["label"], entry["text"], shown, Link(f"section {entry['section']}", f"#{entry['section']}")])
     s.tables.append((["figure", "value", "interval", "from"], rows))
     return s
