@@ -132,3 +132,13 @@ def test_the_cli_starts_without_importing_torch_and_names_every_figure():
     from lesion.cli.reproduce import FIGURE_NAMES, _figures
 
     assert sorted(FIGURE_NAMES) == sorted(_figures())
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    command = (f"{sys.executable} -m lesion.cli campaign --model preset:mlp2 --data mnist5k --damage crash:1:count=2 "
+               "--samples 3 | true")  # a reader that never reads
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr and "error" not in done.stderr

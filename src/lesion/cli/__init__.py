@@ -8,6 +8,7 @@ everything random, progress bars go to stderr, and a user error prints one line 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -74,12 +75,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             write_json(Path(args.json), {"provenance": provenance(command=args.command,
                                                                   argv=list(argv or sys.argv[1:])), **result})
+        sys.stdout.flush()  # here, so that a reader gone away is met by the handler below, not at exit
     except LesionError as err:
         print(f"lesion: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("lesion: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader stopped (`lesion … | head`): no traceback, and none at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 

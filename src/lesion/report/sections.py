@@ -185,9 +185,10 @@ def build_sections(results: dict[str, Any], out: Path) -> list[Section]:
                          [[fmt(r["ber"]), str(r["n"]), fmt(r["mean"]), f"{fmt(r['ci'][0])}–{fmt(r['ci'][1])}",
                            fmt(r["min"]), f"{fmt(r['failure_rate']['rate'])} ({fmt(r['failure_rate']['ci'][0])}–"
                                           f"{fmt(r['failure_rate']['ci'][1])})"] for r in bits["rates"]]))
-        s.paragraphs.append(f"Bits flip in the format the weights are stored in: {bits.get('format', 'float32')}.")
-        s.paragraphs.append(f"Most damaging single bits among {bits['candidates']} candidates (the sign and top "
-                            "exponent bits of the largest weights, or an int8 word's top bits):")
+        s.paragraphs.append(f"Bits flip in the format the weights are stored in: {bits.get('format', 'float32')}. "
+                            "The first table gives the accuracy at each bit-error rate; the second, the most damaging "
+                            f"single bits among {bits['candidates']} candidates (the sign and top exponent bits of the "
+                            "largest weights, or an int8 word's top bits).")
         s.tables.append((["parameter", "index", "bit", "before", "after", "accuracy"],
                          [[b["param"], str(b["index"]), f"{b['bit']} ({b['bit_name']})", fmt(b["before"]),
                            fmt(b["after"]), fmt(b["accuracy"])] for b in bits["single_bits"]]))
