@@ -225,3 +225,24 @@ def test_summary_comes_first_and_equals_the_sections(user_report):
     markdown = (out / "report.md").read_text()
     assert markdown.index("## Summary") < markdown.index("## 1. Network and data")
     assert "| clean test accuracy |" in markdown
+
+
+def test_the_network_section_gives_the_clean_accuracy_the_later_sections_start_from(tmp_path):
+    # --quick measures sections 3-6 on the first 500 of mnist5k's 1,000 test inputs: two clean accuracies, each said
+    from lesion.nets import build_net
+    from lesion.report.builder import ReportContext, stage_network
+    from lesion.report.sections import build_sections
+    from lesion.train import evaluate
+
+    data = load("mnist5k")
+    model, _ = build_net("mlp:16", data.input_shape, 10, seed=0)
+    model.eval()
+    ctx = ReportContext(model, {"name": "mlp:16"}, data, tmp_path, True)
+    network = stage_network(ctx)
+    assert network["evaluation"]["inputs"] == 500
+    assert network["evaluation"]["accuracy"] == evaluate(model, data.x_test[:500], data.y_test[:500]).accuracy
+    text = " ".join(build_sections({"network": network}, tmp_path)[0].paragraphs)
+    assert f"first 500 test inputs (as sized for this report), where the clean accuracy is " \
+           f"{network['evaluation']['accuracy']:.4f}" in text
+    full = ReportContext(model, {"name": "mlp:16"}, data, tmp_path, False)
+    assert "evaluation" not in stage_network(full)  # 2,000 asked, all 1,000 used: one clean accuracy

@@ -81,6 +81,11 @@ def stage_network(ctx: ReportContext) -> dict[str, Any]:
     if y is not None:
         outputs = predict(ctx.model, ctx.data.x_test, 256)
         result["clean"] = evaluate_outputs(outputs, y).to_dict()
+        subset = len(ctx.x_eval)
+        if subset < len(ctx.data.x_test):  # the later sections measure on the first `subset` test inputs
+            result["evaluation"] = {"inputs": subset,
+                                    "accuracy": evaluate_outputs(outputs[:subset * (len(outputs) // len(y))],
+                                                                 y[:subset]).accuracy}
         if y.dim() == 2:
             result["per_token"] = _per_token(ctx, outputs, y)
     return result

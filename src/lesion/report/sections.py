@@ -75,6 +75,11 @@ def build_sections(results: dict[str, Any], out: Path) -> list[Section]:
         s.paragraphs.append(f"Clean test accuracy {clean['accuracy']:.4f}{' per token' if tokens else ''} (95% Wilson "
                             f"interval {lo:.4f}–{hi:.4f}, {n}), loss {clean['loss']:.4f}"
                             + (f" nats per token (perplexity {clean['perplexity']:.4g})." if tokens else "."))
+    subset = net.get("evaluation")
+    if subset:
+        s.paragraphs.append(f"Sections 3 to 6 measure accuracy on the first {subset['inputs']:,} test inputs (as "
+                            f"sized for this report), where the clean accuracy is {subset['accuracy']:.4f}; their "
+                            "tables and curves start from that figure.")
     if tokens:
         s.paragraphs.append("A sequence model with a label at every token: every accuracy in this report is per "
                             "token, over all positions of the test sequences. By position:")
