@@ -303,14 +303,14 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
             # sparse layers run for SPARSE_CHUNKS chunks at once, the dense ones a chunk at a time
             patches_only = chunk_size is None and all(not p.inputs and not p.outputs for _, p in planned)
             outer = step * SPARSE_CHUNKS if patches_only else step
+            dense_bytes = (CPU_DENSE_BYTES if memory_bytes is None and device.type != "cuda" else budget) \
+                if patches_only else None
             for start in range(0, len(planned), outer):
                 part = planned[start:start + outer]
-                dense_bytes = (CPU_DENSE_BYTES if memory_bytes is None and device.type != "cuda" else budget) \
-                    if patches_only else None
                 place([k for k, _ in part], engine.outputs([configs[k] for k, _ in part], [p for _, p in part],
                                                            class_major, dense_bytes=dense_bytes))
                 bar.update(len(part))
-        norms = _normalisation_parameters(model)
+        norms = _normalisation_parameters(model) if dense else set()
         alone = {k for k in dense if norms and _sets_extreme_values(configs[k], norms)}
         for group in _by_first_damaged_leaf(chain, [configs[k] for k in dense], dense):
             together, apart = [k for k in group if k not in alone], [k for k in group if k in alone]
