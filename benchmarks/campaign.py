@@ -68,6 +68,7 @@ import torch  # noqa: E402
 from lesion.damage import Target, parse_damage, realise  # noqa: E402
 from lesion.damage.campaign import Campaign, sample_seed  # noqa: E402
 from lesion.data import load  # noqa: E402
+from lesion.devices import resolve_device  # noqa: E402
 from lesion.nets import build_net  # noqa: E402
 from lesion.train import TrainSettings, train  # noqa: E402
 
@@ -91,6 +92,10 @@ def entries(config, base: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tens
         index = torch.ne(tensor, base[name]).reshape(-1).nonzero().flatten()
         out[name] = (index, tensor.reshape(-1)[index])
     return out
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def timed(run: Callable[[], list[float]]) -> tuple[float, list[float]]:
@@ -259,7 +264,7 @@ def flipped_values(clean: torch.Tensor, configs: list) -> list[tuple[list[int], 
         assert (faults.site.path, faults.site.hook, faults.fmt) == (ACT_SITE, "output", "float32")
         inputs, units, masks = faults.inputs.cpu(), faults.positions.cpu(), faults.masks.cpu()
         masks = torch.where(masks >= 1 << 31, masks - (1 << 32), masks).to(torch.int32)  # the word's bit pattern
-        values = (clean[inputs, units].contiguous().view(torch.int32) ^ masks).view(torch.float32)
+        values = (clean.cpu()[inputs, units].contiguous().view(torch.int32) ^ masks).view(torch.float32)
         out.append((inputs.tolist(), units.tolist(), values.tolist()))
     return out
 
@@ -270,7 +275,7 @@ def hidden1_loop(model, x, y, faults: list[tuple[list[int], list[int], list[floa
         h1 = hidden1(model, x)
         for inputs, units, values in faults:
             h = h1.clone()
-            h[inputs, units] = torch.tensor(values, dtype=h.dtype)
+            h[inputs, units] = torch.tensor(values, dtype=h.dtype, device=h.device)
             accuracies.append(accuracy(model.out(model.act2(model.fc2(h))), y))
     return accuracies
 
@@ -341,7 +346,11 @@ def scenario(title: str, spec: str, samples: int, model, x, y, tools: list[tuple
     runners = [("lesion Campaign", lambda: lesion_campaign(model, x, y, spec, samples)[0])]
     for name, convert, run in tools:
         faults = convert(configs)
-        run(model, x, y, faults[:WARM_UP])
+        try:
+            run(model, x, y, faults[:WARM_UP])
+        except Exception as err:  # a peer that cannot run here (on a device it does not support, say): say so
+            print(f"{name}: fails here, skipped ({type(err).__name__}: {str(err).splitlines()[0][:160]})")
+            continue
         runners.append((name, lambda run=run, faults=faults: run(model, x, y, faults)))
     best = {name: float("inf") for name, _ in runners}
     differing = {}
@@ -369,7 +378,9 @@ def main() -> None:
     parser.add_argument("--scenarios", default="ABC", help="which scenarios to run, e.g. A (default ABC; D: resnet18)")
     parser.add_argument("--configs-resnet", type=int, default=100)
     parser.add_argument("--resnet-ber", type=float, default=1e-8)
+    parser.add_argument("--device", default="cpu", help="where every tool runs: cpu (default) or cuda")
     args = parser.parse_args()
+    device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
     has_pytorchfi = not args.skip_peers and peer_available("pytorchfi.core")
     has_mrfi = not args.skip_peers and peer_available("mrfi")
@@ -377,10 +388,11 @@ def main() -> None:
     data = load("mnist5k")
     model, _ = build_net("mlp2", data.input_shape, 10, seed=0)
     train(model, data.x_train, data.y_train, TrainSettings(epochs=3, seed=0))
-    model.eval()
-    x, y = data.x_test[:1000], data.y_test[:1000]
+    model.eval().to(device)
+    x, y = data.x_test[:1000].to(device), data.y_test[:1000].to(device)
     base = {name: p.detach() for name, p in model.named_parameters()}
-    print(f"mlp2 (LeNet-300-100) trained 3 epochs on mnist5k; {len(x)} test inputs; {args.threads} threads")
+    print(f"mlp2 (LeNet-300-100) trained 3 epochs on mnist5k; {len(x)} test inputs; {args.threads} threads; "
+          f"device {device_name(device)}")
 
     if "A" in args.scenarios:
         run_bitflips(args, model, x, y, base, has_pytorchfi, has_mrfi)
@@ -389,10 +401,10 @@ def main() -> None:
     if "C" in args.scenarios:
         run_activation_flips(args, model, x, y, has_pytorchfi, has_mrfi)
     if "D" in args.scenarios:
-        run_resnet_bitflips(args, data)
+        run_resnet_bitflips(args, data, device)
 
 
-def run_resnet_bitflips(args, data) -> None:
+def run_resnet_bitflips(args, data, device: torch.device) -> None:
     """Scenario D: timm's resnet18 (`tests/zoo.py`, for 1×28×28 inputs, untrained: its accuracies are chance,
     the check that lesion and the copy loop agree configuration by configuration still holds) against the copy
     loop, weight bit flips at `--resnet-ber` over every parameter, on the first 64 test images."""
@@ -402,8 +414,8 @@ def run_resnet_bitflips(args, data) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     import zoo
 
-    model = zoo.resnet18().eval()
-    x, y = data.x_test[:64].reshape(-1, 1, 28, 28), data.y_test[:64]
+    model = zoo.resnet18().eval().to(device)
+    x, y = data.x_test[:64].reshape(-1, 1, 28, 28).to(device), data.y_test[:64].to(device)
     base = {name: p.detach() for name, p in model.named_parameters()}
     tools = [("copy loop", lambda cs: [entries(c, base) for c in cs], copy_loop)]
     scenario("D, resnet18 weight bit flips", f"bitflip:ber={args.resnet_ber:g}", args.configs_resnet, model, x, y,
@@ -441,7 +453,7 @@ def run_crashes(args, model, x, y, has_pytorchfi: bool, has_mrfi: bool) -> None:
 
 def run_activation_flips(args, model, x, y, has_pytorchfi: bool, has_mrfi: bool) -> None:
     """Scenario C."""
-    clean_h1 = hidden1(model, x)
+    clean_h1 = hidden1(model, x).cpu()
 
     def act_faults(configs):
         return flipped_values(clean_h1, configs)
