@@ -110,6 +110,23 @@ def test_per_token_faults_on_a_sequence_model():
     torch.testing.assert_close(batched_damaged_outputs(model, [config], x)[0], expected, equal_nan=True)
 
 
+def test_batched_per_token_faults_at_two_sites_equal_one_by_one():
+    """Several configurations, faults at two sites (one of them twice, in order), some configurations hitting no
+    input at all, on a per-token model: the batched evaluation over the hit inputs equals each configuration's
+    full forward."""
+    torch.manual_seed(2)
+    model = _Tokens().eval()
+    x = torch.randint(0, 20, (40, 6))
+    target = Target(model, example=x[:2], inputs=x)
+    damages = [parse_damage(s) for s in ("act-bitflip:act:ber=5e-6", "act-stuck:act@in:rate=0.0002:value=9",
+                                         "act-stuck:act:rate=0.0002:value=-4")]
+    configs = [realise(target, damages, torch.Generator().manual_seed(s)) for s in range(16)]
+    hits = [sum(len(f["entries"]) for f in c.faults) for c in configs]
+    assert 0 in hits and max(hits) >= 2
+    reference = torch.stack([damaged_outputs(model, c, x) for c in configs])
+    torch.testing.assert_close(batched_damaged_outputs(model, configs, x), reference, equal_nan=True)
+
+
 def test_permanent_faults_hit_the_same_positions_on_every_input():
     model, x = _mlp()
     target = Target(model, example=x[:2], inputs=x)

@@ -43,13 +43,6 @@ class ActivationFaults:
         """Number of faulty values per configuration (per input when permanent)."""
         return int(self.positions.numel())
 
-    def on_rows(self, rows: torch.Tensor) -> ActivationFaults:
-        """The same faults with input i renumbered `rows[i]` (for a batch of chosen inputs); transient only."""
-        if self.inputs is None:
-            raise LesionError("a permanent activation fault hits every input; it has no inputs to renumber")
-        return ActivationFaults(self.site, self.positions, rows[self.inputs], self.masks, self.values, self.fmt,
-                                self.scale)
-
     def apply(self, t: torch.Tensor, start: int) -> torch.Tensor:
         """`t` (the site's values for inputs start, start+1, …, shape (B, …)) with the faults of those inputs
         applied; a new tensor, `t` is left as it is."""

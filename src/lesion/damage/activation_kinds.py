@@ -42,6 +42,14 @@ def _site(target: Target, address: str) -> tuple[Site, int]:
     return site, per_input
 
 
+def _on_device(device: torch.device, *columns: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Equal-length int64 columns drawn on the host, on `device` in one copy (a copy per column per
+    configuration dominated a GPU campaign's drawing)."""
+    if device.type == "cpu":
+        return columns
+    return torch.stack(columns).to(device).unbind(0)
+
+
 def _record(kind: str, site: Site, options: dict[str, Any], inputs: torch.Tensor | None, positions: torch.Tensor,
             extra: torch.Tensor | None = None) -> dict[str, Any]:
     """The fault record: (input, position[, bit mask]) per faulty value when few, else a count and a digest."""
@@ -102,9 +110,12 @@ class ActivationBitFlip:
         keys, inverse = torch.unique(element, return_inverse=True)
         masks = torch.zeros(keys.numel(), dtype=torch.int64).index_add_(0, inverse, torch.ones_like(bit) << bit)
         scale = target.activation_scale(site) if fmt == "int8" and keys.numel() else None
-        device = target.device
-        which = None if self.permanent else (keys // per_input).to(device)
-        faults = ActivationFaults(site, (keys % per_input).to(device), which, masks.to(device), None, fmt, scale)
+        if self.permanent:
+            positions, masks_there = _on_device(target.device, keys % per_input, masks)
+            which = None
+        else:
+            positions, which, masks_there = _on_device(target.device, keys % per_input, keys // per_input, masks)
+        faults = ActivationFaults(site, positions, which, masks_there, None, fmt, scale)
         options = {"fmt": fmt, "ber": self.ber, "permanent": self.permanent}
         if scale is not None:
             options["scale"] = scale
@@ -140,10 +151,12 @@ class ActivationStuck:
         _, chosen = keyed_random.at_rate(np.array([keyed_random.key_of(generator)]), total, float(self.rate))
         chosen = torch.from_numpy(chosen)
         count = chosen.numel()
-        device = target.device
-        which = None if self.permanent else (chosen // per_input).to(device)
-        values = torch.full((count,), self.value, dtype=torch.float32, device=device)
-        faults = ActivationFaults(site, (chosen % per_input).to(device), which, None, values)
+        if self.permanent:
+            (positions,), which = _on_device(target.device, chosen % per_input), None
+        else:
+            positions, which = _on_device(target.device, chosen % per_input, chosen // per_input)
+        values = torch.full((count,), self.value, dtype=torch.float32, device=target.device)
+        faults = ActivationFaults(site, positions, which, None, values)
         record = _record("act-stuck", site, {"rate": self.rate, "value": self.value, "permanent": self.permanent},
                          None if self.permanent else chosen // per_input, chosen % per_input)
         return state.with_activation_faults(faults, record)

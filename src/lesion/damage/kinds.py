@@ -87,10 +87,10 @@ class UnitCrash:
         """Override the chosen units' values at the site."""
         site = target.site(self.layer, "unit")
         chosen = self.units.select(site.width, None, generator)
-        current = state.units.get(site.name) or UnitOverride.identity(site, target.device)
+        current = state.units.get(site.name) or UnitOverride.identity(site)  # on the host: one copy below
         record = {"kind": "crash", "site": site.name, "width": site.width, **index_record(chosen),
                   "value": self.value}
-        return state.with_units(current.force(chosen, self.value), record)
+        return state.with_units(current.force(chosen, self.value).to(target.device), record)
 
     def spec(self) -> str:
         """SPEC string."""
@@ -169,8 +169,8 @@ class FilterDeletion:
         state = state.with_params(changed, record)
         if site.refused:
             return state
-        current = state.units.get(site.name) or UnitOverride.identity(site, target.device)
-        return state.with_units(current.force(chosen, 0.0), None)
+        current = state.units.get(site.name) or UnitOverride.identity(site)  # on the host: one copy below
+        return state.with_units(current.force(chosen, 0.0).to(target.device), None)
 
     def spec(self) -> str:
         """SPEC string."""

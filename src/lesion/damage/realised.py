@@ -41,6 +41,14 @@ class UnitOverride:
         new[units] = value
         return UnitOverride(self.site, keep, new)
 
+    def to(self, device: torch.device | str) -> UnitOverride:
+        """The override on `device`, keep and value in one copy (drawn on the host, a configuration costs one
+        transfer instead of a handful of tiny kernels on a GPU)."""
+        if self.keep.device == torch.device(device):
+            return self
+        both = torch.stack([self.keep, self.value]).to(device)
+        return UnitOverride(self.site, both[0], both[1])
+
 
 Patch = tuple[torch.Tensor, torch.Tensor]  # (sorted distinct flat indices, new values there)
 

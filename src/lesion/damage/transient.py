@@ -11,6 +11,7 @@ The result equals `damaged_outputs` of each configuration over all inputs (the s
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -35,6 +36,14 @@ def merged(faults: list[ActivationFaults]) -> ActivationFaults:
                             first.scale)
 
 
+def _hit_keys(entries: list[tuple[int, ActivationFaults]], count: int, device: torch.device) -> torch.Tensor:
+    """c·count + input for every fault of every (configuration index c, faults) entry, in entry order."""
+    inputs = torch.cat([f.inputs.to(device) for _, f in entries])  # type: ignore[union-attr] (transient: inputs)
+    owners = torch.tensor([c for c, _ in entries], device=device)
+    sizes = torch.tensor([f.inputs.numel() for _, f in entries], device=device)  # type: ignore[union-attr]
+    return owners.repeat_interleave(sizes) * count + inputs
+
+
 @torch.no_grad()
 def transient_outputs(model: nn.Module, configs: list[Realised], x: torch.Tensor, clean: torch.Tensor,
                       input_batch: int = 4096) -> torch.Tensor:
@@ -45,39 +54,30 @@ def transient_outputs(model: nn.Module, configs: list[Realised], x: torch.Tensor
     if any(not c.transient_only for c in configs):
         raise LesionError("transient_outputs takes configurations whose only damage is transient activation faults")
     device = clean.device
-    rows_per_input = len(clean) // len(x)
-    hit: list[torch.Tensor] = []
-    # per (site, fault order within the configuration, kind, format, scale): the faults of every configuration,
-    # renumbered to rows of the stacked batch; faults of different configurations hit different rows
-    layers: dict[tuple, list[ActivationFaults]] = defaultdict(list)
-    offset = 0
-    for config in configs:
-        inputs = torch.unique(torch.cat([f.inputs.to(device) for faults in config.activations.values()
-                                         for f in faults if f.inputs is not None]))
-        rows = torch.full((len(x),), -1, dtype=torch.long, device=device)
-        rows[inputs] = torch.arange(offset, offset + len(inputs), device=device)
+    count = len(x)
+    rows_per_input = len(clean) // count
+    # per (site, fault order within the configuration, kind, format, scale): the faults of every configuration
+    # with the configuration's index; faults of different configurations hit different rows
+    layers: dict[tuple, list[tuple[int, ActivationFaults]]] = defaultdict(list)
+    for c, config in enumerate(configs):
         for name, faults in config.activations.items():
             for order, f in enumerate(faults):
-                key = (name, order, f.masks is None, f.fmt, f.scale)
-                layers[key].append(f.on_rows(rows))
-        hit.append(inputs)
-        offset += len(inputs)
+                layers[(name, order, f.masks is None, f.fmt, f.scale)].append((c, f))
+    # each hit (configuration c, input i) as the key c·count + i; sorted, a key's rank is its row in the stacked
+    # batch of hit inputs (configurations in order, each one's inputs ascending)
+    keys = {layer: _hit_keys(entries, count, device) for layer, entries in layers.items()}
+    hit = torch.unique(torch.cat(list(keys.values()))) if keys else torch.zeros(0, dtype=torch.long)
     out = clean.unsqueeze(0).repeat(len(configs), *([1] * clean.dim()))
-    if not offset:
+    if not hit.numel():
         return out
     by_site: dict[str, list[ActivationFaults]] = defaultdict(list)
-    for key in sorted(layers, key=lambda k: (k[0], k[1])):
-        by_site[key[0]].append(merged(layers[key]))
-    stacked = x[torch.cat(hit).to(x.device)]
+    for layer in sorted(layers, key=lambda k: (k[0], k[1])):
+        faults = merged([f for _, f in layers[layer]])
+        by_site[layer[0]].append(replace(faults, inputs=torch.searchsorted(hit, keys[layer])))
+    stacked = x[(hit % count).to(x.device)]
     with eval_mode(model), SiteHooks(model, [], {n: tuple(f) for n, f in by_site.items()}) as hooks:
         faulty = torch.cat([hooks.run(model, {}, {}, stacked[i:i + input_batch], start=i)
                             for i in range(0, len(stacked), input_batch)])
     tokens = torch.arange(rows_per_input, device=device)
-    start = 0
-    for c, inputs in enumerate(hit):
-        count = len(inputs)
-        if count:
-            out[c, (inputs.unsqueeze(1) * rows_per_input + tokens).reshape(-1)] = \
-                faulty[start * rows_per_input:(start + count) * rows_per_input]
-        start += count
+    out.view(-1, *out.shape[2:])[(hit.unsqueeze(1) * rows_per_input + tokens).reshape(-1)] = faulty
     return out
