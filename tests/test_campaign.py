@@ -201,14 +201,15 @@ def test_cli_campaign_file_and_replay_from_its_result_alone(checkpoint, tmp_path
 
 
 def test_cli_replay_refuses_what_it_would_ignore(checkpoint, tmp_path, capsys):
-    """A replay runs every recorded configuration: --samples, --ci-width, --damage are refused, not ignored; a
+    """A replay runs every recorded configuration: --samples, --ci-width, --damage, --seed are refused, not ignored; a
     missing file is named as such (not as missing --model/--data)."""
     result = tmp_path / "r.json"
     assert main(["--quiet", "campaign", "--model", str(checkpoint), "--data", "digits", "--damage",
                  "crash:1:frac=0.2", "--samples", "3", "--inputs", "50", "--json", str(result)]) == 0
     capsys.readouterr()
     for extra, named in ((["--samples", "2"], "--samples does not apply"),
-                         (["--ci-width", "0.1", "--damage", "crash:1:k=1"], "--damage and --ci-width do not apply")):
+                         (["--ci-width", "0.1", "--damage", "crash:1:k=1"], "--damage and --ci-width do not apply"),
+                         (["--seed", "3"], "--seed does not apply"), (["--seed=3"], "--seed does not apply")):
         assert main(["campaign", "--replay", str(result), *extra]) == 2
         assert named in capsys.readouterr().err
     assert main(["campaign", "--replay", str(tmp_path / "none.json")]) == 2

@@ -85,6 +85,12 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, checkpoint):
                       "")
     assert_user_error(["train", "--net", "mlp9", "--data", "digits", "--out", str(tmp_path / "x.pt")], capsys,
                       "unknown network")
+    assert main(["crash", "omega", "--model", str(checkpoint), "--data", "digits", "--checkpoint",
+                 str(tmp_path / "progress.json")]) == 2
+    assert "binary (a NumPy .npz archive), not json" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("hello\n")
+    assert_user_error(["evaluate", "--model", str(tmp_path / "notes.txt"), "--data", "digits"], capsys,
+                      "(it begins with b'hello\\n')")
 
 
 def test_unlabelled_npz_cannot_be_evaluated(tmp_path, capsys, checkpoint):

@@ -140,6 +140,9 @@ def expand(argv: Sequence[str]) -> list[str]:
     if at is None or argv[at] != "campaign":
         return argv
     head, tail = argv[:at + 1], argv[at + 1:]
+    if _option_value(tail, "--replay") is not None and _option_value(tail, "--seed") is not None:
+        raise LesionError("--replay runs the recorded configurations, drawn with the seed they were drawn with: "
+                          "--seed does not apply")
     path = _option_value(tail, "--config")
     if path is not None:
         config = read_config(path)

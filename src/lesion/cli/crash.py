@@ -11,8 +11,8 @@ from lesion.cli.options import (
     add_data,
     add_device,
     add_executor,
+    binary_output_file,
     nonnegative_float,
-    output_file,
     positive_float,
     positive_int,
 )
@@ -276,8 +276,8 @@ def register(sub: Any) -> None:
                    help="exact engine (default auto: additive for one hidden layer and raw outputs)")
     p.add_argument("--time-limit", type=positive_float, default=600.0,
                    help="refuse exact runs estimated above this many seconds (default 600)")
-    p.add_argument("--checkpoint", metavar="FILE", type=output_file,
-                   help="save progress here; rerun the same command to resume")
+    p.add_argument("--checkpoint", metavar="FILE", type=binary_output_file,
+                   help="save progress here (a binary NumPy archive); rerun the same command to resume")
     p.add_argument("--split", choices=("test", "train"), default="test", help="inputs: test (default) or train")
     p.add_argument("--inputs", type=positive_int, metavar="N", help="only the first N inputs")
     add_executor(p)

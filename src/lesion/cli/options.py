@@ -119,6 +119,17 @@ def output_file(text: str) -> str:
     return text
 
 
+TEXT_SUFFIXES = (".json", ".csv", ".txt", ".yaml", ".yml", ".html", ".md")
+
+
+def binary_output_file(text: str) -> str:
+    """A file lesion will write in a binary format (a NumPy archive): `output_file`, and not named as text."""
+    if Path(text).suffix.lower() in TEXT_SUFFIXES:
+        raise argparse.ArgumentTypeError(f"{text}: this file is binary (a NumPy .npz archive), not "
+                                         f"{Path(text).suffix.lower()[1:]}; give another name, e.g. omega.ckpt")
+    return output_file(text)
+
+
 def output_dir(text: str) -> str:
     """A folder lesion will write into (created if needed): not an existing file, inside a writable folder."""
     path = Path(text).expanduser()

@@ -131,8 +131,18 @@ def _load_file(path: Path) -> LoadedModel:
 
 
 def _unreadable(path: Path, err: Exception) -> str:
+    """The one-line refusal of a file torch cannot load: where it is neither a zip archive nor a pickle (a text
+    file, say; the loader's own error is then an opaque `KeyError: 101`), what the file begins with."""
+    detail = f"{type(err).__name__}: {_first_line(err)}"
+    if isinstance(err, (KeyError, pickle.UnpicklingError, EOFError)) or "not a ZIP archive" in str(err):
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(24)
+        except OSError:
+            head = b""
+        detail = f"it begins with {head!r}" if head else "it is empty"
     return (f"cannot read model file {path}: it is not a lesion checkpoint, a torch.save'd module or TorchScript "
-            f"({type(err).__name__}: {_first_line(err)})")
+            f"({detail})")
 
 
 def _load_pickled_module(path: Path) -> Any:
