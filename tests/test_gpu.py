@@ -66,6 +66,13 @@ def test_spectrum_on_cuda_matches_cpu():
     top_cpu = top_eigenpairs(MetricOperator(cpu.double(), x.double()), 3)[0]
     top_gpu = top_eigenpairs(MetricOperator(gpu.double(), x.double().cuda()), 3)[0]
     torch.testing.assert_close(torch.as_tensor(top_gpu).cpu(), torch.as_tensor(top_cpu).cpu(), rtol=1e-6, atol=1e-9)
+    # every nonzero eigenvalue (Gram route; on cuda the eigen-decomposition runs there, in float64)
+    from lesion.geometry.spectrum import spectrum
+
+    full_cpu, full_gpu = spectrum(MetricOperator(cpu, x.double())), spectrum(MetricOperator(gpu, x.double().cuda()))
+    assert full_gpu.rank == full_cpu.rank and full_cpu.rank > 100
+    torch.testing.assert_close(torch.tensor(full_gpu.eigenvalues), torch.tensor(full_cpu.eigenvalues), rtol=1e-4,
+                               atol=1e-5 * full_cpu.eigenvalues[0])
 
 
 class _Net(torch.nn.Module):

@@ -73,19 +73,30 @@ def route_for(op: MetricOperator, method: str) -> str:
 def gram_eigen(op: MetricOperator, k: int | None = None, K: torch.Tensor | None = None
                ) -> tuple[np.ndarray, np.ndarray | None]:
     """Eigenvalues of K/|X| (descending) and, when `k` is given, the top-k eigenvectors u of K (columns); `K`,
-    the Gram matrix when the caller has it. The eigen-decomposition runs on the CPU in float64."""
-    K = (gram_matrix(op) if K is None else K).double().cpu()
+    the Gram matrix when the caller has it. The eigen-decomposition runs in float64, on a CUDA device where K is
+    (cuSOLVER: a 10,000-row K in seconds where the host's LAPACK takes half a minute; the host's when the device
+    has no room for it), else on the CPU."""
+    K = gram_matrix(op) if K is None else K
+    if K.device.type == "cuda":
+        try:
+            return _eigen(K.double(), k, op.inputs)
+        except torch.cuda.OutOfMemoryError:
+            pass
+    return _eigen(K.double().cpu(), k, op.inputs)
+
+
+def _eigen(K: torch.Tensor, k: int | None, inputs: int) -> tuple[np.ndarray, np.ndarray | None]:
     size = K.shape[0]
     if k is None:
-        values = torch.linalg.eigvalsh(K).numpy()[::-1] / op.inputs
+        values = torch.linalg.eigvalsh(K).cpu().numpy()[::-1] / inputs
         return np.ascontiguousarray(values), None
     if k >= size - 1 or size <= 2000:
         values, vectors = torch.linalg.eigh(K)
         order = torch.argsort(values, descending=True)[:k]
-        return values[order].numpy() / op.inputs, vectors[:, order].numpy()
-    values, vectors = eigsh(K.numpy(), k=k, which="LA")
+        return values[order].cpu().numpy() / inputs, vectors[:, order].cpu().numpy()
+    values, vectors = eigsh(K.cpu().numpy(), k=k, which="LA")
     order = np.argsort(values)[::-1]
-    return values[order] / op.inputs, vectors[:, order]
+    return values[order] / inputs, vectors[:, order]
 
 
 def eigenvectors_from_gram(op: MetricOperator, values: np.ndarray, gram_vectors: np.ndarray) -> torch.Tensor:
