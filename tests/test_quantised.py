@@ -93,6 +93,33 @@ def test_int8_activation_flips_the_stored_byte(int8):
     torch.testing.assert_close(batched_damaged_outputs(model, [config], x)[0], expected)
 
 
+def test_crash_and_stuck_units_of_an_int8_model_hold_the_words_of_their_values(int8):
+    """A crash at an int8 model's quantised activation (it raised a traceback before) writes the word of 0 (the
+    zero point) into the crashed channels; a unit stuck at 0.5 the nearest word, round(0.5 / scale) + zero point;
+    against a hook editing the words, for one configuration and for a campaign's batch."""
+    model, x, y = int8
+    target = Target(model, example=x[:2], inputs=x)
+    damages = [parse_damage("crash:1.1:0,3,5"), parse_damage("crash:1.1:2:value=0.5")]
+    config = realise(target, damages, torch.Generator())
+
+    def hook(module, args, output):
+        words = output.int_repr().clone()
+        words[:, [0, 3, 5]] = output.q_zero_point()
+        words[:, 2] = round(0.5 / output.q_scale()) + output.q_zero_point()
+        return with_integers(output, words)
+
+    handle = model[1][1].register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            expected = model(x)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(damaged_outputs(model, config, x), expected)
+    torch.testing.assert_close(batched_damaged_outputs(model, [config, config], x)[1], expected)
+    result = Campaign(model, x, y, [parse_damage("crash:1.1:frac=0.5")], seed=0).run(samples=4)
+    assert max(s.accuracy for s in result.samples) < result.clean_accuracy
+
+
 def test_campaign_on_an_int8_model_leaves_it_as_it_was(int8):
     model, x, y = int8
     before = {n: w.clone() for n, w in Target(model, example=x[:2]).stored.items()}
@@ -139,6 +166,15 @@ def test_cli_quantise_writes_an_int8_checkpoint_every_command_loads(tmp_path, ca
     assert main(["--quiet", "campaign", "--model", str(int8_path), "--data", "digits", "--damage",
                  "bitflip:ber=1e-3:fmt=int8", "--samples", "5"]) == 0
     assert "5 configurations of bitflip:ber=0.001:fmt=int8" in capsys.readouterr().out
+    sites = tmp_path / "sites.json"
+    assert main(["sites", "--model", str(int8_path), "--data", "digits", "--json", str(sites)]) == 0
+    listed = capsys.readouterr().out
+    assert "1.act1" in listed and "1.fc1.weight" in listed and "shape (32, 64)" in listed
+    int8_sites = json.loads(sites.read_text())["int8"]
+    assert [s["name"] for s in int8_sites["activations"]] == ["1.act1"]
+    assert int8_sites["activations"][0]["width"] == 32 and int8_sites["stored"]["1.out.weight"] == [10, 32]
+    assert main(["--quiet", "campaign", "--model", str(int8_path), "--data", "digits", "--damage",
+                 "crash:1.act1:frac=0.5", "--samples", "3"]) == 0  # a traceback before
     assert main(["quantise", "--model", str(int8_path), "--data", "digits", "--out", str(tmp_path / "again.pt")]) == 2
     capsys.readouterr()
     # the metric has no float weights to differentiate: one line, and a report leaves its stages out, saying why

@@ -214,15 +214,43 @@ def _cmd_sites(args: argparse.Namespace) -> dict[str, Any]:
     from lesion.damage import Target
 
     loaded, data = load_model_and_data(args)
-    sites = Target(loaded.module, example=data.x_test[:2]).sites
+    target = Target(loaded.module, example=data.x_test[:2])
+    sites = target.sites
     print(f"{len(sites)} sites of {args.model} on inputs of shape {tuple(data.x_test.shape[1:])} "
           "(address them by index or name: crash:SITE:UNITS, head:SITE:HEADS, filter:SITE:UNITS)")
-    print(f"{'#':>4}  {'name':<44} {'kind':<15} {'units':>6}  {'axis':>4}  layer / note")
+    if sites:
+        print(f"{'#':>4}  {'name':<44} {'kind':<15} {'units':>6}  {'axis':>4}  layer / note")
     for s in sites:
         extra = s.refused and f"crash refused: {s.refused}" or s.note
         layer = (f"{s.layer}; " if extra else s.layer) if s.layer and s.layer != s.path else ""
         print(f"{s.index:>4}  {s.name:<44} {s.kind:<15} {s.width:>6}  {s.axis:>4}  {layer}{extra}")
-    return {"model": loaded.to_dict(), "data": data.to_dict(), "sites": [s.to_dict() for s in sites]}
+    out = {"model": loaded.to_dict(), "data": data.to_dict(), "sites": [s.to_dict() for s in sites]}
+    if target.stored:
+        out["int8"] = _int8_sites(target)
+    return out
+
+
+def _int8_sites(target: Any) -> dict[str, Any]:
+    """What an int8 model offers beside the site table (its quantised layers are not unit layers of it): the
+    activations after its quantised layers, addressed by module path, and its stored integer weights."""
+    from lesion.sites.modules import is_activation
+
+    activations = []
+    for path, module in target.model.named_modules():
+        if path and is_activation(module):
+            try:
+                activations.append(target.site(path, None))
+            except LesionError:  # a module the forward does not run
+                continue
+    print("\nint8 model: the activations of its quantised layers, by module path (crash:PATH:UNITS, "
+          "act-bitflip:PATH:ber=R, act-stuck:PATH:rate=R; their values are the stored bytes):")
+    for s in activations:
+        print(f"      {s.name:<44} {s.kind:<15} {s.width:>6}  {s.axis:>4}  {s.dtype or ''}")
+    print("its stored integer weights (bitflip:NAME:ber=R:fmt=int8, bitflip:NAME:INDEX:BIT:fmt=int8):")
+    for name, words in target.stored.items():
+        print(f"      {name:<44} {'int8 words':<15} {words.numel():>6}  shape {tuple(words.shape)}")
+    return {"activations": [s.to_dict() for s in activations],
+            "stored": {name: list(words.shape) for name, words in target.stored.items()}}
 
 
 def _cmd_data(args: argparse.Namespace) -> dict[str, Any]:

@@ -34,7 +34,13 @@ UnitValues = dict[str, tuple[torch.Tensor, torch.Tensor]]  # site name → (keep
 
 
 def _override(t: torch.Tensor, keep: torch.Tensor, value: torch.Tensor, axis: int) -> torch.Tensor:
-    """t·keep + value with (keep, value) laid along `axis` of t (SPEC §6.1: the unit axis of the site)."""
+    """t·keep + value with (keep, value) laid along `axis` of t (SPEC §6.1: the unit axis of the site). An int8
+    model's quantised values are overridden in real numbers and stored back in the tensor's own quantisation:
+    a crashed unit holds the word of 0, a stuck one the nearest word its scale reaches."""
+    if t.is_quantized:
+        from lesion.damage.quantised import requantised_like  # noqa: PLC0415 (quantised imports this module)
+
+        return requantised_like(_override(t.dequantize(), keep, value, axis), t)
     axis = axis if axis >= 0 else t.dim() + axis
     shape = (-1,) + (1,) * (t.dim() - 1 - axis)
     return t * keep.to(t.dtype).reshape(shape) + value.to(t.dtype).reshape(shape)
@@ -251,11 +257,13 @@ def batched_damaged_outputs(model: nn.Module, configs: Sequence[Realised], x: to
         raise LesionError("no damage configurations to evaluate")
     if isinstance(model, torch.jit.ScriptModule):
         return torch.stack([damaged_outputs(model, c, x, input_batch) for c in progress.track(configs, desc)])
-    from lesion.damage.quantised import StoredIntegerRunner, touches_stored_integers
+    from lesion.damage.quantised import StoredIntegerRunner, stored_weights, touches_stored_integers
 
     if touches_stored_integers(list(configs), model):
         runner = StoredIntegerRunner(model)  # one working copy for the batch: configurations one by one
         return torch.stack([runner.outputs(c, x, input_batch) for c in progress.track(configs, desc)])
+    if stored_weights(model):  # an int8 model: torch's quantised kernels have no vmap rules, one by one
+        return torch.stack([damaged_outputs(model, c, x, input_batch) for c in progress.track(configs, desc)])
     if any(c.activations for c in configs):
         return _with_activation_faults(model, configs, x, chunk_size, input_batch, memory_bytes, desc, chain, sparse)
     base = parameters_of(model)

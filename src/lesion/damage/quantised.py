@@ -53,6 +53,15 @@ def with_integers(weight: torch.Tensor, integers: torch.Tensor) -> torch.Tensor:
                                                     weight.q_per_channel_zero_points(), weight.q_per_channel_axis())
 
 
+def requantised_like(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Real `values` quantised as `like` is (its scheme, scales, zero points and integer type); values beyond
+    what its words hold are clamped to them, as the stored words would be."""
+    if like.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+        return torch.quantize_per_tensor(values, like.q_scale(), like.q_zero_point(), like.dtype)
+    return torch.quantize_per_channel(values, like.q_per_channel_scales(), like.q_per_channel_zero_points(),
+                                      like.q_per_channel_axis(), like.dtype)
+
+
 def flipped_integers(words: torch.Tensor, flat_indices: torch.Tensor, bits: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """(distinct flat indices, new words) after flipping bit `bits[k]` of word `flat_indices[k]` (several bits
