@@ -138,6 +138,8 @@ def test_stored_integers_refuse_other_damage_and_formats(int8):
         realise(target, [parse_damage("delete:1.7.weight:frac=0.1")], torch.Generator())
     with pytest.raises(LesionError, match="fmt=int8"):
         realise(target, [parse_damage("bitflip:1.7.weight:0:3:fmt=float32")], torch.Generator())
+    with pytest.raises(LesionError, match="follows a quantised layer.*crash:1.1:UNITS"):
+        realise(target, [parse_damage("filter:1.1:0,1")], torch.Generator())
 
 
 def test_cli_quantise_writes_an_int8_checkpoint_every_command_loads(tmp_path, capsys):

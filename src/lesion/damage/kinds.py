@@ -128,6 +128,9 @@ def unit_parameters(target: Target, site: Site) -> list[tuple[str, int]]:
     rows (columns for Conv1D) and bias, and the scale and shift of the norms in between (SPEC §6.1: with
     BatchNorm, a deletion includes the BN shift)."""
     if site.layer is None:
+        if site.dtype in ("quint8", "qint8"):
+            raise LesionError(f"{site.name} follows a quantised layer, whose stored integers a deletion cannot "
+                              f"edit; crash:{site.name}:UNITS silences the same units after the activation")
         raise LesionError(f"{site.name} has no layer of its own (it follows a residual add or is a module's "
                           "input): delete units at the site of a Linear or conv layer")
     modules = dict(target.model.named_modules())
