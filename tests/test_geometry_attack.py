@@ -77,7 +77,7 @@ def test_cli_spectrum_and_attack(trained, tmp_path, capsys):
     out, plot = tmp_path / "s.json", tmp_path / "s.png"
     top = tmp_path / "top.json"
     assert main(["spectrum", "--model", str(ckpt), "--data", "digits", "--inputs", "50", "--top", "5",
-                 "--json", str(top)]) == 0
+                 "--json", str(top), "--plot", str(tmp_path / "top.png")]) == 0
     assert main(["spectrum", "--model", str(ckpt), "--data", "digits", "--inputs", "50", "--top", "5", "--all",
                  "--json", str(out), "--plot", str(plot)]) == 0
     t, s = json.loads(top.read_text()), json.loads(out.read_text())
@@ -94,6 +94,10 @@ def test_cli_spectrum_and_attack(trained, tmp_path, capsys):
     # ρ(τ) counts the reported eigenvalues above τ, none below the floor
     assert round(s["rho"] * s["parameters"]) == sum(e > s["threshold"] for e in s["eigenvalues"])
     assert plot.stat().st_size > 10_000
+    # the top 5 say nothing of the density: one panel (narrower), where the whole spectrum has two
+    from matplotlib.image import imread
+
+    assert imread(tmp_path / "top.png").shape[1] < 0.7 * imread(plot).shape[1]
     att = tmp_path / "a.json"
     assert main(["attack", "--model", str(ckpt), "--data", "digits", "--inputs", "100", "--sigma", "1",
                  "--directions", "20", "--top", "4", "--no-bitflips", "--json", str(att)]) == 0

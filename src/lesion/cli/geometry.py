@@ -73,7 +73,8 @@ def _cmd_spectrum(args: argparse.Namespace) -> dict[str, Any]:
 
         spectrum_plot(args.plot, {loaded.source: result.eigenvalues}, args.tau, "Spectrum of the metric tensor g",
                       f"{data.name}, {result.inputs} inputs, {args.output} outputs, n = {result.parameters:,}, "
-                      f"{'all nonzero eigenvalues' if result.all_nonzero else f'top {len(result.eigenvalues)}'}")
+                      f"{'all nonzero eigenvalues' if result.all_nonzero else f'top {len(result.eigenvalues)}'}",
+                      density=result.all_nonzero)
     out = result.to_dict()
     out["eigenvalues"] = out["eigenvalues"] if result.all_nonzero else out["eigenvalues"][: args.top]
     return {"model": loaded.to_dict(), "data": data.to_dict(), **out}

@@ -204,7 +204,8 @@ def stage_geometry(ctx: ReportContext) -> dict[str, Any]:
     figures = [spectrum_plot(ctx.out / "spectrum.png", {"g": spec.eigenvalues}, spec.threshold,
                              "Spectrum of the metric tensor g",
                              f"{inputs} training inputs of {ctx.data.name}; {spec.method} route; "
-                             f"{'all nonzero' if spec.all_nonzero else 'top'} eigenvalues").name]
+                             f"{'all nonzero' if spec.all_nonzero else 'top'} eigenvalues",
+                             density=spec.all_nonzero).name]
     result: dict[str, Any] = {"spectrum": spec.to_dict()}
     if ctx.data.y_train is not None and ctx.y_eval is not None:
         att = attack(ctx.model, x_an, ctx.data.y_train[:inputs], ctx.x_eval, ctx.y_eval, 1.0,

@@ -64,15 +64,19 @@ def line_plot(path: str | Path, series: Sequence[Series], xlabel: str, ylabel: s
 
 
 def spectrum_plot(path: str | Path, spectra: dict[str, Sequence[float]], tau: float, title: str,
-                  note: str = "") -> Path:
-    """[G] Fig. 2A style: sorted eigenvalues of g (log scale) per network, and their density (log10 λ)."""
+                  note: str = "", density: bool = True) -> Path:
+    """[G] Fig. 2A style: sorted eigenvalues of g (log scale) per network, and their density (log10 λ) when the
+    spectra are whole (`density`; the top few eigenvalues say nothing of it, and get one panel)."""
     import numpy as np
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 4.2))
+    if density:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(9.6, 4.2))
+    else:
+        fig, left = plt.subplots(figsize=(5.6, 4.2))
     for label, values in spectra.items():
         vals = np.asarray([v for v in values if v > 0], dtype=float)
         left.plot(np.arange(1, len(vals) + 1), vals, label=label)
-        if len(vals) > 1:
+        if density and len(vals) > 1:
             right.hist(np.log10(vals), bins=60, alpha=0.5, label=label, density=True)
     left.axhline(tau, color="k", linestyle=":", linewidth=1, label=f"τ = {tau:g}")
     left.set_xscale("log")
@@ -81,10 +85,11 @@ def spectrum_plot(path: str | Path, spectra: dict[str, Sequence[float]], tau: fl
     left.set_ylabel("λ_i")
     left.legend(fontsize=8)
     left.grid(True, which="both", alpha=0.3)
-    right.axvline(np.log10(tau), color="k", linestyle=":", linewidth=1)
-    right.set_xlabel("log10 λ")
-    right.set_ylabel("density")
-    right.grid(True, alpha=0.3)
+    if density:
+        right.axvline(np.log10(tau), color="k", linestyle=":", linewidth=1)
+        right.set_xlabel("log10 λ")
+        right.set_ylabel("density")
+        right.grid(True, alpha=0.3)
     fig.suptitle(title, fontsize=10)
     return save(fig, path, note, bottom=0.24)
 

@@ -153,7 +153,9 @@ def build_sections(results: dict[str, Any], out: Path) -> list[Section]:
                 rows.append(["random directions: median (range)", f"{fmt(halving['random_median'])} "
                              f"({fmt(halving['random_range'][0])}–{fmt(halving['random_range'][1])})"])
             s.tables.append(([f"‖du‖ that halves accuracy (to ≤ {fmt(halving['level'])})", "norm"], rows))
-    s.figures += _figures(geo, out, {"spectrum.png": "sorted eigenvalues of g and their density",
+    whole = bool(geo.get("spectrum", {}).get("all_nonzero"))
+    s.figures += _figures(geo, out, {"spectrum.png": "sorted eigenvalues of g and their density" if whole
+                                     else "the top eigenvalues of g",
                                      "attack.png": "random against designed perturbations"})
     sections.append(s)
 
