@@ -198,6 +198,11 @@ def test_cli_campaign_file_and_replay_from_its_result_alone(checkpoint, tmp_path
     fewer = tmp_path / "r3.json"
     assert main(["--quiet", "campaign", "--config", str(config), "--samples", "4", "--json", str(fewer)]) == 0
     assert json.loads(fewer.read_text())["campaign"]["n_samples"] == 4
+    # the checkpoint and the executor's options too (they were unknown keys)
+    shards = tmp_path / "shards.json"
+    config.write_text(config.read_text() + f"checkpoint: {shards}\nexecutor: local\nworker_threads: 1\n")
+    assert main(["--quiet", "campaign", "--config", str(config), "--samples", "4", "--json", str(fewer)]) == 0
+    assert shards.exists() and json.loads(fewer.read_text())["campaign"]["n_samples"] == 4
 
 
 def test_cli_replay_refuses_what_it_would_ignore(checkpoint, tmp_path, capsys):

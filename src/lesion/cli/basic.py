@@ -375,7 +375,8 @@ def register(sub: Any) -> None:
     p.add_argument("--config", metavar="FILE",
                    help="read the campaign's options from a YAML or JSON file: keys model, weights, device, "
                         "output_key, data, damage (a SPEC or a list), samples, ci_width, max_samples, tolerance, "
-                        "inputs, seed, protect (a list), save_faults, json; options on the command line win")
+                        "inputs, seed, protect (a list), save_faults, json, checkpoint, executor, workers, "
+                        "worker_threads, gpus_per_task; options on the command line win")
     add_common(p)
     p.set_defaults(run=_cmd_campaign)
 

@@ -30,7 +30,9 @@ KEYS = {
     "model": "--model", "weights": "--weights", "device": "--device", "output_key": "--output-key",
     "data": "--data", "damage": "--damage", "samples": "--samples", "ci_width": "--ci-width",
     "max_samples": "--max-samples", "tolerance": "--tolerance", "inputs": "--inputs", "seed": "--seed",
-    "save_faults": "--save-faults", "json": "--json", "protect": "--protect",
+    "save_faults": "--save-faults", "json": "--json", "protect": "--protect", "checkpoint": "--checkpoint",
+    "executor": "--executor", "workers": "--workers", "worker_threads": "--worker-threads",
+    "gpus_per_task": "--gpus-per-task",
 }
 LISTS = ("damage", "protect")  # keys holding a list: one option each
 RECORDED = ("model", "weights", "device", "output_key", "data", "damage", "samples", "ci_width", "max_samples",
