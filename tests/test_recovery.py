@@ -2,6 +2,7 @@
 dense formula, and recovery paths on a small trained network."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -256,6 +257,26 @@ def test_cli_recover(tmp_path, capsys):
     assert int((recovered.fc1.weight.abs().sum(1) == 0).sum()) == 36  # 75% of 48 units deleted
     assert plot.exists()
     assert main(["recover", "--model", str(ckpt), "--data", "digits", "--delete", "units:9:frac=0.5"]) == 2
+    # a model from the user's own factory comes back in their format: a state dict for that factory (a pickled
+    # module would need the factory's package to unpickle, and is not what they gave)
+    (tmp_path / "tinyfactory.py").write_text("import torch\n\ndef net():\n    torch.manual_seed(0)\n    return "
+                                             "torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 24), "
+                                             "torch.nn.ReLU(), torch.nn.Linear(24, 10))\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import tinyfactory
+
+        trained = tinyfactory.net()
+        train(trained, data.x_train, data.y_train, TrainSettings(epochs=5, seed=0))
+        torch.save(trained.state_dict(), tmp_path / "w.pt")
+        assert main(["recover", "--model", "tinyfactory:net", "--weights", str(tmp_path / "w.pt"), "--data", "digits",
+                     "--delete", "units:1:frac=0.5", "--method", "compensate", "--out", str(fixed)]) == 0
+        assert "--model tinyfactory:net --weights" in capsys.readouterr().out
+        again = load_model("tinyfactory:net", str(fixed)).module
+        assert int((again[1].weight.abs().sum(1) == 0).sum()) == 12 and not torch.equal(again[3].weight,
+                                                                                          trained[3].weight)
+    finally:
+        sys.path.remove(str(tmp_path))
     assert main(["recover", "--model", str(ckpt), "--data", "digits", "--delete", "nonsense"]) == 2
 
 

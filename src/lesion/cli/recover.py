@@ -69,12 +69,17 @@ def _cmd_recover(args: argparse.Namespace) -> dict[str, Any]:
         if problem.flat.half_precision is not None:  # written in the user's format, as it was scored
             model = model.to(problem.flat.half_precision)
         config = loaded.metadata.get("config")
-        if config is None:
+        if loaded.kind == "factory":  # the user's format: their factory and a state dict
+            torch.save(model.state_dict(), args.out)
+            print(f"recovered weights ({best}) written to {args.out} as a state dict: load them with "
+                  f"--model {loaded.source} --weights {args.out}")
+        elif config is None:
             torch.save(model, args.out)
         else:
             save_checkpoint(args.out, model, loaded.metadata.get("net", "recovered"), config,
                             recovered={"method": best, "damage": list(args.delete), "accuracy": results[best].accuracy})
-        print(f"recovered network ({best}) written to {args.out}")
+        if loaded.kind != "factory":
+            print(f"recovered network ({best}) written to {args.out}")
     return {"model": loaded.to_dict(), "data": data.to_dict(), "damage": damage.describe(), "clean_accuracy": clean,
             "methods": {n: r.to_dict() for n, r in results.items()}}
 
