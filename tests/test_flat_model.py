@@ -217,3 +217,27 @@ def test_jacobian_rows_beyond_the_memory_limit_are_refused_with_the_batch_that_f
     with pytest.raises(LesionError, match="too large for Jacobian rows"):
         check_jacobian_batch(problem, ["obs-metric"], 1)
     check_jacobian_batch(problem, ["obs", "compensate"], 1)  # layer-wise: no Jacobian rows
+
+
+def test_weights_are_float64_for_a_float64_model_and_float32_for_a_half_token_model():
+    """The README's advice for the exact rank, `model.double()`, is analysed in float64 even on float32 data (it
+    ran in float32); a float16 model over token ids on a float32 copy (it ran in float16, and its Gram matrix
+    overflowed); float inputs are cast to the weights' dtype."""
+    from lesion.geometry.metric import MetricOperator
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3)).double()
+    x = torch.rand(7, 5)
+    view = FlatModel(model, x[:1])
+    assert view.weights.dtype == torch.float64
+    torch.testing.assert_close(view(x, view.weights), model(x.double()), rtol=0, atol=0)
+    assert MetricOperator(model, x).weights.dtype == torch.float64
+
+    from lesion.nets.outputs import logits_view
+
+    tokens = torch.nn.Sequential(torch.nn.Embedding(9, 4), torch.nn.Linear(4, 5)).half()
+    ids = torch.randint(0, 9, (3, 6))
+    half = FlatModel(logits_view(tokens), ids[:1])
+    assert half.weights.dtype == torch.float32 and half.m == 5 and half.rows_per_input == 6
+    expected = copy.deepcopy(tokens).float()(ids).reshape(18, 5)
+    torch.testing.assert_close(half(ids, half.weights), expected, rtol=0, atol=0)

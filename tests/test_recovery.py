@@ -1,6 +1,7 @@
 """Geodesic recovery (SPEC §3.6): the trust-region solver against dense float64 solutions, OBS against its
 dense formula, and recovery paths on a small trained network."""
 
+import copy
 import json
 import sys
 
@@ -301,3 +302,83 @@ def test_a_fine_tune_of_a_batch_norm_model_is_the_network_it_reports():
         own = float((trained(x[400:]).argmax(1) == y[400:]).double().mean())
     assert result.accuracy == own
     assert torch.equal(trained[3].running_mean, model[3].running_mean)
+
+
+class _TokenNet(torch.nn.Module):
+    """Per-token logits over a 7-token vocabulary: (N, 5) ids → (N, 5, 7)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.fc1, self.act, self.out = (torch.nn.Embedding(7, 6), torch.nn.Linear(6, 8), torch.nn.ReLU(),
+                                                  torch.nn.Linear(8, 7))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(self.act(self.fc1(self.emb(ids))))
+
+
+def test_geodesic_on_a_token_model_averages_the_metric_over_tokens():
+    """g of a sequence model averages over (input, token) pairs (SPEC §3.1, as `MetricOperator`): one geodesic
+    step against a dense float64 Jacobian and a direct trust-region solve, with g = AᵀA/(b·T) (it used AᵀA/b, a
+    metric T times too large); its path length θᵀgθ; its compute, a backward per row (b·(T·V + 1) examples)."""
+    from torch.func import functional_call
+
+    from lesion.nets.outputs import logits_view
+
+    torch.manual_seed(0)
+    raw = _TokenNet().eval()
+    x = torch.randint(0, 7, (150, 5), generator=torch.Generator().manual_seed(1))
+    y = (x + 1) % 7
+    model = logits_view(raw)
+    damage = parse_delete(model, "units:act:1,4", torch.Generator().manual_seed(0), x[:2])
+    problem = RecoveryProblem(model, x, y, x[:20], y[:20], damage)
+    b, tokens, vocab = 8, 5, 7
+    result, w1 = geodesic(problem, beta=1.0, radius=1.0, batch=b, seed=0, max_steps=1)
+    idx = torch.randint(0, len(x), (b,), generator=torch.Generator().manual_seed(0))  # the step's minibatch
+    names = [n for n, _ in raw.named_parameters()]
+    shapes = [p.shape for _, p in raw.named_parameters()]
+    double = copy.deepcopy(raw).double()
+
+    def outputs(flat):
+        params, at = {}, 0
+        for name, shape in zip(names, shapes, strict=True):
+            params[name] = flat[at:at + shape.numel()].view(shape)
+            at += shape.numel()
+        return functional_call(double, params, (x[idx],)).reshape(-1)
+
+    w0 = problem.w0.double()
+    A = torch.autograd.functional.jacobian(outputs, w0)
+    assert A.shape[0] == b * tokens * vocab
+    g = A.T @ A / (b * tokens)
+    selected = 1.0 - problem.mask.double()
+    gap = -w0 * selected
+    v, radius = gap / gap.norm(), min(1.0, float(gap.norm()))
+    eye = torch.eye(len(g), dtype=torch.float64)
+    lo, hi = 0.0, 1.0  # the smallest μ with ‖θ(μ)‖ ≤ radius, θ(μ) = (β/2)(g + μI)⁻¹v, by bisection
+    while torch.linalg.solve(g + hi * eye, v).norm() / 2 > radius:
+        lo, hi = hi, hi * 10
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if torch.linalg.solve(g + mid * eye, v).norm() / 2 > radius else (lo, mid)
+    theta = torch.linalg.solve(g + hi * eye, v) / 2
+    torch.testing.assert_close(w1.double(), (w0 + theta) * (1 - selected), atol=2e-5, rtol=0)
+    assert result.path_length == pytest.approx(float(theta @ g @ theta), rel=1e-3)
+    assert result.epoch_equivalents == pytest.approx(b * (tokens * vocab + 1) / len(x))
+
+
+def test_trust_region_on_float32_rows_forms_its_products_in_float64():
+    """Explicit float32 Jacobian rows of a rank-deficient A with a wide spectrum: the step equals the one from the
+    same rows held in float64 (products in float64 either way). A Gram matrix formed in float32 carries noise of
+    λ_max·rows·1e-7, far above the small genuine eigenvalues, and 1/λ amplified it into the step."""
+    g = torch.Generator().manual_seed(0)
+    U, _ = torch.linalg.qr(torch.randn(80, 80, generator=g, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(300, 80, generator=g, dtype=torch.float64))
+    s = torch.logspace(2, -3, 80, dtype=torch.float64)
+    s[70:] = 0.0  # rank 70 of 80 rows
+    A32 = ((U * s) @ V.T).float()
+    v = torch.randn(300, generator=g, dtype=torch.float64)
+    v /= v.norm()
+    for radius in (1.0, 100.0):
+        exact = trust_region_step(A32.double(), 8, v, 1.0, radius)
+        step = trust_region_step(A32, 8, v, 1.0, radius)
+        assert float((step.theta - exact.theta).norm() / exact.theta.norm()) < 1e-6
+        assert step.mu == pytest.approx(exact.mu, rel=1e-6, abs=1e-12)

@@ -30,9 +30,11 @@ from lesion.geometry.rows import ExplicitRows, JacobianRows, MLPRows
 class FlatModel:
     """f(x; w) as a function of the flat vector w (SPEC §0), at the model's weights or at `weights`.
 
-    w is in the dtype of `example` when it holds floats, in the parameters' dtype when it holds token ids, on the
-    model's device. One forward on `example[:1]` gives m (outputs per row) and `rows_per_input` (the tokens of a
-    sequence model whose outputs are (input, token) rows, else 1).
+    w is in the wider of the parameters' dtype and, when it holds floats, `example`'s, with float16 and bfloat16
+    widened to float32 (a half-precision model is analysed on a float32 copy, whatever its inputs; a float64 one
+    in float64), on the model's device; floating inputs are cast to it. One forward on `example[:1]` gives m
+    (outputs per row) and `rows_per_input` (the tokens of a sequence model whose outputs are (input, token) rows,
+    else 1).
     """
 
     def __init__(self, model: nn.Module, example: torch.Tensor, weights: torch.Tensor | None = None) -> None:
@@ -45,7 +47,8 @@ class FlatModel:
             raise LesionError("the model has no float parameters to differentiate (an int8 model stores integers): "
                               "analyse the float model it was quantised from")
         flat = self.layout.flatten(parameters_of(model)) if weights is None else weights
-        dtype = example.dtype if example.is_floating_point() else flat.dtype
+        wide = torch.float32 if flat.dtype in (torch.float16, torch.bfloat16) else flat.dtype
+        dtype = torch.promote_types(example.dtype, wide) if example.is_floating_point() else wide
         self.weights = flat.to(dtype).detach()
         self.buffers = dict(model.named_buffers())
         with torch.no_grad():
@@ -87,6 +90,9 @@ class FlatModel:
     def outputs_fn(self, x: torch.Tensor, output: str = "raw") -> Callable[[torch.Tensor], torch.Tensor]:
         """w ↦ f(x; w) (SPEC §0; softmax probabilities when `output` is "softmax"), one row per input (per
         (input, token) pair of a sequence model), run under `traceable` so every torch.func transform applies."""
+
+        if x.is_floating_point() and x.dtype != self.dtype:
+            x = x.to(self.dtype)
 
         def f(w: torch.Tensor) -> torch.Tensor:
             with traceable(self.model):

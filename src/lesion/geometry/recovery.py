@@ -104,6 +104,16 @@ class RecoveryProblem:
         """Examples passed forward and backward → epoch-equivalents."""
         return examples / len(self.x_train)
 
+    def pairs(self, inputs: int) -> int:
+        """The (input, token) pairs of `inputs` inputs: what the metric averages over (SPEC §3.1; one per input
+        but for a sequence model)."""
+        return inputs * self.flat.rows_per_input
+
+    def row_cost(self, inputs: int) -> float:
+        """Examples-worth of compute for the Jacobian rows of `inputs` inputs: a forward each, and a backward
+        pass per row (m per token)."""
+        return inputs * (self.flat.rows_per_input * self.m + 1)
+
 
 def naive(problem: RecoveryProblem) -> MethodResult:
     """Delete and do nothing else."""
@@ -144,12 +154,12 @@ def geodesic(problem: RecoveryProblem, beta: float = 1.0, radius: float = 1.0, b
                 break
             idx = torch.randint(0, len(problem.x_train), (batch,), generator=gen)
             recent = [*recent, problem.jacobian(w, problem.x_train[idx])][-window:]
-            result = trust_region_step(stacked_rows(recent), batch * len(recent), gap / remaining, beta,
-                                       min(radius, remaining))
+            result = trust_region_step(stacked_rows(recent), problem.pairs(batch) * len(recent), gap / remaining,
+                                       beta, min(radius, remaining))
             w = w + result.theta.to(w.dtype)
             length += result.metric_length
             mus.append(result.mu)
-            examples += batch * (problem.m + 1)
+            examples += problem.row_cost(batch)
             if (step + 1) % eval_every == 0:
                 progress_.append(1.0 - float(((target - w) * selected).norm()) / max(initial, 1e-300))
                 acc_now, loss_now = problem.evaluate(w)
@@ -288,16 +298,17 @@ def obs_metric(problem: RecoveryProblem, batch: int | None = None, damping: floa
     w = problem.w0.double()
     damaged = 1.0 - problem.mask.double()
     K = A.gram()
-    lam = damping * float(torch.trace(K)) / batch / len(w)
+    pairs = problem.pairs(batch)  # g averages over (input, token) pairs
+    lam = damping * float(torch.trace(K)) / pairs / len(w)
     eye = torch.eye(K.shape[0], dtype=torch.float64, device=K.device)
     wD = w * damaged  # E_Dᵀ w_D
-    inner = torch.linalg.solve(batch * lam * eye + K - A.masked_gram(damaged), A.apply(wD))
+    inner = torch.linalg.solve(pairs * lam * eye + K - A.masked_gram(damaged), A.apply(wD))
     e = lam * (wD + A.apply_t(inner) * damaged)  # E_Dᵀ (E_D g⁻¹ E_Dᵀ)⁻¹ w_D
     # g⁻¹ e = (e − Aᵀ(bλI + K)⁻¹ A e) / λ
-    g_inv_e = (e - A.apply_t(torch.linalg.solve(batch * lam * eye + K, A.apply(e)))) / lam
+    g_inv_e = (e - A.apply_t(torch.linalg.solve(pairs * lam * eye + K, A.apply(e)))) / lam
     new = (w - g_inv_e).to(problem.w0.dtype) * problem.mask
     acc, loss = problem.evaluate(new)
-    return MethodResult("obs-metric", acc, loss, problem.epochs(batch * (problem.m + 1)),
+    return MethodResult("obs-metric", acc, loss, problem.epochs(problem.row_cost(batch)),
                         time.perf_counter() - start, details={"batch": batch, "damping": lam}), new
 
 
