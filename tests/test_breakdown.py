@@ -1,5 +1,7 @@
 """Deletion curves ([G] Fig. 3A): accuracy against deleted fraction, orders, break-down point."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -87,3 +89,22 @@ def test_path_embedding_and_cli(trained, tmp_path):
     for key in ("t", "speed", "acceleration", "covariant_acceleration"):
         assert len(result["paths"][0][key]) == 5
     assert main(["breakdown", "--model", str(ckpt), "--data", "digits", "--layer", "7"]) == 2
+
+
+def test_deletion_curve_points_are_the_fractions_actually_deleted():
+    """A 5-unit layer asked for 11 fractions: each point is labelled with the share of units it deleted (0.1 had
+    deleted none and was labelled 0.1; 0.3, 0.4 and 0.5 all deleted 2 units), once each, and its accuracy is a
+    hand forward with those units' reader columns zeroed."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3)).eval()
+    x = torch.randn(80, 6, generator=torch.Generator().manual_seed(1))
+    y = model(x).argmax(1)
+    y[::4] = (y[::4] + 1) % 3
+    curve = deletion_curve(model, x, y, "1", tuple(np.linspace(0, 1, 11)), orders=1, seed=3)
+    assert curve.fractions == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    order = np.random.default_rng(3).permutation(5).tolist()  # the random order the curve draws
+    for fraction, accuracy in zip(curve.fractions, curve.accuracy, strict=True):
+        hand = copy.deepcopy(model)
+        with torch.no_grad():
+            hand[2].weight[:, order[:round(fraction * 5)]] = 0.0
+            assert accuracy == pytest.approx(float((hand(x).argmax(1) == y).double().mean()))

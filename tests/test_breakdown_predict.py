@@ -253,3 +253,63 @@ def test_cli_breakdown_refuses_prediction_options_without_predict(tmp_path):
     for extra in (["--from", "0.3"], ["--deleted", "1,2"]):
         assert main(["breakdown", "--model", str(ckpt), "--data", f"npz:{tmp_path / 'd.npz'}", "--paths", "0",
                      *extra]) == 2
+
+
+def _digits_net(hidden: int, steps: int) -> tuple[nn.Module, torch.Tensor]:
+    from lesion.data import load
+
+    data = load("digits")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+    optimiser = torch.optim.Adam(net.parameters(), 0.02)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        nn.functional.cross_entropy(net(data.x_train), data.y_train).backward()
+        optimiser.step()
+    return net.eval(), data.x_train[:300]
+
+
+def test_probe_from_a_damaged_layer_starts_from_its_measured_estimate():
+    """From a damage already there, the probe's curve starts at Â of that damage (measured: one forward pass),
+    not at 1: a crossing within the first further unit is interpolated from it (it came late before)."""
+    from lesion.data import load
+    from lesion.train import TrainSettings, train
+
+    data = load("digits")
+    model, _ = build_net("mlp:16", data.input_shape, 10, seed=0)
+    train(model, data.x_train, data.y_train, TrainSettings(epochs=5, seed=0))
+    model.eval()
+    x = data.x_train[:300]
+    problem = BreakdownProblem(model, x, "act1", share=0.9)
+    rng = np.random.default_rng(5)
+    checked = 0
+    for _ in range(300):
+        deleted = sorted(rng.choice(16, int(rng.integers(1, 12)), replace=False).tolist())
+        current = float(problem.estimated_accuracy([deleted])[0])
+        if not 0.9 <= current < 0.99:  # a damage that costs something already
+            continue
+        draw = np.random.default_rng(0)  # the continuation orders the probe draws (seed 0)
+        alive = np.setdiff1d(np.arange(16), np.asarray(deleted))
+        orders = [draw.permutation(alive).tolist() for _ in range(4)]
+        one_more = float(np.mean(problem.estimated_accuracy([[*deleted, o[0]] for o in orders])))
+        if one_more >= 0.9:
+            continue
+        fraction = predict_breakdown(model, x, "act1", "probe", deleted, 0.9, orders=4, seed=0,
+                                     problem=problem).fraction
+        assert fraction == pytest.approx((len(deleted) + (current - 0.9) / (current - one_more)) / 16)
+        checked += 1
+        if checked == 3:
+            break
+    assert checked == 3
+
+
+def test_calibrated_crossing_never_lies_beyond_a_probe_measured_below_the_share():
+    """A 2-unit layer whose first-order curve barely falls (no scale within bounds reaches its probes): the
+    calibrated prediction said 1.0 (never before the layer's end) although its own probes measured Â below the
+    share; it is now read from the measurements, as the probe predictor reads them."""
+    net, x = _digits_net(2, 300)
+    problem = BreakdownProblem(net, x, "1", share=0.9)
+    assert float(problem.estimated_accuracy([[0, 1]])[0]) < 0.9  # the probes measure it below the share
+    calibrated = predict_breakdown(net, x, "1", "margin-calibrated", share=0.9, orders=4, seed=0).fraction
+    probe = predict_breakdown(net, x, "1", "probe", share=0.9, orders=4, seed=0).fraction
+    assert calibrated < 1.0 and calibrated == pytest.approx(probe, abs=0.25)

@@ -382,3 +382,25 @@ def test_trust_region_on_float32_rows_forms_its_products_in_float64():
         step = trust_region_step(A32, 8, v, 1.0, radius)
         assert float((step.theta - exact.theta).norm() / exact.theta.norm()) < 1e-6
         assert step.mu == pytest.approx(exact.mu, rel=1e-6, abs=1e-12)
+
+
+def test_int32_labels_give_the_figures_of_int64_ones():
+    """Labels of another integer type (int32 from a user's array) are class indices everywhere: a deletion curve,
+    the measured break-down and recovery (fine-tuning too) give the int64 labels' figures (they raised a
+    traceback in cross-entropy)."""
+    from lesion.geometry.breakdown import deletion_curve
+    from lesion.geometry.breakdown_predict import measured_breakdown
+
+    data = load("digits")
+    model, _ = build_net("mlp:16", data.input_shape, 10, seed=0)
+    train(model, data.x_train, data.y_train, TrainSettings(epochs=3, seed=0))
+    model.eval()
+    figures = []
+    for cast in (torch.long, torch.int32):
+        y_train, y_test = data.y_train.to(cast), data.y_test.to(cast)
+        curve = deletion_curve(model, data.x_test, y_test, "act1", (0, 0.5), orders=1).accuracy
+        measured = measured_breakdown(model, data.x_test, y_test, "act1").fraction
+        damage = parse_delete(model, "units:act1:3", torch.Generator(), data.x_test[:2])
+        problem = RecoveryProblem(model, data.x_train, y_train, data.x_test, y_test, damage)
+        figures.append((curve, measured, problem.evaluate(problem.w0), finetune(problem, 0.2)[0].accuracy))
+    assert figures[0] == figures[1]

@@ -18,7 +18,7 @@ from torch import nn
 from lesion import progress
 from lesion.errors import LesionError
 from lesion.functional import eval_mode
-from lesion.nets.outputs import flat_labels
+from lesion.nets.outputs import class_indices, flat_labels
 from lesion.stats import wilson_interval
 
 
@@ -90,8 +90,9 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.
 def evaluate_outputs(outputs: torch.Tensor, y: torch.Tensor) -> Evaluation:
     """Accuracy and mean cross-entropy of raw outputs (logits) against integer labels (per token for sequence
     labels, `lesion.nets.outputs.flat_labels`). A row with a NaN or infinite output counts as misclassified (as
-    in campaigns): argmax would pick the NaN's class and call it right."""
-    y = flat_labels(y)
+    in campaigns): argmax would pick the NaN's class and call it right. Labels of other integer types and
+    whole-number floats count as class indices (`class_indices`)."""
+    y = flat_labels(class_indices(y, outputs))
     if len(outputs) != len(y) or len(y) == 0:
         raise LesionError(f"{len(outputs)} outputs for {len(y)} labels: cannot evaluate")
     if outputs.shape[1] < 2:

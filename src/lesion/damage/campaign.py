@@ -31,7 +31,7 @@ from lesion.damage.target import Target
 from lesion.errors import LesionError
 from lesion.functional import forward_with
 from lesion.nets.loading import model_digest
-from lesion.nets.outputs import as_rows, flat_labels
+from lesion.nets.outputs import as_rows, class_indices, flat_labels
 from lesion.report.jsonio import to_jsonable, write_json
 from lesion.stats import (
     RunningMean,
@@ -90,17 +90,6 @@ def sample_seeds(seed: int, indices: Sequence[int]) -> list[int]:
             word = word * u32(const)
             words.append((word ^ (word >> u32(16))).astype(np.uint64))
         return ((words[0] | (words[1] << np.uint64(32))) >> np.uint64(1)).tolist()
-
-
-def class_indices(y: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
-    """Labels as int64 class indices: other integer types and whole-number floats converted; one-hot rows (one
-    per row of the model's `outputs`) and fractional labels refused in one line."""
-    one_hot_shaped = y.shape == outputs.shape and y.dim() == 2 and y.shape[1] > 1
-    if one_hot_shaped and bool(((y == 0) | (y == 1)).all()) and bool((y.sum(1) == 1).all()):
-        raise LesionError("the labels look one-hot: give class indices (y.argmax(1))")
-    if y.is_floating_point() and not bool((y == y.round()).all()):
-        raise LesionError("labels must be class indices (whole numbers), not probabilities or fractions")
-    return y if y.dtype == torch.long else y.long()
 
 
 def fails(accuracy: float, clean: float, tolerance: float) -> bool:

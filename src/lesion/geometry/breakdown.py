@@ -8,6 +8,7 @@ The break-down point is the smallest fraction whose mean accuracy falls below a 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -85,16 +86,24 @@ def unit_order(model: nn.Module, layer: str, order: str, rng: np.random.Generato
     raise LesionError(f"unknown order {order!r}: {', '.join(ORDERS)}")
 
 
+def nearest_count(fraction: float, width: int) -> int:
+    """The number of units nearest fraction·width, halves rounded up (Python's round sends 2.5 to 2)."""
+    return min(width, max(0, math.floor(fraction * width + 0.5 + 1e-9)))
+
+
 def deletion_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: str,
                    fractions: Sequence[float] = tuple(np.linspace(0, 1, 11)), order: str = "random",
                    orders: int = 5, share: float = 0.9, seed: int = 0,
                    x_analysis: torch.Tensor | None = None, executor: Any = None) -> DeletionCurve:
-    """Accuracy on (x, y) with the first ⌈f·N⌉ units of the order deleted, for each fraction f. The orders are
-    drawn here; with a Ray `executor` (`lesion.scale.ray_executor.RayPool`) each order's curve is evaluated on a
-    worker holding the model and inputs (`DeletionWorker`), the same numbers as here (issue 18)."""
+    """Accuracy on (x, y) with the first k units of the order deleted, k the count nearest f·N (halves up), for
+    each fraction f; the curve's fractions are those deleted, k/N, once each (a 5-unit layer asked for 0.3, 0.4
+    and 0.5 deletes 2, 2 and 3 units: the points 0.4 and 0.6). The orders are drawn here; with a Ray `executor`
+    (`lesion.scale.ray_executor.RayPool`) each order's curve is evaluated on a worker holding the model and
+    inputs (`DeletionWorker`), the same numbers as here (issue 18)."""
     rng = np.random.default_rng(seed)
     target = Target(model, example=x)
     site = target.site(layer, None)
+    fractions = [count / site.width for count in dict.fromkeys(nearest_count(f, site.width) for f in fractions)]
     runs = orders if order == "random" else 1
     clean = evaluate_outputs(batched_damaged_outputs(model, [realise(target, [], torch.Generator())], x)[0], y)
     sequences = [unit_order(model, layer, order, rng, x if x_analysis is None else x_analysis) for _ in range(runs)]
@@ -115,13 +124,13 @@ def deletion_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, layer: st
 
 def order_accuracies(model: nn.Module, target: Target, x: torch.Tensor, y: torch.Tensor, layer: str,
                      sequence: Sequence[int], fractions: Sequence[float], order: str = "random") -> list[float]:
-    """Accuracy with the first round(f·N) units of `sequence` crashed, for each fraction f (one deletion order);
-    at a site of attention heads, the first heads of the sequence (`HeadCrash`, SPEC §6.1)."""
+    """Accuracy with the first `nearest_count(f, N)` units of `sequence` crashed, for each fraction f (one
+    deletion order); at a site of attention heads, the first heads of the sequence (`HeadCrash`, SPEC §6.1)."""
     site = target.site(layer, None)
     kind = HeadCrash if site.kind == "attention-head" else UnitCrash
     configs = []
     for f in fractions:
-        count = int(round(f * site.width))
+        count = nearest_count(f, site.width)
         damage = [kind(layer, Explicit(tuple(sequence[:count])))] if count else []
         configs.append(realise(target, damage, torch.Generator()))
     outputs = batched_damaged_outputs(model, configs, x, desc=f"deletion ({order})")

@@ -256,13 +256,17 @@ def _orders(problem: BreakdownProblem, deleted: Sequence[int], orders: int, seed
     return [rng.permutation(alive).tolist() for _ in range(orders)]
 
 
-def predict_probe(problem: BreakdownProblem, deleted: Sequence[int], orders: int = 4, seed: int = 0
-                  ) -> tuple[float, list[float]]:
+def predict_probe(problem: BreakdownProblem, deleted: Sequence[int], orders: int = 4, seed: int = 0,
+                  current: float | None = None) -> tuple[float, list[float]]:
     """Bisection on the number of further deleted units for the mean of Â over `orders` random continuations
-    (label-free): the break-down fraction, and per order the crossing read off the levels evaluated."""
+    (label-free): the break-down fraction, and per order the crossing read off the levels evaluated. `current`:
+    Â at the current damage, when the caller has measured it (1 with nothing deleted)."""
     continuations = _orders(problem, deleted, orders, seed)
     n = len(continuations[0])
-    levels: dict[int, np.ndarray] = {0: np.ones(orders)}  # k → Â ratio per order (k = 0 taken as unbroken)
+    if current is None:
+        current = float(problem.estimated_accuracy([list(deleted)])[0]) if len(deleted) else 1.0
+    # k → Â ratio per order; k = 0 is the current damage, as measured (taken as 1 before: crossings came late)
+    levels: dict[int, np.ndarray] = {0: np.full(orders, current)}
     lo, hi = 0, n
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -305,12 +309,13 @@ def predict_margin_steps(problem: BreakdownProblem, deleted: Sequence[int], step
 
 
 def predict_margin_calibrated(problem: BreakdownProblem, deleted: Sequence[int], probes: int = 2,
-                              orders: int = 4, seed: int = 0) -> tuple[float, list[float]]:
+                              orders: int = 4, seed: int = 0, current: float = 1.0) -> tuple[float, list[float]]:
     """One linearisation at the current damage; then `probes` times: Â measured (label-free) along `orders`
     random continuations where the model predicts the break-down, and the units' effects rescaled so that the
     model passes through the mean (per order too, for the interval); fitted through two probes where they
     bracket the share, or where one scale cannot bring the curve to the share within the layer (`_calibrations`,
-    module note). A probe where one was already taken is not repeated (its forward passes are saved)."""
+    module note). A probe where one was already taken is not repeated (its forward passes are saved). A crossing
+    is never read beyond a probe measured below the share (`_not_beyond`; `current`: Â at the current damage)."""
     model = problem.first_order_curve(deleted)
     fraction = problem.crossing(model.curve(), len(deleted))
     continuations = _orders(problem, deleted, orders, seed)
@@ -334,7 +339,28 @@ def predict_margin_calibrated(problem: BreakdownProblem, deleted: Sequence[int],
             fraction = _between(fraction, ends, [taken[j].mean() for j in bracket], problem.share)
             per_order = [_between(f, ends, [taken[j][o] for j in bracket], problem.share)
                          for o, f in enumerate(per_order)]
+    at = len(deleted)
+    fraction = _not_beyond(fraction, at, problem.width, {0: current, **{k: float(m.mean()) for k, m in taken.items()}},
+                           problem.share)
+    per_order = [_not_beyond(f, at, problem.width, {0: current, **{k: float(m[o]) for k, m in taken.items()}},
+                             problem.share) for o, f in enumerate(per_order)]
     return fraction, per_order
+
+
+def _not_beyond(fraction: float, at: int, width: int, measured: dict[int, float], share: float) -> float:
+    """`fraction`, unless it lies beyond the first probe measured below the share (k further deletions from `at`
+    units → Â ratio; a fitted curve that cannot pass through the measurements, a scale at its bound, put the
+    crossing at the layer's end): then the crossing read from the measurements, between that probe and the last
+    one before it at or above the share."""
+    below = [k for k, m in measured.items() if m < share]
+    if not below:
+        return fraction
+    first = min(below)
+    if fraction <= (at + first) / width:
+        return fraction
+    before = max(k for k, m in measured.items() if k < first and m >= share)
+    read = crossing_fraction([(at + before) / width, (at + first) / width], [measured[before], measured[first]], share)
+    return (at + first) / width if read is None else read
 
 
 def _between(fraction: float, ends: list[float], measured: list[float], share: float) -> float:
@@ -386,14 +412,15 @@ def predict_breakdown(model: nn.Module, x: torch.Tensor, layer: str, method: str
         raise LesionError(f"the deleted units must be distinct indices in 0..{problem.width - 1}")
     problem.check(method)
     start = len(deleted) / problem.width
-    if len(deleted) and problem.estimated_accuracy([list(deleted)])[0] < problem.share:
+    current = float(problem.estimated_accuracy([list(deleted)])[0]) if len(deleted) else 1.0
+    if current < problem.share:
         # broken down already at the current damage: no further unit can go (one forward pass to know it)
         return Prediction(start, (start, start), method, problem.forward_passes, start, time.perf_counter() - began,
                           {"per_order": [], "inputs": len(x), "share": share, "already_broken": True})
     if method == "probe":
-        value, values = predict_probe(problem, deleted, orders, seed)
+        value, values = predict_probe(problem, deleted, orders, seed, current)
     elif method == "margin-calibrated":
-        value, values = predict_margin_calibrated(problem, deleted, steps - 1, orders, seed)
+        value, values = predict_margin_calibrated(problem, deleted, steps - 1, orders, seed, current)
     else:
         values = predict_margin_steps(problem, deleted, 1 if method == "margin" else steps, orders, seed)
         value = float(np.mean(values))

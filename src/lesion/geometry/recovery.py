@@ -39,7 +39,7 @@ from lesion.geometry.damage_set import DamageSet
 from lesion.geometry.flat import FlatModel
 from lesion.geometry.rows import JacobianRows, stacked_rows
 from lesion.geometry.trust_region import trust_region_step
-from lesion.nets.outputs import flat_labels
+from lesion.nets.outputs import class_indices, flat_labels
 from lesion.train import evaluate_outputs, train_one_cycle
 
 FINETUNE_LR = 2e-3  # one-cycle peak (benchmarks/recovery.py: on the CNN 0.8795 after 5 epochs against 0.873 at
@@ -74,6 +74,7 @@ class RecoveryProblem:
     def __init__(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_eval: torch.Tensor,
                  y_eval: torch.Tensor, damage: DamageSet) -> None:
         self.model, self.damage = model, damage
+        y_train, y_eval = class_indices(y_train), class_indices(y_eval)  # int32 labels, say: cross-entropy wants int64
         self.x_train, self.y_train, self.x_eval, self.y_eval = x_train, y_train, x_eval, y_eval
         self.flat = FlatModel(model, x_eval[:1])
         self.w0 = self.flat.weights.clone()

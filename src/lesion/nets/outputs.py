@@ -69,6 +69,17 @@ def flat_labels(y: torch.Tensor) -> torch.Tensor:
     return y.reshape(-1) if y.dim() > 1 else y
 
 
+def class_indices(y: torch.Tensor, outputs: torch.Tensor | None = None) -> torch.Tensor:
+    """Labels as int64 class indices: other integer types and whole-number floats converted; one-hot rows (one
+    per row of the model's `outputs`, when given) and fractional labels refused in one line."""
+    one_hot_shaped = outputs is not None and y.shape == outputs.shape and y.dim() == 2 and y.shape[1] > 1
+    if one_hot_shaped and bool(((y == 0) | (y == 1)).all()) and bool((y.sum(1) == 1).all()):
+        raise LesionError("the labels look one-hot: give class indices (y.argmax(1))")
+    if y.is_floating_point() and not bool((y == y.round()).all()):
+        raise LesionError("labels must be class indices (whole numbers), not probabilities or fractions")
+    return y if y.dtype == torch.long else y.long()
+
+
 def logits_view(model: nn.Module, key: str | None = None, cast_inputs: bool = False) -> nn.Module:
     """A view of `model` whose forward returns `as_rows(select_output(model(x), key))`; with `cast_inputs`,
     floating inputs are first cast to the dtype of the weights the forward runs with (float32 data into a
