@@ -511,3 +511,47 @@ def test_digits_split():
     np.testing.assert_allclose(ds.x_test[:, 0].numpy(), ref.images[test] / 16.0, rtol=1e-6)
     np.testing.assert_array_equal(ds.y_train.numpy(), ref.target[train])
     assert "20%" in ds.description
+
+
+def test_malformed_files_are_refused_in_one_line(tmp_path, monkeypatch):
+    """Found by a review helper; each raised a traceback or loaded wrong numbers: train images float32 in [0, 1]
+    beside t10k images int16 in 0..255 (loaded 255× apart); an IDX header whose dimensions multiply past 2⁶⁴
+    (the size check wrapped to 0); a .npy file as npz:; a label of 1e30 (called negative after a wrapping
+    cast); a CIFAR batch whose pickle names an unknown codec; licence texts all shorter than one window."""
+    from lesion.data import cifar, text
+    from lesion.data.mnist import load_idx_folder
+
+    arrays = write_mnist_folder(tmp_path / "mixed", gz=False)
+    (tmp_path / "mixed" / "train-images-idx3-ubyte").write_bytes(
+        idx_bytes((arrays["train-images"] / 255.0).astype(np.float32), 0x0D, ">f4"))
+    (tmp_path / "mixed" / "t10k-images-idx3-ubyte").write_bytes(
+        idx_bytes(arrays["t10k-images"].astype(np.int16), 0x0B, ">i2"))
+    with pytest.raises(LesionError, match="train images are float32 and the t10k images int16"):
+        load_idx_folder(tmp_path / "mixed", "mnist")
+
+    huge = tmp_path / "huge-idx3-ubyte"
+    huge.write_bytes(struct.pack(">HBB", 0, 0x08, 3) + struct.pack(">3I", 2**31, 2**31, 4))
+    with pytest.raises(LesionError, match="truncated.*18446744073709551616 bytes"):
+        read_idx(huge)
+
+    np.save(tmp_path / "plain.npy", np.zeros((4, 3)))
+    with pytest.raises(LesionError, match=r"one array \(a .npy file\)"):
+        load(f"npz:{tmp_path / 'plain.npy'}")
+    np.savez(tmp_path / "huge.npz", x=np.zeros((2, 3)), y=np.array([1.0, 1e30]))
+    with pytest.raises(LesionError, match="a label of 1e\\+30"):
+        load(f"npz:{tmp_path / 'huge.npz'}")
+
+    write_cifar(tmp_path / "cifar")
+    batch = tmp_path / "cifar" / "test_batch"
+    raw = pickle.dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": [1]}, protocol=2)
+    assert b"latin1" in raw
+    batch.write_bytes(raw.replace(b"latin1", b"latVn1"))
+    with pytest.raises(LesionError, match="not a readable CIFAR-10 batch.*latVn1"):
+        cifar.load_cifar10(tmp_path / "cifar")
+
+    short = tmp_path / "licences"
+    short.mkdir()
+    (short / "GPL-3").write_text("too short for a window\n")
+    monkeypatch.setattr(text, "LICENCES", short)
+    with pytest.raises(LesionError, match="has the 65 characters of one window"):
+        text.load_text()

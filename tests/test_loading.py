@@ -191,3 +191,77 @@ def test_recover_out_writes_the_users_module_in_its_own_precision(tmp_path):
     # scored with float16-rounded weights in float32, evaluated in float16: one test digit at most apart
     assert evaluated["evaluation"]["accuracy"] == pytest.approx(reported["methods"]["compensate"]["accuracy"],
                                                                 abs=1 / 360)
+
+
+class _Keyed(nn.Module):
+    """Returns {"logits": ...} or a tuple (aux, logits): an output that needs --output-key."""
+
+    def __init__(self, as_tuple: bool = False) -> None:
+        super().__init__()
+        self.fc, self.as_tuple = nn.Linear(784, 10), as_tuple
+
+    def forward(self, x: torch.Tensor):
+        out = self.fc(x.flatten(1))
+        return (out.sum(1), out) if self.as_tuple else {"logits": out}
+
+
+def test_loading_refuses_in_one_line_what_it_got_wrong(tmp_path, mlp):
+    """Found by a review helper: --weights beside a preset was ignored (an untrained network scored); corrupt
+    checkpoint fields raised KeyError/TypeError; a state dict that does not fit named no key; an exported
+    program saved in training mode was evaluated with dropout on."""
+    torch.save(mlp.state_dict(), tmp_path / "w.pt")
+    with pytest.raises(LesionError, match="preset is an untrained reference network"):
+        load_model("preset:mlp:8", str(tmp_path / "w.pt"))
+
+    model, config = build_net("mlp:8", (1, 28, 28), 10)
+    path = save_checkpoint(tmp_path / "c.pt", model, "mlp:8", config)
+    payload = torch.load(path, weights_only=False)
+    for broken in ({k: v for k, v in payload.items() if k != "config"}, {**payload, "config": None},
+                   {**payload, "format_version": "1"}):
+        torch.save(broken, tmp_path / "broken.pt")
+        with pytest.raises(LesionError, match="checkpoint is corrupt"):
+            load_model(str(tmp_path / "broken.pt"))
+
+    torch.save({"linear.weight": torch.zeros(3, 3)}, tmp_path / "bad.pt")
+    from lesion.nets.loading import _load_state
+
+    with pytest.raises(LesionError, match=r'Missing key\(s\) in state_dict: "0.weight"|Missing key'):
+        _load_state(nn.Sequential(nn.Linear(3, 3)), torch.load(tmp_path / "bad.pt"), "bad.pt")
+    with pytest.raises(LesionError, match='Unexpected key.*"linear.weight"'):
+        _load_state(nn.Sequential(nn.Linear(3, 3)), torch.load(tmp_path / "bad.pt"), "bad.pt")
+
+    dropping = nn.Sequential(nn.Dropout(0.5), nn.Flatten(), nn.Linear(784, 10)).train()
+    torch.export.save(torch.export.export(dropping, (X,)), tmp_path / "train.pt2")
+    with pytest.raises(LesionError, match="exported in training mode.*dropout"):
+        load_model(str(tmp_path / "train.pt2"))
+    torch.export.save(torch.export.export(dropping.eval(), (X,)), tmp_path / "eval.pt2")
+    assert load_model(str(tmp_path / "eval.pt2")).kind == "exported-program"
+
+
+class _Pair(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.fc(x.flatten(1))
+        return out.sum(1), out
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_output_key_on_a_model_of_another_precision_and_on_torchscript(dtype):
+    """--output-key on a float64 or bfloat16 model fed float32 data was refused (the key's view dropped the input
+    cast); TorchScript with a key runs where its output is a tensor, and says what to do where it is not."""
+    from lesion.nets.validate import prepare_model
+
+    torch.manual_seed(0)
+    for as_tuple, key in ((False, "logits"), (True, "1")):
+        model = _Keyed(as_tuple).to(dtype).eval()
+        view, m = prepare_model(model, X, output_key=key)
+        assert m == 10
+        expected = model.fc(X.flatten(1).to(dtype))
+        torch.testing.assert_close(view(X), expected)
+    scripted = torch.jit.script(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)).eval())
+    assert prepare_model(scripted, X, output_key="0")[1] == 10
+    with pytest.raises(LesionError, match="TorchScript model must return.*returns tuple"):
+        prepare_model(torch.jit.script(_Pair().eval()), X, output_key="1")

@@ -26,6 +26,8 @@ _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("_codecs", "encode"),
+    ("numpy.core.numeric", "_frombuffer"),  # arrays pickled with protocol 5 (out-of-band buffers)
+    ("numpy._core.numeric", "_frombuffer"),
 }
 
 
@@ -44,9 +46,10 @@ def _unpickle(path: Path) -> dict[bytes, Any]:
     try:
         with path.open("rb") as f:
             obj = _BatchUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            OSError) as exc:
-        raise LesionError(f"{path} is not a readable CIFAR-10 batch ({exc}); download the python version "
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            LookupError, MemoryError, RecursionError, UnicodeError, OSError) as exc:  # a corrupt file, any way
+        raise LesionError(f"{path} is not a readable CIFAR-10 batch ({str(exc) or type(exc).__name__}); "
+                          "download the python version "
                           "(cifar-10-python.tar.gz) again") from None
     if not isinstance(obj, dict):
         raise LesionError(f"{path} holds a {type(obj).__name__}, not a CIFAR-10 batch dict")

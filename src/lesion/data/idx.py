@@ -8,6 +8,7 @@ then exactly prod(dims) big-endian items. Labels files are 0x00000801 (uint8, 1-
 from __future__ import annotations
 
 import gzip as _gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -70,7 +71,7 @@ def read_idx(path: str | Path) -> np.ndarray:
                           f"file has only {len(data)} bytes")
     dims = struct.unpack(f">{ndim}I", data[4:header])
     dtype = IDX_DTYPES[code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: a product of big dims must not wrap to 0
     payload = len(data) - header
     if payload != expected:
         what = "truncated" if payload < expected else "longer than declared"

@@ -50,15 +50,15 @@ def find_idx_files(folder: Path) -> dict[str, Path]:
     return found
 
 
-def _images(path: Path) -> tuple[torch.Tensor, bool]:
-    """Images (N, 1, H, W) float32, and whether they were uint8 scaled by 1/255."""
+def _images(path: Path) -> tuple[torch.Tensor, np.dtype]:
+    """Images (N, 1, H, W) float32 (uint8 scaled by 1/255, other dtypes as stored), and the stored dtype."""
     array = read_idx(path)
     if array.ndim != 3:
         raise LesionError(f"{path} holds an array of shape {array.shape}; an images file must be 3-D "
                           "(N, H, W)")
     if array.dtype == np.uint8:
-        return torch.from_numpy(array).to(torch.float32).div_(255.0).unsqueeze(1), True
-    return torch.from_numpy(array.astype(np.float32)).unsqueeze(1), False
+        return torch.from_numpy(array).to(torch.float32).div_(255.0).unsqueeze(1), array.dtype
+    return torch.from_numpy(array.astype(np.float32)).unsqueeze(1), array.dtype
 
 
 def _labels(path: Path) -> torch.Tensor:
@@ -78,17 +78,18 @@ def load_idx_folder(folder: str | Path, name: str, what: str = "MNIST-format") -
     """
     folder = Path(folder).expanduser()
     files = find_idx_files(folder)
-    x_train, scaled_train = _images(files["train-images"])
-    x_test, scaled_test = _images(files["t10k-images"])
+    x_train, stored_train = _images(files["train-images"])
+    x_test, stored_test = _images(files["t10k-images"])
     y_train = _labels(files["train-labels"])
     y_test = _labels(files["t10k-labels"])
     for split, x, y in (("train", x_train, y_train), ("t10k", x_test, y_test)):
         if x.shape[0] != y.shape[0]:
             raise LesionError(f"{folder}: {x.shape[0]} {split} images but {y.shape[0]} {split} labels; the "
                               "IDX files do not belong together")
-    if scaled_train != scaled_test:
-        raise LesionError(f"{folder}: the train and t10k images files have different dtypes; give both "
-                          "as uint8")
+    if stored_train != stored_test:  # one split scaled or stored otherwise than the other: 255× apart, say
+        raise LesionError(f"{folder}: the train images are {stored_train} and the t10k images {stored_test}; "
+                          "give both in one dtype (uint8 for 0..255 pixels)")
+    scaled_train = stored_train == np.uint8
     labels = torch.cat([y_train, y_test])
     if labels.numel() and int(labels.min()) < 0:
         raise LesionError(f"{folder}: negative labels in the IDX labels files; labels must be 0, 1, 2, ...")

@@ -40,6 +40,9 @@ def _labels(array: np.ndarray, key: str, path: Path) -> torch.Tensor:
     if array.dtype.kind == "f" and not (np.isfinite(array).all() and (array == np.round(array)).all()):
         raise LesionError(f"{path}: array {key!r} holds non-integer values; labels must be class indices "
                           "0, 1, ...")
+    if array.size and array.dtype.kind in "uf" and float(array.max()) >= 2.0**62:  # before a cast that would wrap
+        raise LesionError(f"{path}: array {key!r} holds a label of {float(array.max()):.3g}; labels must be class "
+                          "indices 0, 1, ...")
     y = array.astype(np.int64)
     if y.size and y.min() < 0:
         raise LesionError(f"{path}: array {key!r} holds negative labels; labels must be class indices "
@@ -56,7 +59,11 @@ def load_npz(path: str | Path, name: str | None = None) -> Dataset:
     """
     path = Path(path).expanduser()
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a .npy file: one array, no names
+            raise LesionError(f"{path} holds one array (a .npy file), not named arrays; save the inputs as x, "
+                              "with optional y, x_test, y_test: np.savez(path, x=..., y=...)")
+        with loaded as npz:
             arrays = {k: npz[k] for k in npz.files if k in KEYS}
             others = sorted(set(npz.files) - set(KEYS))
     except FileNotFoundError:

@@ -60,6 +60,8 @@ def load_text(kind: str = "text", seed: int = 0, window: int = WINDOW) -> Datase
         chunks = ids[: count * (window + 1)].reshape(count, window + 1)
         xs.append(chunks[:, :window])
         ys.append(chunks[:, 1:] if kind == "text" else np.full(count, FAMILIES.index(family)))
+    if not xs:
+        raise LesionError(f"no licence text in {LICENCES} has the {window + 1} characters of one window")
     x, y = np.concatenate(xs), np.concatenate(ys)
     train, test = split_indices(len(x), max(1, len(x) // 5), seed)
     classes = VOCABULARY if kind == "text" else len(FAMILIES)

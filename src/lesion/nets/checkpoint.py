@@ -65,8 +65,13 @@ def is_checkpoint(obj: object) -> bool:
 
 
 def checkpoint_metadata(payload: dict[str, Any]) -> dict[str, Any]:
-    """Everything in a checkpoint but the weights."""
-    if payload.get("format_version", 0) > FORMAT_VERSION:
+    """Everything in a checkpoint but the weights; a checkpoint whose format fields are not what lesion writes
+    (edited, or written by something else under lesion's format name) is refused in one line."""
+    version = payload.get("format_version", 0)
+    if not isinstance(version, int) or not isinstance(payload.get("config"), dict):
+        raise LesionError("the lesion checkpoint is corrupt: its format_version must be a whole number and its "
+                          "config a mapping (write it again with `lesion train`, or save the model with torch.save)")
+    if version > FORMAT_VERSION:
         raise LesionError(f"checkpoint format {payload['format_version']} is newer than this lesion understands "
                           f"({FORMAT_VERSION}): upgrade lesion")
     return {k: v for k, v in payload.items() if k != "state_dict"}

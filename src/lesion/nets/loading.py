@@ -78,6 +78,9 @@ def model_digest(module: nn.Module) -> str:
 def load_model(reference: str, weights: str | None = None, *, seed: int = 0) -> LoadedModel:
     """Load the model `reference` names (see module docstring) and put it in eval mode."""
     if reference.startswith("preset:"):
+        if weights is not None:
+            raise LesionError("--weights goes with --model package.module:factory; a preset is an untrained "
+                              "reference network (train one with `lesion train --net NAME` to have weights)")
         module, config = build_net(reference[len("preset:"):], seed=seed)
         loaded = LoadedModel(module, "preset", reference, {"net": reference[7:], "config": config, "seed": seed})
     elif not Path(reference).expanduser().exists() and _FACTORY.match(reference):
@@ -108,9 +111,15 @@ def _load_file(path: Path) -> LoadedModel:
         return LoadedModel(module, "torchscript", str(path))
     if archive == "exported-program":
         try:
-            module = torch.export.load(path).module()
+            program = torch.export.load(path)
+            module = program.module()
         except Exception as err:  # noqa: BLE001
             raise LesionError(f"cannot read exported program {path}: {_first_line(err)}") from err
+        training = _training_ops(program)
+        if training:
+            raise LesionError(f"{path} was exported in training mode ({', '.join(training)} run as in training: "
+                              "random dropout, batch statistics), and an exported program cannot be switched to "
+                              "evaluation; export it again after model.eval()")
         return LoadedModel(module, "exported-program", str(path))
     try:
         with warnings.catch_warnings():  # torch's deprecation notes on the storage of quantised (int8) tensors
@@ -128,6 +137,20 @@ def _load_file(path: Path) -> LoadedModel:
         raise LesionError(f"{path} holds a state dict, not a model: give the architecture too, as "
                           f"--model package.module:factory --weights {path}")
     raise LesionError(f"{path} holds a {type(payload).__name__}, not a model")
+
+
+def _training_ops(program: Any) -> list[str]:
+    """The operations of an exported program that behave as in training (dropout with train=True, batch norm
+    on batch statistics): names, once each."""
+    found: dict[str, None] = {}
+    for node in program.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = str(node.target)
+        flags = [a for a in node.args if isinstance(a, bool)]  # the first: train (dropout), training (batch norm)
+        if flags and flags[0] and ("dropout" in name or ("batch_norm" in name and "no_training" not in name)):
+            found[name.split(".")[1] if name.startswith("aten.") else name] = None
+    return list(found)
 
 
 def _unreadable(path: Path, err: Exception) -> str:
@@ -233,8 +256,10 @@ def _load_state(module: nn.Module, state: Any, source: str) -> None:
         raise LesionError(f"{source} has no weights (state_dict missing); the file may be corrupt")
     try:
         module.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise LesionError(f"weights in {source} do not fit the architecture: {_first_line(err, 300)}") from err
+    except RuntimeError as err:  # torch lists the missing, unexpected and mis-shaped keys on the lines after its first
+        details = " ".join(line.strip() for line in str(err).strip().splitlines()[1:]) or _first_line(err)
+        details = details if len(details) <= 400 else details[:399] + "…"
+        raise LesionError(f"weights in {source} do not fit the architecture: {details}") from err
 
 
 def _first_line(err: BaseException, limit: int = 160) -> str:

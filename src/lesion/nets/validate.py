@@ -52,11 +52,17 @@ def prepare_model(module: nn.Module, inputs: torch.Tensor, num_classes: int | No
                           "repair or retrain it before analysing it")
     batch = inputs[:CHECK_BATCH]
     dtype = floating_dtype(module)
-    if batch.is_floating_point() and dtype is not None and dtype != batch.dtype and not isinstance(
-            module, torch.jit.ScriptModule):  # float32 data into a float16 model: read through a casting view
+    scripted = isinstance(module, torch.jit.ScriptModule)
+    viewed = batch.is_floating_point() and dtype is not None and dtype != batch.dtype and not scripted
+    if viewed:  # float32 data into a float16 model: read through a casting view (which also picks the output)
         module = logits_view(module, output_key, cast_inputs=True)
     out = _run(module, batch, data_name)
-    if needs_view(out) or output_key is not None:
+    if scripted and needs_view(out):
+        raise LesionError(f"a TorchScript model must return a (batch, outputs) tensor; this one returns "
+                          f"{type(out).__name__ if not isinstance(out, torch.Tensor) else tuple(out.shape)}: "
+                          "save the Python module with torch.save (or give package.module:factory) to pick an "
+                          "output with --output-key")
+    if not viewed and not scripted and (needs_view(out) or output_key is not None):
         module = logits_view(module, output_key)
         out = _run(module, batch, data_name)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] % batch.shape[0] != 0:
