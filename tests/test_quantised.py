@@ -35,6 +35,16 @@ def _flip_stored(model, name: str, flips: list[tuple[int, int]]):
     return edited
 
 
+def _hooked(model, hook, x):
+    """The int8 model's outputs with `hook` editing the output of its first activation (model[1][1])."""
+    handle = model[1][1].register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            return model(x)
+    finally:
+        handle.remove()
+
+
 def test_one_int8_flip_equals_editing_the_stored_integer(int8):
     model, x, _ = int8
     target = Target(model, example=x[:2], inputs=x)
@@ -84,13 +94,7 @@ def test_int8_activation_flips_the_stored_byte(int8):
             flat[i, p] = int(flat[i, p]) ^ mask
         return with_integers(output, words)
 
-    handle = model[1][1].register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            expected = model(x)
-    finally:
-        handle.remove()
-    torch.testing.assert_close(batched_damaged_outputs(model, [config], x)[0], expected)
+    torch.testing.assert_close(batched_damaged_outputs(model, [config], x)[0], _hooked(model, hook, x))
 
 
 def test_crash_and_stuck_units_of_an_int8_model_hold_the_words_of_their_values(int8):
@@ -108,12 +112,7 @@ def test_crash_and_stuck_units_of_an_int8_model_hold_the_words_of_their_values(i
         words[:, 2] = round(0.5 / output.q_scale()) + output.q_zero_point()
         return with_integers(output, words)
 
-    handle = model[1][1].register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            expected = model(x)
-    finally:
-        handle.remove()
+    expected = _hooked(model, hook, x)
     torch.testing.assert_close(damaged_outputs(model, config, x), expected)
     torch.testing.assert_close(batched_damaged_outputs(model, [config, config], x)[1], expected)
     result = Campaign(model, x, y, [parse_damage("crash:1.1:frac=0.5")], seed=0).run(samples=4)
