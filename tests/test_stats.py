@@ -87,3 +87,21 @@ def test_a_clipped_interval_of_one_value_is_the_whole_range():
     lo, hi = clipped_interval([0.3, 0.5])  # two values: Student-t with one degree of freedom, clipped
     half = float(sps.t.ppf(0.975, 1)) * float(np.std([0.3, 0.5], ddof=1)) / np.sqrt(2)
     assert (lo, hi) == (0.0, pytest.approx(min(1.0, 0.4 + half)))
+
+
+@pytest.mark.parametrize("n", [2, 7, 500, 300_000])
+def test_bootstrap_interval_draws_its_resamples_as_one_call_would(n):
+    """The percentile bootstrap of the mean, drawn a block of resamples at a time, equals the textbook one-call
+    computation (every resample's indices from one (resamples, n) draw of the seeded generator), the same
+    draws, summed to the same rounding; it lies within the values' range."""
+    from lesion.stats import bootstrap_mean_interval
+
+    values = np.random.default_rng(1).standard_cauchy(n)
+    resamples = 2000 if n < 1000 else 40
+    rng = np.random.default_rng(0)
+    means = values[rng.integers(0, n, (resamples, n))].mean(axis=1)
+    expected = (np.quantile(means, 0.025), np.quantile(means, 0.975))
+    low, high = bootstrap_mean_interval(list(values), resamples=resamples)
+    assert low == pytest.approx(expected[0], rel=1e-12, abs=1e-15)
+    assert high == pytest.approx(expected[1], rel=1e-12, abs=1e-15)
+    assert values.min() <= low <= high <= values.max()
