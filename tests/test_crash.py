@@ -1,6 +1,7 @@
 """Crash robustness ([R], SPEC §2): exact Omega against a float64 brute force written with numpy, the bound
 Erf against measured Omega, closed forms, checkpoints and resumes, planning, Monte Carlo, tolerance."""
 
+import copy
 import itertools
 import json
 import math
@@ -497,3 +498,71 @@ def test_an_input_range_refuses_activations_that_dip():
     model = nn.Sequential(nn.Linear(1, 1), nn.SiLU(), nn.Linear(1, 1)).double()
     with pytest.raises(LesionError, match="monotone"):
         output_bounds(mlp_structure(model), box=(0.0, 1.0))
+
+
+def test_omega_checkpoints_know_their_run_and_survive_interrupts(tmp_path, monkeypatch, capsys):
+    """Found by a review helper: a checkpoint of a model with other biases or another activation was resumed
+    (its identity held the weights only); a truncated or empty one raised a traceback; several budgets shared
+    one file, so `--faults 1-3` could not resume; an interrupt between a step's merge and its count counted it
+    twice. Now: refused in one line; one file a budget, finished ones kept until all are; resumed figures equal
+    an uninterrupted run's."""
+    import signal
+
+    import lesion.crash as crash_package
+    from lesion.crash.omega import Interrupted, interrupts_deferred
+
+    model, _ = make([9], "relu", True, 1.0, 5, 3)
+    x = torch.rand(40, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    structure = mlp_structure(model)
+    budget = CrashBudget((1,), (9,), 2)
+    path = tmp_path / "o.npz"
+    with pytest.raises(Interrupted):
+        exact_omega(structure, x, budget, engine="general", set_batch=4, checkpoint=path, max_steps=1)
+    shifted = copy.deepcopy(model)
+    with torch.no_grad():
+        shifted.fc1.bias.add_(0.5)  # the same weights, another bias
+    tanh = copy.deepcopy(model)
+    tanh.act1 = torch.nn.Tanh()  # the same weights and biases, another activation
+    for other in (shifted, tanh):
+        with pytest.raises(LesionError, match="belongs to another run"):
+            exact_omega(mlp_structure(other), x, budget, engine="general", set_batch=4, checkpoint=path)
+    for broken in (path.read_bytes()[:50], b""):
+        (tmp_path / "broken.npz").write_bytes(broken)
+        with pytest.raises(LesionError, match="cannot read checkpoint"):
+            exact_omega(structure, x, budget, engine="general", set_batch=4, checkpoint=tmp_path / "broken.npz")
+
+    with pytest.raises(KeyboardInterrupt):  # a Ctrl-C inside the block waits for its end
+        with interrupts_deferred():
+            signal.raise_signal(signal.SIGINT)
+            reached = True
+    assert reached
+
+    np.savez(tmp_path / "x.npz", x=x.float().numpy())
+    trained, config = build_net("mlp:9", (5,), 3, seed=0)
+    ckpt = save_checkpoint(tmp_path / "m.pt", trained, "mlp:9", config)
+    import lesion.crash.omega as omega_module
+
+    monkeypatch.setattr(omega_module, "ADDITIVE_BLOCK", 16)  # three steps a budget on 40 inputs
+    argv = ["crash", "omega", "--model", str(ckpt), "--data", f"npz:{tmp_path / 'x.npz'}", "--faults", "1-3"]
+    assert main([*argv, "--json", str(tmp_path / "full.json")]) == 0
+    real = crash_package.exact_omega
+
+    def cut_short(structure, x, budget, *args, **kwargs):
+        if budget.total == 2:  # an interrupt in the second budget
+            try:
+                return real(structure, x, budget, *args, **{**kwargs, "max_steps": 1})
+            except Interrupted:
+                raise KeyboardInterrupt from None
+        return real(structure, x, budget, *args, **kwargs)
+
+    monkeypatch.setattr(crash_package, "exact_omega", cut_short)
+    state = tmp_path / "state"
+    assert main([*argv, "--checkpoint", str(state)]) == 130
+    assert (tmp_path / "state.f1.npz").exists() and (tmp_path / "state.f2.npz").exists()
+    monkeypatch.setattr(crash_package, "exact_omega", real)
+    assert main([*argv, "--checkpoint", str(state), "--json", str(tmp_path / "resumed.json")]) == 0
+    full, resumed = (json.loads((tmp_path / f).read_text())["results"] for f in ("full.json", "resumed.json"))
+    for a, b in zip(full, resumed, strict=True):
+        assert {k: a[k] for k in ("omega_av", "omega_max", "worst_set")} == \
+            {k: b[k] for k in ("omega_av", "omega_max", "worst_set")}
+    assert not list(tmp_path.glob("state*"))

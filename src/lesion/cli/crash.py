@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from lesion.cli.options import (
@@ -107,9 +108,15 @@ def _cmd_omega(args: argparse.Namespace) -> dict[str, Any]:
     results = []
     remote = args.executor not in (None, "local")
     executor = executor_for(args.executor, args.workers, args.gpus_per_task, args.worker_threads)
+    faults = parse_faults(args.faults)
+    several = len(faults) > 1 and args.checkpoint is not None
+    kept = []
     try:  # one pool of workers for every budget
-        for f in parse_faults(args.faults):
+        for f in faults:
             budget = CrashBudget(layers, widths, f)
+            # several budgets: a checkpoint each (FILE.f3.npz), every finished one kept until all have finished,
+            # so that the same command run again after an interrupt reads them back and resumes the one cut short
+            checkpoint = args.checkpoint if not several else _budget_checkpoint(args.checkpoint, f)
             if args.samples or args.ci_width:
                 result = monte_carlo_omega(structure, x, budget, args.norm, args.output, args.samples,
                                            args.ci_width, args.seed, executor=executor if remote else None)
@@ -118,8 +125,9 @@ def _cmd_omega(args: argparse.Namespace) -> dict[str, Any]:
                 estimate = plan(structure, budget, len(x), args.output, args.engine, hidden)
                 print(f"{budget.describe()}: {estimate.describe()}")
                 result = exact_omega(structure, x, budget, args.norm, args.output, args.engine,
-                                     checkpoint=args.checkpoint, time_limit=args.time_limit,
-                                     executor=executor if remote else None)
+                                     checkpoint=checkpoint, time_limit=args.time_limit,
+                                     executor=executor if remote else None, keep_checkpoint=several)
+                kept.append(checkpoint)
             if remote:
                 pairs = (result.samples if not result.exact else result.sets) * result.inputs
                 result.extra["execution"] = {**executor.stats.to_dict(),
@@ -128,7 +136,14 @@ def _cmd_omega(args: argparse.Namespace) -> dict[str, Any]:
             _print_omega(result)
     finally:
         executor.close()
+    for path in kept if several else []:  # every budget finished: their states are no longer needed
+        Path(path).expanduser().unlink(missing_ok=True)
     return {"model": loaded.to_dict(), "data": data.to_dict(), "results": [r.to_dict() for r in results]}
+
+
+def _budget_checkpoint(path: str, faults: int) -> str:
+    """FILE.fK.npz for the budget of K faults (FILE's own suffix kept before it)."""
+    return str(Path(path).expanduser().with_name(f"{Path(path).name}.f{faults}.npz"))
 
 
 def _add_certificate(result: Any, structure: Any, x: Any, args: argparse.Namespace) -> None:
@@ -163,6 +178,10 @@ def _site_omega(args: argparse.Namespace, not_mlp: LesionError) -> dict[str, Any
 
     if args.engine not in ("auto", "general"):
         raise not_mlp
+    if args.checkpoint is not None or args.executor not in (None, "local"):
+        given = "--checkpoint" if args.checkpoint is not None else "--executor"
+        raise LesionError(f"{given} goes with an MLP's exact engines; this model is not one ({not_mlp}), so its "
+                          "Omega runs through its sites, in this process, without a checkpoint: leave it out")
     loaded, data = load_model_and_data(args)
     x = data.x_train if getattr(args, "split", "test") == "train" else data.x_test
     if getattr(args, "inputs", None):

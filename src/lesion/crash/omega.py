@@ -15,11 +15,14 @@ and resumes from it with bit-identical results; the steps run here or on Ray wor
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import math
 import os
+import signal
+import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +47,7 @@ from lesion.crash.additive import (
 from lesion.crash.budget import CrashBudget
 from lesion.crash.engines import NORM_ORDERS, GeneralEngine
 from lesion.crash.structure import MLPStructure, hidden_activations
+from lesion.digests import tensor_digest
 from lesion.errors import LesionError
 from lesion.stats import RunningMean
 
@@ -180,13 +184,6 @@ def plan(structure: MLPStructure, budget: CrashBudget, inputs: int, output: str 
     return Plan(sets, inputs, pairs, chosen, seconds, memory)
 
 
-def _digest(*arrays: torch.Tensor | np.ndarray, text: str = "") -> str:
-    h = hashlib.sha256(text.encode())
-    for a in arrays:
-        h.update(np.ascontiguousarray(a.numpy() if isinstance(a, torch.Tensor) else a).tobytes())
-    return h.hexdigest()[:16]
-
-
 class _Checkpoint:
     """The state of an exact run on disk: accumulator arrays, next step, and the run's identity."""
 
@@ -195,7 +192,9 @@ class _Checkpoint:
         self.identity, self.every = identity, every
         self.saved_at = time.monotonic()
 
-    def load(self) -> tuple[OmegaAccumulator, int] | None:
+    def load(self, fresh: OmegaAccumulator, steps: int) -> tuple[OmegaAccumulator, int] | None:
+        """The saved state and the next step, checked against a `fresh` accumulator of this run (its arrays'
+        shapes) and its number of `steps`; None without a file."""
         if self.path is None or not self.path.exists():
             return None
         try:
@@ -204,9 +203,16 @@ class _Checkpoint:
                     raise LesionError(f"checkpoint {self.path} belongs to another run (model, data or budget "
                                       "differ); delete it or give another --checkpoint")
                 state = {k: data[k] for k in ("set_sums", "input_max", "scalars", "pairs")}
-                return OmegaAccumulator.from_state(state), int(data["step"])
-        except (OSError, ValueError, KeyError) as err:
-            raise LesionError(f"cannot read checkpoint {self.path}: {err}") from err
+                step = int(data["step"])
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            raise LesionError(f"cannot read checkpoint {self.path} ({str(err) or type(err).__name__}); delete it "
+                              "to start again") from err
+        expected = fresh.state()  # the per-set sums are a window of varying length; the rest has fixed shapes
+        if any(state[k].shape != expected[k].shape for k in ("input_max", "scalars", "pairs")) \
+                or state["set_sums"].ndim != 1 or not 0 <= step <= steps:
+            raise LesionError(f"checkpoint {self.path} does not hold a state of this run (its arrays or its step "
+                              "do not fit); delete it to start again")
+        return OmegaAccumulator.from_state(state), step
 
     def save(self, acc: OmegaAccumulator, step: int, force: bool = False) -> None:
         if self.path is None or not (force or time.monotonic() - self.saved_at >= self.every):
@@ -222,6 +228,23 @@ class _Checkpoint:
             self.path.unlink()
 
 
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold back SIGINT (Ctrl-C) until the block ends, then raise it: state changed inside the block is never
+    left half-done, or done but not counted, by an interrupt (outside the main thread: as it is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 class Interrupted(Exception):
     """An exact run stopped before its end (its state is in the checkpoint)."""
 
@@ -229,7 +252,8 @@ class Interrupted(Exception):
 def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, norm: str = "inf",
                 output: str = "raw", engine: str = "auto", checkpoint: str | Path | None = None,
                 checkpoint_every: float = 30.0, time_limit: float | None = DEFAULT_TIME_LIMIT,
-                max_steps: int | None = None, set_batch: int | None = None, executor: Any = None) -> OmegaResult:
+                max_steps: int | None = None, set_batch: int | None = None, executor: Any = None,
+                keep_checkpoint: bool = False) -> OmegaResult:
     """Every crash set of `budget` on every input of `x` (SPEC §2.1).
 
     Refuses (LesionError, with the count, the estimate and the Monte Carlo alternative) when the estimated
@@ -238,6 +262,8 @@ def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, n
     `max_steps` stops after that many steps (raising Interrupted), as an interruption would. With a Ray
     `executor` (`lesion.scale.ray_executor.RayPool`) the steps run on its workers, each into a fresh
     accumulator merged here in step order: the same float64 operations in the same order, the same figures.
+    The checkpoint is removed when the run ends, or, with `keep_checkpoint`, holds the finished state (a rerun
+    then reads the figures back without a step: several budgets, each finished one kept until all are).
     """
     if norm not in NORM_ORDERS or output not in ("raw", "softmax"):
         raise LesionError(f"norm must be inf, 1 or 2 and output raw or softmax (got {norm}, {output})")
@@ -255,10 +281,14 @@ def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, n
     steps, reduce = _steps(structure, activations, budget, norm, output, estimate.engine, set_batch)
     settings = [asdict(budget), norm, output, estimate.engine, CHUNK, LANES, KERNEL_VERSION, ADDITIVE_BLOCK, set_batch,
                 "general steps set-range-major", ADDITIVE_STEP_SETS]
-    identity = _digest(*structure.weights, x, text=json.dumps(settings))
+    # the run: weights, biases, activations (their kind and parameters), inputs and settings
+    activations_text = [repr(a) for a in structure.activations]
+    identity = tensor_digest(*structure.weights, *structure.biases, x,
+                             text=json.dumps([settings, activations_text]))
     store = _Checkpoint(checkpoint, identity, checkpoint_every)
-    resumed = store.load()
-    acc, first_step = resumed if resumed else (OmegaAccumulator(budget.count(), len(x)), 0)
+    fresh = OmegaAccumulator(budget.count(), len(x))
+    resumed = store.load(fresh, len(steps))
+    acc, first_step = resumed if resumed else (fresh, 0)
     started = time.perf_counter()
     done = 0
     remote = None
@@ -273,11 +303,10 @@ def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, n
                 if max_steps is not None and done >= max_steps:
                     store.save(acc, step, force=True)
                     raise Interrupted(f"stopped after {done} steps; resume from {store.path}")
-                if remote is None:
-                    acc.add_reduced(*reduce(steps[step]))
-                else:
-                    acc.add_reduced(*next(remote)[1])
-                done += 1
+                reduced = reduce(steps[step]) if remote is None else next(remote)[1]
+                with interrupts_deferred():  # a step merged is a step counted: Ctrl-C waits for both
+                    acc.add_reduced(*reduced)
+                    done += 1
                 bar.update(1)
                 store.save(acc, step + 1)
         except KeyboardInterrupt:
@@ -287,7 +316,10 @@ def exact_omega(structure: MLPStructure, x: torch.Tensor, budget: CrashBudget, n
             if remote is not None:
                 remote.close()
     figures = acc.figures()
-    store.remove()
+    if keep_checkpoint:
+        store.save(acc, len(steps), force=True)
+    else:
+        store.remove()
     worst = _set_at_rank(budget, figures.pop("worst_rank"))
     return OmegaResult(budget.total, budget.layers, budget.per_layer, worst_set=worst, exact=True,
                        sets=budget.count(), inputs=len(x), norm=norm, output=output, engine=estimate.engine,
