@@ -300,3 +300,32 @@ def test_labels_of_other_integer_types_are_class_indices_and_one_hot_ones_are_re
                             (y.float() + 0.5, "whole numbers")):
         with pytest.raises(LesionError, match=message):
             Campaign(model, x, labels, damage)
+
+
+def test_a_checkpoint_is_bound_to_its_inputs_labels_and_architecture(digits_model, tmp_path):
+    """Found by a review helper: a checkpoint was reused for other inputs of the same count, other labels, and
+    the same weights behind another activation (its identity held the input count and the weights only), and
+    a damaged file raised a traceback. Each is refused in one line now; the same campaign still resumes."""
+    import copy
+
+    model, _, data = digits_model
+    x, y = data.x_test[:100], data.y_test[:100]
+    damage = [parse_damage("crash:1:frac=0.3")]
+    path = tmp_path / "shards.json"
+    first = Campaign(model, x, y, damage, seed=1).run(samples=8, batch=4, checkpoint=path)
+    again = Campaign(model, x, y, damage, seed=1).run(samples=8, batch=4, checkpoint=path)
+    assert [s.accuracy for s in again.samples] == [s.accuracy for s in first.samples]
+    tanh = copy.deepcopy(model)
+    tanh.act1 = torch.nn.Tanh()
+    for other_model, other_x, other_y in ((model, data.x_test[100:200], y), (model, x, (y + 1) % 10),
+                                          (tanh, x, y)):
+        with pytest.raises(LesionError, match="another campaign"):
+            Campaign(other_model, other_x, other_y, damage, seed=1).run(samples=8, batch=4, checkpoint=path)
+    payload = json.loads(path.read_text())
+    for shards in ([], {"0": None}, {"x": []}, {"0": [{"index": 0}]}):
+        path.write_text(json.dumps({**payload, "shards": shards}))
+        with pytest.raises(LesionError, match="damaged"):
+            Campaign(model, x, y, damage, seed=1).run(samples=8, batch=4, checkpoint=path)
+    path.write_bytes(b"\xff\xfe binary")
+    with pytest.raises(LesionError, match="cannot read the campaign checkpoint"):
+        Campaign(model, x, y, damage, seed=1).run(samples=8, batch=4, checkpoint=path)

@@ -28,6 +28,7 @@ from lesion.damage.clean_chain import CleanChain
 from lesion.damage.kinds import Damage, realise_each
 from lesion.damage.spec import parse_damage
 from lesion.damage.target import Target
+from lesion.digests import tensor_digest
 from lesion.errors import LesionError
 from lesion.functional import forward_with
 from lesion.nets.loading import model_digest
@@ -205,9 +206,12 @@ class Campaign:
         return self._evaluate(indices, sample_seeds(self.seed, indices))
 
     def identity(self) -> dict[str, Any]:
-        """What makes two runs the same campaign (a checkpoint of finished shards is bound to it)."""
+        """What makes two runs the same campaign (a checkpoint of finished shards is bound to it): the damage,
+        seed, weights, protection, the inputs and labels themselves (not only their count) and the clean outputs
+        (which see the architecture and the output read: the same weights behind another activation differ)."""
         return {"damage": [d.spec() for d in self.damages], "seed": self.seed, "model": model_digest(self.model),
-                "inputs": len(self.x), "protected": {n: sorted(b) for n, b in sorted(self.target.protected.items())}}
+                "inputs": len(self.x), "protected": {n: sorted(b) for n, b in sorted(self.target.protected.items())},
+                "data": tensor_digest(self.x, self.y), "clean": tensor_digest(self.clean)}
 
     def _evaluate(self, indices: Sequence[int], seeds: Sequence[int]) -> list[SampleResult]:
         configs = realise_each(self.target, self.damages, seeds)

@@ -26,14 +26,14 @@ class ShardStore:
         if self.path.exists():
             try:
                 payload = json.loads(self.path.read_text())
-            except (OSError, json.JSONDecodeError) as err:
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise LesionError(f"cannot read the campaign checkpoint {self.path}: {err}") from err
             if not isinstance(payload, dict) or payload.get("format") != FORMAT:
                 raise LesionError(f"{self.path} is not a lesion campaign checkpoint")
             if payload.get("identity") != self.identity:
-                raise LesionError(f"{self.path} holds shards of another campaign (damage, seed, model, inputs or "
-                                  "protection differ); give another --checkpoint file")
-            self.shards = {int(k): v for k, v in payload["shards"].items()}
+                raise LesionError(f"{self.path} holds shards of another campaign (damage, seed, model or its "
+                                  "outputs, inputs, labels or protection differ); give another --checkpoint file")
+            self.shards = _checked_shards(payload.get("shards"), self.path)
         self.by_index = {int(r["index"]): r for records in self.shards.values() for r in records}
 
     def get(self, start: int, stop: int) -> list[dict[str, Any]] | None:
@@ -52,3 +52,21 @@ class ShardStore:
         tmp.write_text(json.dumps({"format": FORMAT, "identity": self.identity,
                                    "shards": {str(k): v for k, v in sorted(self.shards.items())}}))
         tmp.replace(self.path)
+
+
+RECORD_KEYS = frozenset({"index", "seed", "faults", "output_error", "accuracy", "loss"})  # a SampleResult's
+
+
+def _checked_shards(shards: Any, path: Path) -> dict[int, list[dict[str, Any]]]:
+    """The shards of a checkpoint file: whole-number keys, each a list of sample records; else a one-line
+    refusal (an edited or damaged file)."""
+    try:
+        out = {int(k): v for k, v in shards.items()}
+        valid = all(isinstance(records, list) and all(
+            isinstance(r, dict) and RECORD_KEYS <= r.keys() and isinstance(r["index"], int) for r in records)
+            for records in out.values())
+    except (AttributeError, TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise LesionError(f"{path} is damaged: its shards are not lists of sample records; delete it to start again")
+    return out
