@@ -246,3 +246,35 @@ def test_the_network_section_gives_the_clean_accuracy_the_later_sections_start_f
            f"{network['evaluation']['accuracy']:.4f}" in text
     full = ReportContext(model, {"name": "mlp:16"}, data, tmp_path, False)
     assert "evaluation" not in stage_network(full)  # 2,000 asked, all 1,000 used: one clean accuracy
+
+
+def test_saved_stages_are_reused_only_for_the_same_model_outputs_and_data(tmp_path, capsys):
+    """Found by a review helper: stages were keyed by the data's name and the weights' digest, so a data file
+    rewritten in place, or the same weights behind another activation, reused stale stages (clean accuracy
+    0.808 reported for data whose fresh figure was 0.017); a damaged stage file raised a traceback."""
+    from lesion.nets import build_net, save_checkpoint
+
+    data = load("digits")
+    model, config = build_net("mlp:16", data.input_shape, 10, seed=0)
+    checkpoint = save_checkpoint(tmp_path / "m.pt", model.eval(), "mlp:16", config)
+    np.savez(tmp_path / "d.npz", x=data.x_train.numpy(), y=data.y_train.numpy(), x_test=data.x_test.numpy(),
+             y_test=data.y_test.numpy())
+    out = tmp_path / "report"
+    argv = ["--quiet", "report", "--model", str(checkpoint), "--data", f"npz:{tmp_path / 'd.npz'}", "--quick",
+            "--stages", "network", "--out", str(out)]
+
+    def clean_accuracy() -> float:
+        return json.loads((out / "results.json").read_text())["network"]["clean"]["accuracy"]
+
+    assert main(argv) == 0
+    first = clean_accuracy()
+    assert main(argv) == 0 and "finished earlier, reused" in capsys.readouterr().out
+    np.savez(tmp_path / "d.npz", x=data.x_train.numpy(), y=data.y_train.numpy(), x_test=data.x_test.numpy(),
+             y_test=((data.y_test + 1) % 10).numpy())  # the same file name, other labels
+    assert main(argv) == 0
+    assert "finished earlier, reused" not in capsys.readouterr().out and clean_accuracy() != first
+    (out / "stages" / "network.json").write_text('{"key": ')  # cut short
+    assert main(argv) == 0 and "finished earlier, reused" not in capsys.readouterr().out
+    model.act1 = torch.nn.Tanh()  # the same weights, another activation
+    torch.save(model, tmp_path / "m.pt")
+    assert main(argv) == 0 and "finished earlier, reused" not in capsys.readouterr().out

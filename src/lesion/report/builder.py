@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from lesion.data.dataset import Dataset
+from lesion.devices import model_device
+from lesion.digests import tensor_digest
 from lesion.errors import LesionError
 from lesion.report.jsonio import provenance, to_jsonable, write_json
 
@@ -345,6 +347,18 @@ RUNNERS: dict[str, Callable[[ReportContext], dict[str, Any]]] = {
     "recovery": stage_recovery, "bitflips": stage_bitflips}
 
 
+def stage_key(ctx: ReportContext) -> dict[str, Any]:
+    """What a saved stage must have been run on to be reused: the model's weights and its outputs on a few
+    inputs (the same weights behind another activation differ there), the data's values (a file rewritten under
+    the same name), the size of the run and the seed."""
+    with torch.no_grad():
+        probe = ctx.model(ctx.data.x_test[:32].to(model_device(ctx.model)))
+    data = ctx.data
+    return {"model": ctx.model_info.get("digest"), "outputs": tensor_digest(probe.float()), "data": data.name,
+            "data_digest": tensor_digest(data.x_train, data.y_train, data.x_test, data.y_test),
+            "quick": ctx.quick, "seed": ctx.seed}
+
+
 def run_report(ctx: ReportContext, stages: tuple[str, ...] = STAGES, log: Callable[[str], None] = print,
                time_limit: float | None = None) -> Path:
     """Run (or resume) the stages, then write report.html and results.json; returns the HTML path.
@@ -354,14 +368,16 @@ def run_report(ctx: ReportContext, stages: tuple[str, ...] = STAGES, log: Callab
     from lesion.report.costs import plan_report
 
     ctx.out.mkdir(parents=True, exist_ok=True)
-    key = {"model": ctx.model_info.get("digest"), "data": ctx.data.name, "quick": ctx.quick, "seed": ctx.seed}
+    key = stage_key(ctx)
     results: dict[str, Any] = {}
     for name in stages:
         path = ctx.out / "stages" / f"{name}.json"
-        if path.exists():
-            saved = json.loads(path.read_text())
-            if saved.get("key") == key:
-                results[name] = saved["result"]
+        try:
+            saved = json.loads(path.read_text()) if path.exists() else None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):  # a damaged stage file: run the stage again
+            saved = None
+        if isinstance(saved, dict) and saved.get("key") == key and isinstance(saved.get("result"), dict):
+            results[name] = saved["result"]
     todo = tuple(name for name in stages if name not in results)
     plan = None
     if todo and time_limit is not None:
