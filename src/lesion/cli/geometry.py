@@ -65,9 +65,15 @@ def _cmd_spectrum(args: argparse.Namespace) -> dict[str, Any]:
     print(f"g on {len(x)} {args.split} inputs{rows} of {data.name} ({args.output} outputs), "
           f"n = {result.parameters:,}; {result.method} route, {result.seconds:.1f} s")
     print(f"top eigenvalues: {shown}")
-    print(f"trace {result.trace:.6g}" + (f", rank {result.rank}, rho({args.tau:g}) = {result.rho:.3e} "
-                                        f"({result.vulnerable_directions} of n directions; rank ≤ m·|X|)"
-                                        if result.rank is not None else ""))
+    ci = result.extra.get("trace_ci")
+    trace = f"trace {result.trace:.6g}" if not ci else \
+        f"trace ≈ {result.trace:.6g} ({result.extra.get('trace_method', 'estimated')}; 95% CI {ci[0]:.6g}–{ci[1]:.6g})"
+    floor = result.extra.get("resolution_floor") or 0.0
+    rho = f"rho({args.tau:g})" if floor <= args.tau else \
+        f"rho above the float resolution floor {floor:.3g} (> tau {args.tau:g}; rho(tau) is at least this)"
+    ranked = f", rank {result.rank}, {rho} = {result.rho:.3e} ({result.vulnerable_directions} of n directions; " \
+        "rank ≤ m·|X|)" if result.rank is not None else ""
+    print(trace + ranked)
     if args.plot:
         from lesion.report.plots import spectrum_plot  # matplotlib only when a plot is asked for
 

@@ -216,11 +216,13 @@ def spectrum(op: MetricOperator, top: int = 20, tau: float = 1e-3, full: bool | 
         K = gram_matrix(op)  # once, for the eigenvalues and the trace
         values, _ = gram_eigen(op, K=K)
         rank, rho, vulnerable = rank_and_rho(values, op.n, rows, tau, K.dtype)
+        floor = float(values[0]) * rows * float(torch.finfo(K.dtype).eps) if len(values) else 0.0
         values = values[:max(rank, 1)]
         trace = trace_exact(op, K)
         positive = values[values > 0]
         counts, edges = np.histogram(np.log10(positive), bins=40) if len(positive) else (np.zeros(0), np.zeros(0))
-        extra: dict[str, Any] = {"density": {"log10_eigenvalue_edges": edges.tolist(), "counts": counts.tolist()}}
+        extra: dict[str, Any] = {"density": {"log10_eigenvalue_edges": edges.tolist(), "counts": counts.tolist()},
+                                 "resolution_floor": floor}  # ρ counts eigenvalues above max(τ, this) only
     else:
         exact = _trace_from_factors(op)  # the trace from diag K through the factors
         product = MLPGramProduct(op.flat.mlp, op.x, op.output) if exact else None

@@ -165,6 +165,8 @@ def stage_crash(ctx: ReportContext) -> dict[str, Any]:
                         break
                     tolerated = p["faults"]
                 row[key] = tolerated
+            # the largest f measured: a figure equal to it (short of the layer's width) is a lower bound, "≥ f"
+            row["measured_up_to"], row["width"] = max(p["faults"] for p in mine), structure.widths[layer - 1]
             tolerance.append(row)
     certified = _certified_crashes(ctx, structure, x, rows)
     return {"rows": rows, "tolerance": tolerance, "certified": certified, "inputs": len(x), "C": list(C.values),
@@ -189,7 +191,8 @@ def _certified_crashes(ctx: ReportContext, structure: Any, x: torch.Tensor, rows
                     "omega_max_lower": [w.omega_max_lower for w in found],
                     "omega_max_upper": [w.omega_max_upper for w in found],
                     "certified": largest_within([w.omega_max_upper for w in found], CERTIFIED_EPSILON, faults),
-                    "by_omega_av": largest_within(measured, CERTIFIED_EPSILON)})
+                    "by_omega_av": largest_within(measured, CERTIFIED_EPSILON),
+                    "omega_measured_up_to": len(measured), "width": structure.widths[layer - 1]})
     return out
 
 
@@ -251,10 +254,11 @@ def stage_breakdown(ctx: ReportContext) -> dict[str, Any]:
             path = profiles[0].to_dict()
         except LesionError as err:  # e.g. no layer reads the first site's units directly
             path = {"skipped": str(err), "predicted_breakdown": None}
+    right = (f"right: covariant acceleration along a deletion path of {on_path.name}" if profiles else
+             f"right: no deletion path ({path['skipped']})")
     breakdown_plot(str(ctx.out / "breakdown.png"), curves, profiles, "Break-down under unit deletion",
                    f"{len(ctx.x_eval)} test inputs; {ctx.size(2, 5)} random orders per layer (band: 95% CI); dotted: "
-                   "measured break-down (below 90% of clean); right: covariant acceleration along a deletion path of "
-                   f"{on_path.name if on_path is not None else '(none)'}")
+                   f"measured break-down (below 90% of clean); {right}")
     return {"curves": [c.to_dict() for c in curves], "path": path, "sites": len(every), "figures": ["breakdown.png"]}
 
 

@@ -383,6 +383,11 @@ def plan_report(ctx: ReportContext, stages: tuple[str, ...], time_limit: float |
         largest = max(shrinkable, key=lambda name: options[name][at[name]].seconds)
         at[largest] += 1
     chosen = {name: options[name][at[name]] for name in stages}
+    analyses = [name for name in stages if name != "network" and options[name][0].seconds > 0]
+    if analyses and all(chosen[name].sizes.get("skip") for name in analyses):  # nothing would be analysed
+        each = ", ".join(f"{name} {options[name][-2].seconds:,.0f} s" for name in analyses)
+        raise LesionError(f"no analysis stage fits --time-limit {time_limit:g} even at its smallest size ({each}); "
+                          "raise --time-limit, use --quick, or leave stages out with --stages")
     downsized = {name: f"{options[name][0].note} would take about {options[name][0].seconds:,.0f} s"
                  for name in stages if at[name] > 0}
     return ReportPlan(chosen, time_limit, downsized)

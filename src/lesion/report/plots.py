@@ -126,8 +126,11 @@ def breakdown_plot(path: str | Path, curves: Sequence[DeletionCurve], profiles: 
     along deletion paths, with measured and predicted break-down points; label-free `predictions`
     (`breakdown_predict.Prediction`) as solid vertical lines with their interval shaded, on both panels."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
-    for curve in curves:
-        (line,) = left.plot(curve.fractions, curve.accuracy, "-o", markersize=3, label=f"{curve.layer}, {curve.order}")
+    markers = "osD^v<>"  # beyond ten curves the colours repeat: each round of them gets its own marker and dash
+    for i, curve in enumerate(curves):
+        (line,) = left.plot(curve.fractions, curve.accuracy, marker=markers[(i // 10) % len(markers)], markersize=3,
+                            linestyle="-" if i < 10 else ("--", ":", "-.")[(i // 10 - 1) % 3],
+                            label=f"{curve.layer}, {curve.order}")
         lo, hi = zip(*curve.accuracy_ci, strict=True)
         left.fill_between(curve.fractions, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
         if curve.breakdown_fraction is not None:

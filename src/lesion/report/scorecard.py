@@ -32,6 +32,14 @@ SHARE = 0.9  # break-down: mean accuracy below this share of clean (the breakdow
 CERTIFIED_EPSILON = 1.0
 
 
+def at_least(tolerated: int, measured_up_to: int | None, width: int | None) -> str:
+    """A tolerated number of crashes as text: "≥ f" where it is the largest f measured and the layer has more
+    units (the search stopped there, not the figure), else f."""
+    if measured_up_to is not None and tolerated == measured_up_to and (width is None or tolerated < width):
+        return f"≥ {tolerated}"
+    return str(tolerated)
+
+
 def _entry(key: str, label: str, value: Any, text: str, section: str, interval: Sequence[float] | None = None,
            **extra: Any) -> dict[str, Any]:
     return {"key": key, "label": label, "value": value, "interval": None if interval is None else list(interval),
@@ -109,10 +117,12 @@ def build_scorecard(results: dict[str, Any]) -> list[dict[str, Any]]:
                            "breakdown"))
     crash = results.get("crash", {})
     for row in crash.get("certified", []):
+        certified = at_least(row["certified"], max(row["faults"], default=0), row.get("width"))
+        by_omega = at_least(row["by_omega_av"], row.get("omega_measured_up_to"), row.get("width"))
         card.append(_entry(f"certified_crashes:{row['layer']}", f"crashes certified, hidden layer {row['layer']}",
                            row["certified"],
-                           f"{row['certified']} (every crash set keeps every output within ε = {row['epsilon']:g}); "
-                           f"measured Omega_av allows {row['by_omega_av']}", "crash"))
+                           f"{certified} (every crash set keeps every output within ε = {row['epsilon']:g}); "
+                           f"measured Omega_av allows {by_omega}", "crash"))
     bits = results.get("bitflips", {})
     if bits.get("rates"):
         for level, key in ((0.01, "ber_failure_1pct"), (0.10, "ber_failure_10pct")):
@@ -138,7 +148,8 @@ def build_scorecard(results: dict[str, Any]) -> list[dict[str, Any]]:
         methods = rec["methods"]
         best_name, best = max(methods.items(), key=lambda item: (item[1]["accuracy"], -item[1]["epoch_equivalents"]))
         naive = methods.get("naive", {}).get("accuracy")
-        clean = net.get("clean", {}).get("accuracy")
+        # the clean accuracy on the inputs the repairs are scored on (a quick report's subset), not on all
+        clean = (net.get("evaluation") or net.get("clean") or {}).get("accuracy")
         regained = None
         if naive is not None and clean is not None and clean > naive:
             regained = (best["accuracy"] - naive) / (clean - naive)
@@ -169,5 +180,6 @@ def _halving_entry(halving: dict[str, Any]) -> list[dict[str, Any]]:
             text += f" ({random / adversarial:.3g}× smaller)"
         elif random is not None:  # the attack's direction (the metric's top eigenvector) did worse than chance
             text += f" ({adversarial / random:.3g}× larger: the designed direction does no better than random here)"
+    # the range of a handful of random directions is no confidence interval: no interval (the text gives it)
     return [_entry("halving_norm", "‖du‖ that halves accuracy: random / adversarial", [random, adversarial], text,
-                   "geometry", spread)]
+                   "geometry", None)]

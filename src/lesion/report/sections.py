@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lesion.report.html import Link, Section
+from lesion.report.scorecard import at_least
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -22,6 +23,32 @@ def fmt(value: Any, digits: int = 4) -> str:
             return f"{value:.{digits - 1}e}"
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def _analysis_inputs(spec: dict[str, Any], geo: dict[str, Any]) -> str:
+    """The metric's inputs: sequences and their token rows for a sequence model (spec['inputs'] counts rows)."""
+    sequences = (geo.get("attack") or {}).get("analysis_inputs")
+    if sequences and sequences != spec["inputs"]:
+        return f"{sequences} sequences ({spec['inputs']:,} token rows)"
+    return f"{spec['inputs']} inputs"
+
+
+def _trace_text(spec: dict[str, Any]) -> str:
+    """The trace, with its interval and method where it is estimated (Hutchinson on the Lanczos route)."""
+    ci = spec.get("trace_ci")
+    if not ci:
+        return f"trace {fmt(spec['trace'])}"
+    return f"trace ≈ {fmt(spec['trace'])} ({spec.get('trace_method', 'estimated')}; 95% CI {fmt(ci[0])}–{fmt(ci[1])})"
+
+
+def _rho_text(spec: dict[str, Any]) -> str:
+    """ρ(τ), or, where the float32 resolution floor lies above τ, ρ at that floor, said so (below it eigenvalues
+    are not resolved, so ρ(τ) itself is not known)."""
+    floor = spec.get("resolution_floor") or 0.0
+    if floor > spec["threshold"]:
+        return (f"ρ = {fmt(spec['rho'])} counting eigenvalues above {fmt(floor)} (ρ({spec['threshold']:g}) is at "
+                f"least this: eigenvalues below {fmt(floor)} are not resolved at the model's precision)")
+    return f"ρ({spec['threshold']:g}) = {fmt(spec['rho'])}"
 
 
 def _figures(result: dict[str, Any], out: Path, captions: dict[str, str]) -> list[tuple[Path, str]]:
@@ -108,8 +135,9 @@ def build_sections(results: dict[str, Any], out: Path) -> list[Section]:
                                                                                         f" ({r['samples']} sampled)")]
                           for r in crash["rows"]]))
         s.tables.append((["layer", "error budget ε", "tolerated f by Erf", "by Erf_av", "by measured Omega_av"],
-                         [[str(t["layer"]), fmt(t["epsilon"]), str(t["erf"]), str(t["erf_av"]), str(t["omega_av"])]
-                          for t in crash["tolerance"]]))
+                         [[str(t["layer"]), fmt(t["epsilon"]),
+                           *(at_least(t[k], t.get("measured_up_to"), t.get("width"))
+                             for k in ("erf", "erf_av", "omega_av"))] for t in crash["tolerance"]]))
         if crash.get("certified"):
             s.paragraphs.append("Certified worst case (every crash set, every input; `lesion crash worst`): Omega_max "
                                 "bracketed by [lower, upper] — lower attained by a crash set found, upper a proof.")
@@ -124,11 +152,12 @@ def build_sections(results: dict[str, Any], out: Path) -> list[Section]:
     geo = results.get("geometry", {})
     s = Section("geometry", "3. Local vulnerability ([G] §3)")
     spec = geo.get("spectrum", {})
+    _skipped(s, geo)
     if spec:
-        s.paragraphs.append(f"Metric tensor on {spec['inputs']} inputs, n = {spec['parameters']:,} parameters: "
-                            f"trace {fmt(spec['trace'])}, largest eigenvalue {fmt(spec['eigenvalues'][0])}"
-                            + (f", rank {spec['rank']}, ρ({spec['threshold']:g}) = {fmt(spec['rho'])} (fraction of "
-                               "the n directions; at most m·|X|/n)" if spec.get("rank") is not None else "") + ".")
+        s.paragraphs.append(f"Metric tensor on {_analysis_inputs(spec, geo)}, n = {spec['parameters']:,} parameters: "
+                            f"{_trace_text(spec)}, largest eigenvalue {fmt(spec['eigenvalues'][0])}"
+                            + (f", rank {spec['rank']}, {_rho_text(spec)} (fraction of the n directions; at most "
+                               "m·|X|/n)" if spec.get("rank") is not None else "") + ".")
     att = geo.get("attack")
     if att:
         r = att["random_accuracy"]
@@ -166,10 +195,18 @@ def build_sections(results: dict[str, Any], out: Path) -> list[Section]:
         s.tables.append((["layer", "units", "orders", "measured break-down fraction"],
                          [[c["layer"], f"{c['units']}{' heads' if c.get('kind') == 'attention-head' else ''}",
                            str(c["orders"]), fmt(c["breakdown_fraction"])] for c in bd["curves"]]))
-        s.paragraphs.append("Predicted break-down of the first layer from the covariant acceleration along a deletion "
-                            f"path (first spike above 10× its start): {fmt(path['predicted_breakdown'])}.")
+        if path.get("skipped"):
+            s.paragraphs.append(f"No deletion path, so no break-down predicted from its covariant acceleration: "
+                                f"{path['skipped']}.")
+        else:
+            predicted = path["predicted_breakdown"]
+            s.paragraphs.append("Predicted break-down of the first layer from the covariant acceleration along a "
+                                "deletion path (first spike above 10× its start): "
+                                + ("no spike along the path" if predicted is None else fmt(predicted)) + ".")
         s.figures += _figures(bd, out, {"breakdown.png": "accuracy against the fraction of units deleted (95% CI over "
-                                                         "random orders) and acceleration along a deletion path"})
+                                                         "random orders)" + ("" if path.get("skipped") else
+                                                                             " and acceleration along a deletion "
+                                                                             "path")})
     sections.append(s)
 
     rec = results.get("recovery", {})
