@@ -74,6 +74,10 @@ def test_report_resumes_from_finished_stages(user_report, capsys):
 def test_report_refuses_data_without_model(tmp_path, capsys):
     assert main(["report", "--data", "digits", "--out", str(tmp_path)]) == 2
     assert main(["report", "--model", "preset:mlp2", "--out", str(tmp_path)]) == 2
+    for stages, said in (("", "has an empty name"), ("network,,crash", "has an empty name"), ("nope", "unknown stage")):
+        assert main(["report", "--model", "preset:mlp:8", "--data", "digits", "--out", str(tmp_path), "--stages",
+                     stages]) == 2  # an empty list ran every stage
+        assert said in capsys.readouterr().err
 
 
 def _chromium(browser, profile, url, *args):

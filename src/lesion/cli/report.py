@@ -30,7 +30,24 @@ def _default_model(out: Path, seed: int, quick: bool) -> str:
     return str(path)
 
 
+def chosen_stages(text: str | None) -> tuple[str, ...]:
+    """The stages `--stages` names (all when not given), checked before any model is loaded: an empty list or
+    an empty name in it is refused, not read as "all"."""
+    from lesion.report.builder import STAGES
+
+    if text is None:
+        return STAGES
+    stages = tuple(name.strip() for name in text.split(","))
+    if not all(stages):
+        raise LesionError(f"--stages {text!r} has an empty name; give a comma list of {', '.join(STAGES)}")
+    unknown = sorted(set(stages) - set(STAGES))
+    if unknown:
+        raise LesionError(f"unknown stage(s) {', '.join(unknown)}: {', '.join(STAGES)}")
+    return stages
+
+
 def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:
+    chosen_stages(args.stages)  # a bad list is refused before a model is loaded
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     models = args.model or [None]
@@ -62,7 +79,7 @@ def _one_report(args: argparse.Namespace, model: str | None, out: Path) -> dict[
     from lesion.cli.options import prepared
     from lesion.data import load
     from lesion.nets import load_model
-    from lesion.report.builder import STAGES, ReportContext, run_report
+    from lesion.report.builder import ReportContext, run_report
 
     out.mkdir(parents=True, exist_ok=True)
     data_name = args.data
@@ -76,10 +93,7 @@ def _one_report(args: argparse.Namespace, model: str | None, out: Path) -> dict[
     data = load(data_name)
     loaded = load_model(model, args.weights, seed=args.seed)
     loaded, data = prepared(args, loaded, data)
-    stages = tuple(args.stages.split(",")) if args.stages else STAGES
-    unknown = set(stages) - set(STAGES)
-    if unknown:
-        raise LesionError(f"unknown stage(s) {', '.join(sorted(unknown))}: {', '.join(STAGES)}")
+    stages = chosen_stages(args.stages)
     ctx = ReportContext(loaded.module, loaded.to_dict(), data, out, args.quick, args.seed)
     if args.executor not in (None, "local"):  # campaigns and Omega on Ray; the other stages here
         from lesion.scale.executor import executor_for
