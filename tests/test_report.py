@@ -332,3 +332,55 @@ def test_sections_say_what_their_numbers_are(user_report):
         text(results)
     results["geometry"] = {"skipped": "the model has no float parameters"}
     assert "Not computed: the model has no float parameters." in text(results)
+
+
+def test_an_interrupted_report_resumes_at_its_planned_sizes_and_leaves_no_plot_of_the_interrupted_stage(
+        monkeypatch, tmp_path):
+    from lesion.report import builder
+
+    costs = _fake_estimators(monkeypatch, {"network": [1.0], "a": [100.0, 40.0, 10.0], "b": [30.0, 20.0]})
+    ran = {}
+
+    def runner(name, interrupt=False):
+        def run(ctx):
+            ran[name] = ctx.chosen(name, "size", None)
+            (ctx.out / f"{name}.png").write_bytes(b"plot of " + name.encode())
+            if interrupt:
+                raise KeyboardInterrupt
+            return {"size": ran[name]}
+        return run
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    ctx = builder.ReportContext(model, {"digest": "d"}, load("digits"), tmp_path / "r", True)
+    ctx.out.mkdir()
+    (ctx.out / "mine.png").write_bytes(b"the user's own picture")
+    monkeypatch.setattr(builder, "RUNNERS", {"network": runner("network"), "a": runner("a"),
+                                             "b": runner("b", interrupt=True)})
+    with pytest.raises(KeyboardInterrupt):
+        builder.run_report(ctx, ("network", "a", "b"), log=lambda s: None, time_limit=80.0)
+    assert ran == {"network": 0, "a": 1, "b": 0}  # a shrank to fit 80 s
+    assert not (ctx.out / "b.png").exists()  # the interrupted stage's plot is gone, the others stay
+    assert (ctx.out / "a.png").exists() and (ctx.out / "mine.png").read_bytes() == b"the user's own picture"
+
+    # The estimates of a new process differ (timings move): planned again, b alone would now fit at size 0 with
+    # a large margin; resumed, it keeps the size the uninterrupted run gave it.
+    _fake_estimators(monkeypatch, {"network": [1.0], "a": [100.0, 40.0, 10.0], "b": [70.0, 20.0]})
+    assert {n: o.sizes.get("size") for n, o in costs.plan_report(None, ("b",), 80.0).chosen.items()} == {"b": 0}
+    monkeypatch.setattr(builder, "RUNNERS", {"network": runner("network"), "a": runner("a"), "b": runner("b")})
+    ctx.sizes = {}
+    ran.clear()
+    monkeypatch.setattr("lesion.report.html.render", lambda *a: "")
+    monkeypatch.setattr("lesion.report.markdown.render_markdown", lambda *a: "")
+    monkeypatch.setattr("lesion.report.scorecard.build_scorecard", lambda results: {})
+    monkeypatch.setattr("lesion.report.sections.build_sections", lambda results, out: [])
+    monkeypatch.setattr("lesion.report.sections.summary_section", lambda card: None)
+    builder.run_report(ctx, ("network", "a", "b"), log=lambda s: None, time_limit=80.0)
+    assert ran == {"b": 0}
+    saved = json.loads((ctx.out / "stages" / "b.json").read_text())["result"]
+    assert saved["size"] == 0 and saved["plan"]["estimate_seconds"] == 30.0  # the first plan's, not 70
+
+    ran.clear()  # another limit plans anew
+    for name in ("a", "b"):
+        (ctx.out / "stages" / f"{name}.json").unlink()
+    builder.run_report(ctx, ("network", "a", "b"), log=lambda s: None, time_limit=60.0)
+    assert ran == {"a": 1, "b": 1}  # 170 s: a to 40, then b to 20

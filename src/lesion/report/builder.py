@@ -363,6 +363,27 @@ def stage_key(ctx: ReportContext) -> dict[str, Any]:
             "quick": ctx.quick, "seed": ctx.seed}
 
 
+def _pictures(folder: Path) -> dict[Path, tuple[int, int]]:
+    """The PNGs in `folder` with their modification time and size (what a stage's plots change)."""
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.glob("*.png")}
+
+
+def _resumed_plan(ctx: ReportContext, key: dict[str, Any], todo: tuple[str, ...], time_limit: float) -> Any:
+    """The plan an interrupted run made for the same model, data and limit, when it covers every stage left
+    (a resumed report then runs them at the sizes the uninterrupted one would have); None otherwise."""
+    from lesion.report.costs import ReportPlan
+
+    try:
+        saved = json.loads((ctx.out / "stages" / "plan.json").read_text())
+        plan = ReportPlan.from_dict(saved["plan"]) if saved.get("key") == key else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        return None
+    if plan is None or plan.time_limit != time_limit or not set(todo) <= set(plan.chosen):
+        return None
+    return ReportPlan({name: plan.chosen[name] for name in todo}, time_limit,
+                      {name: note for name, note in plan.downsized.items() if name in todo})
+
+
 def run_report(ctx: ReportContext, stages: tuple[str, ...] = STAGES, log: Callable[[str], None] = print,
                time_limit: float | None = None) -> Path:
     """Run (or resume) the stages, then write report.html and results.json; returns the HTML path.
@@ -385,8 +406,13 @@ def run_report(ctx: ReportContext, stages: tuple[str, ...] = STAGES, log: Callab
     todo = tuple(name for name in stages if name not in results)
     plan = None
     if todo and time_limit is not None:
-        log("estimating the cost of each stage …")
-        plan = plan_report(ctx, todo, time_limit)
+        plan = _resumed_plan(ctx, key, todo, time_limit)
+        if plan is None:
+            log("estimating the cost of each stage …")
+            plan = plan_report(ctx, todo, time_limit)
+            write_json(ctx.out / "stages" / "plan.json", {"key": key, "plan": plan.to_dict()})
+        else:
+            log("resuming with the sizes planned before the interruption:")
         for line in plan.lines():
             log(line)
         ctx.sizes = {name: option.sizes for name, option in plan.chosen.items()}
@@ -398,10 +424,16 @@ def run_report(ctx: ReportContext, stages: tuple[str, ...] = STAGES, log: Callab
         started = time.perf_counter()
         log(f"[{i}/{len(stages)}] {name} …")
         skip = ctx.sizes.get(name, {}).get("skip")
+        before = _pictures(ctx.out)
         try:
             result = to_jsonable({"skipped": plan.chosen[name].note} if skip and plan else RUNNERS[name](ctx))
         except LesionError as err:  # a stage this model cannot have (the metric of an int8 model): said, not fatal
             result = {"skipped": str(err)}
+        except BaseException:  # interrupted or failed: no plot of a stage that has no result is left behind
+            for png, stamp in _pictures(ctx.out).items():
+                if before.get(png) != stamp:
+                    png.unlink(missing_ok=True)
+            raise
         result["seconds"] = time.perf_counter() - started
         if plan is not None:
             result["plan"] = to_jsonable(plan.record(name))

@@ -68,6 +68,20 @@ class ReportPlan:
                        + shrunk)
         return out
 
+    def to_dict(self) -> dict[str, Any]:
+        """The plan as JSON-able values (kept beside the stages, so that a resumed report keeps its sizes)."""
+        return {"chosen": {name: {"sizes": o.sizes, "seconds": o.seconds, "note": o.note}
+                           for name, o in self.chosen.items()},
+                "time_limit": self.time_limit, "downsized": dict(self.downsized)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ReportPlan:
+        """The plan `to_dict` wrote (KeyError, TypeError or ValueError when it is not one)."""
+        chosen = {str(name): StageOption(dict(o["sizes"]), float(o["seconds"]), str(o["note"]))
+                  for name, o in d["chosen"].items()}
+        limit = d["time_limit"]
+        return cls(chosen, None if limit is None else float(limit), {str(k): str(v) for k, v in d["downsized"].items()})
+
     def record(self, name: str) -> dict[str, Any]:
         """What the stage's result keeps of the plan."""
         option = self.chosen[name]

@@ -24,7 +24,8 @@ def save(fig: plt.Figure, path: str | Path, note: str = "", bottom: float = 0.22
     if note:
         fig.text(0.01, 0.01, note, fontsize=7, va="bottom", ha="left", wrap=True)
         fig.subplots_adjust(bottom=bottom)
-    fig.savefig(path, dpi=120)
+    # The tight box takes in every label and tick: a long y label beside wide tick labels was cut at the edge.
+    fig.savefig(path, dpi=120, bbox_inches="tight", pad_inches=0.1)
     plt.close(fig)
     return path
 
