@@ -211,3 +211,25 @@ def test_activation_flips_of_an_int8_model_in_a_wider_format_are_refused():
     with pytest.raises(LesionError, match="use fmt=int8"):
         realise(target, [parse_damage("act-bitflip:1.1:ber=0.02:fmt=float32")], torch.Generator().manual_seed(1))
     realise(target, [parse_damage("act-bitflip:1.1:ber=0.02:fmt=int8")], torch.Generator().manual_seed(1))
+
+
+def test_report_stages_of_an_int8_model_list_its_sites_and_say_why_they_delete_nothing(int8, tmp_path):
+    """An int8 model's report listed no site and said "0 trainable parameters", and its recovery section read
+    "no site whose deletion lesion can repair: " with nothing after the colon."""
+    from lesion.data import load
+    from lesion.report.builder import ReportContext, stage_breakdown, stage_network, stage_recovery
+    from lesion.report.sections import build_sections
+
+    model, _, _ = int8
+    ctx = ReportContext(model, {"digest": "q"}, load("mnist5k"), tmp_path, True)
+    network = stage_network(ctx)
+    stored = {name: words.numel() for name, words in Target(model).stored.items()}
+    assert network["int8"]["stored"] == stored and len(stored) == 3
+    assert [s["name"] for s in network["int8"]["activations"]] == [s.name for s in ctx.target.int8_activations]
+    assert len(network["int8"]["activations"]) == 2
+    for stage in (stage_breakdown, stage_recovery):
+        assert "int8 model's layers store integers" in stage(ctx)["skipped"]
+    page = build_sections({"network": network}, tmp_path)[0]
+    text = " ".join(page.paragraphs)
+    assert f"{sum(stored.values()):,} int8 weights in 3 quantised layers" in text
+    assert [row[1] for row in page.tables[-1][1]] == [s["name"] for s in network["int8"]["activations"]]

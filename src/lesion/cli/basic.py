@@ -233,15 +233,7 @@ def _cmd_sites(args: argparse.Namespace) -> dict[str, Any]:
 def _int8_sites(target: Any) -> dict[str, Any]:
     """What an int8 model offers beside the site table (its quantised layers are not unit layers of it): the
     activations after its quantised layers, addressed by module path, and its stored integer weights."""
-    from lesion.sites.modules import is_activation
-
-    activations = []
-    for path, module in target.model.named_modules():
-        if path and is_activation(module):
-            try:
-                activations.append(target.site(path, None))
-            except LesionError:  # a module the forward does not run
-                continue
+    activations = target.int8_activations
     print("\nint8 model: the activations of its quantised layers, by module path (crash:PATH:UNITS, "
           "act-bitflip:PATH:ber=R, act-stuck:PATH:rate=R; their values are the stored bytes):")
     for s in activations:

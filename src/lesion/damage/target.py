@@ -87,6 +87,23 @@ class Target:
         return {n: t for n, t in stored_integers(self.model).items() if n not in self.base}
 
     @cached_property
+    def int8_activations(self) -> list[Site]:
+        """The activation sites after a quantised model's layers, addressed by module path (its quantised
+        layers are not unit layers of the site table); none for a float model."""
+        from lesion.sites.modules import is_activation
+
+        if not self.stored:
+            return []
+        found = []
+        for path, module in self.model.named_modules():
+            if path and is_activation(module):
+                try:
+                    found.append(self.site(path, None))
+                except LesionError:  # a module the forward does not run
+                    continue
+        return found
+
+    @cached_property
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every damageable tensor: the parameters and the stored integers of quantised layers."""
         return {**self.base, **self.stored}

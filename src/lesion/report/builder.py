@@ -79,6 +79,9 @@ def stage_network(ctx: ReportContext) -> dict[str, Any]:
                               "parameters": sum(p.numel() for p in ctx.model.parameters()),
                               "architecture": str(ctx.model),
                               "sites": [s.to_dict() for s in ctx.target.sites]}
+    if ctx.target.stored:  # an int8 model: its stored integer weights, and the activations after its layers
+        result["int8"] = {"stored": {name: words.numel() for name, words in ctx.target.stored.items()},
+                          "activations": [s.to_dict() for s in ctx.target.int8_activations]}
     y = ctx.data.y_test
     if y is not None:
         outputs = predict(ctx.model, ctx.data.x_test, 256)
@@ -224,19 +227,19 @@ def stage_geometry(ctx: ReportContext) -> dict[str, Any]:
 def stage_breakdown(ctx: ReportContext) -> dict[str, Any]:
     """Section 4: deletion curves per hidden layer, measured and predicted break-down points."""
     from lesion.geometry.breakdown import deletion_curve, progressive_path, unit_order
-    from lesion.report.costs import FRACTIONS, unit_sites
+    from lesion.report.costs import FRACTIONS, no_unit_sites, unit_sites
     from lesion.report.plots import breakdown_plot
 
     if ctx.y_eval is None:
         return {"skipped": "the data have no test labels: deletion curves need accuracy"}
     fractions = tuple(float(f) for f in np.round(np.linspace(0, 1, FRACTIONS), 6))
     every = unit_sites(ctx)
+    if not every:
+        return {"skipped": no_unit_sites(ctx)}
     sites = every[: ctx.chosen("breakdown", "sites", len(every))]
     # layers are addressed by their 1-based index: module names may themselves be digits (nn.Sequential)
     curves = [deletion_curve(ctx.model, ctx.x_eval, ctx.y_eval, str(site.index), fractions, "random",
                              ctx.size(2, 5), 0.9, ctx.seed, executor=ctx.executor) for site in sites]
-    if not sites:
-        return {"skipped": "the model has no unit sites with a layer of their own"}
     on_path = next((s for s in sites if s.kind != "attention-head"), None)  # a path deletes units, not heads
     first = str(on_path.index) if on_path is not None else ""
     profiles: list[Any] = []

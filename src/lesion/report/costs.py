@@ -267,10 +267,21 @@ def unit_sites(ctx: ReportContext) -> list[Any]:
     return [s for s in ctx.target.sites if s.kind == "attention-head" or s.layer]
 
 
+def no_unit_sites(ctx: ReportContext) -> str:
+    """Why the model has no site the break-down and recovery stages can delete units of."""
+    if ctx.target.stored:
+        return ("an int8 model's layers store integers, which lesion's deletion masks do not reach: run this stage "
+                "on the float model it was quantised from (lesion campaign --damage crash:PATH:UNITS measures the "
+                "int8 model's crashes; lesion sites lists its PATHs)")
+    return "the model has no unit sites with a layer of their own"
+
+
 def _breakdown(ctx: ReportContext, probe: Probe) -> list[StageOption]:
     if ctx.y_eval is None:
         return [StageOption({}, 0.0, "left out: no test labels")]
     sites = len(unit_sites(ctx))
+    if not sites:
+        return [StageOption({}, 0.0, f"left out: {no_unit_sites(ctx)}")]
     orders = ctx.size(2, 5)
     per_curve = orders * FRACTIONS * len(ctx.x_eval) * probe.forward
     path_inputs = ctx.size(30, 100)
@@ -344,6 +355,8 @@ def _new_recovery_problem(ctx: ReportContext) -> tuple[Any, str] | str:
         problem = RecoveryProblem(ctx.model, x_train, ctx.data.y_train[: len(x_train)], ctx.x_eval, ctx.y_eval,
                                   damage)
         return problem, spec
+    if not reasons:
+        return no_unit_sites(ctx)
     return "no site whose deletion lesion can repair: " + "; ".join(reasons[:3])
 
 

@@ -94,7 +94,10 @@ def build_sections(results: dict[str, Any], out: Path) -> list[Section]:
     s = Section("network", "1. Network and data")
     clean = net.get("clean")
     description = net.get("data", {}).get("description", "")
-    s.paragraphs.append(f"{net.get('parameters', 0):,} trainable parameters; data: {description}")
+    int8 = net.get("int8")
+    weights = (f"{sum(int8['stored'].values()):,} int8 weights in {len(int8['stored'])} quantised layers" if int8
+               else f"{net.get('parameters', 0):,} trainable parameters")
+    s.paragraphs.append(f"{weights}; data: {description}")
     tokens = net.get("per_token")
     if clean:
         lo, hi = clean["accuracy_ci"]
@@ -117,6 +120,10 @@ def build_sections(results: dict[str, Any], out: Path) -> list[Section]:
                            f"{tokens['accuracy_ci_by_position'][i][1]:.4f}", f"{loss[i]:.4f}"] for i in shown]))
         s.figures += _figures(tokens, out, {"tokens.png": "clean accuracy at each token position"})
     layers = net.get("sites", [])
+    if int8 and not layers:
+        s.paragraphs.append("The activations after the quantised layers (crash:PATH:UNITS, act-bitflip:PATH:ber=R "
+                            "address them by module path; their values are the stored bytes):")
+        layers = [{**h, "index": "–"} for h in int8["activations"]]
     s.tables.append((["site", "name", "units", "kind"],
                      [[str(h["index"]), h["name"], str(h["width"]), h["kind"]] for h in layers]))
     sections.append(s)
