@@ -286,3 +286,19 @@ def test_a_difference_that_overflows_where_the_damaged_value_does_not_takes_the_
     hand = torch.stack([hand_forward(model, c, x) for c in configs])
     assert bool(torch.isfinite(hand).all())
     torch.testing.assert_close(batched_damaged_outputs(model, configs, x, chain=chain), hand)
+
+
+def test_half_precision_models_give_the_damaged_networks_own_outputs():
+    """float16/bfloat16: the sparse engine added differences rounded to the model's few bits to clean values
+    rounded alike (3 of 36,000 predictions of a float16 MLP changed); such models take the dense path."""
+    torch.manual_seed(0)
+    for dtype, fmt in ((torch.float16, "float16"), (torch.bfloat16, "bfloat16")):
+        model = nn.Sequential(nn.Linear(12, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 5))
+        model = model.to(dtype).eval()
+        x = torch.randn(200, 12).to(dtype)
+        target = Target(model, example=x[:2])
+        configs = [realise(target, [parse_damage(f"bitflip:ber=2e-3:fmt={fmt}")], seeded(i)) for i in range(20)]
+        outputs = batched_damaged_outputs(model, configs, x)
+        hand = torch.stack([hand_forward(model, c, x) for c in configs])
+        assert torch.equal(outputs.isnan(), hand.isnan())
+        assert torch.equal(outputs.nan_to_num(), hand.nan_to_num())

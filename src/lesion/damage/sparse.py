@@ -39,6 +39,7 @@ CPU_CHUNK_BYTES = 16 << 20  # a chunk's working set on a CPU: cache-sized (8 to 
 # on 1,000 inputs ran 20% faster than 28 or 64 in benchmarks/campaign.py; a GPU takes `chunk_memory`)
 CPU_DENSE_BYTES = 2 << 20  # one boundary's values of a chunk in the dense layers after a sparse difference (an L2
 # cache: 5 configurations of LeNet-300-100's second hidden layer on 1,000 inputs; 8% faster campaigns than 13)
+EXACT_DIFFERENCES = (torch.float32, torch.float64)  # dtypes whose differences the engine keeps to their rounding
 FOLD_BYTES = 64 << 20  # unit overrides are folded into a Linear layer's weights while the copies fit in this
 
 _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
