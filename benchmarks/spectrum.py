@@ -74,7 +74,8 @@ def cli_comparison(model: torch.nn.Module, config: dict, x: torch.Tensor, top: i
         t_import = fastest([sys.executable, "-c", "import torch"], env)
         ours = np.array(json.loads(out.read_text())["eigenvalues"][:top])
     try:
-        theirs, t_theirs = curvlinops_top(model, x, top)
+        runs = [curvlinops_top(model, x, top) for _ in range(3)]  # the least of 3, as for the command
+        theirs, t_theirs = runs[0][0], min(t for _, t in runs)
     except Exception as err:  # noqa: BLE001
         print(f"\nwhole command `lesion spectrum --top {top} --inputs {len(x)}`: {t_command:.2f} s, `import torch` "
               f"{t_import:.2f} s; curvlinops fails here ({type(err).__name__})")

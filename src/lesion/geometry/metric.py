@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator
 from torch import nn
 from torch.func import jvp, vjp
 
@@ -122,8 +122,10 @@ class MetricOperator:
         self.matvecs -= 2
         return time.perf_counter() - started
 
-    def to_scipy(self) -> LinearOperator:
+    def to_scipy(self) -> Any:
         """g as a float64 scipy LinearOperator (symmetric); each product advances a progress bar."""
+        from scipy.sparse.linalg import LinearOperator  # imported here: scipy.sparse alone takes 0.25 s
+
         bar = progress.bar(None, "g·v products (Lanczos)", "product")
 
         def mv(v: np.ndarray) -> np.ndarray:
