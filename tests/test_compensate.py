@@ -200,6 +200,8 @@ def test_methods_and_combinations_are_parsed_and_a_combination_counts_both_parts
 
     assert parse_methods("all") == [m for m in METHODS if m not in OPT_IN] and "geodesic-running" in OPT_IN
     assert parse_methods("geodesic-running,compensate") == ["geodesic-running", "compensate"]  # by name
+    assert parse_methods("all,geodesic-running") == [*parse_methods("all"), "geodesic-running"]  # was refused
+    assert parse_methods("naive,all") == ["naive", *(m for m in parse_methods("all") if m != "naive")]  # each once
     assert parse_methods("naive, compensate+finetune:0.5") == ["naive", "compensate+finetune:0.5"]
     for bad in ("bogus", "compensate+geodesic", "finetune+finetune:1", "compensate+finetune:-1",
                 "compensate+finetune:x", ","):

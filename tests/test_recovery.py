@@ -3,6 +3,7 @@ dense formula, and recovery paths on a small trained network."""
 
 import copy
 import json
+import math
 import sys
 
 import numpy as np
@@ -202,7 +203,8 @@ def test_baselines_keep_the_damage(damaged_problem):
     for run in (finetune(p, 1.0), prune_retrain(p, 3, 0.5)):
         result, w = run
         assert bool((w[p.damage.indices] == 0).all()) and 0 <= result.accuracy <= 1
-    assert prune_retrain(p, 3, 0.5)[0].epoch_equivalents == 1.5
+    n = len(p.x_train)  # whole minibatches of 16: 3 rounds of ceil(0.5 n / 16) of them
+    assert prune_retrain(p, 3, 0.5)[0].epoch_equivalents == 3 * math.ceil(0.5 * n / 16) * 16 / n
 
 
 def test_a_fine_tune_after_another_method_runs_without_dropout(damaged_problem, monkeypatch):
@@ -404,3 +406,18 @@ def test_int32_labels_give_the_figures_of_int64_ones():
         problem = RecoveryProblem(model, data.x_train, y_train, data.x_test, y_test, damage)
         figures.append((curve, measured, problem.evaluate(problem.w0), finetune(problem, 0.2)[0].accuracy))
     assert figures[0] == figures[1]
+
+
+def test_fine_tuning_counts_the_examples_it_trained_on():
+    """A fine-tune runs whole minibatches of 16, at least one a round: asked for 0.003 epoch of 40 inputs it
+    trains on 16 (0.4 epoch), and reported 0.003; prune-retrain of 4 rounds likewise."""
+    from lesion.geometry.recovery import FINETUNE_BATCH, finetune, prune_retrain
+
+    torch.manual_seed(3)
+    model = MLP(4, [8], 3, activation="relu").eval()
+    x = torch.rand(40, 4)
+    y = torch.randint(0, 3, (40,))
+    problem = RecoveryProblem(model, x, y, x, y, parse_delete(model, "units:1:0,1,2,3", torch.Generator()))
+    assert finetune(problem, 0.003)[0].epoch_equivalents == FINETUNE_BATCH / 40
+    assert finetune(problem, 2.0)[0].epoch_equivalents == 2.0  # 80 examples: 5 whole minibatches
+    assert prune_retrain(problem, 4, 0.01)[0].epoch_equivalents == 4 * FINETUNE_BATCH / 40

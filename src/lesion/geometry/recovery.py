@@ -219,17 +219,18 @@ def finetune(problem: RecoveryProblem, epochs: float, seed: int = 0, lr: float =
     0.914 without; 10 epochs from deletion 0.934 and 0.932)."""
     start = time.perf_counter()
     w0 = problem.w0 * problem.mask if start_weights is None else start_weights
-    w = _retrain(problem, w0, problem.mask, epochs, seed, lr, dropout=start_weights is None)
+    w, examples = _retrain(problem, w0, problem.mask, epochs, seed, lr, dropout=start_weights is None)
     acc, loss = problem.evaluate(w)
-    return MethodResult("finetune", acc, loss, float(epochs), time.perf_counter() - start,
+    return MethodResult("finetune", acc, loss, problem.epochs(examples), time.perf_counter() - start,
                         details={"epochs": epochs, "lr": lr, "dropout": start_weights is None}), w
 
 
 def _retrain(problem: RecoveryProblem, w: torch.Tensor, mask: torch.Tensor, epochs: float, seed: int,
-             lr: float, dropout: bool = True) -> torch.Tensor:
+             lr: float, dropout: bool = True) -> tuple[torch.Tensor, int]:
     """`epochs` epochs of labelled minibatches (one-cycle Adam, `train_one_cycle`), D held at 0; dropout on
     unless `dropout` is False. Batch-norm layers keep the model's running statistics (eval mode): the repaired
-    weights are evaluated and saved with those, so they are trained against them too."""
+    weights are evaluated and saved with those, so they are trained against them too. Returns the weights and
+    the examples trained on (whole minibatches, at least one: what the compute counts)."""
     model = problem.load(w)
     x, y = problem.x_train, problem.y_train
     steps = max(1, math.ceil(epochs * len(x) / FINETUNE_BATCH))
@@ -243,7 +244,7 @@ def _retrain(problem: RecoveryProblem, w: torch.Tensor, mask: torch.Tensor, epoc
                         "fine-tuning")
     finally:
         model.eval()
-    return problem.flat.weights_of(model).to(w.dtype)
+    return problem.flat.weights_of(model).to(w.dtype), steps * FINETUNE_BATCH
 
 
 def prune_retrain(problem: RecoveryProblem, rounds: int, epochs_per_round: float, seed: int = 0,
@@ -257,15 +258,17 @@ def prune_retrain(problem: RecoveryProblem, rounds: int, epochs_per_round: float
     mask = torch.ones_like(w)
     deleted: set[int] = set()
     layout_masks = _unit_masks(problem)
+    examples = 0
     for r, group in enumerate(groups):
         deleted.update(group)
         mask = torch.ones_like(w)
         for unit in deleted:
             mask *= layout_masks[unit]
-        w = _retrain(problem, w * mask, mask, epochs_per_round, seed + r, lr)
+        w, trained = _retrain(problem, w * mask, mask, epochs_per_round, seed + r, lr)
+        examples += trained
     w = w * problem.mask
     acc, loss = problem.evaluate(w)
-    return MethodResult("prune-retrain", acc, loss, len(groups) * float(epochs_per_round), time.perf_counter() - start,
+    return MethodResult("prune-retrain", acc, loss, problem.epochs(examples), time.perf_counter() - start,
                         details={"rounds": len(groups), "epochs_per_round": epochs_per_round}), w
 
 
@@ -438,13 +441,15 @@ FOLLOW_UPS = ("naive", "geodesic", "geodesic-running", "obs", "compensate", "obs
 
 
 def parse_methods(text: str) -> list[str]:
-    """`all` (every method of METHODS but those of OPT_IN, which are slower: asked for by name), or a comma list
-    of METHODS and combinations `M+finetune[:EPOCHS]` or `M+distill[:EPOCHS]` (M in FOLLOW_UPS: the method, then a
+    """A comma list of `all` (every method of METHODS but those of OPT_IN, which are slower: asked for by name),
+    METHODS and combinations `M+finetune[:EPOCHS]` or `M+distill[:EPOCHS]` (M in FOLLOW_UPS: the method, then a
     fine-tune of EPOCHS epochs, default the budget, or a label-free distillation of EPOCHS epoch-equivalents,
     default DISTILL_EPOCHS, from its weights)."""
-    if text.strip() == "all":
-        return [m for m in METHODS if m not in OPT_IN]
-    methods = [m.strip() for m in text.split(",") if m.strip()]
+    methods = []
+    for item in (part.strip() for part in text.split(",")):
+        for one in ([m for m in METHODS if m not in OPT_IN] if item == "all" else [item] if item else []):
+            if one not in methods:  # `all,geodesic-running`: every default method and an opt-in one
+                methods.append(one)
     for method in methods:
         first, plus, then = method.partition("+")
         name, _, epochs = then.partition(":")
