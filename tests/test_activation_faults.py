@@ -203,6 +203,9 @@ def test_campaign_with_transient_faults_is_reproducible_and_replays():
                   "samples": [{"index": s.index, "seed": s.seed, "faults": list(s.faults)} for s in first.samples]}
     replayed = replay(model, x, y, __import__("json").loads(__import__("json").dumps(fault_list)))
     np.testing.assert_array_equal([s.output_error for s in replayed.samples], [s.output_error for s in first.samples])
+    # on fewer inputs the faults are drawn otherwise: the refusal says so and how to replay
+    with pytest.raises(LesionError, match="on 20 inputs than on the 40 it was drawn on: replay it with --inputs 40"):
+        replay(model, x[:20], y[:20], {**fault_list, "inputs": len(x)})
 
 
 def test_bad_activation_faults_are_refused_with_one_line():

@@ -320,3 +320,90 @@ def test_compensation_recovers_half_of_what_deleting_mlp_neurons_and_heads_costs
     assert results["compensate"].accuracy >= results["naive"].accuracy + lost / 2
     assert results["compensate"].loss <= results["naive"].loss - loss_gained / 2
     assert results["obs"].accuracy >= results["naive"].accuracy
+
+
+class _TwoReaders(nn.Module):
+    """The hidden layer is read by two layers: zeroing the columns of one does not silence a unit."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden, self.out, self.skip = nn.Linear(4, 6), nn.Linear(6, 3), nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.hidden(x))
+        return self.out(h) + self.skip(h)
+
+
+class _SharedReader(nn.Module):
+    """One layer reads the hidden units and, a second time, the input: its weights read other values too."""
+
+    def __init__(self):
+        super().__init__()
+        self.hidden, self.shared = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.shared(torch.relu(self.hidden(x))) + self.shared(x)
+
+
+@pytest.mark.parametrize("model_class, words", [(_TwoReaders, "another layer reads hidden too"),
+                                                (_SharedReader, "runs 2 times")])
+def test_a_deletion_the_reader_weights_cannot_express_is_refused(model_class, words):
+    """Compensating through the reader's weights assumes they are all that reads the units: a second reader,
+    or a reader run twice, would leave the 'deleted' units alive (repair would fit a different network)."""
+    from lesion.errors import LesionError
+
+    torch.manual_seed(0)
+    model = model_class()
+    x = torch.randn(8, 4)
+    with pytest.raises(LesionError, match=words):
+        parse_delete(model, "units:hidden:0,2", torch.Generator(), x[:2])
+
+
+def test_a_frozen_batch_norm_is_left_out_and_a_frozen_reader_is_refused():
+    from lesion.errors import LesionError
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 3)).eval()
+    for p in model[1].parameters():
+        p.requires_grad_(False)
+    x = torch.randn(4, 1, 8, 8)
+    damage = parse_delete(model, "units:2#0:1", torch.Generator(), x[:2])  # the channel after the relu
+    # only trainable weights are in D: conv0's row and bias, and conv3's input channel
+    assert len(damage.indices) == 9 + 1 + 2 * 9
+    model[3].weight.requires_grad_(False)
+    with pytest.raises(LesionError, match="frozen"):
+        parse_delete(model, "units:2#0:1", torch.Generator(), x[:2])
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
+def test_obs_on_a_padded_strided_convolution_after_pooling_is_the_least_squares_optimum_of_the_layer(padding_mode):
+    """The reader is a padded, strided convolution that reads the site through a max-pool: OBS folds the
+    least-squares optimum of the reader's outputs over its true inputs (pooled, padded im2col patches), computed
+    here by numpy's lstsq; compensation is then no worse than deletion on the layer's outputs."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Conv2d(1, 5, 3, padding=1), nn.MaxPool2d(2),
+                          nn.Conv2d(5, 3, 3, padding=1, stride=2, padding_mode=padding_mode),
+                          nn.Flatten(), nn.Linear(3 * 4 * 4, 2)).double()
+    x = torch.randn(40, 1, 16, 16, dtype=torch.float64)
+    problem = _problem(model, x, "units:0#0:1,3")
+    _, w = compensate(problem, calibration=40, ridge=1e-12, fit="obs")
+    conv = model[2]
+    with torch.no_grad():
+        pooled = model[1](model[0](x))
+        padded = F.pad(pooled, conv._reversed_padding_repeated_twice,
+                       mode="constant" if padding_mode == "zeros" else padding_mode)
+        z = F.unfold(padded, 3, stride=2).transpose(1, 2).reshape(-1, 5 * 9).numpy()
+    W, b = conv.weight.detach().reshape(3, -1).numpy(), conv.bias.detach().numpy()
+    kept = [c * 9 + j for c in (0, 2, 4) for j in range(9)]
+    design = np.hstack([z[:, kept], np.ones((len(z), 1))])
+    solution = np.linalg.lstsq(design, z @ W.T + b, rcond=None)[0]
+    params = problem.flat.unflatten(w)
+    folded = params["2.weight"].reshape(3, -1).numpy()
+    np.testing.assert_allclose(folded[:, kept], solution[:-1].T, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(params["2.bias"].numpy(), solution[-1], rtol=1e-6, atol=1e-8)
+    assert not folded[:, [c * 9 + j for c in (1, 3) for j in range(9)]].any()
+    naive = z[:, kept] @ W[:, kept].T + b
+    error = np.linalg.norm(design @ solution - (z @ W.T + b))
+    assert error < np.linalg.norm(naive - (z @ W.T + b))

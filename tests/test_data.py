@@ -309,10 +309,40 @@ def test_npz_x_only(tmp_path):
     np.savez(tmp_path / "a.npz", x=x)
     ds = load(f"npz:{tmp_path / 'a.npz'}")
     assert not ds.has_labels and ds.y_train is None and ds.y_test is None and ds.num_classes is None
-    np.testing.assert_array_equal(ds.x_train.numpy(), x.astype(np.float32))  # no rescaling
-    np.testing.assert_array_equal(ds.x_test.numpy(), x.astype(np.float32))
-    assert ds.x_train.dtype == torch.float32
+    np.testing.assert_array_equal(ds.x_train.numpy(), x)  # no rescaling; signed integers kept (token ids)
+    np.testing.assert_array_equal(ds.x_test.numpy(), x)
+    assert ds.x_train.dtype == torch.int64
     assert "no rescaling" in ds.description and "training data itself" in ds.description
+    np.savez(tmp_path / "b.npz", x=x.astype(np.uint8))  # bytes (pixels) are values: float32
+    assert load(f"npz:{tmp_path / 'b.npz'}").x_train.dtype == torch.float32
+
+
+def test_npz_token_ids_with_labels_per_token_reach_a_sequence_model_and_integers_an_mlp_as_floats(tmp_path,
+                                                                                                   capsys):
+    """int64 token ids stay integers for a model with an embedding table, with (N, T) labels; an MLP gets the
+    same kind of integers as float32; labels per token without token ids are refused."""
+    import argparse
+
+    from torch import nn
+
+    from lesion.cli.options import prepared
+    from lesion.nets.loading import LoadedModel
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 20, size=(8, 5))
+    np.savez(tmp_path / "t.npz", x=tokens, y=(tokens + 1) % 20)
+    ds = load(f"npz:{tmp_path / 't.npz'}")
+    assert ds.x_test.dtype == torch.int64 and tuple(ds.y_test.shape) == (8, 5) and ds.num_classes == 20
+    embedder = nn.Sequential(nn.Embedding(20, 6), nn.Linear(6, 20))
+    args = argparse.Namespace(device="cpu")
+    _, kept = prepared(args, LoadedModel(embedder, "torch-module", "embedder"), ds)
+    assert kept.x_test.dtype == torch.int64
+    mlp = nn.Sequential(nn.Linear(5, 20))
+    _, cast = prepared(args, LoadedModel(mlp, "torch-module", "mlp"), ds)
+    assert cast.x_test.dtype == torch.float32 and torch.equal(cast.x_test, torch.from_numpy(tokens).float())
+    np.savez(tmp_path / "f.npz", x=tokens.astype(np.float32), y=tokens)
+    with pytest.raises(LesionError, match="labels per token need integer token ids"):
+        load(f"npz:{tmp_path / 'f.npz'}")
 
 
 def test_npz_x_y(tmp_path):

@@ -302,3 +302,40 @@ def test_half_precision_models_give_the_damaged_networks_own_outputs():
         hand = torch.stack([hand_forward(model, c, x) for c in configs])
         assert torch.equal(outputs.isnan(), hand.isnan())
         assert torch.equal(outputs.nan_to_num(), hand.nan_to_num())
+
+
+def test_half_precision_token_models_run_each_configuration_alone_too():
+    """The guard looks at the model's dtype, not the inputs': token ids are int64 while every layer is float16."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Embedding(50, 12), nn.Linear(12, 64), nn.ReLU(), nn.Linear(64, 5)).half().eval()
+    x = torch.randint(0, 50, (60, 7))
+    target = Target(model, example=x[:2])
+    configs = [realise(target, [parse_damage("bitflip:ber=2e-3:fmt=float16")], seeded(i)) for i in range(20)]
+    outputs = batched_damaged_outputs(model, configs, x)
+    hand = torch.stack([hand_forward(model, c, x) for c in configs]).reshape(outputs.shape)
+    assert torch.equal(outputs.isnan(), hand.isnan())
+    assert torch.equal(outputs.nan_to_num(), hand.nan_to_num())
+
+
+class _GRUNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.gru, self.head = nn.Embedding(20, 8), nn.GRU(8, 16, batch_first=True), nn.Linear(16, 5)
+
+    def forward(self, x):
+        out, _ = self.gru(self.embed(x))
+        return self.head(out[:, -1])
+
+
+def test_a_model_whose_operation_vmap_cannot_batch_runs_configuration_by_configuration():
+    """aten::gru has no batching rule: the engine falls back to one forward per configuration (it raised
+    "Batching rule not implemented"), giving each damaged network's own outputs."""
+    torch.manual_seed(0)
+    model = _GRUNet().eval()
+    x = torch.randint(0, 20, (30, 6))
+    target = Target(model, example=x[:2])
+    configs = [realise(target, [parse_damage("bitflip:ber=1e-3")], seeded(i)) for i in range(6)]
+    outputs = batched_damaged_outputs(model, configs, x)
+    hand = torch.stack([hand_forward(model, c, x) for c in configs]).reshape(outputs.shape)
+    assert torch.equal(outputs.isnan(), hand.isnan())
+    assert torch.equal(outputs.nan_to_num(), hand.nan_to_num())

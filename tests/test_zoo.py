@@ -64,6 +64,37 @@ def test_head_crash_equals_zeroing_the_heads_slice_by_a_hook(build):
     assert realised.faults[0]["indices"] == [1, 3]
 
 
+@pytest.mark.parametrize("later", ["gauss:0.1", "bitflip:ber=1e-3"])
+def test_weight_damage_after_a_head_crash_leaves_the_heads_silent(later):
+    """A crashed head outputs nothing: weight damage realised after it (noise, bit flips in memory) changes the
+    rest of the network, not the zeroed projection entries that read the head (which would revive it)."""
+    model = zoo.gpt2()
+    target = Target(model, example=TOKENS)
+    site = [s for s in target.sites if s.kind == "attention-head"][0]
+    both = realise(target, [parse_damage(f"head:{site.name}:1,3"), parse_damage(later)],
+                   torch.Generator().manual_seed(3))
+    alone = realise(target, [parse_damage(later)], torch.Generator().manual_seed(3))  # the same draws
+    weight = alone.param(site.heads.param, target.base)
+    columns = torch.cat([torch.arange(8, 16), torch.arange(24, 32)])
+    assert bool((weight.index_select(site.heads.axis, columns) != target.base[site.heads.param].index_select(
+        site.heads.axis, columns)).any())  # the later damage does write into the heads' entries
+    assert bool((both.param(site.heads.param, target.base).index_select(site.heads.axis, columns) == 0).all())
+    projection = dict(model.named_modules())[site.heads.param.rsplit(".", 1)[0]]
+
+    def silence(module, args):
+        x = args[0].clone()
+        x[..., columns] = 0.0
+        return (x,)
+
+    handle = projection.register_forward_pre_hook(silence)
+    try:
+        expected = damaged_outputs(model, alone, TOKENS)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(damaged_outputs(model, both, TOKENS), expected, atol=1e-5, rtol=1e-5,
+                               equal_nan=True)
+
+
 def test_deletion_curve_over_heads_equals_silencing_them_by_a_hook():
     """A break-down curve at a site of attention heads deletes whole heads in its order: its accuracies equal
     the ViT with those heads' slices zeroed before the projection by a hook."""
@@ -483,3 +514,31 @@ def test_batched_unit_damage_on_a_model_returning_a_model_output():
     batched = batched_damaged_outputs(model, configs, ids)
     for config, out in zip(configs, batched, strict=True):
         assert torch.allclose(out, damaged_outputs(model, config, ids), atol=1e-5)
+
+
+@pytest.mark.parametrize("build", ["vit", "gpt2"])
+def test_every_engine_path_computes_attention_with_the_clean_outputs_kernel(build):
+    """The clean outputs and the vmapped engine use the math attention kernel (`traceable`); the per-configuration
+    path (hooks, activation faults) must too, or an undamaged configuration shows an error of a few 1e-8."""
+    from lesion.damage.realised import Realised
+    from lesion.functional import traceable
+
+    model = getattr(zoo, build)()
+    x = IMAGES if build == "vit" else TOKENS
+    with torch.no_grad(), traceable(model):
+        clean = logits(model(x))
+    # (the default kernel differs from it by 6e-8 (ViT) and 1e-7 (GPT-2) on the development machine)
+    assert torch.equal(damaged_outputs(model, Realised(), x).reshape(clean.shape), clean)
+
+
+def test_a_campaign_on_a_model_output_says_how_to_read_its_logits():
+    from lesion.damage.campaign import Campaign
+    from lesion.nets import prepare_model
+
+    model = zoo.gpt2()
+    damage = [parse_damage("bitflip:ber=1e-6")]
+    with pytest.raises(LesionError, match="returns a CausalLMOutputWithCrossAttentions, not a tensor"):
+        Campaign(model, TOKENS, None, damage)
+    viewed = prepare_model(model, TOKENS)[0]
+    result = Campaign(viewed, TOKENS, None, damage).run(samples=3)
+    assert len(result.samples) == 3 and result.inputs == len(TOKENS)

@@ -171,9 +171,23 @@ def prepared(args: argparse.Namespace, loaded: Any, data: Any) -> tuple[Any, Any
     moved = {f.name: getattr(data, f.name).to(device) for f in dataclasses.fields(data)
              if hasattr(getattr(data, f.name), "to") and getattr(data, f.name) is not None}
     data = dataclasses.replace(data, **moved) if device.type != "cpu" else data
+    data = _float_inputs_unless_embedded(loaded.module, data)
     loaded.module, _ = prepare_model(loaded.module, data.x_test, data.num_classes, data.name,
                                      getattr(args, "output_key", None))
     return loaded, data
+
+
+def _float_inputs_unless_embedded(model: Any, data: Any) -> Any:
+    """Integer inputs (token ids of an `.npz`) as float32 for a model that embeds no tokens (an MLP on integer
+    features): only a model with an embedding table reads integers."""
+    import dataclasses
+
+    import torch
+
+    if data.x_test.is_floating_point() or any(isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+                                              for m in model.modules()):
+        return data
+    return dataclasses.replace(data, x_train=data.x_train.float(), x_test=data.x_test.float())
 
 
 def load_model_and_data(args: argparse.Namespace) -> tuple[Any, Any]:

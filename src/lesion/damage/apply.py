@@ -24,7 +24,7 @@ from lesion.damage.clean_chain import CleanChain
 from lesion.damage.realised import Realised, UnitOverride
 from lesion.damage.sparse import CPU_CHUNK_BYTES, CPU_DENSE_BYTES, EXACT_DIFFERENCES, SPARSE_CHUNKS, SparseChain
 from lesion.errors import LesionError
-from lesion.functional import eval_mode, parameters_of, traceable
+from lesion.functional import parameters_of, traceable
 from lesion.nets.outputs import as_rows, select_output
 from lesion.sites import Site
 
@@ -151,7 +151,9 @@ def damaged_outputs(model: nn.Module, realised: Realised, x: torch.Tensor, batch
     check_inputs(realised.activations, len(x))
     units = {name: (o.keep, o.value) for name, o in realised.units.items()}
     sites = [o.site for o in realised.units.values()]
-    with eval_mode(model), SiteHooks(model, sites, realised.activations) as hooks:
+    # the attention kernel of the vmapped path and of the clean outputs (`traceable`), so that an undamaged
+    # configuration gives the clean outputs exactly, whichever path computes it
+    with traceable(model), SiteHooks(model, sites, realised.activations) as hooks:
         params = realised.changed_params(parameters_of(model))
         return torch.cat([hooks.run(model, params, units, x[i:i + batch_size], start=i)
                           for i in range(0, len(x), batch_size)])
@@ -403,6 +405,9 @@ def _with_activation_faults(model: nn.Module, configs: Sequence[Realised], x: to
     return results
 
 
+HALF = (torch.float16, torch.bfloat16)
+
+
 def _vectorised(model: nn.Module, configs: list[Realised], x: torch.Tensor, base: dict[str, torch.Tensor],
                 chain: CleanChain | None, chunk_size: int | None, input_batch: int, memory_bytes: int | None,
                 bar: Any) -> torch.Tensor:
@@ -423,7 +428,7 @@ def _vectorised(model: nn.Module, configs: list[Realised], x: torch.Tensor, base
                     x = torch.cat([module(x[i:i + input_batch]) for i in range(0, len(x), input_batch)])
             leaves = leaves[first:]
         input_batch = min(input_batch, len(x))
-        if x.dtype in (torch.float16, torch.bfloat16):
+        if x.dtype in HALF or any(t.dtype in HALF for t in base.values()):  # token inputs are int64
             # vmap computes a Linear layer's bias apart from its product, rounding twice where the model's own
             # addmm rounds once (28% of float16 values a unit apart, 7 of 36,000 predictions changed): each
             # configuration runs alone, as the damaged network itself would
@@ -439,7 +444,7 @@ def _vectorised(model: nn.Module, configs: list[Realised], x: torch.Tensor, base
             runner = _suffix_runner(model, leaves, hooks)
             shared_input = vmap(runner, in_dims=(0, 0, None))
             own_input = vmap(runner, in_dims=(0, 0, 0))
-            per_config_inputs, first_error = False, None
+            per_config_inputs, first_error, one_by_one = False, None, False
             for start in range(0, len(configs), chunk_size):
                 chunk = configs[start:start + chunk_size]
                 # only what the chunk changes is stacked; the other parameters are the model's own
@@ -460,6 +465,10 @@ def _vectorised(model: nn.Module, configs: list[Realised], x: torch.Tensor, base
                     outputs.append(out.unsqueeze(0).expand(len(chunk), *out.shape))
                     bar.update(len(chunk))
                     continue
+                if one_by_one:
+                    outputs.append(_one_by_one(runner, params, units, len(chunk), x, input_batch))
+                    bar.update(len(chunk))
+                    continue
                 for i in range(0, len(x), input_batch):
                     part = x[i:i + input_batch]
                     if not per_config_inputs:
@@ -474,10 +483,33 @@ def _vectorised(model: nn.Module, configs: list[Realised], x: torch.Tensor, base
                             first_error, per_config_inputs = err, True
                     try:
                         parts.append(own_input(params, units, part.unsqueeze(0).expand(len(chunk), *part.shape)))
-                    except RuntimeError:
+                    except RuntimeError as err:
+                        if _vmap_lacks_a_rule(err):  # an op without a batching rule (a GRU): one at a time
+                            one_by_one = True
+                            break
                         if first_error is not None:
                             raise first_error from None
                         raise
-                outputs.append(torch.cat(parts, dim=1))
+                if one_by_one:
+                    outputs.append(_one_by_one(runner, params, units, len(chunk), x, input_batch))
+                else:
+                    outputs.append(torch.cat(parts, dim=1))
                 bar.update(len(chunk))
     return torch.cat(outputs)
+
+
+def _vmap_lacks_a_rule(err: RuntimeError) -> bool:
+    """Whether vmap failed because an operation of the model has no batching rule (not the model's own error)."""
+    text = str(err)
+    return "Batching rule not implemented" in text or "batching rule" in text.lower()
+
+
+def _one_by_one(runner: Any, params: dict[str, torch.Tensor], units: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                count: int, x: torch.Tensor, input_batch: int) -> torch.Tensor:
+    """The chunk's outputs, each configuration in its own forward (the stacked parameters and overrides taken
+    apart): for models whose operations vmap cannot batch."""
+    out = []
+    for j in range(count):
+        alone = ({n: t[j] for n, t in params.items()}, {n: (k[j], v[j]) for n, (k, v) in units.items()})
+        out.append(torch.cat([runner(*alone, x[i:i + input_batch]) for i in range(0, len(x), input_batch)]))
+    return torch.stack(out)

@@ -151,6 +151,20 @@ def batch_metrics(outputs: torch.Tensor, clean: torch.Tensor, y: torch.Tensor | 
     return error, correct.double().mean(dim=1).cpu().numpy(), loss.cpu().numpy()
 
 
+def _require_tensor_outputs(model: nn.Module, x: torch.Tensor) -> None:
+    """LesionError unless the model returns a tensor (a Hugging Face model returns a ModelOutput, a tuple or dict
+    of tensors elsewhere): `lesion.nets.prepare_model` picks the logits, as the CLI does."""
+    from lesion.functional import eval_mode
+
+    if isinstance(model, torch.jit.ScriptModule):
+        return
+    with torch.no_grad(), eval_mode(model):
+        out = model(x[:1])
+    if not isinstance(out, torch.Tensor):
+        raise LesionError(f"the model returns a {type(out).__name__}, not a tensor: pass "
+                          "lesion.nets.prepare_model(model, x)[0], which reads its logits (as the CLI does)")
+
+
 @dataclass(frozen=True)
 class CampaignResult:
     """A campaign's figures, its samples and how it ended."""
@@ -187,6 +201,7 @@ class Campaign:
                  ) -> None:
         if not damages:
             raise LesionError("a campaign needs at least one --damage")
+        _require_tensor_outputs(model, x)
         self.model, self.x = model, x
         self.damages = list(damages)
         self.seed, self.tolerance = seed, tolerance
@@ -319,7 +334,7 @@ class Campaign:
 def save_fault_list(path: str | Path, result: CampaignResult) -> Path:
     """Write the campaign's damage descriptions, seed, model digest and per-sample seeds and fault records."""
     return write_json(path, {"format": FAULT_LIST_FORMAT, "damage": list(result.damage), "seed": result.seed,
-                             "model_digest": result.model_digest,
+                             "model_digest": result.model_digest, "inputs": result.inputs,
                              "samples": [{"index": s.index, "seed": s.seed, "faults": s.faults}
                                          for s in result.samples]})
 
@@ -336,7 +351,7 @@ def load_fault_list(path: str | Path) -> dict[str, Any]:
     if isinstance(payload, dict) and isinstance(payload.get("campaign"), dict) and "samples" in payload["campaign"]:
         run = payload["campaign"]  # a campaign's JSON result (`lesion campaign --json`) holds its fault list too
         return {"format": FAULT_LIST_FORMAT, "damage": run["damage"], "seed": run["seed"],
-                "model_digest": run["model_digest"],
+                "model_digest": run["model_digest"], "inputs": run.get("inputs"),
                 "samples": [{"index": s["index"], "seed": s["seed"], "faults": s["faults"]} for s in run["samples"]]}
     if not isinstance(payload, dict) or payload.get("format") != FAULT_LIST_FORMAT:
         raise LesionError(f"{file} is neither a lesion fault list nor a campaign result with its samples")
@@ -359,6 +374,10 @@ def replay(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, fault_list
         results = campaign._evaluate([e["index"] for e in chunk], [e["seed"] for e in chunk])
         for entry, result in zip(chunk, results, strict=True):
             if to_jsonable(list(result.faults)) != entry["faults"]:
+                drawn_on = fault_list.get("inputs")
+                if drawn_on is not None and drawn_on != len(x):  # faults in activations are drawn per input
+                    raise LesionError(f"sample {entry['index']} realises to other faults on {len(x)} inputs than on "
+                                      f"the {drawn_on} it was drawn on: replay it with --inputs {drawn_on}")
                 raise LesionError(f"sample {entry['index']} no longer realises to its recorded faults: the list "
                                   "was edited, or saved by a lesion older than 2026-12-03 (random bit flips were "
                                   "drawn differently then: run the campaign again)")

@@ -112,9 +112,11 @@ class HeadCrash:
         layout = site.heads
         assert layout is not None
         chosen = self.heads.select(layout.heads, None, generator)
-        weight = state.param(layout.param, target.base).clone()
+        weight = state.param(layout.param, target.base)
         columns = (chosen.unsqueeze(1) * layout.head_dim + torch.arange(layout.head_dim)).reshape(-1)
-        weight.index_fill_(layout.axis, columns.to(weight.device), 0.0)
+        zeros = torch.zeros(weight.shape, dtype=torch.bool, device=weight.device)
+        zeros.index_fill_(layout.axis, columns.to(weight.device), True)
+        state = state.with_pinned(layout.param, zeros)  # later weight damage leaves the crashed heads silent
         return state.with_params({layout.param: weight}, {"kind": "head", "site": site.name, "heads": layout.heads,
                                                           **index_record(chosen)})
 

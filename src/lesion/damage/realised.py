@@ -56,13 +56,16 @@ Patch = tuple[torch.Tensor, torch.Tensor]  # (sorted distinct flat indices, new 
 @dataclass(frozen=True)
 class Realised:
     """The changed parameters (`params` whole, `patches` by entry), the unit overrides, the activation faults
-    (per site name, applied in order) and the fault record of one damage configuration."""
+    (per site name, applied in order) and the fault record of one damage configuration. `pinned`: per parameter,
+    the entries that stay 0 whatever later damage writes there (a crashed head's projection weights, SPEC §6.1:
+    the head outputs nothing, so a bit flip in memory that reads it cannot bring it back)."""
 
     params: dict[str, torch.Tensor] = field(default_factory=dict)
     units: dict[str, UnitOverride] = field(default_factory=dict)
     faults: tuple[dict[str, Any], ...] = ()
     patches: dict[str, Patch] = field(default_factory=dict)
     activations: dict[str, tuple[ActivationFaults, ...]] = field(default_factory=dict)
+    pinned: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def transient_only(self) -> bool:
@@ -73,7 +76,8 @@ class Realised:
     @property
     def undamaged(self) -> bool:
         """Whether the configuration changes nothing (a random draw that hit no weight, unit or value)."""
-        return not (self.params or self.patches or self.units or self.activations)
+        return not (self.params or self.patches or self.units
+                    or any(f.count for faults in self.activations.values() for f in faults))
 
     @property
     def changed(self) -> list[str]:
@@ -94,7 +98,16 @@ class Realised:
     def with_params(self, changed: dict[str, torch.Tensor], fault: dict[str, Any]) -> Realised:
         """A copy with parameters replaced and one more fault recorded."""
         patches = {n: p for n, p in self.patches.items() if n not in changed}
+        changed = {n: t.masked_fill(self.pinned[n].to(t.device), 0) if n in self.pinned else t
+                   for n, t in changed.items()}
         return replace(self, params={**self.params, **changed}, faults=(*self.faults, fault), patches=patches)
+
+    def with_pinned(self, name: str, zeros: torch.Tensor) -> Realised:
+        """A copy in which the entries `zeros` (a boolean mask of parameter `name`) are 0 now and after any
+        later damage."""
+        if name in self.pinned:
+            zeros = zeros | self.pinned[name].to(zeros.device)
+        return replace(self, pinned={**self.pinned, name: zeros})
 
     def with_patch(self, base: dict[str, torch.Tensor], name: str, indices: torch.Tensor, values: torch.Tensor,
                    fault: dict[str, Any]) -> Realised:
@@ -111,6 +124,8 @@ class Realised:
             merged_values[torch.searchsorted(merged, old)] = old_values
             merged_values[torch.searchsorted(merged, indices)] = values.to(merged_values.dtype)
             indices, values = merged, merged_values
+        if name in self.pinned:
+            values = values.masked_fill(self.pinned[name].reshape(-1).to(indices.device)[indices], 0)
         order = torch.argsort(indices)
         patches = {**self.patches, name: (indices[order], values[order].to(base[name].dtype))}
         return replace(self, faults=(*self.faults, fault), patches=patches)

@@ -19,7 +19,7 @@ from torch import nn
 from lesion.damage.activation_faults import ActivationFaults
 from lesion.damage.realised import Realised
 from lesion.errors import LesionError
-from lesion.functional import eval_mode
+from lesion.functional import traceable
 
 
 def merged(faults: list[ActivationFaults]) -> ActivationFaults:
@@ -75,7 +75,7 @@ def transient_outputs(model: nn.Module, configs: list[Realised], x: torch.Tensor
         faults = merged([f for _, f in layers[layer]])
         by_site[layer[0]].append(replace(faults, inputs=torch.searchsorted(hit, keys[layer])))
     stacked = x[(hit % count).to(x.device)]
-    with eval_mode(model), SiteHooks(model, [], {n: tuple(f) for n, f in by_site.items()}) as hooks:
+    with traceable(model), SiteHooks(model, [], {n: tuple(f) for n, f in by_site.items()}) as hooks:  # clean's kernel
         faulty = torch.cat([hooks.run(model, {}, {}, stacked[i:i + input_batch], start=i)
                             for i in range(0, len(stacked), input_batch)])
     tokens = torch.arange(rows_per_input, device=device)

@@ -79,7 +79,8 @@ def unit_order(model: nn.Module, layer: str, order: str, rng: np.random.Generato
         harm = []
         for unit in range(site.width):
             d = torch.zeros_like(op.weights)
-            idx = unit_damage_set(model, layer, Explicit((unit,)), torch.Generator(), target=target).indices
+            idx = unit_damage_set(model, layer, Explicit((unit,)), torch.Generator(), target=target,
+                                  check=unit == 0).indices  # the site's readers are the same for every unit
             d[idx] = -op.weights[idx]
             harm.append(op.quadratic(d))
         return np.argsort(harm)[::-1].tolist()
@@ -207,7 +208,8 @@ def progressive_path(model: nn.Module, layer: str, sequence: Sequence[int], x_an
     target = Target(model, example=x_analysis)
     site = target.site(layer)
     width = site.width
-    unit_indices = {u: unit_damage_set(model, layer, Explicit((u,)), torch.Generator(), target=target).indices
+    unit_indices = {u: unit_damage_set(model, layer, Explicit((u,)), torch.Generator(), target=target,
+                                       check=u == sequence[0]).indices  # the same readers for every unit
                     for u in sequence}
     keep = torch.ones_like(op.weights)
     rows: dict[str, list[float]] = {"speed": [], "acceleration": [], "cov": [], "accuracy": [], "loss": []}

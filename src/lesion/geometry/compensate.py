@@ -8,11 +8,14 @@ of the kept units of the same site, fitted by ridge regression on unlabelled cal
 
 and folded into the layer that reads the site: W'[:, K] = W[:, K] + W[:, S] Mᵀ, b' = b + W[:, S] c, W'[:, S] = 0.
 The targets h_S are the undamaged network's values; the regressors h_K those of the network as compensated so
-far, so several damaged sites are taken in forward order, each on the already-compensated network. Units of a
-convolution are channels, fitted over every position (a 1×1 map, shared by all positions and kernel offsets);
-token features over every token; channels flattened into a dense layer read one column per position. Without a
-bias in the reader, c is 0 and the fit has no intercept. λ = `ridge` · tr(C_KK)/|K| (C_KK the covariance of the
-kept units), so `ridge` is scale-free.
+far, so several damaged sites are taken in forward order, each on the already-compensated network. The values are
+those the reader's weights multiply: the reader's own input (after any pooling, flatten or function between the
+site and the reader). A 1-d or 2-d convolution (groups 1) is fitted over its im2col patches, every kernel offset
+of every channel one column (zero padding included), so the fold is the layer-wise least-squares optimum (OBC);
+other convolutions per channel over positions (a 1×1 map); token features over every token; channels flattened
+into a dense layer one row per position (one map shared by the positions). Without a bias in the reader, c is 0
+and the fit has no intercept. λ = `ridge` · tr(C_KK)/|K| (C_KK the covariance of the kept columns), so `ridge`
+is scale-free. The fits use the first and second moments of the columns, accumulated batch by batch.
 """
 
 from __future__ import annotations
@@ -82,96 +85,150 @@ def _head_units(target: Any, site: Site, heads: tuple[int, ...]) -> DeletedUnits
     return DeletedUnits(unit_site, reader, dims)
 
 
-def site_values(flat: Any, w: torch.Tensor, site: Site, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    """The values of the site's units as the layer reading them sees them, on inputs x at weights w: (rows,
-    width) in float64, one row per input and position (conv) or token (sequences). Where the units are read
-    through an elementwise function written as code (`Site.read_through`), the values after it."""
-    path, call, hook = site.path, site.call, site.hook
-    if site.read_through is not None:
-        (path, call), hook = site.read_through, "input"
+@dataclass(frozen=True)
+class ReaderColumns:
+    """How the reader's input becomes rows of columns: `patch` kernel offsets per unit (im2col of a convolution),
+    or 1 (one column per unit, rows over positions and tokens)."""
+
+    reader: nn.Module
+    width: int
+    patch: int
+
+    @staticmethod
+    def of(reader: nn.Module, width: int) -> ReaderColumns:
+        """Patches for a 1-d or 2-d convolution with groups 1 that reads the units as its channels."""
+        if isinstance(reader, (nn.Conv1d, nn.Conv2d)) and reader.groups == 1 and reader.in_channels == width:
+            return ReaderColumns(reader, width, int(torch.tensor(reader.kernel_size).prod()))
+        return ReaderColumns(reader, width, 1)
+
+    def rows(self, value: torch.Tensor) -> torch.Tensor:
+        """(rows, width · patch) float64 from one batch of the reader's input; a unit's columns are contiguous."""
+        import torch.nn.functional as F
+
+        reader = self.reader
+        if self.patch > 1 or isinstance(reader, nn.modules.conv._ConvNd):
+            if self.patch > 1:
+                mode = "constant" if reader.padding_mode == "zeros" else reader.padding_mode
+                padded = F.pad(value, reader._reversed_padding_repeated_twice, mode=mode)
+                if isinstance(reader, nn.Conv1d):
+                    padded = padded.unsqueeze(2)
+                two = (lambda t: (1, *t)) if isinstance(reader, nn.Conv1d) else (lambda t: tuple(t))
+                cols = F.unfold(padded, two(reader.kernel_size), dilation=two(reader.dilation),
+                                stride=two(reader.stride))
+                return cols.transpose(1, 2).reshape(-1, cols.shape[1]).double()
+            value = value.movedim(1, -1)  # channels last
+        features = value.shape[-1]
+        if features == self.width:
+            return value.reshape(-1, features).double()
+        if features % self.width == 0:  # channels × positions flattened into a dense layer
+            block = features // self.width
+            return value.reshape(-1, self.width, block).transpose(1, 2).reshape(-1, self.width).double()
+        raise LesionError(f"the reader's input has {features} features, not a multiple of the {self.width} units")
+
+    def columns(self, units: tuple[int, ...]) -> list[int]:
+        """The columns of `units`."""
+        return [u * self.patch + j for u in units for j in range(self.patch)]
+
+
+def reader_input(flat: Any, w: torch.Tensor, path: str, call: int, x: torch.Tensor) -> torch.Tensor:
+    """The input of call `call` of module `path` in the forward of `flat` on x at weights w."""
     module = dict(flat.model.named_modules())[path]
     seen: list[torch.Tensor] = []
     calls = [0]
 
-    def keep(value: Any) -> None:
-        if calls[0] == call and isinstance(value, torch.Tensor):
-            seen.append(value.detach())
-
     def before(_module: nn.Module, args: tuple[Any, ...]) -> None:
-        if hook == "input":
-            if args:
-                keep(args[0])
-            calls[0] += 1
+        if calls[0] == call and args and isinstance(args[0], torch.Tensor):
+            seen.append(args[0].detach())
+        calls[0] += 1
 
-    def after(_module: nn.Module, _args: tuple[Any, ...], output: Any) -> None:
-        if hook == "output":
-            keep(output)
-            calls[0] += 1
-
-    rows = []
-    handles = [module.register_forward_pre_hook(before), module.register_forward_hook(after)]
+    handle = module.register_forward_pre_hook(before)
     try:
         with torch.no_grad():
-            for i in range(0, len(x), batch):
-                seen.clear()
-                calls[0] = 0
-                flat(x[i:i + batch], w)
-                if not seen:
-                    raise LesionError(f"{site.name} did not run in the forward pass")
-                value = seen[0]
-                if tuple(value.shape[1:]) != site.shape:  # read through a flatten: the site's shape again
-                    value = value.reshape(len(value), *site.shape)
-                value = value.movedim(site.axis, -1)
-                rows.append(value.reshape(-1, value.shape[-1]).double())
+            flat(x, w)
     finally:
-        for handle in handles:
-            handle.remove()
-    return torch.cat(rows)
+        handle.remove()
+    if not seen:
+        raise LesionError(f"{path} did not run in the forward pass")
+    return seen[0]
 
 
-def ridge_fit(h_kept: torch.Tensor, h_deleted: torch.Tensor, ridge: float, intercept: bool
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, c) with h_deleted ≈ h_kept M + c (float64): ridge regression, λ = ridge · tr(C_KK)/|K|."""
-    rows, kept = h_kept.shape
-    mean_k = h_kept.mean(0) if intercept else torch.zeros(kept, dtype=h_kept.dtype, device=h_kept.device)
-    mean_s = h_deleted.mean(0) if intercept else torch.zeros(h_deleted.shape[1], dtype=h_kept.dtype,
-                                                                 device=h_kept.device)
-    if kept == 0:
-        return h_kept.new_zeros(0, h_deleted.shape[1]), mean_s
-    a, b = h_kept - mean_k, h_deleted - mean_s
-    gram = a.T @ a / rows
-    lam = ridge * float(torch.trace(gram)) / kept + 1e-12
-    M = torch.linalg.solve(gram + lam * torch.eye(kept, dtype=gram.dtype, device=gram.device), a.T @ b / rows)
-    return M, mean_s - mean_k @ M
+@dataclass(frozen=True)
+class Moments:
+    """Mean and covariance of the rows z = [z_K, z_S] of the kept and deleted columns (the first `kept` of z)."""
+
+    kept: int
+    mean: torch.Tensor
+    second: torch.Tensor  # the covariance
+    rows: int
+
+    @staticmethod
+    def accumulate(batches: Any) -> Moments:
+        """From an iterator of (z_K, z_S) row batches (float64), about the first batch's mean (for accuracy)."""
+        total, outer, rows, shift, kept = None, None, 0, None, 0
+        for z_kept, z_deleted in batches:
+            z = torch.cat([z_kept, z_deleted], dim=1)
+            if shift is None:
+                shift, kept = z.mean(0), z_kept.shape[1]
+                total, outer = torch.zeros_like(shift), torch.zeros(len(shift), len(shift), dtype=z.dtype,
+                                                                     device=z.device)
+            centred = z - shift
+            total += centred.sum(0)
+            outer += centred.T @ centred
+            rows += len(z)
+        if shift is None:
+            raise LesionError("no calibration inputs to compensate with")
+        mean = total / rows
+        return Moments(kept, mean + shift, outer / rows - torch.outer(mean, mean), rows)
+
+    def raw(self) -> torch.Tensor:
+        """E[zzᵀ] (about 0)."""
+        return self.second + torch.outer(self.mean, self.mean)
 
 
-def obs_fit(h_kept: torch.Tensor, h_deleted: torch.Tensor, damping: float, intercept: bool
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, c) of layer-wise OBS (OBC, issue 15 item 2) for removing the reader's inputs S: with the reader's
-    inputs z = [h_K, h_S, 1] (the 1 when it has a bias) and H = E[zzᵀ] + λI (λ = damping · mean diagonal), the
+def ridge_fit(moments: Moments, ridge: float, intercept: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, c) with z_S ≈ z_K M + c (float64): ridge regression, λ = ridge · tr(C_KK)/|K|; without an intercept
+    about 0 instead of the means."""
+    K = moments.kept
+    cov = moments.second if intercept else moments.raw()
+    mean = moments.mean if intercept else torch.zeros_like(moments.mean)
+    if K == 0:
+        return cov.new_zeros(0, len(cov)), mean
+    gram, cross = cov[:K, :K], cov[:K, K:]
+    lam = ridge * float(torch.trace(gram)) / K + 1e-12
+    M = torch.linalg.solve(gram + lam * torch.eye(K, dtype=gram.dtype, device=gram.device), cross)
+    return M, mean[K:] - mean[:K] @ M
+
+
+def obs_fit(moments: Moments, damping: float, intercept: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, c) of layer-wise OBS (OBC, issue 15 item 2) for removing the reader's input columns S: with the rows
+    z = [z_K, z_S, 1] (the 1 when the reader has a bias) and H = E[zzᵀ] + λI (λ = damping · mean diagonal), the
     update that zeroes W[:, S] and least changes W z on the calibration inputs is δW = −W_S (H⁻¹_SS)⁻¹ H⁻¹_S·,
     i.e. M = −H⁻¹_KS (H⁻¹_SS)⁻¹ and c = −(H⁻¹_SS)⁻¹ H⁻¹_S1 (float64)."""
-    rows, kept = h_kept.shape
-    deleted = h_deleted.shape[1]
-    parts = [h_kept, h_deleted] + ([torch.ones(rows, 1, dtype=h_kept.dtype, device=h_kept.device)] if intercept
-                                   else [])
-    z = torch.cat(parts, dim=1)
-    H = z.T @ z / rows
-    H += damping * float(torch.diagonal(H).mean()) * torch.eye(len(H), dtype=H.dtype, device=H.device)
+    kept = moments.kept
+    n = len(moments.mean)
+    H = moments.raw()
+    if intercept:
+        H = torch.cat([torch.cat([H, moments.mean[:, None]], 1),
+                       torch.cat([moments.mean, moments.mean.new_ones(1)])[None]], 0)
+    H = H + damping * float(torch.diagonal(H).mean()) * torch.eye(len(H), dtype=H.dtype, device=H.device)
     inverse = torch.linalg.inv(H)
-    S = slice(kept, kept + deleted)
+    S = slice(kept, n)
     block = torch.linalg.inv(inverse[S, S])  # (H⁻¹_SS)⁻¹
     M = -inverse[:kept, S] @ block
-    c = -(block @ inverse[S, kept + deleted]) if intercept else torch.zeros(deleted, dtype=H.dtype,
-                                                                           device=H.device)
+    c = -(block @ inverse[S, n]) if intercept else torch.zeros(n - kept, dtype=H.dtype, device=H.device)
     return M, c
 
 
 def fold(params: dict[str, torch.Tensor], original: dict[str, torch.Tensor], reader: nn.Module, reader_path: str,
-         deleted: DeletedUnits, M: torch.Tensor, c: torch.Tensor) -> dict[str, torch.Tensor]:
+         deleted: DeletedUnits, M: torch.Tensor, c: torch.Tensor, columns: ReaderColumns | None = None
+         ) -> dict[str, torch.Tensor]:
     """New reader weight and bias with the fitted map folded in (module docstring), the deleted inputs zeroed:
-    W[:, S] from the `original` (undamaged) weights, W[:, K] and b from `params`."""
+    W[:, S] from the `original` (undamaged) weights, W[:, K] and b from `params`. With im2col `columns`, M maps
+    the kept units' patch columns to the deleted ones'."""
     from lesion.sites.modules import reader_columns
+
+    if columns is not None and columns.patch > 1:
+        return _fold_patches(params, original, reader_path, deleted, M, c, columns)
 
     axis = reader_columns(reader)
     weight = params[f"{reader_path}.weight"]
@@ -199,6 +256,25 @@ def fold(params: dict[str, torch.Tensor], original: dict[str, torch.Tensor], rea
     return out
 
 
+def _fold_patches(params: dict[str, torch.Tensor], original: dict[str, torch.Tensor], reader_path: str,
+                  deleted: DeletedUnits, M: torch.Tensor, c: torch.Tensor, columns: ReaderColumns
+                  ) -> dict[str, torch.Tensor]:
+    """`fold` for a convolution fitted on its patches: the weight (out, C, *kernel) as (out, C·k), whose column
+    order (channel, then kernel offsets) is im2col's."""
+    weight = params[f"{reader_path}.weight"]
+    w = weight.double().reshape(len(weight), -1)
+    w_s = original[f"{reader_path}.weight"].double().reshape(len(weight), -1)[:, columns.columns(deleted.units)]
+    kept, gone = columns.columns(deleted.kept), columns.columns(deleted.units)
+    new = w.clone()
+    new[:, kept] += w_s @ M.T.to(w.device)
+    new[:, gone] = 0.0
+    out = {f"{reader_path}.weight": new.reshape(weight.shape).to(weight.dtype)}
+    bias = params.get(f"{reader_path}.bias")
+    if bias is not None:
+        out[f"{reader_path}.bias"] = (bias.double() + w_s @ c.to(w.device)).to(bias.dtype)
+    return out
+
+
 def compensate(problem: Any, calibration: int = 256, ridge: float = 1e-3, fit: str = "regression"
                ) -> tuple[Any, torch.Tensor]:
     """Delete D and compensate every damaged site in forward order (module docstring); returns the method's
@@ -216,17 +292,29 @@ def compensate(problem: Any, calibration: int = 256, ridge: float = 1e-3, fit: s
     original = flat.unflatten(problem.w0)
     fits = []
     for part in parts:
-        clean = site_values(flat, problem.w0, part.site, x)
-        now = site_values(flat, w, part.site, x)
         reader = modules[part.reader]
+        columns = ReaderColumns.of(reader, part.site.width)
+        path, call = part.site.read_through or (part.reader, part.site.call if part.site.path == part.reader else 0)
+        kept, gone = columns.columns(part.kept), columns.columns(part.units)
+        batch = 32 if columns.patch > 1 else 512
+
+        def rows(now: torch.Tensor = w, path: str = path, call: int = call, columns: ReaderColumns = columns,
+                 kept: list[int] = kept, gone: list[int] = gone, batch: int = batch) -> Any:
+            for i in range(0, len(x), batch):
+                chunk = x[i:i + batch]
+                yield (columns.rows(reader_input(flat, now, path, call, chunk))[:, kept],
+                       columns.rows(reader_input(flat, problem.w0, path, call, chunk))[:, gone])
+
+        moments = Moments.accumulate(rows())
         intercept = f"{part.reader}.bias" in flat.layout.names
         fitter = obs_fit if fit == "obs" else ridge_fit
-        M, c = fitter(now[:, list(part.kept)], clean[:, list(part.units)], ridge, intercept)
+        M, c = fitter(moments, ridge, intercept)
         params = flat.unflatten(w.clone())
-        params.update(fold(params, original, reader, part.reader, part, M, c))
+        params.update(fold(params, original, reader, part.reader, part, M, c, columns))
         w = flat.layout.flatten(params) * problem.mask
         fits.append({"site": part.site.name, "reader": part.reader, "deleted": len(part.units),
-                     "kept": len(part.kept), "rows": len(now)})
+                     "kept": len(part.kept), "rows": moments.rows, **({"patch": columns.patch}
+                                                                       if columns.patch > 1 else {})})
     acc, loss = problem.evaluate(w)
     examples = 2 * len(parts) * len(x) / 3
     name = "obs" if fit == "obs" else "compensate"

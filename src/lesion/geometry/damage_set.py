@@ -42,11 +42,15 @@ class DamageSet:
 
 
 def unit_damage_set(model: nn.Module, layer: str, selector: Selector, generator: torch.Generator,
-                    example: torch.Tensor | None = None, target: Target | None = None) -> DamageSet:
+                    example: torch.Tensor | None = None, target: Target | None = None, check: bool = True
+                    ) -> DamageSet:
     """D for deleting the units chosen by `selector` among those of site `layer` (SPEC §6.1 address): every
-    parameter that only feeds a deleted unit (the layer's rows and bias, the BN/LN scale and shift between the
-    layer and the site) and the weights of the next layer that read it. `target`: a `Target` of the model
-    already built (its site table is reused: many single-unit sets need one recording forward, not one each)."""
+    trainable parameter that only feeds a deleted unit (the layer's rows and bias, the BN/LN scale and shift
+    between the layer and the site) and the weights of the next layer that read it. `target`: a `Target` of the
+    model already built (its site table is reused: many single-unit sets need one recording forward, not one
+    each). With `check`, refused (LesionError) unless zeroing the reader's weights of the units gives the outputs
+    of silencing them at the site on the example inputs: where the site is also read by another layer, or its
+    reader runs more than once, the reader's weights do not say all that reads them."""
     from lesion.damage.kinds import unit_parameters
     from lesion.sites.modules import reader_columns
     from lesion.sites.table import reader_of
@@ -72,8 +76,13 @@ def unit_damage_set(model: nn.Module, layer: str, selector: Selector, generator:
         view = flat[start:stop].view(layout.shapes[layout.names.index(name)])
         view.index_fill_(axis, index, True)
 
-    for name, axis in owned:
-        mark(name, axis, units)
+    if target.table.recording.counts.get(reader, 1) > 1:
+        raise LesionError(f"cannot delete units of {site.name} through the weights of {reader}: {reader} runs "
+                          f"{target.table.recording.counts[reader]} times a forward, and its weights read other "
+                          "values too")
+    if f"{reader}.weight" not in layout.names:
+        raise LesionError(f"cannot delete units of {site.name}: the weights of {reader} that read them are frozen "
+                          "(requires_grad=False), and only trainable weights are masked and repaired")
     modules = dict(model.named_modules())
     axis = reader_columns(modules[reader])
     inputs = target.base[f"{reader}.weight"].shape[axis]
@@ -84,7 +93,62 @@ def unit_damage_set(model: nn.Module, layer: str, selector: Selector, generator:
         mark(f"{reader}.weight", axis, (units.unsqueeze(1) * block + torch.arange(block)).reshape(-1))
     else:
         raise LesionError(f"cannot tell which weights of {reader} read the units of {site.name}")
-    return DamageSet(torch.nonzero(flat).reshape(-1), site.name, tuple(units.tolist()), site.width)
+    read = torch.nonzero(flat).reshape(-1)
+    for name, axis in owned:
+        if name in layout.names:  # a frozen scale or shift of a deleted unit feeds nothing once it is unread
+            mark(name, axis, units)
+    indices = torch.nonzero(flat).reshape(-1)
+    if check:
+        _check_deletion_silences(model, target, site, reader, units, layout, read,
+                                 indices[~torch.isin(indices, read)], example)
+    return DamageSet(indices, site.name, tuple(units.tolist()), site.width)
+
+
+def _check_deletion_silences(model: nn.Module, target: Target, site: Any, reader: str, units: torch.Tensor,
+                             layout: ParameterLayout, read: torch.Tensor, owned: torch.Tensor,
+                             example: torch.Tensor | None) -> None:
+    """LesionError unless zeroing the reader's weights of the units (flat indices `read`) silences them, tested
+    on two example inputs: with those weights zeroed, the outputs must not change when the units' own weights
+    (`owned`) are scrambled (else another layer reads the units too), and, where the site is the reader's input
+    itself, they must be the outputs of the units' values set to 0 at the site (else the reader's weights read
+    other values as well)."""
+    from lesion.damage.apply import damaged_outputs
+    from lesion.damage.realised import Realised, UnitOverride
+    from lesion.sites.example import example_input
+
+    x = example if example is not None else target.example if target.example is not None else example_input(model)
+    x = x[:2]
+    flat = torch.cat([target.base[name].detach().reshape(-1) for name in layout.names])
+    flat[read.to(flat.device)] = 0
+
+    def outputs(realised: Realised) -> torch.Tensor:
+        with torch.no_grad():
+            return damaged_outputs(model, realised, x).double().nan_to_num(0, 0, 0)
+
+    def params(values: torch.Tensor) -> Realised:
+        return Realised(params=dict(zip(layout.names, (t.reshape(shape) for t, shape in zip(
+            torch.split(values, layout.sizes), layout.shapes, strict=True)), strict=True)))
+
+    deleted = outputs(params(flat))
+    scale = float(deleted.abs().max()) or 1.0
+
+    def same(other: torch.Tensor) -> bool:
+        return deleted.shape == other.shape and torch.allclose(deleted, other, rtol=1e-4, atol=1e-5 * scale)
+
+    if len(owned):
+        stirred = flat.clone()
+        owned = owned.to(flat.device)
+        noise = torch.randn(len(owned), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        stirred[owned] = (flat[owned].double() + noise * (1 + flat[owned].double().abs())).to(flat.dtype)
+        if not same(outputs(params(stirred))):
+            raise LesionError(f"cannot delete units of {site.name} through the weights of {reader}: another "
+                              f"layer reads {site.name} too, so zeroing {reader}'s weights does not silence them")
+    if site.read_through is None:
+        silenced = UnitOverride.identity(site, target.device).force(units, 0.0)
+        if not same(outputs(Realised(units={site.name: silenced}))):
+            raise LesionError(f"cannot delete units of {site.name} through the weights of {reader}: zeroing them "
+                              f"is not the same as silencing the units (another layer reads {site.name} too, or "
+                              f"{reader} runs more than once)")
 
 
 def _head_damage_set(model: nn.Module, site: Any, selector: Selector, generator: torch.Generator) -> DamageSet:

@@ -281,7 +281,8 @@ def _unit_masks(problem: RecoveryProblem) -> dict[tuple[str, int], torch.Tensor]
     out = {}
     target = Target(problem.model, example=problem.x_eval[:2])
     for layer, unit in problem.damage.unit_list():
-        single = unit_damage_set(problem.model, layer, Explicit((unit,)), torch.Generator(), target=target)
+        single = unit_damage_set(problem.model, layer, Explicit((unit,)), torch.Generator(), target=target,
+                                 check=False)  # the whole set was checked when it was made
         m = torch.ones_like(problem.w0)
         m[single.indices] = 0.0
         out[(layer, unit)] = m
