@@ -9,7 +9,6 @@ from lesion.cli.options import (
     add_common,
     add_data,
     add_model,
-    nonnegative_float,
     output_file,
     positive_float,
     positive_int,
@@ -26,13 +25,18 @@ def _analysis_inputs(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     return loaded, data, x[: args.inputs], (None if y is None else y[: args.inputs])
 
 
-def announce_cost(op: Any, k: int, time_limit: float, method: str = "auto", with_trace: bool = False) -> None:
+def announce_cost(op: Any, k: int, time_limit: float, method: str = "auto", with_trace: bool = False,
+                  full: bool = False) -> None:
     """When the operator route (Lanczos) will run: print what one g·v costs and what Lanczos for the top k (and,
     `with_trace`, the spectrum's trace) will take (SPEC §3.2), before the work, and refuse when even the low end
-    is above `time_limit` (issue 14)."""
-    from lesion.geometry.spectrum import route_for, trace_products
+    is above `time_limit` (issue 14). `full` (--all): the route every nonzero eigenvalue takes, or its refusal."""
+    from lesion.geometry.spectrum import full_refusal, route_for, trace_products
 
-    if route_for(op, method) == "gram":
+    route = route_for(op, method, full)
+    if full and route != "gram":
+        raise LesionError(full_refusal(op, method))
+    k = min(k, op.inputs * op.m)  # g has rank at most m·|X|: no more eigenpairs are computed
+    if route == "gram":
         print(f"Gram route: K of {op.inputs * op.m:,}² from {op.inputs:,} rows of {op.m} outputs", flush=True)
         return
     seconds = op.time_matvec()
@@ -54,12 +58,16 @@ def _cmd_spectrum(args: argparse.Namespace) -> dict[str, Any]:
 
     loaded, data, x, _ = _analysis_inputs(args)
     op = MetricOperator(loaded.module, x, args.output)
-    announce_cost(op, args.top, args.time_limit, args.method, with_trace=True)
-    result = spectrum(op, args.top, args.tau, full=args.all, method=args.method)
+    announce_cost(op, args.top, args.time_limit, args.method, with_trace=True, full=args.all)
+    result = spectrum(op, args.top, args.tau, full=args.all, method=args.method, seed=args.seed)
     shown = ", ".join(f"{v:.4g}" for v in result.eigenvalues[:8])
     if len(result.eigenvalues) > 8:
         shown += f", … ({len(result.eigenvalues)} in the JSON)"
-    if len(result.eigenvalues) < args.top:  # g = JᵀJ has rank at most m·|X|: no more nonzero eigenvalues exist
+    clamped = result.extra.get("top_clamped")
+    if clamped:  # g = JᵀJ has rank at most m·|X|: no more nonzero eigenvalues exist
+        shown += (f" (only the top {clamped['computed']}, not --top {args.top}: g has rank at most {op.m} outputs × "
+                  f"{op.inputs:,} rows = {clamped['rank_bound']:,})")
+    elif len(result.eigenvalues) < args.top:
         shown += f" (all {len(result.eigenvalues)}: g has rank at most {op.m} outputs × {op.inputs:,} rows)"
     rows = f" ({result.inputs:,} (input, token) rows)" if result.inputs != len(x) else ""
     print(f"g on {len(x)} {args.split} inputs{rows} of {data.name} ({args.output} outputs), "
@@ -94,16 +102,23 @@ def _cmd_attack(args: argparse.Namespace) -> dict[str, Any]:
         raise LesionError(f"{args.data} has no labels: attacks maximise the loss and report accuracy")
     from lesion.geometry.metric import MetricOperator
 
-    announce_cost(MetricOperator(loaded.module, x), args.top, args.time_limit)
+    op = MetricOperator(loaded.module, x)
+    announce_cost(op, args.top, args.time_limit)
     result = attack(loaded.module, x, y, data.x_test, data.y_test, args.sigma, args.directions, args.top, args.seed,
                     bitflips=not args.no_bitflips)
     r = result.random_accuracy
     print(f"σ = {args.sigma}: clean accuracy {result.clean_accuracy:.4f}; random directions ({args.directions}) mean "
           f"{r['mean']:.4f} (95% CI {r['ci'][0]:.4f}–{r['ci'][1]:.4f}), min {r['min']:.4f}, max {r['max']:.4f}")
-    print(f"adversarial (span of the top {args.top} eigenvectors) {result.adversarial_accuracy:.4f}; loss gradient "
+    k = result.details["k"]
+    if k < args.top:  # g = JᵀJ has rank at most m·|X|: no more eigenvectors with a nonzero eigenvalue
+        bound = (f"g has rank at most {op.m} outputs × {op.inputs:,} rows = {op.m * op.inputs:,}"
+                 if k == op.m * op.inputs else f"n = {op.n:,} weights")
+        print(f"the top {k} eigenvectors, not --top {args.top}: {bound}")
+    formats = "/".join(sorted(set(result.details["bitflip_formats"].values())))
+    print(f"adversarial (span of the top {k} eigenvectors) {result.adversarial_accuracy:.4f}; loss gradient "
           f"{result.gradient_accuracy:.4f}; top eigenvector {result.top_eigenvector_accuracy:.4f}"
-          + ("" if args.no_bitflips else f"; greedy bit flips ({len(result.details['bitflips'])}, ‖Δw‖ ≤ σ) "
-                                          f"{result.bitflip_accuracy:.4f}"))
+          + ("" if args.no_bitflips else f"; greedy {formats} bit flips ({len(result.details['bitflips'])}, "
+                                          f"‖w − w0‖ ≤ σ) {result.bitflip_accuracy:.4f}"))
     c = result.collapse
     print(f"under the adversarial perturbation {c['share']:.1%} of the test inputs are classified as "
           f"class {c['class']}")
@@ -148,7 +163,7 @@ def register(sub: Any) -> None:
     add_model(p)
     add_data(p)
     _add_inputs(p)
-    p.add_argument("--sigma", type=nonnegative_float, default=1.0, help="perturbation norm ‖du‖ (default 1)")
+    p.add_argument("--sigma", type=positive_float, default=1.0, help="perturbation norm ‖du‖ > 0 (default 1)")
     p.add_argument("--directions", type=positive_int, default=1000, help="random directions (default 1000)")
     p.add_argument("--top", type=positive_int, default=20, help="eigenvectors spanning the attack (default 20)")
     p.add_argument("--no-bitflips", action="store_true", help="skip the greedy bit-flip search")

@@ -3,8 +3,9 @@
 At norm σ: random directions (a campaign of uniform unit-sphere directions), the adversarial direction
 σ·u* with u* in the span of the top-k eigenvectors of g (the single eigenvector and sign that raise the loss
 most on the analysis inputs, then the combination of the k, refined by projected gradient ascent on the unit
-sphere of the span), the loss-gradient direction (first-order baseline), the top eigenvector alone, and a
-greedy search of float32 bit flips whose total weight change stays within σ.
+sphere of the span), the loss-gradient direction (first-order baseline), the top eigenvector alone (its sign by the
+loss on the analysis inputs), and a greedy search of bit flips in each weight's stored format (float32, float16,
+bfloat16 or float64 words) whose total weight change from the trained weights w0 stays within σ: ‖w − w0‖ ≤ σ.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lesion.damage import Perturbation, Realised, batched_damaged_outputs
-from lesion.damage.bits import flip_bits
+from lesion.damage.bits import FORMATS, format_for, xor_words
 from lesion.damage.campaign import Campaign
 from lesion.errors import LesionError
 from lesion.geometry.flat import FlatModel
@@ -95,26 +96,71 @@ def adversarial_direction(op: MetricOperator, x: torch.Tensor, y: torch.Tensor, 
     return u / u.norm(), info
 
 
+FLOAT64_WIDTH = 64  # bits of a float64 word: sign 63, exponent 52–62, mantissa 0–51 (IEEE 754 binary64)
+
+
+def bit_formats(view: FlatModel) -> dict[str, str]:
+    """The word format each trainable parameter is stored in (SPEC §1, bit flip: "in its stored format"): its own
+    dtype's (`lesion.damage.bits.format_for`: float32, float16, bfloat16), "float64" for float64 parameters
+    (64-bit words, flipped here); a LesionError for a dtype with no bit format. The view's w may be wider than
+    the model's weights (a float16 model is analysed in float32): the flips are of the model's words."""
+    params = dict(view.model.named_parameters())
+    return {name: "float64" if params[name].dtype == torch.float64 else
+            format_for(params[name].dtype, f"weights of {name}") for name in view.layout.names}
+
+
+def _flipped_values(values: torch.Tensor, bits: torch.Tensor, fmt: str) -> torch.Tensor:
+    """values[k] with bit bits[k] of its `fmt` word flipped, read back in values' dtype (exactly: `values` hold
+    words of `fmt`)."""
+    if fmt == "float64":
+        words = values.double().contiguous().view(torch.int64)
+        one = torch.ones_like(bits, dtype=torch.int64)
+        masks = torch.where(bits == FLOAT64_WIDTH - 1, torch.iinfo(torch.int64).min, one << bits.clamp(max=62))
+        return torch.bitwise_xor(words, masks.to(words.device)).view(torch.float64).to(values.dtype)
+    return xor_words(values.float(), torch.ones_like(bits, dtype=torch.int64) << bits, fmt).to(values.dtype)
+
+
 def greedy_bitflips(view: FlatModel, x: torch.Tensor, y: torch.Tensor, sigma: float, max_flips: int = 20,
                     candidates: int = 256, exact_checks: int = 64) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-    """Greedy float32 bit flips raising the loss on (x, y) while ‖Δw‖ ≤ σ in total: at each step the flips of
-    the bits of the `candidates` weights with the largest loss gradient are ranked by their first-order gain,
-    the best `exact_checks` are evaluated exactly (in one batched pass) and the best is applied."""
+    """Greedy bit flips, in each weight's stored format (`bit_formats`: float32, float16, bfloat16 or float64
+    words; SPEC §1 bit flip, §3.4), raising the loss on (x, y) while the total change from the starting weights
+    w0 stays within the budget, ‖w − w0‖ ≤ σ (measured against w0, so that flips of one weight twice count once:
+    a per-step sum of squares would undercount two moves of a weight in the same direction). At each step the
+    flips of the bits of the `candidates` weights with the largest loss gradient are ranked by their first-order
+    gain, the best `exact_checks` are evaluated exactly (in one batched pass) and the best is applied. Each flip
+    record carries its "format"."""
     flat = view.weights.clone()
+    w0 = view.weights.double()
     loss = _loss_fn(view, x, y)
-    spent = 0.0
+    formats = bit_formats(view)
+    kinds = sorted(set(formats.values()))
+    kind_of = torch.cat([torch.full((size,), kinds.index(formats[name]), dtype=torch.int64)
+                         for name, size in zip(view.layout.names, view.layout.sizes, strict=True)]).to(view.device)
     flips: list[dict[str, Any]] = []
     base = view.unflatten(view.weights)
     for _ in range(max_flips):
         grad = torch.func.grad(loss)(flat)
         top = torch.topk(grad.abs(), min(candidates, view.n)).indices
-        idx = top.repeat_interleave(32)
-        bits = torch.arange(32, device=view.device).repeat(len(top))
-        flipped = flip_bits(flat[idx].float(), torch.arange(len(idx)), bits).to(flat.dtype)
+        parts = []
+        for code, fmt in enumerate(kinds):
+            chosen = top[kind_of[top] == code]
+            width = FLOAT64_WIDTH if fmt == "float64" else FORMATS[fmt]
+            if len(chosen) == 0:
+                continue
+            bits = torch.arange(width, device=view.device).repeat(len(chosen))
+            idx = chosen.repeat_interleave(width)
+            parts.append((idx, bits, _flipped_values(flat[idx], bits, fmt), [fmt] * len(idx)))
+        idx = torch.cat([p[0] for p in parts])
+        bits = torch.cat([p[1] for p in parts])
+        flipped = torch.cat([p[2] for p in parts])
+        fmt_of = [f for p in parts for f in p[3]]
         delta = flipped - flat[idx]
-        room = sigma**2 - spent
-        exact = flipped.double() - flat[idx].double()  # the budget in float64: a float32 square can round below it
-        ok = torch.isfinite(flipped) & (exact**2 <= room) & (delta != 0)
+        # the budget on the total change from w0, in float64 (a float32 square can round below it): the weight's
+        # current offset from w0 is replaced by its offset after the flip
+        moved = flat.double() - w0
+        spent = float((moved**2).sum())
+        total = spent - moved[idx] ** 2 + (flipped.double() - w0[idx]) ** 2
+        ok = torch.isfinite(flipped) & (total <= sigma**2) & (delta != 0)
         if not bool(ok.any()):
             break
         gain = torch.where(ok, grad[idx] * delta, torch.tensor(-math.inf, dtype=flat.dtype, device=flat.device))
@@ -135,9 +181,9 @@ def greedy_bitflips(view: FlatModel, x: torch.Tensor, y: torch.Tensor, sigma: fl
         j = order[best].item()
         before = float(flat[idx[j]])
         flat[idx[j]] = flipped[j]
-        spent += float(exact[j] ** 2)
-        flips.append({"weight": int(idx[j]), "bit": int(bits[j]), "before": before, "after": float(flipped[j]),
-                      "loss": float(losses[best])})
+        flips.append({"weight": int(idx[j]), "bit": int(bits[j]), "format": fmt_of[j], "before": before,
+                      "after": float(flipped[j]), "loss": float(losses[best]),
+                      "norm": math.sqrt(max(float(total[j]), 0.0))})
     return flat, flips
 
 
@@ -233,24 +279,35 @@ def attack(model: nn.Module, x_analysis: torch.Tensor, y_analysis: torch.Tensor,
            bitflips: bool = True, halving: int = 0) -> AttackResult:
     """Compare random and designed perturbations of norm σ (SPEC §3.4): directions designed on the analysis
     inputs, accuracies measured on the evaluation inputs. With `halving` > 0, also the norm that halves
-    accuracy along the adversarial direction and along that many random ones (`halving_norms`)."""
+    accuracy along the adversarial direction and along that many random ones (`halving_norms`).
+
+    k is clamped to m·|X| (g has no more nonzero eigenvalues; details "k" is the count used, "k_asked" the
+    request); the top eigenvector's sign is the one raising the loss on the analysis inputs; the bit flips are of
+    each weight's stored format (details "bitflip_formats", per parameter)."""
     if not sigma > 0:
         raise LesionError(f"σ must be positive, got {sigma}")
     op = MetricOperator(model, x_analysis)
     view = op.flat
+    formats = bit_formats(view) if bitflips else {}  # before the work: a dtype with no bit format is refused
     clean, _ = _accuracy(view, view.weights, x_eval, y_eval)
     # the random directions in the same space as the designed ones: the trainable weights w (SPEC §0), not frozen ones
     frozen = set(dict(model.named_parameters())) - set(view.layout.names)
     trainable = ",".join(view.layout.names) if frozen else "all"
     campaign = Campaign(model, x_eval, y_eval, [Perturbation("sphere", sigma, trainable)], seed=seed)
     random = campaign.run(samples=directions).accuracy
-    eigenpairs = top_eigenpairs(op, k)
-    u_adv, info = adversarial_direction(op, x_analysis, y_analysis, sigma, k, eigenpairs=eigenpairs)
+    rows = op.inputs * op.m  # g = JᵀJ has rank at most m·|X|: no more eigenvectors with a nonzero eigenvalue
+    used = min(k, rows, op.n - 1)
+    eigenpairs = top_eigenpairs(op, used)
+    u_adv, info = adversarial_direction(op, x_analysis, y_analysis, sigma, used, eigenpairs=eigenpairs)
     adv, counts = _accuracy(view, view.weights + sigma * u_adv, x_eval, y_eval)
     u_grad = gradient_direction(view, x_analysis, y_analysis)
     grad_acc, _ = _accuracy(view, view.weights + sigma * u_grad, x_eval, y_eval)
+    # the top eigenvector's sign by the loss on the analysis inputs (SPEC §3.4), never on the evaluation data
     v1 = eigenpairs[1][:, 0].to(view.dtype)
-    eig_acc = min(_accuracy(view, view.weights + s * sigma * v1, x_eval, y_eval)[0] for s in (1.0, -1.0))
+    analysis_loss = _loss_fn(view, x_analysis, y_analysis)
+    with torch.no_grad():
+        sign = max((1.0, -1.0), key=lambda s: float(analysis_loss(view.weights + s * sigma * v1)))
+    eig_acc, _ = _accuracy(view, view.weights + sign * sigma * v1, x_eval, y_eval)
     bit_acc, flips = float("nan"), []
     if bitflips:
         flipped, flips = greedy_bitflips(view, x_analysis, y_analysis, sigma)
@@ -259,8 +316,9 @@ def attack(model: nn.Module, x_analysis: torch.Tensor, y_analysis: torch.Tensor,
                                            directions=10, seed=seed)
     dominant = int(np.argmax(counts))
     collapse = {"class": dominant, "share": counts[dominant] / max(sum(counts), 1), "prediction_counts": counts}
-    details = {"adversarial": info, "bitflips": flips, "directions": directions, "k": k, "seed": seed,
-               "response": response}
+    details = {"adversarial": info, "bitflips": flips, "directions": directions, "k": used, "k_asked": k,
+               "rank_bound": rows, "top_eigenvector_sign": sign, "seed": seed, "response": response,
+               "bitflip_formats": formats}
     halved = halving_norms(view, x_eval, y_eval, clean, u_adv, halving, seed) if halving else {}
     return AttackResult(sigma, clean, random, adv, grad_acc, eig_acc, bit_acc, collapse, len(x_analysis),
                         len(x_eval), details, halved)

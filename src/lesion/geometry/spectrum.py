@@ -52,22 +52,49 @@ class Spectrum:
         return {**out, **self.extra}
 
 
-def automatic_route(is_mlp: bool, rows: int, n: int, element_size: int) -> str:
+def automatic_route(is_mlp: bool, rows: int, n: int, element_size: int, full: bool = False) -> str:
     """The route `auto` picks for m|X| = `rows` Jacobian rows of n weights: `gram` when K is small enough and can
-    be built (MLP factors; for other models stacked Jacobians, slow row by row: small problems only)."""
+    be built (MLP factors; for other models stacked Jacobians, slow row by row: small problems only). With `full`
+    (every nonzero eigenvalue, which only the Gram route gives), `gram` wherever K can be built: up to
+    `GRAM_LIMIT` rows, and for other models with the stacked Jacobians within `JACOBIAN_MEMORY`."""
+    fits = rows * n * element_size <= JACOBIAN_MEMORY
+    if full:
+        return "gram" if rows <= GRAM_LIMIT and (is_mlp or fits) else "lanczos"
     if is_mlp:
         return "gram" if rows <= GRAM_LIMIT else "lanczos"
-    small = rows <= GENERIC_GRAM_ROWS and rows * n * element_size <= JACOBIAN_MEMORY
+    small = rows <= GENERIC_GRAM_ROWS and fits
     return "gram" if small else "lanczos"
 
 
-def route_for(op: MetricOperator, method: str) -> str:
-    """`gram` when K is small enough and can be built (MLP factors, or stacked Jacobians within memory)."""
+def route_for(op: MetricOperator, method: str, full: bool = False) -> str:
+    """`gram` when K is small enough and can be built (MLP factors, or stacked Jacobians within memory); with
+    `full` (all nonzero eigenvalues), wherever it can be built (`automatic_route`)."""
     if method == "auto":
-        return automatic_route(op.flat.mlp is not None, op.inputs * op.m, op.n, op.weights.element_size())
+        return automatic_route(op.flat.mlp is not None, op.inputs * op.m, op.n, op.weights.element_size(), full)
     if method not in ("gram", "lanczos"):
         raise LesionError(f"unknown spectrum method {method!r}: gram, lanczos or auto")
     return method
+
+
+def full_refusal(op: MetricOperator, method: str) -> str:
+    """Why every nonzero eigenvalue (`--all`) cannot be had on the route `method` leads to, and what to pass."""
+    if method == "lanczos":
+        return ("--all (every nonzero eigenvalue) needs the Gram route, and --method lanczos gives only the top "
+                "eigenvalues: pass --method gram (or leave --method auto) with --all, or drop --all for the top --top")
+    rows, per_input, size = op.inputs * op.m, op.m * op.rows_per_input, op.weights.element_size()
+    stacked = rows * op.n * size  # bytes of the stacked Jacobians (models that are not MLPs)
+    if rows > GRAM_LIMIT:
+        why = (f"K = AAᵀ of m·|X| = {rows:,} rows ({rows**2 * 8 / 2**30:.1f} GiB in float64), above the automatic "
+               f"route's limit of {GRAM_LIMIT:,} rows")
+        most = GRAM_LIMIT // per_input
+    else:
+        why = (f"{rows:,} stacked Jacobian rows of {op.n:,} weights ({stacked / 2**30:.1f} GiB), above "
+               f"{JACOBIAN_MEMORY / 2**30:g} GiB")
+        most = JACOBIAN_MEMORY // (per_input * op.n * size)
+    fewer = f"use --inputs {most:,} or fewer" if most >= 1 else "use a smaller model"
+    forced = op.flat.mlp is not None or stacked <= JACOBIAN_MEMORY  # K can be built, only above the auto limit
+    return (f"--all (every nonzero eigenvalue) needs the Gram route, which here would need {why}: {fewer}, "
+            + ("pass --method gram to build K anyway, " if forced else "") + "or drop --all for the top --top")
 
 
 def gram_eigen(op: MetricOperator, k: int | None = None, K: torch.Tensor | None = None
@@ -199,16 +226,20 @@ def rank_and_rho(eigenvalues: np.ndarray, n: int, rows: int, tau: float, dtype: 
 
 
 def spectrum(op: MetricOperator, top: int = 20, tau: float = 1e-3, full: bool | None = None,
-             method: str = "auto") -> Spectrum:
-    """The spectrum of g: all nonzero eigenvalues on the Gram route (when `full`, default when it is chosen),
-    else the top eigenvalues by Lanczos; trace exact on the Gram route, Hutchinson otherwise."""
+             method: str = "auto", seed: int = 0) -> Spectrum:
+    """The spectrum of g (SPEC §3.2): all nonzero eigenvalues on the Gram route (when `full`, default when it is
+    chosen; `full` with method `auto` takes the Gram route wherever K can be built), else the top eigenvalues by
+    Lanczos, at most m·|X| of them (the rank bound of g = JᵀJ: "top_clamped" in `extra` when `top` is above it);
+    trace exact wherever K or its diagonal is at hand (the Gram route, an MLP's factors), else Hutchinson's
+    estimate with Rademacher vectors drawn from `seed`."""
     started = time.perf_counter()
-    route = route_for(op, method)
+    route = route_for(op, method, full=bool(full))
     rows = op.inputs * op.m
     full = route == "gram" if full is None else full
+    extra: dict[str, Any] = {}
     if full:
         if route != "gram":
-            raise LesionError("all nonzero eigenvalues need the Gram route; use fewer inputs")
+            raise LesionError(full_refusal(op, method))
         K = gram_matrix(op)  # once, for the eigenvalues and the trace
         values, _ = gram_eigen(op, K=K)
         rank, rho, vulnerable = rank_and_rho(values, op.n, rows, tau, K.dtype)
@@ -217,18 +248,29 @@ def spectrum(op: MetricOperator, top: int = 20, tau: float = 1e-3, full: bool | 
         trace = trace_exact(op, K)
         positive = values[values > 0]
         counts, edges = np.histogram(np.log10(positive), bins=40) if len(positive) else (np.zeros(0), np.zeros(0))
-        extra: dict[str, Any] = {"density": {"log10_eigenvalue_edges": edges.tolist(), "counts": counts.tolist()},
-                                 "resolution_floor": floor}  # ρ counts eigenvalues above max(τ, this) only
+        extra = {"density": {"log10_eigenvalue_edges": edges.tolist(), "counts": counts.tolist()},
+                 "resolution_floor": floor}  # ρ counts eigenvalues above max(τ, this) only
     else:
-        exact = _trace_from_factors(op)  # the trace from diag K through the factors
+        k = min(top, rows, op.n - 1)  # g = JᵀJ has rank at most m·|X|: beyond it only zeros (rounding)
+        if k < top:
+            extra["top_clamped"] = {"asked": top, "computed": k, "rank_bound": rows}
+        # the trace from diag K through the factors (an MLP's Gram route builds them for the eigenvalues anyway)
+        exact = _trace_from_factors(op) or (route == "gram" and op.flat.mlp is not None)
         product = MLPGramProduct(op.flat.mlp, op.x, op.output) if exact else None
-        values, _, route = top_eigenpairs(op, top, route, vectors=False, product=product)
         rank = rho = vulnerable = None
-        if product is not None:
-            trace = float(product.diagonal().double().sum() / op.inputs)
-            extra = {"trace_method": "exact, diag K from the layer factors"}
+        if route == "gram" and op.flat.mlp is None:  # K formed from stacked Jacobians: its diagonal is at hand
+            K = gram_matrix(op)
+            values, _ = gram_eigen(op, k, K=K)
+            trace = trace_exact(op, K)
+            extra["trace_method"] = "exact, diag K of the stacked Jacobians"
         else:
-            trace, ci = trace_hutchinson(op)
-            extra = {"trace_ci": list(ci), "trace_method": f"hutchinson, {HUTCHINSON_SAMPLES} Rademacher vectors"}
+            values, _, route = top_eigenpairs(op, k, route, vectors=False, product=product)
+            if product is not None:
+                trace = float(product.diagonal().double().sum() / op.inputs)
+                extra["trace_method"] = "exact, diag K from the layer factors"
+            else:
+                trace, ci = trace_hutchinson(op, seed=seed)
+                extra.update({"trace_ci": list(ci), "trace_seed": seed,
+                              "trace_method": f"hutchinson, {HUTCHINSON_SAMPLES} Rademacher vectors"})
     return Spectrum([float(v) for v in values], trace, rank, rho, tau, op.inputs, op.n, op.output, route, full,
                     time.perf_counter() - started, vulnerable, extra)
