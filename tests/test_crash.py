@@ -566,3 +566,30 @@ def test_omega_checkpoints_know_their_run_and_survive_interrupts(tmp_path, monke
         assert {k: a[k] for k in ("omega_av", "omega_max", "worst_set")} == \
             {k: b[k] for k in ("omega_av", "omega_max", "worst_set")}
     assert not list(tmp_path.glob("state*"))
+
+
+def test_tolerance_at_the_top_of_the_examined_range_is_a_lower_bound(tmp_path, capsys):
+    """--max-faults F with every count up to F within ε printed "tolerates F", as if exact."""
+    model, x = make([8], "sigmoid", True, 1.0, 4, 2)
+    structure = mlp_structure(model)
+    C = output_bounds(structure)
+    w_m = float(model.out.weight.detach().abs().max())
+    capped = tolerance(structure, epsilon=100 * w_m, C=C, x=x, max_faults=3)
+    assert (capped.by_erf, capped.by_erf_av, capped.by_omega_av, capped.examined) == (3, 3, 3, 3)
+    assert capped.capped == {"by_erf": True, "by_erf_av": True, "by_omega_av": True}
+    whole = tolerance(structure, epsilon=100 * w_m, C=C, x=x)  # every unit: 8 is the answer itself
+    assert whole.by_erf == 8 > capped.by_erf and not any(whole.capped.values())
+    inside = tolerance(structure, epsilon=2.5 * w_m, C=C, max_faults=5)  # Erf = f·w_m exceeds at f = 3
+    assert inside.by_erf == 2 and not inside.capped["by_erf"]
+    net, config = build_net("mlp:6", (4,), 3, seed=0)
+    ckpt = save_checkpoint(tmp_path / "m.pt", net, "mlp:6", config)
+    out = tmp_path / "t.json"
+    capsys.readouterr()
+    assert main(["--quiet", "crash", "tolerance", "--model", str(ckpt), "--model", str(ckpt), "--epsilon", "100",
+                 "--max-faults", "2", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    rows = json.loads(out.read_text())["networks"]
+    assert all(r["tolerance"]["capped"]["by_erf"] and r["tolerance"]["by_erf"] == 2 for r in rows)
+    assert "tolerates ≥ 2 crashes by Erf" in text and "tolerates 2 " not in text
+    ranking = [line for line in text.splitlines() if line.startswith("ranking")][0]
+    assert " = " not in ranking and " ? " in ranking  # two lower bounds: their order is unknown

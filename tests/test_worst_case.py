@@ -3,6 +3,7 @@ checked against brute-force enumeration by an independent numpy forward (test_cr
 
 import itertools
 import json
+import math
 
 import numpy as np
 import pytest
@@ -239,7 +240,9 @@ def test_in_place_activations_leave_the_certified_worst_case_exact():
     with torch.no_grad():
         clean = forward(())
         true = max(float((forward(s) - clean).abs().max()) for s in itertools.combinations(range(10), 3))
-    assert result.exact and result.omega_max_lower == pytest.approx(true) == result.omega_max_upper
+    # every input's bracket closed (`exact` also asks for Omega_worst_set, which this test does not)
+    assert result.omega_max_exact and result.omega_mav_exact
+    assert result.omega_max_lower == pytest.approx(true) == result.omega_max_upper
 
 
 @pytest.mark.parametrize("make", [lambda: torch.nn.LeakyReLU(-1.0), lambda: torch.nn.ELU(alpha=-0.5), torch.nn.SiLU])
@@ -263,3 +266,153 @@ def test_a_sequential_that_uses_one_activation_twice_is_refused_in_one_line():
     model = torch.nn.Sequential(torch.nn.Linear(4, 10), act, torch.nn.Linear(10, 10), act, torch.nn.Linear(10, 2))
     with pytest.raises(LesionError, match="serves two of its layers"):
         mlp_structure(model)
+
+
+def test_exact_means_every_bracket_closed_in_every_path():
+    """`exact` said "the worst set was proved" in the additive path, "every input's Omega_max closed" in bound
+    propagation (with the Omega_worst_set bracket still open) and the text said "exact" for Omega_max alone."""
+    from lesion.crash.worst import closed
+
+    model, x = make([6, 6], "relu", True, 1.0, 7, 3)
+    structure = mlp_structure(model)
+    found = [*worst_case(structure, x, 1, [1, 2, 3], time_limit=3.0, enumerate_small=False),  # propagation
+             *worst_case(structure, x, 2, [1, 2, 3], time_limit=3.0, enumerate_small=False),  # additive
+             *worst_case(structure, x, 1, [2], time_limit=3.0)]  # enumerated
+    opened = 0
+    for result in found:
+        row = result.to_dict()
+        flags = []
+        for name in ("omega_max", "omega_mav", "omega_worst_set"):
+            lower, upper = row[f"{name}_lower"], row[f"{name}_upper"]
+            assert row[f"{name}_exact"] == (upper <= lower * (1 + 1e-9) + 1e-15) == closed(lower, upper)
+            flags.append(row[f"{name}_exact"])
+        assert row["exact"] == result.exact == all(flags)
+        opened += row["omega_max_exact"] and not row["exact"]
+    assert opened  # propagation closes Omega_max here but not Omega_worst_set: not exact (it said exact)
+    first = found[0]
+    assert first.omega_max_exact and first.omega_worst_set_lower < first.omega_worst_set_upper and not first.exact
+
+
+def test_cli_crash_worst_prints_what_the_json_says_is_exact(tmp_path, capsys):
+    model, config = build_net("mlp:40,30", (4,), 3, seed=2)
+    ckpt = save_checkpoint(tmp_path / "m.pt", model, "mlp:40,30", config)
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(2).random((30, 4)).astype(np.float32))
+    out = tmp_path / "w.json"
+    capsys.readouterr()
+    assert main(["--quiet", "crash", "worst", "--model", str(ckpt), "--data", f"npz:{tmp_path / 'x.npz'}",
+                 "--faults", "1,6", "--time-limit", "1", "--json", str(out)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("f=")]
+    rows = json.loads(out.read_text())["results"]
+    assert len(lines) == len(rows) == 2
+    for line, row in zip(lines, rows, strict=True):
+        assert ("(exact;" in line) == row["omega_max_exact"]
+        assert ("not every figure exact" in line) == (not row["exact"])
+        assert row["exact"] == (row["omega_max_exact"] and row["omega_mav_exact"] and row["omega_worst_set_exact"])
+        if not row["omega_max_exact"]:
+            assert f"[{row['omega_max_lower']:.6g}, {row['omega_max_upper']:.6g}]" in line
+            assert row["omega_max_ratio"] == pytest.approx(row["omega_max_upper"] / row["omega_max_lower"])
+    assert not rows[1]["exact"]  # 6 of 40 units, one second: not every bracket closes
+
+
+def test_an_exact_zero_worst_case_has_ratio_one(tmp_path, capsys):
+    """A layer whose units are all silent on the inputs: every crash changes nothing, [0, 0] is exact; its ratio
+    was inf (written "inf" in the JSON) and the text said [-0, -0]."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    with torch.no_grad():
+        model[0].bias.fill_(-100.0)
+    torch.save(model, tmp_path / "dead.pt")
+    np.savez(tmp_path / "x.npz", x=np.random.default_rng(0).random((10, 4)).astype(np.float32))
+    out = tmp_path / "w.json"
+    capsys.readouterr()
+    assert main(["--quiet", "crash", "worst", "--model", str(tmp_path / "dead.pt"), "--data",
+                 f"npz:{tmp_path / 'x.npz'}", "--faults", "1-2", "--time-limit", "2", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    report = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    for row in report["results"]:
+        assert row["omega_max_upper"] == 0.0 and math.copysign(1.0, row["omega_max_lower"]) == 1.0
+        assert row["exact"] and row["omega_max_ratio"] == 1.0 and row["erf_over_upper"] is None
+    assert "-0" not in text and "inf" not in text and "Omega_max 0 (exact" in text
+    from lesion.crash.worst import WorstCase
+
+    opened = WorstCase(2, 0.0, 0.5, 0.0, 0.5, 0.0, 0.5, [], 0.0, 0, [], "test")
+    assert opened.max_ratio is None and not opened.exact and opened.to_dict()["omega_max_ratio"] is None
+    assert WorstCase(2, 0.25, 0.5, 0.0, 0.5, 0.0, 0.5, [], 0.0, 0, [], "test").max_ratio == 2.0
+
+
+def test_cli_crash_worst_says_at_least_when_every_tested_count_is_within_epsilon(tmp_path, capsys):
+    model, ckpt, x = checkpoint_and_inputs(tmp_path, 0, 25)
+    data = f"npz:{tmp_path / 'x.npz'}"
+    out = tmp_path / "w.json"
+    capsys.readouterr()
+    assert main(["--quiet", "crash", "worst", "--model", str(ckpt), "--data", data, "--faults", "1-2",
+                 "--epsilon", "100", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    query = json.loads(out.read_text())["certification"]
+    assert query["certified"] == query["by_erf"] == 2 and query["tested_up_to"] == 2
+    assert all(query["capped"].values())  # 2 of 6 units tested: more may pass
+    assert "≥ 2 crashes certified" in text and "Erf says ≥ 2" in text
+    # every unit tested: 6 is the answer, not a bound
+    assert main(["--quiet", "crash", "worst", "--model", str(ckpt), "--data", data, "--faults", "1-6",
+                 "--epsilon", "100", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    query = json.loads(out.read_text())["certification"]
+    assert query["certified"] == 6 and not any(query["capped"].values()) and "≥" not in text
+    # an answer below the top of the range is exact, read off the brackets
+    d = brute_force(model.double(), x.astype(np.float64), CrashBudget((1,), (6,), 2))
+    epsilon = float(d.max()) * 0.99  # f = 2 exceeds it, f = 1 may not
+    assert main(["--quiet", "crash", "worst", "--model", str(ckpt), "--data", data, "--faults", "1-3",
+                 "--epsilon", repr(epsilon), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    query = report["certification"]
+    uppers = [r["omega_max_upper"] for r in report["results"]]
+    assert query["certified"] == largest_within(uppers, epsilon, [1, 2, 3]) < 2 and not query["capped"]["certified"]
+
+
+def test_crash_worst_asks_for_k_before_the_work(tmp_path, capsys, monkeypatch):
+    """A GELU network: the certificate was computed, then Erf asked for --K, an option crash worst lacked."""
+    import lesion.crash.worst as worst_module
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 3))
+    torch.save(model, tmp_path / "gelu.pt")
+    x = np.random.default_rng(0).random((12, 4)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", x=x)
+    argv = ["--quiet", "crash", "worst", "--model", str(tmp_path / "gelu.pt"), "--data", f"npz:{tmp_path / 'x.npz'}",
+            "--faults", "1-3", "--time-limit", "2"]
+    real = worst_module.worst_case
+
+    def not_yet(*args, **kwargs):
+        raise AssertionError("the worst case ran before K was known")
+
+    monkeypatch.setattr(worst_module, "worst_case", not_yet)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "GELU" in err[0] and "--K" in err[0] and "Lipschitz" in err[0]
+    monkeypatch.setattr(worst_module, "worst_case", real)
+    out = tmp_path / "w.json"
+    assert main([*argv, "--K", "1.1289", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["K"] == 1.1289
+    hidden = torch.nn.functional.gelu(model[0](torch.from_numpy(x))).detach().double()
+    C, w_m = float(hidden.abs().max()), float(model[2].weight.detach().abs().max())
+    np.testing.assert_allclose(report["erf"], [C * f * w_m for f in (1, 2, 3)], rtol=1e-6)  # Theorem 1
+
+
+@pytest.mark.parametrize("faults", ["3,1,2", "2,2", "5-1", "1.5", "0", "1-2-3"])
+@pytest.mark.parametrize("command", ["worst", "omega", "bound"])
+def test_bad_fault_counts_are_refused_at_parse_time(faults, command, capsys):
+    capsys.readouterr()
+    data = [] if command == "bound" else ["--data", "digits"]
+    assert main(["--quiet", "crash", command, "--model", "/nonexistent/m.pt", *data, "--faults", faults]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "--faults" in err[0] and "nonexistent" not in err[0]  # before the model is read
+
+
+def test_epsilon_with_a_curve_not_from_one_is_refused_before_the_work(capsys):
+    capsys.readouterr()
+    assert main(["--quiet", "crash", "worst", "--model", "/nonexistent/m.pt", "--data", "digits", "--faults", "2,3",
+                 "--epsilon", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "start at 1 without gaps" in err and "nonexistent" not in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +22,32 @@ from lesion.errors import LesionError
 
 
 def parse_faults(text: str) -> list[int]:
-    """`3`, `1-5` or `1,2,4` → crash counts."""
+    """`3`, `1-5` or `1,2,4` → crash counts, positive integers in increasing order without repeats (the answers
+    read a curve from its start)."""
     try:
         if "-" in text:
             lo, hi = (int(v) for v in text.split("-"))
             values = list(range(lo, hi + 1))
+            if hi < lo:
+                raise LesionError(f"bad --faults {text!r}: a range runs upwards, like {hi}-{lo}")
         else:
             values = [int(v) for v in text.split(",")]
     except ValueError:
         values = []
     if not values or min(values) < 1:
         raise LesionError(f"bad --faults {text!r}: give a positive integer, a range 1-5 or a list 1,2,4")
+    if any(b <= a for a, b in itertools.pairwise(values)):
+        raise LesionError(f"bad --faults {text!r}: list the crash counts in increasing order without repeats, "
+                          f"like {','.join(str(v) for v in sorted(set(values)))}")
     return values
+
+
+def fault_counts(text: str) -> list[int]:
+    """`parse_faults` as an argparse type: a bad --faults is refused at parse time, in one line."""
+    try:
+        return parse_faults(text)
+    except LesionError as err:
+        raise argparse.ArgumentTypeError(str(err).removeprefix(f"bad --faults {text!r}: ")) from None
 
 
 def parse_layers(text: str, structure: Any = None) -> tuple[int, ...]:
@@ -108,7 +123,7 @@ def _cmd_omega(args: argparse.Namespace) -> dict[str, Any]:
     results = []
     remote = args.executor not in (None, "local")
     executor = executor_for(args.executor, args.workers, args.gpus_per_task, args.worker_threads)
-    faults = parse_faults(args.faults)
+    faults = args.faults
     several = len(faults) > 1 and args.checkpoint is not None
     kept = []
     try:  # one pool of workers for every budget
@@ -191,7 +206,7 @@ def _site_omega(args: argparse.Namespace, not_mlp: LesionError) -> dict[str, Any
     print(f"not an MLP ({not_mlp}); Omega through the sites {', '.join(s.name for s in sites)}, by the damage "
           f"engine on {loaded.module.__class__.__name__}'s own forward")
     results = []
-    for f in parse_faults(args.faults):
+    for f in args.faults:
         result = site_crash_omega(loaded.module, x, sites, f, args.norm, args.output, args.samples, args.ci_width,
                                   args.seed, args.time_limit)
         results.append(result)
@@ -208,7 +223,7 @@ def _cmd_bound(args: argparse.Namespace) -> dict[str, Any]:
         data, x = _inputs(args, loaded)
     C = _output_bounds(args, structure, x)
     layers = parse_layers(args.layer, structure)
-    results = [budget_bound(structure, f, layers, C, args.K) for f in parse_faults(args.faults)]
+    results = [budget_bound(structure, f, layers, C, args.K) for f in args.faults]
     note = " (C measured on the data: the bound holds on these inputs)" if C.data_dependent else ""
     print(f"K = {results[0].K:g}; C = {', '.join(f'{c:.4g}' for c in C.values)} from {C.source}{note}")
     for r in results:
@@ -221,6 +236,7 @@ def _cmd_bound(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_tolerance(args: argparse.Namespace) -> dict[str, Any]:
+    from lesion.cli.crash_worst import at_least
     from lesion.crash import tolerance
 
     rows = []
@@ -235,16 +251,29 @@ def _cmd_tolerance(args: argparse.Namespace) -> dict[str, Any]:
         result = tolerance(structure, args.epsilon, C, layers, args.epsilon_own, args.K, x, args.max_faults,
                            seed=args.seed)
         rows.append({"model": loaded.to_dict(), "tolerance": result.to_dict()})
-        measured = "" if result.by_omega_av is None else f", by measured Omega_av {result.by_omega_av}"
-        print(f"{reference}: tolerates {result.by_erf} crashes by Erf (worst case), {result.by_erf_av} by Erf_av"
-              f"{measured} (ε = {args.epsilon}, ε' = {args.epsilon_own}, C from {C.source})")
+        capped = result.capped
+        measured = ("" if result.by_omega_av is None
+                    else f", by measured Omega_av {at_least(result.by_omega_av, capped['by_omega_av'])}")
+        ends = (f"; ≥: every count up to {result.examined} (the last examined, --max-faults) is within the budget"
+                if any(capped.values()) else "")
+        print(f"{reference}: tolerates {at_least(result.by_erf, capped['by_erf'])} crashes by Erf (worst case), "
+              f"{at_least(result.by_erf_av, capped['by_erf_av'])} by Erf_av{measured} (ε = {args.epsilon}, "
+              f"ε' = {args.epsilon_own}, C from {C.source}{ends})")
+
+    def shown(i: int) -> str:
+        t = rows[i]["tolerance"]
+        return f"{args.model[i]} ({at_least(t['by_erf_av'], t['capped']['by_erf_av'])})"
+
     ranking = sorted(range(len(rows)), key=lambda i: -rows[i]["tolerance"]["by_erf_av"])
     if len(rows) > 1:
-        shown = f"{args.model[ranking[0]]} ({rows[ranking[0]]['tolerance']['by_erf_av']})"
+        line = shown(ranking[0])
         for before, i in zip(ranking, ranking[1:], strict=False):
             tied = rows[i]["tolerance"]["by_erf_av"] == rows[before]["tolerance"]["by_erf_av"]
-            shown += f" {'=' if tied else '>'} {args.model[i]} ({rows[i]['tolerance']['by_erf_av']})"
-        print(f"ranking by Erf_av tolerance (no data needed): {shown}")
+            # a capped count is a lower bound: the order against it is unknown (?) or only ≥
+            relation = ("?" if rows[i]["tolerance"]["capped"]["by_erf_av"] else
+                        "≥" if tied and rows[before]["tolerance"]["capped"]["by_erf_av"] else "=" if tied else ">")
+            line += f" {relation} {shown(i)}"
+        print(f"ranking by Erf_av tolerance (no data needed): {line}")
     return {"networks": rows, "ranking": [args.model[i] for i in ranking]}
 
 
@@ -282,7 +311,8 @@ def register(sub: Any) -> None:
     add_data(p)
     p.add_argument("--layer", default="1", help="1-based hidden layer, or a comma list: crashes anywhere in them "
                                                 "(for a model that is not an MLP: sites by index or name)")
-    p.add_argument("--faults", required=True, help="crashed units: an integer, a range 1-5 or a list 1,2,4")
+    p.add_argument("--faults", required=True, type=fault_counts,
+                   help="crashed units: an integer, a range 1-5 or an increasing list 1,2,4")
     p.add_argument("--norm", choices=("inf", "1", "2"), default="inf", help="norm of F − F_S (default inf)")
     p.add_argument("--output", choices=("raw", "softmax"), default="raw", help="raw outputs or softmax (default raw)")
     p.add_argument("--samples", type=positive_int, help="Monte Carlo: number of uniformly drawn crash sets")
@@ -311,7 +341,8 @@ def register(sub: Any) -> None:
                          description="Erf and Erf_av ([R] Eq. 4, SPEC §2.2) for each crash count.")
     _add_model_only(p)
     add_data(p, required=False)
-    p.add_argument("--faults", required=True, help="crash counts: F1,F2,... or a range 1-5")
+    p.add_argument("--faults", required=True, type=fault_counts,
+                   help="crash counts: an increasing list F1,F2,... or a range 1-5")
     p.add_argument("--layer", default="1", help="hidden layer(s) of the crashes (several: worst split)")
     _add_bound_options(p)
     p.add_argument("--split", choices=("test", "train"), default="test", help="inputs for a measured C")

@@ -22,7 +22,9 @@ from lesion.errors import LesionError
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Tolerated crash counts in `layers` for budget ε − ε', and the curve they were read from."""
+    """Tolerated crash counts in `layers` for budget ε − ε', and the curve they were read from. `examined`: the
+    largest crash count read; `capped[name]`: that answer is `examined` with every count up to it within the
+    budget while more units could crash, so the true answer is at least it (printed "≥ F")."""
 
     epsilon: float
     epsilon_own: float
@@ -32,6 +34,8 @@ class Tolerance:
     by_omega_av: int | None
     curve: list[dict[str, Any]] = field(default_factory=list)
     C_source: str = ""
+    examined: int = 0
+    capped: dict[str, bool] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -81,6 +85,10 @@ def tolerance(structure: MLPStructure, epsilon: float, C: OutputBounds, layers: 
         curve.append(point)
         if min(erfs[-1], erf_avs[-1]) > limit and not measuring:
             break
-    return Tolerance(epsilon, epsilon_own, tuple(layers), largest_within(erfs, limit),
-                     largest_within(erf_avs, limit), largest_within(omegas, limit) if x is not None else None,
-                     curve, C.source)
+    answers = {"by_erf": largest_within(erfs, limit), "by_erf_av": largest_within(erf_avs, limit),
+               "by_omega_av": largest_within(omegas, limit) if x is not None else None}
+    examined = len(curve)
+    more = examined < sum(widths)  # crashing every unit is the end of the range, not a cap
+    capped = {name: more and value == examined for name, value in answers.items() if value is not None}
+    return Tolerance(epsilon, epsilon_own, tuple(layers), answers["by_erf"], answers["by_erf_av"],
+                     answers["by_omega_av"], curve, C.source, examined, capped)

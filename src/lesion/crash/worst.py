@@ -10,7 +10,9 @@ bracketed by [lower, upper] for crash budgets too large to enumerate.
   upper bounds (max_S mean_x d ≤ mean_x max_S d).
 
 Every lower figure is attained by a crash set that was evaluated; every upper figure holds for all crash sets
-of the budget on the given inputs (in float64; the ∞-norm only).
+of the budget on the given inputs (in float64; the ∞-norm only; SPEC §6.3). A figure is exact when its bracket
+is closed (`closed`: equal ends up to float64 rounding), the same test for the JSON flags and the printed
+text; a budget is exact when all three figures are.
 """
 
 from __future__ import annotations
@@ -42,9 +44,20 @@ ENUMERATE_SHARE = 0.25  # enumerate a budget whose exact run is estimated within
 ENUMERATION_BATCH = 256  # crash sets a step when enumerating
 
 
+CLOSED_RTOL = 1e-9  # a bracket [lower, upper] is closed (exact) when upper ≤ lower (1 + this) + CLOSED_ATOL
+CLOSED_ATOL = 1e-15
+_FIGURES = ("omega_max", "omega_mav", "omega_worst_set")
+
+
+def closed(lower: float, upper: float) -> bool:
+    """Whether a bracket is exact: its ends equal up to the rounding of two float64 sums."""
+    return upper <= lower * (1 + CLOSED_RTOL) + CLOSED_ATOL
+
+
 @dataclass(frozen=True)
 class WorstCase:
-    """The bracketed worst case of one crash budget (keys of issue 19's `crash worst` JSON)."""
+    """The bracketed worst case of one crash budget (keys of issue 19's `crash worst` JSON). `exact`: every
+    bracket closed (`closed`); each figure's own flag is `figure_exact` (`omega_max_exact`, ...)."""
 
     faults: int
     omega_max_lower: float
@@ -54,23 +67,55 @@ class WorstCase:
     omega_worst_set_lower: float
     omega_worst_set_upper: float
     worst_set: list[int]
-    exact: bool
     seconds: float
     omega_max_input: int
     omega_max_set: list[int]
     method: str
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for name in _FIGURES:  # −0.0 (a negated zero sum) reads as 0
+            for end in ("lower", "upper"):
+                object.__setattr__(self, f"{name}_{end}", float(getattr(self, f"{name}_{end}")) + 0.0)
+
+    def figure_exact(self, name: str) -> bool:
+        """Whether the bracket of `name` (omega_max, omega_mav or omega_worst_set) is closed."""
+        return closed(getattr(self, f"{name}_lower"), getattr(self, f"{name}_upper"))
+
     @property
-    def max_ratio(self) -> float:
-        """upper / lower of Omega_max (1 when exact)."""
-        return self.omega_max_upper / self.omega_max_lower if self.omega_max_lower > 0 else float("inf")
+    def omega_max_exact(self) -> bool:
+        """Whether Omega_max is known exactly."""
+        return self.figure_exact("omega_max")
+
+    @property
+    def omega_mav_exact(self) -> bool:
+        """Whether Omega_mav is known exactly."""
+        return self.figure_exact("omega_mav")
+
+    @property
+    def omega_worst_set_exact(self) -> bool:
+        """Whether Omega_worst_set is known exactly (the best common crash set proved)."""
+        return self.figure_exact("omega_worst_set")
+
+    @property
+    def exact(self) -> bool:
+        """Every figure known exactly (Omega_max, Omega_mav and Omega_worst_set)."""
+        return all(self.figure_exact(name) for name in _FIGURES)
+
+    @property
+    def max_ratio(self) -> float | None:
+        """upper / lower of Omega_max: 1 when exact (an exact 0 included), None (n/a) when only the lower end is
+        0."""
+        if self.omega_max_exact:
+            return 1.0
+        return self.omega_max_upper / self.omega_max_lower if self.omega_max_lower > 0 else None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
         out = asdict(self)
         out.pop("extra")
-        return {**out, "omega_max_ratio": self.max_ratio, **self.extra}
+        flags = {f"{name}_exact": self.figure_exact(name) for name in _FIGURES}
+        return {**out, "exact": self.exact, **flags, "omega_max_ratio": self.max_ratio, **self.extra}
 
 
 def worst_case(structure: MLPStructure, x: torch.Tensor, layer: int, faults: list[int], output: str = "raw",
@@ -118,7 +163,7 @@ def _enumerated(structure: MLPStructure, x: torch.Tensor, layer: int, f: int, ou
     top, worst = int(input_max.argmax()), int(set_means.argmax())
     omega_max, omega_mav, omega_worst = float(input_max[top]), float(input_max.mean()), float(set_means[worst])
     return WorstCase(f, omega_max, omega_max, omega_mav, omega_mav, omega_worst, omega_worst,
-                     list(budget.unrank(worst)), True, time.perf_counter() - began, top,
+                     list(budget.unrank(worst)), time.perf_counter() - began, top,
                      list(budget.unrank(int(input_rank[top]))), "enumeration (small budget)")
 
 
@@ -158,7 +203,7 @@ def _additive(structure: MLPStructure, x: torch.Tensor, layer: int, faults: list
             upper = common.lower if common.exact else min(common.upper, exact_mav)
             results.append(WorstCase(
                 f, exact_max, exact_max, exact_mav, exact_mav, common.lower, upper,
-                common.units, common.exact, time.perf_counter() - began + shared, top,
+                common.units, time.perf_counter() - began + shared, top,
                 worst_set_of(hidden[top], out_weight, f), "exact (sorted contributions)",
                 {"worst_set_nodes": common.nodes}))
             bar.update(1)
@@ -224,9 +269,8 @@ def _propagated(structure: MLPStructure, x: torch.Tensor, layer: int, f: int, ou
                        deadline=max(deadline, time.monotonic() + 1.0), rounds=3)
     value = float(distances(prop, output, everyone, units.expand(X, -1)).mean())  # the set, evaluated afresh
     top_input = int(lower.argmax())
-    exact = bool(torch.all(upper <= lower * (1 + 1e-9) + 1e-15))
     return WorstCase(f, float(lower.max()), float(upper.max()), float(lower.mean()), float(upper.mean()),
-                     float(value), float(upper.mean()), _units(units), exact, time.perf_counter() - began,
+                     float(value), float(upper.mean()), _units(units), time.perf_counter() - began,
                      top_input, _units(best_sets[top_input]),
                      "bound propagation + branch and bound; search for the lower bound",
                      {"branch_and_bound_nodes": nodes, "root_omega_max_upper": root_max_upper,

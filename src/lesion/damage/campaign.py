@@ -220,6 +220,20 @@ class Campaign:
         indices = list(range(start, stop))
         return self._evaluate(indices, sample_seeds(self.seed, indices))
 
+    def evaluate(self, indices: Sequence[int], protected: dict[str, frozenset[int]] | None = None
+                 ) -> list[SampleResult]:
+        """Samples `indices` (each from its own seed) evaluated as one batch; with `protected`, drawn with those
+        bits protected instead of the campaign's own (the same draws less those flips: `lesion protect`'s
+        causal check). The campaign's samples are left as they are."""
+        indices = [int(i) for i in indices]
+        saved = self.target.protected
+        if protected is not None:
+            self.target.protected = dict(protected)
+        try:
+            return self._evaluate(indices, sample_seeds(self.seed, indices)) if indices else []
+        finally:
+            self.target.protected = saved
+
     def identity(self) -> dict[str, Any]:
         """What makes two runs the same campaign (a checkpoint of finished shards is bound to it): the damage,
         seed, weights, protection, the inputs and labels themselves (not only their count) and the clean outputs
