@@ -208,7 +208,7 @@ def stage_geometry(ctx: ReportContext) -> dict[str, Any]:
 
     inputs = ctx.chosen("geometry", "inputs", ctx.size(100, 500))
     x_an = ctx.data.x_train[:inputs]
-    spec = spectrum(MetricOperator(ctx.model, x_an), top=20)
+    spec = spectrum(MetricOperator(ctx.model, x_an), top=20, seed=ctx.seed)
     figures = [spectrum_plot(ctx.out / "spectrum.png", {"g": spec.eigenvalues}, spec.threshold,
                              "Spectrum of the metric tensor g",
                              f"{inputs} training inputs of {ctx.data.name}; {spec.method} route; "
