@@ -288,6 +288,16 @@ def test_a_difference_that_overflows_where_the_damaged_value_does_not_takes_the_
     torch.testing.assert_close(batched_damaged_outputs(model, configs, x, chain=chain), hand)
 
 
+def assert_engine_equals_each_network(model: nn.Module, x: torch.Tensor, spec: str, count: int) -> None:
+    """`count` configurations of `spec`: the engine's outputs equal each damaged network's own, to the bit."""
+    target = Target(model, example=x[:2])
+    configs = [realise(target, [parse_damage(spec)], seeded(i)) for i in range(count)]
+    outputs = batched_damaged_outputs(model, configs, x)
+    hand = torch.stack([hand_forward(model, c, x) for c in configs]).reshape(outputs.shape)
+    assert torch.equal(outputs.isnan(), hand.isnan())
+    assert torch.equal(outputs.nan_to_num(), hand.nan_to_num())
+
+
 def test_half_precision_models_give_the_damaged_networks_own_outputs():
     """float16/bfloat16: the sparse engine added differences rounded to the model's few bits to clean values
     rounded alike (3 of 36,000 predictions of a float16 MLP changed); such models take the dense path."""
@@ -295,26 +305,14 @@ def test_half_precision_models_give_the_damaged_networks_own_outputs():
     for dtype, fmt in ((torch.float16, "float16"), (torch.bfloat16, "bfloat16")):
         model = nn.Sequential(nn.Linear(12, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 5))
         model = model.to(dtype).eval()
-        x = torch.randn(200, 12).to(dtype)
-        target = Target(model, example=x[:2])
-        configs = [realise(target, [parse_damage(f"bitflip:ber=2e-3:fmt={fmt}")], seeded(i)) for i in range(20)]
-        outputs = batched_damaged_outputs(model, configs, x)
-        hand = torch.stack([hand_forward(model, c, x) for c in configs])
-        assert torch.equal(outputs.isnan(), hand.isnan())
-        assert torch.equal(outputs.nan_to_num(), hand.nan_to_num())
+        assert_engine_equals_each_network(model, torch.randn(200, 12).to(dtype), f"bitflip:ber=2e-3:fmt={fmt}", 20)
 
 
 def test_half_precision_token_models_run_each_configuration_alone_too():
     """The guard looks at the model's dtype, not the inputs': token ids are int64 while every layer is float16."""
     torch.manual_seed(1)
     model = nn.Sequential(nn.Embedding(50, 12), nn.Linear(12, 64), nn.ReLU(), nn.Linear(64, 5)).half().eval()
-    x = torch.randint(0, 50, (60, 7))
-    target = Target(model, example=x[:2])
-    configs = [realise(target, [parse_damage("bitflip:ber=2e-3:fmt=float16")], seeded(i)) for i in range(20)]
-    outputs = batched_damaged_outputs(model, configs, x)
-    hand = torch.stack([hand_forward(model, c, x) for c in configs]).reshape(outputs.shape)
-    assert torch.equal(outputs.isnan(), hand.isnan())
-    assert torch.equal(outputs.nan_to_num(), hand.nan_to_num())
+    assert_engine_equals_each_network(model, torch.randint(0, 50, (60, 7)), "bitflip:ber=2e-3:fmt=float16", 20)
 
 
 class _GRUNet(nn.Module):
@@ -332,10 +330,4 @@ def test_a_model_whose_operation_vmap_cannot_batch_runs_configuration_by_configu
     "Batching rule not implemented"), giving each damaged network's own outputs."""
     torch.manual_seed(0)
     model = _GRUNet().eval()
-    x = torch.randint(0, 20, (30, 6))
-    target = Target(model, example=x[:2])
-    configs = [realise(target, [parse_damage("bitflip:ber=1e-3")], seeded(i)) for i in range(6)]
-    outputs = batched_damaged_outputs(model, configs, x)
-    hand = torch.stack([hand_forward(model, c, x) for c in configs]).reshape(outputs.shape)
-    assert torch.equal(outputs.isnan(), hand.isnan())
-    assert torch.equal(outputs.nan_to_num(), hand.nan_to_num())
+    assert_engine_equals_each_network(model, torch.randint(0, 20, (30, 6)), "bitflip:ber=1e-3", 6)
