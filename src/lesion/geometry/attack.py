@@ -138,6 +138,7 @@ def greedy_bitflips(view: FlatModel, x: torch.Tensor, y: torch.Tensor, sigma: fl
                          for name, size in zip(view.layout.names, view.layout.sizes, strict=True)]).to(view.device)
     flips: list[dict[str, Any]] = []
     base = view.unflatten(view.weights)
+    dtypes = {n: p.dtype for n, p in view.model.named_parameters()}
     for _ in range(max_flips):
         grad = torch.func.grad(loss)(flat)
         top = torch.topk(grad.abs(), min(candidates, view.n)).indices
@@ -169,7 +170,9 @@ def greedy_bitflips(view: FlatModel, x: torch.Tensor, y: torch.Tensor, sigma: fl
         for j in order.tolist():
             trial = flat.clone()
             trial[idx[j]] = flipped[j]
-            changed = {n: t for n, t in view.unflatten(trial).items() if not torch.equal(t, base[n])}
+            # in the model's own dtype (the view's weights are a float32 copy of a half-precision model's; the
+            # flipped values are of the model's format, so the cast is exact)
+            changed = {n: t.to(dtypes[n]) for n, t in view.unflatten(trial).items() if not torch.equal(t, base[n])}
             configs.append(Realised(changed))
         outs = batched_damaged_outputs(view.model, configs, x, desc="bit flips")
         losses = torch.stack([F.cross_entropy(o, flat_labels(y)) for o in outs])
