@@ -375,18 +375,22 @@ def test_a_frozen_batch_norm_is_left_out_and_a_frozen_reader_is_refused():
         parse_delete(model, "units:2#0:1", torch.Generator(), x[:2])
 
 
-@pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
-def test_obs_on_a_padded_strided_convolution_after_pooling_is_the_least_squares_optimum_of_the_layer(padding_mode):
+@pytest.mark.parametrize("padding_mode, kernel, padding", [("zeros", 3, 1), ("reflect", 3, 1), ("zeros", 1, 3)])
+def test_obs_on_a_padded_strided_convolution_after_pooling_is_the_least_squares_optimum_of_the_layer(padding_mode,
+                                                                                                    kernel, padding):
     """The reader is a padded, strided convolution that reads the site through a max-pool: OBS folds the
     least-squares optimum of the reader's outputs over its true inputs (pooled, padded im2col patches), computed
-    here by numpy's lstsq; compensation is then no worse than deletion on the layer's outputs."""
+    here by numpy's lstsq; compensation is then no worse than deletion on the layer's outputs. A 1×1 kernel with
+    padding too: fitted over the unpadded positions, its constant reached the border and ended below naive."""
     import torch.nn.functional as F
 
     torch.manual_seed(8)
     model = nn.Sequential(nn.Conv2d(1, 5, 3, padding=1), nn.MaxPool2d(2),
-                          nn.Conv2d(5, 3, 3, padding=1, stride=2, padding_mode=padding_mode),
-                          nn.Flatten(), nn.Linear(3 * 4 * 4, 2)).double()
+                          nn.Conv2d(5, 3, kernel, padding=padding, stride=2, padding_mode=padding_mode),
+                          nn.Flatten(), nn.LazyLinear(2)).double()
     x = torch.randn(40, 1, 16, 16, dtype=torch.float64)
+    model(x[:1])  # the lazy layer's shape
+    k = kernel * kernel
     problem = _problem(model, x, "units:0#0:1,3")
     _, w = compensate(problem, calibration=40, ridge=1e-12, fit="obs")
     conv = model[2]
@@ -394,16 +398,33 @@ def test_obs_on_a_padded_strided_convolution_after_pooling_is_the_least_squares_
         pooled = model[1](model[0](x))
         padded = F.pad(pooled, conv._reversed_padding_repeated_twice,
                        mode="constant" if padding_mode == "zeros" else padding_mode)
-        z = F.unfold(padded, 3, stride=2).transpose(1, 2).reshape(-1, 5 * 9).numpy()
+        z = F.unfold(padded, kernel, stride=2).transpose(1, 2).reshape(-1, 5 * k).numpy()
     W, b = conv.weight.detach().reshape(3, -1).numpy(), conv.bias.detach().numpy()
-    kept = [c * 9 + j for c in (0, 2, 4) for j in range(9)]
+    kept = [c * k + j for c in (0, 2, 4) for j in range(k)]
     design = np.hstack([z[:, kept], np.ones((len(z), 1))])
     solution = np.linalg.lstsq(design, z @ W.T + b, rcond=None)[0]
     params = problem.flat.unflatten(w)
     folded = params["2.weight"].reshape(3, -1).numpy()
     np.testing.assert_allclose(folded[:, kept], solution[:-1].T, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(params["2.bias"].numpy(), solution[-1], rtol=1e-6, atol=1e-8)
-    assert not folded[:, [c * 9 + j for c in (1, 3) for j in range(9)]].any()
+    assert not folded[:, [c * k + j for c in (1, 3) for j in range(k)]].any()
     naive = z[:, kept] @ W[:, kept].T + b
     error = np.linalg.norm(design @ solution - (z @ W.T + b))
     assert error < np.linalg.norm(naive - (z @ W.T + b))
+
+
+def test_a_norm_over_the_units_between_layer_and_site_keeps_the_layer_rows_out_of_the_deletion():
+    """Linear → LayerNorm → ReLU: the Linear's rows feed every unit through the norm's statistics, so a deletion
+    is the norm's scale and shift of the units and the reader's columns; it equals zeroing the units' values
+    before the reader by a hook."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.ReLU(), nn.Linear(6, 3)).double()
+    x = torch.randn(30, 4, dtype=torch.float64)
+    problem = _problem(model, x, "units:2#0:1,3")
+    assert len(problem.damage.indices) == 2 * 2 + 2 * 3  # LN weight and bias of 2 units, 2 columns of 3 rows
+    handle = model[3].register_forward_pre_hook(lambda m, a: (a[0] * torch.tensor([1, 0, 1, 0, 1, 1.0]),))
+    try:
+        expected = model(x)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(_outputs(problem, problem.w0 * problem.mask), expected)

@@ -325,7 +325,7 @@ def test_npz_token_ids_with_labels_per_token_reach_a_sequence_model_and_integers
 
     from torch import nn
 
-    from lesion.cli.options import prepared
+    from lesion.cli.options import _float_inputs_unless_embedded, prepared
     from lesion.nets.loading import LoadedModel
 
     rng = np.random.default_rng(0)
@@ -340,6 +340,11 @@ def test_npz_token_ids_with_labels_per_token_reach_a_sequence_model_and_integers
     mlp = nn.Sequential(nn.Linear(5, 20))
     _, cast = prepared(args, LoadedModel(mlp, "torch-module", "mlp"), ds)
     assert cast.x_test.dtype == torch.float32 and torch.equal(cast.x_test, torch.from_numpy(tokens).float())
+    scripted = torch.jit.script(embedder)  # its table is no nn.Embedding module: the integers are tried as they are
+    assert _float_inputs_unless_embedded(scripted, ds).x_test.dtype == torch.int64
+    np.savez(tmp_path / "m.npz", x=tokens, x_test=tokens.astype(np.float32))  # one split of values: both are
+    mixed = load(f"npz:{tmp_path / 'm.npz'}")
+    assert mixed.x_train.dtype == mixed.x_test.dtype == torch.float32
     np.savez(tmp_path / "f.npz", x=tokens.astype(np.float32), y=tokens)
     with pytest.raises(LesionError, match="labels per token need integer token ids"):
         load(f"npz:{tmp_path / 'f.npz'}")

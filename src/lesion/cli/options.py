@@ -179,7 +179,8 @@ def prepared(args: argparse.Namespace, loaded: Any, data: Any) -> tuple[Any, Any
 
 def _float_inputs_unless_embedded(model: Any, data: Any) -> Any:
     """Integer inputs (token ids of an `.npz`) as float32 for a model that embeds no tokens (an MLP on integer
-    features): only a model with an embedding table reads integers."""
+    features): a model with an embedding table, or one that runs on the integers as they are (a TorchScript or
+    exported model, whose tables are not `nn.Embedding` modules), keeps them."""
     import dataclasses
 
     import torch
@@ -187,7 +188,14 @@ def _float_inputs_unless_embedded(model: Any, data: Any) -> Any:
     if data.x_test.is_floating_point() or any(isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
                                               for m in model.modules()):
         return data
-    return dataclasses.replace(data, x_train=data.x_train.float(), x_test=data.x_test.float())
+    from lesion.functional import eval_mode
+
+    try:
+        with torch.no_grad(), eval_mode(model):  # no running statistics updated
+            model(data.x_test[:2])
+        return data
+    except Exception:  # noqa: BLE001 - any failure on integers: the model takes values
+        return dataclasses.replace(data, x_train=data.x_train.float(), x_test=data.x_test.float())
 
 
 def load_model_and_data(args: argparse.Namespace) -> tuple[Any, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from lesion.damage import bits as bitlib
 from lesion.damage import keyed_random
@@ -125,10 +126,15 @@ class HeadCrash:
         return f"head:{self.site}:{self.heads.describe()}"
 
 
+ACROSS_UNITS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.LocalResponseNorm)
+
+
 def unit_parameters(target: Target, site: Site) -> list[tuple[str, int]]:
     """(parameter, axis) of every per-unit parameter from the site's layer to the site: the layer's weight
     rows (columns for Conv1D) and bias, and the scale and shift of the norms in between (SPEC §6.1: with
-    BatchNorm, a deletion includes the BN shift)."""
+    BatchNorm, a deletion includes the BN shift). Where a norm over the units (LayerNorm, GroupNorm, RMSNorm)
+    comes between, the layer's rows feed every unit through its statistics: only the per-unit scale and shift
+    from that norm on belong to the unit."""
     if site.layer is None:
         if site.dtype in ("quint8", "qint8"):
             raise LesionError(f"{site.name} follows a quantised layer, whose stored integers a deletion cannot "
@@ -141,7 +147,11 @@ def unit_parameters(target: Target, site: Site) -> list[tuple[str, int]]:
     owned = [(f"{site.layer}.{weight_name}", axis)]
     if f"{site.layer}.bias" in target.base:
         owned.append((f"{site.layer}.bias", 0))
-    for path in site.chain:
+    chain = list(site.chain)
+    across = [i for i, path in enumerate(chain) if isinstance(modules.get(path), ACROSS_UNITS)]
+    if across:  # a norm over the units: the layer's rows (and what precedes the norm) feed every unit's value
+        owned, chain = [], chain[across[-1]:]
+    for path in chain:
         for name in ("weight", "bias"):
             full = f"{path}.{name}"
             if full in target.base and target.base[full].dim() == 1 and target.base[full].numel() == site.width:

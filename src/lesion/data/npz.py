@@ -103,6 +103,8 @@ def load_npz(path: str | Path, name: str | None = None) -> Dataset:
     _per_token(x_train, y_train, "y", path)
     if has_test:
         x_test = _inputs(arrays["x_test"], "x_test", path)
+        if x_test.is_floating_point() != x_train.is_floating_point():  # token ids in one split only: values
+            x_train, x_test = x_train.float(), x_test.float()
         y_test = _labels(arrays["y_test"], "y_test", path) if "y_test" in arrays else None
         if y_test is not None and y_test.shape[0] != x_test.shape[0]:
             raise LesionError(f"{path}: {x_test.shape[0]} inputs in 'x_test' but {y_test.shape[0]} labels in "

@@ -87,18 +87,20 @@ def _head_units(target: Any, site: Site, heads: tuple[int, ...]) -> DeletedUnits
 
 @dataclass(frozen=True)
 class ReaderColumns:
-    """How the reader's input becomes rows of columns: `patch` kernel offsets per unit (im2col of a convolution),
-    or 1 (one column per unit, rows over positions and tokens)."""
+    """How the reader's input becomes rows of columns: im2col patches of a convolution (`im2col`, `patch` kernel
+    offsets per unit, the padded border and the stride as the convolution sees them, a 1×1 kernel included), or
+    one column per unit (`patch` 1, rows over positions and tokens)."""
 
     reader: nn.Module
     width: int
     patch: int
+    im2col: bool = False
 
     @staticmethod
     def of(reader: nn.Module, width: int) -> ReaderColumns:
         """Patches for a 1-d or 2-d convolution with groups 1 that reads the units as its channels."""
         if isinstance(reader, (nn.Conv1d, nn.Conv2d)) and reader.groups == 1 and reader.in_channels == width:
-            return ReaderColumns(reader, width, int(torch.tensor(reader.kernel_size).prod()))
+            return ReaderColumns(reader, width, int(torch.tensor(reader.kernel_size).prod()), im2col=True)
         return ReaderColumns(reader, width, 1)
 
     def rows(self, value: torch.Tensor) -> torch.Tensor:
@@ -106,8 +108,8 @@ class ReaderColumns:
         import torch.nn.functional as F
 
         reader = self.reader
-        if self.patch > 1 or isinstance(reader, nn.modules.conv._ConvNd):
-            if self.patch > 1:
+        if self.im2col or isinstance(reader, nn.modules.conv._ConvNd):
+            if self.im2col:
                 mode = "constant" if reader.padding_mode == "zeros" else reader.padding_mode
                 padded = F.pad(value, reader._reversed_padding_repeated_twice, mode=mode)
                 if isinstance(reader, nn.Conv1d):
@@ -227,7 +229,7 @@ def fold(params: dict[str, torch.Tensor], original: dict[str, torch.Tensor], rea
     the kept units' patch columns to the deleted ones'."""
     from lesion.sites.modules import reader_columns
 
-    if columns is not None and columns.patch > 1:
+    if columns is not None and columns.im2col:
         return _fold_patches(params, original, reader_path, deleted, M, c, columns)
 
     axis = reader_columns(reader)
@@ -296,7 +298,7 @@ def compensate(problem: Any, calibration: int = 256, ridge: float = 1e-3, fit: s
         columns = ReaderColumns.of(reader, part.site.width)
         path, call = part.site.read_through or (part.reader, part.site.call if part.site.path == part.reader else 0)
         kept, gone = columns.columns(part.kept), columns.columns(part.units)
-        batch = 32 if columns.patch > 1 else 512
+        batch = 32 if columns.im2col else 512
 
         def rows(now: torch.Tensor = w, path: str = path, call: int = call, columns: ReaderColumns = columns,
                  kept: list[int] = kept, gone: list[int] = gone, batch: int = batch) -> Any:
@@ -314,7 +316,7 @@ def compensate(problem: Any, calibration: int = 256, ridge: float = 1e-3, fit: s
         w = flat.layout.flatten(params) * problem.mask
         fits.append({"site": part.site.name, "reader": part.reader, "deleted": len(part.units),
                      "kept": len(part.kept), "rows": moments.rows, **({"patch": columns.patch}
-                                                                       if columns.patch > 1 else {})})
+                                                                       if columns.im2col else {})})
     acc, loss = problem.evaluate(w)
     examples = 2 * len(parts) * len(x) / 3
     name = "obs" if fit == "obs" else "compensate"
