@@ -428,3 +428,36 @@ def test_a_norm_over_the_units_between_layer_and_site_keeps_the_layer_rows_out_o
     finally:
         handle.remove()
     torch.testing.assert_close(_outputs(problem, problem.w0 * problem.mask), expected)
+
+
+def test_a_later_site_is_fitted_to_the_clean_outputs_of_its_reader_drift_of_the_kept_units_included():
+    """Two damaged sites: the second reader's kept inputs have drifted (the first site's damage reaches them).
+    OBS (damping → 0) folds the least-squares fit of the reader's clean outputs on its inputs as they are now,
+    computed here by numpy's lstsq; fitting only the deleted units would leave the drift in (worse)."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 7), nn.ReLU(), nn.Linear(7, 3)).double()
+    x = torch.randn(300, 4, dtype=torch.float64)
+    y = torch.zeros(len(x), dtype=torch.long)
+    damage = union([parse_delete(model, spec, torch.Generator().manual_seed(0), x[:2])
+                    for spec in ("units:1#0:0,5", "units:3#0:2,6")])
+    problem = RecoveryProblem(model, x, y, x, y, damage)
+    _, w = compensate(problem, calibration=300, ridge=1e-12, fit="obs")
+    params = problem.flat.unflatten(w)
+    with torch.no_grad():
+        h1 = torch.relu(x @ params["0.weight"].T + params["0.bias"])
+        now = torch.relu(h1 @ params["2.weight"].T + params["2.bias"]).numpy()
+        target = model(x).numpy()
+    K = [0, 1, 3, 4, 5]
+    design = np.hstack([now[:, K], np.ones((len(now), 1))])
+    solution, residual = np.linalg.lstsq(design, target, rcond=None)[:2]
+    folded = now[:, K] @ params["4.weight"].numpy()[:, K].T + params["4.bias"].numpy()  # (a dead unit's weight
+    np.testing.assert_allclose(folded, design @ solution, rtol=1e-6, atol=1e-8)  # is free: compare outputs)
+    assert not params["4.weight"][:, [2, 6]].any()
+    # the deleted units alone, fitted on the drifted kept ones, leave a larger error at the reader
+    W4, b4 = model[4].weight.detach().numpy(), model[4].bias.detach().numpy()
+    with torch.no_grad():
+        clean = torch.relu(model[2](torch.relu(model[0](x)))).numpy()
+    S = [2, 6]
+    M = np.linalg.lstsq(np.hstack([now[:, K], np.ones((len(now), 1))]), clean[:, S], rcond=None)[0]
+    deleted_only = now[:, K] @ (W4[:, K] + W4[:, S] @ M[:-1].T).T + b4 + W4[:, S] @ M[-1]
+    assert residual.sum() < ((deleted_only - target) ** 2).sum()

@@ -7,15 +7,18 @@ of the kept units of the same site, fitted by ridge regression on unlabelled cal
     h_S(x) ≈ Mᵀ h_K(x) + c,    (M, c) = argmin Σ_x ‖h_S(x) − Mᵀ h_K(x) − c‖² + λ‖M‖²,
 
 and folded into the layer that reads the site: W'[:, K] = W[:, K] + W[:, S] Mᵀ, b' = b + W[:, S] c, W'[:, S] = 0.
-The targets h_S are the undamaged network's values; the regressors h_K those of the network as compensated so
-far, so several damaged sites are taken in forward order, each on the already-compensated network. The values are
-those the reader's weights multiply: the reader's own input (after any pooling, flatten or function between the
-site and the reader). A 1-d or 2-d convolution (groups 1) is fitted over its im2col patches, every kernel offset
-of every channel one column (zero padding included), so the fold is the layer-wise least-squares optimum (OBC);
-other convolutions per channel over positions (a 1×1 map); token features over every token; channels flattened
-into a dense layer one row per position (one map shared by the positions). Without a bias in the reader, c is 0
-and the fit has no intercept. λ = `ridge` · tr(C_KK)/|K| (C_KK the covariance of the kept columns), so `ridge`
-is scale-free. The fits use the first and second moments of the columns, accumulated batch by batch.
+The targets h_S are the undamaged network's values; the regressors h_K those of the network as compensated so far,
+so several damaged sites are taken in forward order, each on the already-compensated network. There the kept
+values have drifted from their clean ones too (an earlier site's damage reaches them): the drift h_K^clean − h_K
+is fitted alongside, by the same map, and folded as W_K M_Kᵀ, so the reader's output is fitted to the clean one.
+The values are those the reader's weights multiply: the reader's own input (after any pooling, flatten or function
+between the site and the reader). A 1-d or 2-d convolution (groups 1) is fitted over its im2col patches, every
+kernel offset of every channel one column (zero padding included), so the fold is the layer-wise least-squares
+optimum (OBC); other convolutions per channel over positions (a 1×1 map); token features over every token;
+channels flattened into a dense layer one row per position (one map shared by the positions). Without a bias in
+the reader, c is 0 and the fit has no intercept. λ = `ridge` · tr(C_KK)/|K| (C_KK the covariance of the kept
+columns), so `ridge` is scale-free. The fits use the first and second moments of the columns, accumulated batch by
+batch.
 """
 
 from __future__ import annotations
@@ -186,6 +189,17 @@ class Moments:
         """E[zzᵀ] (about 0)."""
         return self.second + torch.outer(self.mean, self.mean)
 
+    def drifted(self, kept: int) -> bool:
+        """Whether columns kept … 2·kept (the kept values' drift from their clean values) are not all 0."""
+        block = slice(kept, 2 * kept)
+        return bool(self.mean[block].any() or self.second[block].any())
+
+    def without(self, columns: range) -> Moments:
+        """The moments with `columns` (after the kept ones) left out."""
+        keep = [i for i in range(len(self.mean)) if i not in set(columns)]
+        index = torch.tensor(keep, device=self.mean.device)
+        return Moments(self.kept, self.mean[index], self.second[index][:, index], self.rows)
+
 
 def ridge_fit(moments: Moments, ridge: float, intercept: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(M, c) with z_S ≈ z_K M + c (float64): ridge regression, λ = ridge · tr(C_KK)/|K|; without an intercept
@@ -222,15 +236,16 @@ def obs_fit(moments: Moments, damping: float, intercept: bool) -> tuple[torch.Te
 
 
 def fold(params: dict[str, torch.Tensor], original: dict[str, torch.Tensor], reader: nn.Module, reader_path: str,
-         deleted: DeletedUnits, M: torch.Tensor, c: torch.Tensor, columns: ReaderColumns | None = None
-         ) -> dict[str, torch.Tensor]:
+         deleted: DeletedUnits, M: torch.Tensor, c: torch.Tensor, columns: ReaderColumns | None = None,
+         drift: bool = False) -> dict[str, torch.Tensor]:
     """New reader weight and bias with the fitted map folded in (module docstring), the deleted inputs zeroed:
     W[:, S] from the `original` (undamaged) weights, W[:, K] and b from `params`. With im2col `columns`, M maps
-    the kept units' patch columns to the deleted ones'."""
+    the kept units' patch columns to the deleted ones'. With `drift`, M and c map to [K, S]: the kept values'
+    drift from their clean values first (W'_K = W_K + W_K M_Kᵀ + W_S M_Sᵀ)."""
     from lesion.sites.modules import reader_columns
 
     if columns is not None and columns.im2col:
-        return _fold_patches(params, original, reader_path, deleted, M, c, columns)
+        return _fold_patches(params, original, reader_path, deleted, M, c, columns, drift)
 
     axis = reader_columns(reader)
     weight = params[f"{reader_path}.weight"]
@@ -247,6 +262,8 @@ def fold(params: dict[str, torch.Tensor], original: dict[str, torch.Tensor], rea
     S = torch.tensor(deleted.units, dtype=torch.long, device=w.device)
     K = torch.tensor(deleted.kept, dtype=torch.long, device=w.device)  # empty where every unit is deleted
     w_s = units_first(original[f"{reader_path}.weight"]).index_select(1, S)
+    if drift:
+        w_s = torch.cat([w.index_select(1, K), w_s], dim=1)
     new = w.clone()
     new[:, K] += torch.einsum("os...,ks->ok...", w_s, M.to(w.device))
     new[:, S] = 0.0
@@ -259,14 +276,16 @@ def fold(params: dict[str, torch.Tensor], original: dict[str, torch.Tensor], rea
 
 
 def _fold_patches(params: dict[str, torch.Tensor], original: dict[str, torch.Tensor], reader_path: str,
-                  deleted: DeletedUnits, M: torch.Tensor, c: torch.Tensor, columns: ReaderColumns
-                  ) -> dict[str, torch.Tensor]:
+                  deleted: DeletedUnits, M: torch.Tensor, c: torch.Tensor, columns: ReaderColumns,
+                  drift: bool = False) -> dict[str, torch.Tensor]:
     """`fold` for a convolution fitted on its patches: the weight (out, C, *kernel) as (out, C·k), whose column
     order (channel, then kernel offsets) is im2col's."""
     weight = params[f"{reader_path}.weight"]
     w = weight.double().reshape(len(weight), -1)
     w_s = original[f"{reader_path}.weight"].double().reshape(len(weight), -1)[:, columns.columns(deleted.units)]
     kept, gone = columns.columns(deleted.kept), columns.columns(deleted.units)
+    if drift:
+        w_s = torch.cat([w[:, kept], w_s], dim=1)
     new = w.clone()
     new[:, kept] += w_s @ M.T.to(w.device)
     new[:, gone] = 0.0
@@ -304,15 +323,19 @@ def compensate(problem: Any, calibration: int = 256, ridge: float = 1e-3, fit: s
                  kept: list[int] = kept, gone: list[int] = gone, batch: int = batch) -> Any:
             for i in range(0, len(x), batch):
                 chunk = x[i:i + batch]
-                yield (columns.rows(reader_input(flat, now, path, call, chunk))[:, kept],
-                       columns.rows(reader_input(flat, problem.w0, path, call, chunk))[:, gone])
+                values = columns.rows(reader_input(flat, now, path, call, chunk))
+                clean = columns.rows(reader_input(flat, problem.w0, path, call, chunk))
+                yield values[:, kept], torch.cat([clean[:, kept] - values[:, kept], clean[:, gone]], dim=1)
 
         moments = Moments.accumulate(rows())
+        drift = moments.drifted(len(kept))
+        if not drift:  # the kept values are the clean ones (the first damaged site): the deleted ones alone
+            moments = moments.without(range(len(kept), 2 * len(kept)))
         intercept = f"{part.reader}.bias" in flat.layout.names
         fitter = obs_fit if fit == "obs" else ridge_fit
         M, c = fitter(moments, ridge, intercept)
         params = flat.unflatten(w.clone())
-        params.update(fold(params, original, reader, part.reader, part, M, c, columns))
+        params.update(fold(params, original, reader, part.reader, part, M, c, columns, drift))
         w = flat.layout.flatten(params) * problem.mask
         fits.append({"site": part.site.name, "reader": part.reader, "deleted": len(part.units),
                      "kept": len(part.kept), "rows": moments.rows, **({"patch": columns.patch}
