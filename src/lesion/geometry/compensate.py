@@ -196,7 +196,8 @@ class Moments:
 
     def without(self, columns: range) -> Moments:
         """The moments with `columns` (after the kept ones) left out."""
-        keep = [i for i in range(len(self.mean)) if i not in set(columns)]
+        left_out = set(columns)
+        keep = [i for i in range(len(self.mean)) if i not in left_out]
         index = torch.tensor(keep, device=self.mean.device)
         return Moments(self.kept, self.mean[index], self.second[index][:, index], self.rows)
 

@@ -142,7 +142,8 @@ def _check_deletion_silences(model: nn.Module, target: Target, site: Any, reader
         stirred[owned] = (flat[owned].double() + noise * (1 + flat[owned].double().abs())).to(flat.dtype)
         if not same(outputs(params(stirred))):
             raise LesionError(f"cannot delete units of {site.name} through the weights of {reader}: another "
-                              f"layer reads {site.name} too, so zeroing {reader}'s weights does not silence them")
+                              f"layer reads {site.name} too (a residual shortcut or a second branch), so zeroing "
+                              f"{reader}'s weights does not silence them")
     if site.read_through is None:
         silenced = UnitOverride.identity(site, target.device).force(units, 0.0)
         if not same(outputs(Realised(units={site.name: silenced}))):
