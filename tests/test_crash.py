@@ -593,3 +593,17 @@ def test_tolerance_at_the_top_of_the_examined_range_is_a_lower_bound(tmp_path, c
     assert "tolerates ≥ 2 crashes by Erf" in text and "tolerates 2 " not in text
     ranking = [line for line in text.splitlines() if line.startswith("ranking")][0]
     assert " = " not in ranking and " ? " in ranking  # two lower bounds: their order is unknown
+
+
+def test_nearly_every_unit_crashed_in_a_wide_layer_with_silent_units_equals_brute_force():
+    """f = 68 of 70 units, some of them silent on the inputs: the engine's binomial table held C(a, b) for every
+    b ≤ f, beyond int64 from b ≈ 33 on, and raised OverflowError (a traceback); the entries read stay below
+    C(n, f)."""
+    torch.manual_seed(1)
+    model = MLP(5, [70], 3, activation="relu", bias=True).double().eval()
+    with torch.no_grad():
+        model.linear_layers()[0].bias[:6] = -100.0  # six units never active: silent
+    x = torch.rand(5, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    budget = CrashBudget((1,), (70,), 68)
+    d = brute_force(model, x.numpy(), budget)
+    assert_matches(exact_omega(mlp_structure(model), x, budget), d)

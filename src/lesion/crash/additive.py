@@ -347,7 +347,10 @@ def run_block(contrib: np.ndarray, f: int, norm: str, n_sets: int, threads: int 
     else:
         sizes = range(max(0, f - silent), min(f, n_live) + 1)  # the sizes of S ∩ L that occur
         live_contrib = np.ascontiguousarray(contrib[live])
-        binom = np.array([[math.comb(a, b) for b in range(f + 1)] for a in range(n + 1)], dtype=np.int64)
+        # C(a, b) beyond int64 (f of 400 units from f = 11 on) is never read: the ranks read are below C(n_live, k),
+        # the count of sets enumerated, so such entries are capped rather than overflowing
+        cap = np.iinfo(np.int64).max
+        binom = np.array([[min(math.comb(a, b), cap) for b in range(f + 1)] for a in range(n + 1)], dtype=np.int64)
         offsets = np.zeros(f + 2, dtype=np.int64)
         parts, total_sq = [], 0.0
         for k in range(f + 1):
