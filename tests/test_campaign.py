@@ -162,6 +162,26 @@ def test_cli_campaign_json_and_replay(checkpoint, tmp_path, capsys):
     assert [s["accuracy"] for s in again["samples"]] == [s["accuracy"] for s in result["samples"]]
 
 
+def test_cli_replay_keeps_the_recorded_protection_and_inputs(checkpoint, tmp_path, capsys):
+    """A fault list drawn under --protect and on --inputs N replays with neither option given: the list records
+    both. Under another protection the configurations realise differently, which is named."""
+    faults, first, again = tmp_path / "f.json", tmp_path / "a.json", tmp_path / "b.json"
+    protect = ["--protect", "fc1.weight@30", "--protect", "out.weight@30"]
+    assert main(["--quiet", "campaign", "--model", str(checkpoint), "--data", "digits", "--damage",
+                 "bitflip:ber=2e-3", "--samples", "12", "--seed", "4", "--inputs", "150", *protect,
+                 "--save-faults", str(faults), "--json", str(first)]) == 0
+    recorded = json.loads(faults.read_text())
+    assert recorded["protected"] == {"fc1.weight": [30], "out.weight": [30]} and recorded["inputs"] == 150
+    assert main(["campaign", "--model", str(checkpoint), "--data", "digits", "--replay", str(faults),
+                 "--json", str(again)]) == 0
+    assert "first 150 test inputs" in capsys.readouterr().out
+    np.testing.assert_array_equal(_per_sample(json.loads(again.read_text())["campaign"]),
+                                  _per_sample(json.loads(first.read_text())["campaign"]))
+    assert main(["campaign", "--model", str(checkpoint), "--data", "digits", "--replay", str(faults),
+                 "--protect", "fc1.weight@29"]) == 2
+    assert "replay it without --protect" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("spec", ["melt:1", "crash:9:1", "crash:1:frac=2", "gauss:-0.5", "delete:fc1.weight:frac=1.5"])
 def test_cli_bad_spec_exits_2(checkpoint, spec, capsys):
     assert main(["evaluate", "--model", str(checkpoint), "--data", "digits", "--damage", spec]) == 2

@@ -139,9 +139,15 @@ def _cmd_campaign(args: argparse.Namespace) -> dict[str, Any]:
     from lesion.damage.campaign import Campaign, load_fault_list, replay, save_fault_list
 
     loaded, data = load_model_and_data(args)
-    x = data.x_test[: args.inputs] if args.inputs else data.x_test
+    fault_list = load_fault_list(args.replay) if args.replay else None
+    inputs = args.inputs
+    if fault_list is not None and not inputs and fault_list.get("inputs"):  # the inputs it was drawn on
+        inputs = fault_list["inputs"]
+        if inputs != len(data.x_test):
+            print(f"replaying on the first {inputs} test inputs, as the fault list was drawn (--inputs to change)")
+    x = data.x_test[:inputs] if inputs else data.x_test
     y = None if data.y_test is None else data.y_test[: len(x)]
-    protected = {}
+    protected = None if fault_list is not None else {}  # a replay: the protection the list records
     if args.protect:
         from lesion.damage import Target
         from lesion.damage.protection import parse_protection
@@ -154,7 +160,7 @@ def _cmd_campaign(args: argparse.Namespace) -> dict[str, Any]:
             verb = "does" if len(ignored) == 1 else "do"
             raise LesionError(f"--replay runs the recorded configurations, all of them: {' and '.join(ignored)} "
                               f"{verb} not apply")
-        result = replay(loaded.module, x, y, load_fault_list(args.replay), args.tolerance, protected)
+        result = replay(loaded.module, x, y, fault_list, args.tolerance, protected)
     else:
         if not args.damage:
             raise LesionError("give at least one --damage SPEC (or --replay FILE)")

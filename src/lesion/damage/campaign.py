@@ -346,9 +346,11 @@ class Campaign:
 
 
 def save_fault_list(path: str | Path, result: CampaignResult) -> Path:
-    """Write the campaign's damage descriptions, seed, model digest and per-sample seeds and fault records."""
+    """Write the campaign's damage descriptions, seed, model digest, input count, bit protection and per-sample
+    seeds and fault records."""
     return write_json(path, {"format": FAULT_LIST_FORMAT, "damage": list(result.damage), "seed": result.seed,
                              "model_digest": result.model_digest, "inputs": result.inputs,
+                             "protected": result.extra.get("protected", {}),
                              "samples": [{"index": s.index, "seed": s.seed, "faults": s.faults}
                                          for s in result.samples]})
 
@@ -374,8 +376,10 @@ def load_fault_list(path: str | Path) -> dict[str, Any]:
 
 def replay(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, fault_list: dict[str, Any],
            tolerance: float = 0.05, protected: dict[str, frozenset[int]] | None = None) -> CampaignResult:
-    """Re-run the configurations of a saved fault list (with the bit protection it was drawn under); each must
-    realise to the recorded faults."""
+    """Re-run the configurations of a saved fault list with the bit protection it was drawn under (`protected`,
+    or the one the list records when None); each must realise to the recorded faults."""
+    recorded = {n: frozenset(b) for n, b in (fault_list.get("protected") or {}).items()}
+    protected = recorded if protected is None else protected
     digest = model_digest(model)
     if fault_list["model_digest"] != digest:
         raise LesionError(f"the fault list was drawn on model {fault_list['model_digest']}, not this one ({digest}); "
@@ -392,6 +396,9 @@ def replay(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, fault_list
                 if drawn_on is not None and drawn_on != len(x):  # faults in activations are drawn per input
                     raise LesionError(f"sample {entry['index']} realises to other faults on {len(x)} inputs than on "
                                       f"the {drawn_on} it was drawn on: replay it with --inputs {drawn_on}")
+                if "protected" in fault_list and dict(protected) != recorded:
+                    raise LesionError(f"sample {entry['index']} realises to other faults under another bit "
+                                      "protection than the one it was drawn under: replay it without --protect")
                 raise LesionError(f"sample {entry['index']} no longer realises to its recorded faults: the list "
                                   "was edited, or saved by a lesion older than 2026-12-03 (random bit flips were "
                                   "drawn differently then: run the campaign again)")
