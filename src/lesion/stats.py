@@ -237,7 +237,7 @@ def _median_rank(n: int, confidence: float) -> int:
 def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
     """Distribution-free interval for the median from order statistics: [X_(r), X_(n−r+1)] with r the
     largest rank such that 2·P(B ≤ r−1) ≤ 1 − confidence, B ~ Binomial(n, 1/2) (the whole range when no rank
-    qualifies, n < 6 at 95%)."""
+    qualifies, n < 6 at 95%: its coverage is then below `confidence`, see `median_interval_level`)."""
     ordered = sorted(values)
     n = len(ordered)
     if n == 0:
@@ -246,6 +246,20 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
     if r < 1:
         return ordered[0], ordered[-1]
     return ordered[r - 1], ordered[n - r]
+
+
+def median_interval_level(n: int, confidence: float = 0.95) -> float:
+    """The exact coverage of `median_interval` over n values of a continuous distribution: 1 − 2·P(B ≤ r−1),
+    B ~ Binomial(n, 1/2), r its rank (1 for the whole range). At least `confidence` from n = 6 at 95%; below,
+    the whole range covers only 1 − 2·2⁻ⁿ (93.75% for n = 5, 0 for n = 1)."""
+    if n < 1:
+        raise ValueError("a median needs at least one value")
+    r = max(1, _median_rank(n, confidence))
+    if n <= 1000:
+        below = sum(math.comb(n, k) for k in range(r)) / 2**n
+    else:
+        below = _incomplete_beta(n - r + 1, r, 0.5)  # P(B ≤ r − 1)
+    return max(0.0, 1.0 - 2.0 * below)
 
 
 def bootstrap_mean_interval(values: list[float], confidence: float = 0.95, resamples: int = 2000,
@@ -270,16 +284,22 @@ def bootstrap_mean_interval(values: list[float], confidence: float = 0.95, resam
 
 def heavy_tailed_summary(values: list[float]) -> dict[str, float | int | list[float] | None]:
     """Summary of a heavy-tailed per-configuration quantity (output error under bit flips, loss): mean with a
-    bootstrap interval and median with its order-statistics interval over the finite values, and the count of
-    non-finite ones reported apart, so that one inf/NaN does not poison the mean (issue 14)."""
+    bootstrap interval over the finite values, the count of non-finite ones reported apart, so that one inf/NaN
+    does not poison the mean (issue 14); median with its order-statistics interval over all values, a non-finite
+    one ranked above every finite one (inf: broken outputs are the worst), so that the median of 50 configurations
+    of which 46 broke is inf, not the median of the 4 that did not. `median_ci_level` is the interval's exact
+    coverage, below 0.95 for fewer than 6 configurations."""
     finite = [float(v) for v in values if math.isfinite(v)]
     out: dict[str, float | int | list[float] | None] = {"n": len(values), "non_finite": len(values) - len(finite)}
+    ranked = sorted(finite) + [math.inf] * (len(values) - len(finite))
+    middle = len(ranked) // 2
+    median_part: dict[str, float | list[float] | None] = {"median": None, "median_ci": None, "median_ci_level": None}
+    if ranked:
+        median_part = {"median": ranked[middle] if len(ranked) % 2 else 0.5 * (ranked[middle - 1] + ranked[middle]),
+                       "median_ci": list(median_interval(ranked)),
+                       "median_ci_level": median_interval_level(len(ranked))}
     if not finite:
-        return {**out, "mean": None, "ci": None, "median": None, "median_ci": None, "min": None, "max": None,
-                "sd": None}
+        return {**out, "mean": None, "ci": None, **median_part, "min": None, "max": None, "sd": None}
     running = RunningMean.of(finite)
-    ordered = sorted(finite)
-    middle = len(ordered) // 2
-    median = ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
-    return {**out, "mean": running.mean, "ci": list(bootstrap_mean_interval(finite)), "median": median,
-            "median_ci": list(median_interval(finite)), "min": running.min, "max": running.max, "sd": running.sd}
+    return {**out, "mean": running.mean, "ci": list(bootstrap_mean_interval(finite)), **median_part,
+            "min": running.min, "max": running.max, "sd": running.sd}
