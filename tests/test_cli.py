@@ -145,6 +145,9 @@ def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
     import sys
 
     command = (f"{sys.executable} -m lesion.cli campaign --model preset:mlp2 --data mnist5k --damage crash:1:count=2 "
-               "--samples 3 | true")  # a reader that never reads
+               "--samples 3 --json c.json | true; echo ${PIPESTATUS[0]}")  # a reader that never reads
     done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr and "error" not in done.stderr
+    # the command ran to its end: the JSON is written, and the status says the reader went away
+    assert done.stdout.strip() == "141"
+    assert len(json.loads((tmp_path / "c.json").read_text())["campaign"]["samples"]) == 3

@@ -68,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
     run: Callable[[argparse.Namespace], dict[str, Any]] = args.run
+    stdout = _ReaderGoneTolerant(sys.stdout)
+    sys.stdout = stdout
     try:
         result = run(args)
         if getattr(args, "json", None):
@@ -75,17 +77,54 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             write_json(Path(args.json), {"provenance": provenance(command=args.command,
                                                                   argv=list(argv or sys.argv[1:])), **result})
-        sys.stdout.flush()  # here, so that a reader gone away is met by the handler below, not at exit
+        sys.stdout.flush()
     except LesionError as err:
         print(f"lesion: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("lesion: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader stopped (`lesion … | head`): no traceback, and none at exit either
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 141
-    return 0
+    finally:
+        sys.stdout = stdout.wrapped
+    return 141 if stdout.reader_gone else 0
+
+
+class _ReaderGoneTolerant:
+    """stdout that survives its reader going away (`lesion … | head`): the first write that meets a closed pipe
+    points the file descriptor at /dev/null and the command runs on to the end, so `--json` and `--out` files are
+    still written; the exit status is then 141, as for a shell pipeline cut by SIGPIPE. No traceback, now or at
+    interpreter exit."""
+
+    def __init__(self, wrapped: Any) -> None:
+        self.wrapped = wrapped
+        self.reader_gone = False
+
+    def _gone(self) -> None:
+        self.reader_gone = True
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.wrapped.fileno())
+        except (OSError, ValueError):  # not a real file (pytest's capture): nothing to redirect
+            pass
+
+    def write(self, text: str) -> int:
+        if self.reader_gone:
+            return len(text)
+        try:
+            return self.wrapped.write(text)
+        except BrokenPipeError:
+            self._gone()
+            return len(text)
+
+    def flush(self) -> None:
+        if self.reader_gone:
+            return
+        try:
+            self.wrapped.flush()
+        except BrokenPipeError:
+            self._gone()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
 
 
 if __name__ == "__main__":
