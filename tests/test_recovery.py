@@ -259,7 +259,16 @@ def test_cli_recover(tmp_path, capsys):
     recovered = load_model(str(fixed)).module
     assert int((recovered.fc1.weight.abs().sum(1) == 0).sum()) == 36  # 75% of 48 units deleted
     assert plot.exists()
+    naive = result["methods"]["naive"]["accuracy"]
+    assert result["below_naive"] == [n for n, r in result["methods"].items() if r["accuracy"] < naive]
+    shown = capsys.readouterr().out
+    assert ("below naive deletion" in shown) == bool(result["below_naive"]) and "chosen on the test inputs" in shown
     assert main(["recover", "--model", str(ckpt), "--data", "digits", "--delete", "units:9:frac=0.5"]) == 2
+    assert main(["recover", "--model", str(ckpt), "--data", "digits", "--delete", "units:1:frac=1.0"]) == 2
+    assert "removes all 48 units" in capsys.readouterr().err
+    assert main(["recover", "--model", str(ckpt), "--data", "digits", "--delete", "units:1:count=4", "--method",
+                 "compensate", "--calibration", "100000"]) == 0
+    assert f"more than the {len(data.x_train)} training inputs: all of them are used" in capsys.readouterr().out
     # a model from the user's own factory comes back in their format: a state dict for that factory (a pickled
     # module would need the factory's package to unpickle, and is not what they gave)
     (tmp_path / "tinyfactory.py").write_text("import torch\n\ndef net():\n    torch.manual_seed(0)\n    return "
