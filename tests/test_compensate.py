@@ -299,6 +299,14 @@ def test_deleted_heads_are_compensated_through_the_output_projection():
     problem = _problem(encoder, tokens, "heads:encoder.layers.0.self_attn:1")
     with pytest.raises(LesionError, match="not called as a module"):
         compensate(problem, calibration=6)
+    # `recover` refuses it before the methods ahead of it run (fine-tuning would otherwise go first, for nothing)
+    from unittest import mock
+
+    from lesion.geometry import recovery
+
+    with mock.patch.object(recovery, "finetune", side_effect=AssertionError("ran before the refusal")):
+        with pytest.raises(LesionError, match="not called as a module"):
+            recovery.recover(problem, ["finetune", "compensate+finetune:0.5"])
 
 
 def test_compensation_recovers_half_of_what_deleting_mlp_neurons_and_heads_costs_a_trained_transformer():

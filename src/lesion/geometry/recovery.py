@@ -475,6 +475,11 @@ def recover(problem: RecoveryProblem, methods: Sequence[str], budget: float = 10
     """Run the chosen methods (`parse_methods`) at the same damage; returns their results and final weights. A
     combination's compute is the sum of its parts'."""
     parse_methods(",".join(methods))
+    if any(m.partition("+")[0] in ("compensate", "obs") for m in methods):
+        from lesion.geometry.compensate import deleted_units
+
+        deleted_units(problem.flat.model, problem.damage, problem.x_eval[:2])  # a site it cannot fit: refused now,
+        # not after the methods before it have run
     results, weights = {}, {}
     for method in methods:
         first, _, then = method.partition("+")
