@@ -207,6 +207,9 @@ def test_methods_and_combinations_are_parsed_and_a_combination_counts_both_parts
                 "compensate+finetune:x", ","):
         with pytest.raises(LesionError):
             parse_methods(bad)
+    for bad in ("compensate+finetune:-1", "obs+distill:inf", "compensate+finetune:x"):  # a known method, bad epochs
+        with pytest.raises(LesionError, match="bad epochs .* give a positive number"):
+            parse_methods(bad)
     torch.manual_seed(5)
     model = nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 3))
     x = torch.randn(64, 6)

@@ -266,6 +266,10 @@ def test_cli_recover(tmp_path, capsys):
     assert main(["recover", "--model", str(ckpt), "--data", "digits", "--delete", "units:9:frac=0.5"]) == 2
     assert main(["recover", "--model", str(ckpt), "--data", "digits", "--delete", "units:1:frac=1.0"]) == 2
     assert "removes all 48 units" in capsys.readouterr().err
+    assert main(["recover", "--model", str(ckpt), "--data", "digits", "--delete", "units:out:count=2"]) == 2
+    assert "gives the network's outputs" in capsys.readouterr().err  # not a residual add, as it said
+    assert main(["recover", "--model", str(ckpt), "--data", "digits", "--delete", "heads:1:0"]) == 2
+    assert "this model has no attention module" in capsys.readouterr().err
     assert main(["recover", "--model", str(ckpt), "--data", "digits", "--delete", "units:1:count=4", "--method",
                  "compensate", "--calibration", "100000"]) == 0
     assert f"more than the {len(data.x_train)} training inputs: all of them are used" in capsys.readouterr().out

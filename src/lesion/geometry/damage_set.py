@@ -41,6 +41,16 @@ class DamageSet:
         return f"{len(self.units)} of the {self.width} units of {self.layer} ({len(self.indices):,} weights)"
 
 
+def _is_network_output(target: Target, site: Any) -> bool:
+    """Whether the site's tensor is (one of) the model's outputs, as the recording forward returned them."""
+    recording = target.table.recording
+    out = recording.output
+    values = out.values() if isinstance(out, dict) else out if isinstance(out, tuple | list) else [out]
+    returned = {v.data_ptr() for v in values if isinstance(v, torch.Tensor)}
+    call = next((c for c in recording.calls if c.path == site.path and c.call == site.call), None)
+    return call is not None and call.output is not None and call.output.data_ptr() in returned
+
+
 def unit_damage_set(model: nn.Module, layer: str, selector: Selector, generator: torch.Generator,
                     example: torch.Tensor | None = None, target: Target | None = None, check: bool = True
                     ) -> DamageSet:
@@ -61,6 +71,9 @@ def unit_damage_set(model: nn.Module, layer: str, selector: Selector, generator:
         return _head_damage_set(model, site, selector, generator)
     owned = unit_parameters(target, site)
     reader = reader_of(target.table, site)
+    if reader is None and _is_network_output(target, site):
+        raise LesionError(f"{site.name} gives the network's outputs: nothing inside the network reads them; "
+                          "delete hidden units (`lesion sites` lists the sites)")
     if reader is None:
         raise LesionError(f"cannot tell which weights read the units of {site.name}: no Linear or conv layer "
                           "reads them directly (a residual add or other code comes between)")

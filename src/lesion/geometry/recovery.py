@@ -457,9 +457,12 @@ def parse_methods(text: str) -> list[str]:
         bad = first not in METHODS or (plus and (first not in FOLLOW_UPS or name not in THEN))
         if not bad and epochs:
             try:
-                bad = not 0 < float(epochs) < float("inf")
+                count = float(epochs)
             except ValueError:
-                bad = True
+                count = math.nan
+            if not 0 < count < math.inf:
+                raise LesionError(f"bad epochs {epochs!r} in recovery method {method!r}: give a positive number, "
+                                  f"e.g. {first}+{name}:0.5")
         if bad:
             raise LesionError(f"unknown recovery method {method!r}: {', '.join(METHODS)}, all, or "
                               f"M+finetune[:EPOCHS] or M+distill[:EPOCHS] with M in {', '.join(FOLLOW_UPS)} "

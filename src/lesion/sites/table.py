@@ -75,8 +75,9 @@ class SiteTable:
     def _checked(self, site: Site, kind: str | None) -> Site:
         if kind == "head" and site.kind != "attention-head":
             heads = [s.name for s in self.sites if s.kind == "attention-head"]
-            raise LesionError(f"{site.name} is not an attention module; attention-head sites are "
-                              f"{', '.join(heads) or 'none'}")
+            raise LesionError(f"{site.name} is not an attention module; " + (
+                f"attention-head sites are {', '.join(heads)}" if heads else
+                "this model has no attention module lesion can split into heads (`lesion sites` lists its sites)"))
         if kind == "unit" and site.kind == "attention-head":
             raise LesionError(f"{site.name} is an attention module: crash its heads with head:{site.name}:HEADS")
         if kind == "unit" and site.refused:
