@@ -209,6 +209,17 @@ def clipped_interval(values: list[float], low: float = 0.0, high: float = 1.0,
     return max(low, lo), min(high, hi)
 
 
+def _half_binomial_cdf(n: int, k: int) -> float:
+    """P(B ≤ k) for B ~ Binomial(n, 1/2): exact up to n = 1000, else I_{1/2}(n − k, k + 1) (good to ~1e-14)."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    if n <= 1000:
+        return sum(math.comb(n, j) for j in range(k + 1)) / 2**n
+    return _incomplete_beta(n - k, k + 1, 0.5)
+
+
 @functools.lru_cache(maxsize=256)
 def _median_rank(n: int, confidence: float) -> int:
     """The smallest r with P(B ≤ r) ≥ α/2 for B ~ Binomial(n, 1/2) and α = 1 − confidence, so that
@@ -227,7 +238,7 @@ def _median_rank(n: int, confidence: float) -> int:
     lo, hi = 0, n  # P(B ≤ lo − 1) < α/2 ≤ P(B ≤ hi)
     while lo < hi:
         mid = (lo + hi) // 2
-        if _incomplete_beta(n - mid, mid + 1, 0.5) >= target:
+        if _half_binomial_cdf(n, mid) >= target:
             hi = mid
         else:
             lo = mid + 1
@@ -255,11 +266,7 @@ def median_interval_level(n: int, confidence: float = 0.95) -> float:
     if n < 1:
         raise ValueError("a median needs at least one value")
     r = max(1, _median_rank(n, confidence))
-    if n <= 1000:
-        below = sum(math.comb(n, k) for k in range(r)) / 2**n
-    else:
-        below = _incomplete_beta(n - r + 1, r, 0.5)  # P(B ≤ r − 1)
-    return max(0.0, 1.0 - 2.0 * below)
+    return max(0.0, 1.0 - 2.0 * _half_binomial_cdf(n, r - 1))
 
 
 def bootstrap_mean_interval(values: list[float], confidence: float = 0.95, resamples: int = 2000,
