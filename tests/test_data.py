@@ -342,6 +342,9 @@ def test_npz_token_ids_with_labels_per_token_reach_a_sequence_model_and_integers
     assert cast.x_test.dtype == torch.float32 and torch.equal(cast.x_test, torch.from_numpy(tokens).float())
     scripted = torch.jit.script(embedder)  # its table is no nn.Embedding module: the integers are tried as they are
     assert _float_inputs_unless_embedded(scripted, ds).x_test.dtype == torch.int64
+    small = nn.Sequential(nn.Embedding(12, 6), nn.Linear(6, 20))  # ids run to 19: the table's vocabulary is smaller
+    with pytest.raises(LesionError, match=f"run up to {tokens.max()}, but the model's largest embedding table has 12"):
+        prepared(args, LoadedModel(small, "torch-module", "small"), ds)
     np.savez(tmp_path / "m.npz", x=tokens, x_test=tokens.astype(np.float32))  # one split of values: both are
     mixed = load(f"npz:{tmp_path / 'm.npz'}")
     assert mixed.x_train.dtype == mixed.x_test.dtype == torch.float32

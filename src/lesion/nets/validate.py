@@ -85,5 +85,10 @@ def _run(module: nn.Module, batch: torch.Tensor, data_name: str) -> object:
         raise
     except Exception as err:  # noqa: BLE001 - any failure of the user's forward means a shape mismatch
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        tables = [m.num_embeddings for m in module.modules() if isinstance(m, nn.Embedding | nn.EmbeddingBag)]
+        if tables and not batch.is_floating_point() and batch.numel() and int(batch.max()) >= max(tables):
+            raise LesionError(f"token ids in {data_name} run up to {int(batch.max())}, but the model's largest "
+                              f"embedding table has {max(tables)} rows (ids 0–{max(tables) - 1}); encode the "
+                              "text with the model's own vocabulary") from err
         raise LesionError(f"the model does not run on inputs of shape {tuple(batch.shape[1:])} from {data_name} "
                           f"({message}); give data the model was built for") from err
