@@ -82,6 +82,10 @@ def test_deletions_of_one_layer_given_apart_are_one_set_of_its_units():
     assert merged.describe() == direct.describe() and not merged.parts
     both = union([part("units:1:1,2"), part("units:3#0:0"), part("units:1:3")])
     assert [(p.layer, p.units) for p in both.parts] == [(direct.layer, (1, 2, 3)), (part("units:3#0:0").layer, (0,))]
+    second = part("units:3#0:0")
+    assert both.describe() == (f"3 of the 6 units of {direct.layer} ({len(direct.indices)} weights) + 1 of the 2 "
+                               f"units of {second.layer} ({len(second.indices)} weights) ({len(both.indices)} "
+                               "weights in all)")
 
 
 def test_folded_weights_equal_a_dense_least_squares_reference():
@@ -294,6 +298,7 @@ def test_deleted_heads_are_compensated_through_the_output_projection():
     tokens = torch.randint(0, 97, (6, 12), generator=torch.Generator().manual_seed(3))
     problem = _problem(gpt, tokens, "heads:transformer.h.0.attn:3", torch.zeros_like(tokens))
     assert problem.damage.units == (3,) and len(problem.damage.indices) == 8 * 32
+    assert problem.damage.describe() == "1 of the 4 heads of transformer.h.0.attn (256 weights)"
     naive_out = _outputs(problem, problem.w0 * problem.mask)
     assert (naive_out - gpt(tokens)).abs().max() > 1e-3
     _, w = compensate(problem, calibration=6, ridge=1e-12)

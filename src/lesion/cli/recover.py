@@ -31,7 +31,7 @@ def _cmd_recover(args: argparse.Namespace) -> dict[str, Any]:
     damage = union([parse_delete(loaded.module, spec, gen, data.x_test[:2]) for spec in args.delete])
     for part in damage.parts or (damage,):
         if len(part.units) >= part.width:
-            raise LesionError(f"--delete removes all {part.width} units of {part.layer}: the layers after it see "
+            raise LesionError(f"--delete removes all {part.width} {part.noun} of {part.layer}: the layers after it see "
                               "only biases, and no method can recover what none of its units carry; keep some")
     if args.calibration > len(data.x_train):
         print(f"--calibration {args.calibration} is more than the {len(data.x_train)} training inputs: all of "

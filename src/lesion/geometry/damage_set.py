@@ -29,6 +29,7 @@ class DamageSet:
     units: tuple[int, ...]
     width: int
     parts: tuple[DamageSet, ...] = ()
+    noun: str = "units"  # what `units` counts: "heads" for an attention site's heads
 
     def unit_list(self) -> list[tuple[str, int]]:
         """(layer, unit) of every deleted unit."""
@@ -38,7 +39,9 @@ class DamageSet:
 
     def describe(self) -> str:
         """Human text."""
-        return f"{len(self.units)} of the {self.width} units of {self.layer} ({len(self.indices):,} weights)"
+        if self.parts:
+            return f"{' + '.join(p.describe() for p in self.parts)} ({len(self.indices):,} weights in all)"
+        return f"{len(self.units)} of the {self.width} {self.noun} of {self.layer} ({len(self.indices):,} weights)"
 
 
 def _is_network_output(target: Target, site: Any) -> bool:
@@ -179,7 +182,7 @@ def _head_damage_set(model: nn.Module, site: Any, selector: Selector, generator:
     view = flat[start:stop].view(layout_params.shapes[layout_params.names.index(layout.param)])
     columns = (heads.unsqueeze(1) * layout.head_dim + torch.arange(layout.head_dim)).reshape(-1)
     view.index_fill_(layout.axis, columns, True)
-    return DamageSet(torch.nonzero(flat).reshape(-1), site.name, tuple(heads.tolist()), layout.heads)
+    return DamageSet(torch.nonzero(flat).reshape(-1), site.name, tuple(heads.tolist()), layout.heads, noun="heads")
 
 
 def parse_delete(model: nn.Module, text: str, generator: torch.Generator,
@@ -208,7 +211,7 @@ def union(sets: list[DamageSet]) -> DamageSet:
         by_layer.setdefault(s.layer, []).append(s)
     sets = [same[0] if len(same) == 1 else
             DamageSet(torch.unique(torch.cat([s.indices for s in same])), layer,
-                      tuple(sorted({u for s in same for u in s.units})), same[0].width)
+                      tuple(sorted({u for s in same for u in s.units})), same[0].width, noun=same[0].noun)
             for layer, same in by_layer.items()]
     if len(sets) == 1:
         return sets[0]
