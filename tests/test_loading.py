@@ -265,3 +265,27 @@ def test_output_key_on_a_model_of_another_precision_and_on_torchscript(dtype):
     assert prepare_model(scripted, X, output_key="0")[1] == 10
     with pytest.raises(LesionError, match="TorchScript model must return.*returns tuple"):
         prepare_model(torch.jit.script(_Pair().eval()), X, output_key="1")
+
+
+def test_a_module_pickled_from_a_script_says_how_to_load_it(tmp_path):
+    # a class defined in the saving script lives in its __main__: PYTHONPATH cannot bring it back, a factory can
+    import subprocess
+    import sys
+
+    script = tmp_path / "save.py"
+    script.write_text(textwrap.dedent(f"""
+        import torch
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.fc = torch.nn.Linear(4, 2)
+
+            def forward(self, x):
+                return self.fc(x)
+
+        torch.save(Net(), {str(tmp_path / "net.pt")!r})
+    """))
+    subprocess.run([sys.executable, str(script)], check=True, timeout=120)
+    with pytest.raises(LesionError, match="defined in the script that saved it .* --model module:factory"):
+        load_model(str(tmp_path / "net.pt"))

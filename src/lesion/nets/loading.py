@@ -173,6 +173,10 @@ def _load_pickled_module(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except (ModuleNotFoundError, AttributeError) as err:
+        if "__main__'" in str(err):  # defined in the script that saved it: no PYTHONPATH can bring that back
+            raise LesionError(f"{path} is a pickled module whose class was defined in the script that saved it "
+                              f"(__main__: {err}); move the class into a module file, save "
+                              "model.state_dict(), and use --model module:factory --weights FILE") from err
         raise LesionError(f"{path} is a pickled module whose class cannot be imported ({err}); make its package "
                           "importable (PYTHONPATH) or save a state dict and use package.module:factory") from err
     except Exception as err:  # noqa: BLE001
