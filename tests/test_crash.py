@@ -607,3 +607,15 @@ def test_nearly_every_unit_crashed_in_a_wide_layer_with_silent_units_equals_brut
     budget = CrashBudget((1,), (70,), 68)
     d = brute_force(model, x.numpy(), budget)
     assert_matches(exact_omega(mlp_structure(model), x, budget), d)
+
+
+def test_a_plan_too_large_to_run_reads_as_orders_of_magnitude():
+    # C(100, 50) = 100891344545564193334812497256 crash sets: a 30-digit count and 10^20 s say nothing digit by digit
+    from lesion.crash.omega import Plan
+
+    line = Plan(sets=math.comb(100, 50), inputs=360, pairs=360 * math.comb(100, 50), engine="general",
+                estimated_seconds=1e20).describe()
+    assert line.startswith("≈1.00e29 crash sets × 360 inputs = ≈3.63e31 (set, input) pairs, about 3.2e+12 years")
+    small = Plan(sets=10**15 - 1, inputs=2, pairs=2 * (10**15 - 1), engine="additive", estimated_seconds=90000)
+    assert small.describe().startswith("999,999,999,999,999 crash sets × 2 inputs = ≈1.99e15 (set, input) pairs, "
+                                       "about 25.0 h")

@@ -104,7 +104,7 @@ class Plan:
 
     def describe(self) -> str:
         """One line for people."""
-        return (f"{self.sets:,} crash sets × {self.inputs:,} inputs = {self.pairs:,} (set, input) pairs, "
+        return (f"{_count(self.sets)} crash sets × {self.inputs:,} inputs = {_count(self.pairs)} (set, input) pairs, "
                 f"about {_duration(self.estimated_seconds)} and {_size(self.memory_bytes)} of memory with the "
                 f"{self.engine} engine")
 
@@ -136,7 +136,18 @@ def _size(n_bytes: int) -> str:
     return f"{n_bytes / 1024:.0f} KiB"
 
 
+def _count(n: int) -> str:
+    """An exact count with thousands separators up to 10¹⁵, beyond it ≈ mantissa×10^exponent (a 73-digit count
+    of crash sets says nothing digit by digit)."""
+    if n < 10**15:
+        return f"{n:,}"
+    digits = len(str(n)) - 1
+    return f"≈{int(str(n)[:3]) / 100:.2f}e{digits}"
+
+
 def _duration(seconds: float) -> str:
+    if seconds >= 86400 * 365 * 1000:  # millennia and beyond: the order of magnitude is the message
+        return f"{seconds / (86400 * 365.25):.1e} years"
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
